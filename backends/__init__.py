@@ -1,0 +1,68 @@
+"""Registry of backends, imported lazily so a machine with one framework runs that one.
+
+Nothing here imports a framework: ``available`` asks importlib whether the framework's package
+exists, and ``load`` imports the adapter module only when a worker needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+
+from bench.errors import BackendUnavailable
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    name: str
+    module: str
+    cls: str
+    requires: tuple[str, ...]  # top-level packages that must be importable
+    extra: str  # pip extra that installs them
+    description: str
+
+
+REGISTRY: dict[str, BackendEntry] = {
+    "torch": BackendEntry("torch", "backends.torch_backend", "TorchBackend", ("torch",), "torch", "PyTorch"),
+    "tf": BackendEntry("tf", "backends.keras_backend", "KerasBackend", ("tensorflow", "keras"), "tf", "Keras 3 on TensorFlow"),
+    "jax": BackendEntry("jax", "backends.jax_backend", "JaxBackend", ("jax", "flax", "optax"), "jax", "JAX with Flax and Optax"),
+    "numpy": BackendEntry("numpy", "backends.numpy_backend", "NumpyBackend", ("numpy",), "", "the NumPy reference (oracle, slow)"),
+}
+ALIASES = {"pytorch": "torch", "tensorflow": "tf", "keras": "tf", "reference": "numpy"}
+FRAMEWORK_BACKENDS = ("torch", "tf", "jax")
+"""What ``--backend all`` means: the frameworks compared. The NumPy oracle is opt-in by name."""
+
+
+def canonical_name(name: str) -> str:
+    key = ALIASES.get(name.strip().lower(), name.strip().lower())
+    if key not in REGISTRY:
+        valid = ", ".join(list(REGISTRY) + ["all"])
+        raise BackendUnavailable(f"unknown backend {name!r}; valid: {valid}")
+    return key
+
+
+def missing_packages(name: str) -> list[str]:
+    """Packages the backend needs that are not installed (empty when it can run)."""
+    return [pkg for pkg in REGISTRY[name].requires if importlib.util.find_spec(pkg) is None]
+
+
+def unavailable_reason(name: str) -> str | None:
+    missing = missing_packages(name)
+    if not missing:
+        return None
+    extra = REGISTRY[name].extra
+    return f"{', '.join(missing)} not installed (pip install -e '.[{extra}]')"
+
+
+def load(name: str):
+    """Instantiate a backend's adapter; BackendUnavailable with the reason if it cannot import."""
+    entry = REGISTRY[canonical_name(name)]
+    reason = unavailable_reason(entry.name)
+    if reason:
+        raise BackendUnavailable(f"backend {entry.name!r} unavailable: {reason}")
+    try:
+        module = importlib.import_module(entry.module)
+    except ImportError as exc:
+        raise BackendUnavailable(f"backend {entry.name!r} failed to import: {exc}") from exc
+    return getattr(module, entry.cls)()

@@ -1,0 +1,4 @@
+"""Run the suite: `python -m bench`."""
+from bench.cli import main
+
+raise SystemExit(main())
