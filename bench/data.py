@@ -207,8 +207,13 @@ def load_dataset(
     data_dir: Path | None = None,
     val_split: float = 0.1,
     train_size: int | None = None,
+    test_size: int | None = None,
 ) -> Dataset:
-    """Load a dataset by name; the last ``val_split`` of the train split becomes validation (as Keras does)."""
+    """Load a dataset by name; the last ``val_split`` of the train split becomes validation (as Keras does).
+
+    ``train_size``/``test_size`` keep the first rows of each split (quick profiles); the order is
+    fixed, so every backend and every rerun sees the same rows.
+    """
     base = name.split(":")[0]
     if base not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)} (synthetic:HxWxC for a shape)")
@@ -228,6 +233,8 @@ def load_dataset(
     x_train, y_train, x_test, y_test = parts
     if train_size is not None:
         x_train, y_train = x_train[:train_size], y_train[:train_size]
+    if test_size is not None:
+        x_test, y_test = x_test[:test_size], y_test[:test_size]
     n_val = int(round(len(x_train) * val_split))
     cut = len(x_train) - n_val
     return Dataset(

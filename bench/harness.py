@@ -1,0 +1,245 @@
+"""Run one cell (backend x model x training spec x repeat) and measure it the same way on every backend.
+
+The protocol (design.md, "Measuring"):
+1. canonical NumPy weights are loaded, the training arrays placed once (off the clock);
+2. warm-up: the first steps run one by one, each synchronised and timed -- the first one carries
+   tracing and compilation, reported as ``compile_seconds``, never inside the steady state;
+3. a short probe of individually synchronised steps gives step-time percentiles;
+4. the model is reset to the canonical weights and a fresh optimizer (compiled code is kept), so
+   warm-up never changes what is trained;
+5. steady state: whole epochs of the seed's batch order, one synchronisation per epoch (reading the
+   losses back); validation after each epoch is off the clock;
+6. test loss/accuracy and inference throughput, off the training clock.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+import psutil
+
+from backends.base import Backend, Unsupported
+from bench.cost import forward_flops, train_flops
+from bench.data import Dataset, epoch_batches
+from bench.errors import BenchError
+from bench.shapes import check_fits, parameter_count
+from bench.spec import ModelSpec, TrainSpec
+from bench.stats import percentiles
+from bench.weights import canonical_weights
+
+WARMUP_STEPS = 2
+PROBE_STEPS = 8
+EVAL_BATCH = 500
+TIMING_METHOD = "wall clock (perf_counter) over whole epochs, one synchronisation per epoch"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the sweep grid; ``repeat`` r trains from seed ``train.seed`` (already offset)."""
+
+    backend: str
+    model: ModelSpec
+    train: TrainSpec
+    dataset: str
+    repeat: int = 0
+    target_accuracy: float = 0.9
+
+    @property
+    def cell_id(self) -> str:
+        t = self.train
+        return "|".join(
+            [self.backend, self.model.name, t.optimizer, t.activation, t.loss, f"bs{t.batch_size}",
+             f"ep{t.epochs}", f"lr{t.lr:g}", t.precision, t.mode, self.dataset]
+        )
+
+    def config(self) -> dict:
+        t = self.train
+        return {
+            "cell_id": self.cell_id, "repeat": self.repeat, "backend": self.backend, "model": self.model.name,
+            "optimizer": t.optimizer, "activation": t.activation, "loss": t.loss, "batch_size": t.batch_size,
+            "epochs": t.epochs, "learning_rate": t.lr, "seed": t.seed, "precision": t.precision,
+            "requested_mode": t.mode, "mode": t.mode, "momentum": t.momentum if t.optimizer == "momentum" else 0.0,
+            "rho": t.rho, "beta1": t.beta1, "beta2": t.beta2, "epsilon": t.epsilon, "weight_decay": t.weight_decay,
+            "bn_momentum": t.bn_momentum, "bn_epsilon": t.bn_epsilon, "leaky_relu_slope": t.leaky_relu_slope,
+            "target_accuracy": self.target_accuracy,
+        }
+
+
+class PeakRssSampler:
+    """Peak resident memory of this process while a block runs, sampled every ``interval`` seconds.
+
+    ru_maxrss is a lifetime peak and a worker runs many cells, so a sampler gives the per-cell peak.
+    """
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.process = psutil.Process()
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakRssSampler":
+        self.peak = self.process.memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class _Measurements:
+    epoch_train_loss: list[float] = field(default_factory=list)
+    epoch_val_loss: list[float] = field(default_factory=list)
+    epoch_val_accuracy: list[float] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
+    device_seconds: list[float] = field(default_factory=list)
+    time_to_target: float | None = None
+
+
+def _timed_step(backend: Backend, batch: np.ndarray) -> float:
+    start = time.perf_counter()
+    backend.train_step(batch)
+    backend.synchronize()
+    return time.perf_counter() - start
+
+
+def _warm_up(backend: Backend, n_train: int, train: TrainSpec) -> dict:
+    """Compile and probe on the first batches; returns the warm-up figures (the steps are then undone)."""
+    batches = epoch_batches(n_train, train.batch_size, train.seed, 0)
+    warm = [_timed_step(backend, b) for b in batches[:WARMUP_STEPS]]
+    probe_batches = batches[WARMUP_STEPS : WARMUP_STEPS + PROBE_STEPS]
+    if len(probe_batches) == 0:
+        probe_batches = batches[:1]
+    probe = [_timed_step(backend, b) for b in probe_batches]
+    backend.finish_epoch()
+    p50, p90, p99 = percentiles(np.asarray(probe) * 1e3)
+    return {
+        "first_step_seconds": warm[0],
+        "warmup_seconds": float(sum(warm)),
+        "compile_seconds": max(warm[0] - float(np.median(probe)), 0.0),
+        "step_time_ms_p50": p50, "step_time_ms_p90": p90, "step_time_ms_p99": p99,
+        "step_time_samples": len(probe),
+    }
+
+
+def _train(backend: Backend, cell: Cell, data: Dataset) -> _Measurements:
+    train = cell.train
+    m = _Measurements()
+    elapsed = 0.0
+    for epoch in range(train.epochs):
+        batches = epoch_batches(len(data.x_train), train.batch_size, train.seed, epoch)
+        backend.begin_epoch()
+        start = time.perf_counter()
+        for batch in batches:
+            backend.train_step(batch)
+        result = backend.finish_epoch()
+        seconds = time.perf_counter() - start
+        elapsed += seconds
+        m.epoch_seconds.append(seconds)
+        if result.device_seconds is not None:
+            m.device_seconds.append(result.device_seconds)
+        bad = np.flatnonzero(~np.isfinite(result.losses))
+        if bad.size:
+            m.epoch_train_loss.append(float("nan"))
+            raise Diverged(f"training loss became {result.losses[bad[0]]} at epoch {epoch + 1}, step {bad[0] + 1}")
+        m.epoch_train_loss.append(float(result.losses.mean()))
+        if len(data.x_val):
+            val_loss, val_acc = backend.evaluate(data.x_val, data.y_val, EVAL_BATCH)
+            m.epoch_val_loss.append(val_loss)
+            m.epoch_val_accuracy.append(val_acc)
+            if m.time_to_target is None and val_acc >= cell.target_accuracy:
+                m.time_to_target = elapsed
+    return m
+
+
+def _inference_throughput(backend: Backend, x: np.ndarray) -> float:
+    backend.predict(x[:EVAL_BATCH], EVAL_BATCH)  # compile/warm the inference path off the clock
+    start = time.perf_counter()
+    backend.predict(x, EVAL_BATCH)
+    return len(x) / (time.perf_counter() - start)
+
+
+def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | None = None) -> dict:
+    """Train and measure one cell; always returns a record (status ok, skipped, failed or diverged)."""
+    record = cell.config() | data.describe() | {
+        "framework": backend.framework, "status": "ok", "reason": None, "error": None,
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "timing_method": TIMING_METHOD,
+    }
+    began = time.perf_counter()
+    model = cell.model.resolve(cell.train.activation)
+    shape, k = data.input_shape, data.num_classes
+    try:
+        check_fits(model, shape, k)
+        fwd = forward_flops(model, shape, k)
+        record |= {
+            "param_count": parameter_count(model, shape, k),
+            "flops_per_sample_forward": fwd,
+            "flops_per_sample_train": train_flops(model, shape, k),
+        }
+        backend.build(model, cell.train, shape, k)
+        record["mode"] = backend.resolve_mode(cell.train.mode)
+        record["semantics"] = backend.semantics()
+        weights = canonical_weights(model, shape, k, cell.train.seed)
+        backend.set_weights(weights)
+        backend.load_data(data.x_train, data.y_train)
+        record |= _warm_up(backend, len(data.x_train), cell.train)
+        backend.set_weights(weights)
+        backend.reset_optimizer()
+        backend.reset_peak_memory()
+        cpu_start = time.process_time()
+        with PeakRssSampler() as rss:
+            try:
+                m = _train(backend, cell, data)
+            finally:
+                cpu_seconds = time.process_time() - cpu_start
+                record["peak_rss_bytes"] = rss.peak
+        samples = len(data.x_train) // cell.train.batch_size * cell.train.batch_size * cell.train.epochs
+        train_seconds = float(sum(m.epoch_seconds))
+        record |= {
+            "epoch_train_loss": m.epoch_train_loss, "epoch_val_loss": m.epoch_val_loss,
+            "epoch_val_accuracy": m.epoch_val_accuracy, "epoch_seconds": m.epoch_seconds,
+            "final_train_loss": m.epoch_train_loss[-1],
+            "val_accuracy": m.epoch_val_accuracy[-1] if m.epoch_val_accuracy else None,
+            "train_seconds": train_seconds, "train_samples_per_s": samples / train_seconds,
+            "cpu_seconds_per_sample": cpu_seconds / samples,
+            "time_to_target_seconds": m.time_to_target,
+            "device_seconds": float(sum(m.device_seconds)) if m.device_seconds else None,
+            "device_time_method": "cuda events around each epoch" if m.device_seconds else None,
+        }
+        record["achieved_gflops"] = record["flops_per_sample_train"] * record["train_samples_per_s"] / 1e9
+        if peak_gflops:
+            record["peak_fraction"] = record["achieved_gflops"] / peak_gflops
+        record["test_loss"], record["test_accuracy"] = backend.evaluate(data.x_test, data.y_test, EVAL_BATCH)
+        if not math.isfinite(record["test_loss"]):
+            raise Diverged(f"test loss is {record['test_loss']}")
+        record["inference_samples_per_s"] = _inference_throughput(backend, data.x_test)
+        memory = backend.peak_memory()
+        record["peak_device_bytes"], record["memory_method"] = memory.device_peak_bytes, (
+            f"host: psutil RSS sampled every 20 ms; device: {memory.method}"
+        )
+    except Diverged as exc:
+        record |= {"status": "diverged", "reason": str(exc)}
+    except (Unsupported, BenchError) as exc:
+        record |= {"status": "skipped", "reason": str(exc)}
+    except Exception as exc:  # a backend bug must not stop the sweep: record it and go on
+        record |= {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    record["duration_seconds"] = time.perf_counter() - began
+    return record

@@ -1,0 +1,90 @@
+"""The results store: one run = one folder, one JSON line per finished cell and repeat.
+
+Each record is appended and flushed to disk (fsync) the moment its cell ends, so a crash loses
+nothing finished and a rerun into the same folder resumes where it stopped. Reading parses JSON
+line by line and never unpickles; a truncated last line (a crash mid-write) is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from bench.errors import BenchError
+
+RESULTS = "results.jsonl"
+ENVIRONMENT = "environment.json"
+FINISHED = ("ok", "skipped", "diverged")
+"""Statuses a rerun keeps; failed and timed-out cells are tried again."""
+
+
+def _clean(value):
+    """JSON has no NaN/inf: store them as null so every reader (pandas, browsers) can parse the file."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def read_records(path: Path) -> tuple[list[dict], int]:
+    """All complete records of a results.jsonl and the number of unreadable lines skipped."""
+    records, skipped = [], 0
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                skipped += 1
+    return records, skipped
+
+
+class RunStore:
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            probe = self.folder / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise BenchError(f"cannot write to output folder {self.folder}: {exc.strerror or exc}") from None
+        self.results = self.folder / RESULTS
+
+    def finished(self) -> set[tuple[str, int]]:
+        """(cell_id, repeat) pairs already recorded with a final status: a rerun skips them."""
+        if not self.results.exists():
+            return set()
+        records, _ = read_records(self.results)
+        return {(r["cell_id"], r["repeat"]) for r in records if r.get("status") in FINISHED}
+
+    def append(self, record: dict) -> None:
+        line = json.dumps(_clean(record), sort_keys=False, allow_nan=False)
+        with open(self.results, "a", encoding="utf-8") as handle:
+            if handle.tell() and not self._ends_with_newline():
+                handle.write("\n")  # a previous crash left a partial line: never glue onto it
+            handle.write(line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.results, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) == b"\n"
+
+    def write_environment(self, environment: dict) -> None:
+        """environment.json; a resumed run keeps the earlier sessions' environments under 'previous'."""
+        path = self.folder / ENVIRONMENT
+        if path.exists():
+            try:
+                earlier = json.loads(path.read_text())
+                environment["previous"] = earlier.pop("previous", []) + [earlier]
+            except json.JSONDecodeError:
+                pass
+        path.write_text(json.dumps(_clean(environment), indent=2))
