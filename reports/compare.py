@@ -1,0 +1,282 @@
+"""Compare two runs cell by cell: what got faster or slower, with the spread so noise is not a change.
+
+Cells are matched by ``cell_id``. For each metric the change is the ratio of medians (B / A; a
+difference for accuracy) with a bootstrap 95% interval from resampling both runs' repeats. With
+three repeats that interval is about [min, max] and calls a same-distribution pair "changed" in
+several percent of comparisons; a run pair has hundreds. So a change must also pass Welch's
+t-test on log values after a false-discovery adjustment over all comparisons, and exceed a noise
+floor (run-to-run drift on a shared machine is real even when repeats agree).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from reports import fmt
+from reports.records import CONFIG_AXES, Run, config_keys, load_run
+from reports.stats import Estimate, benjamini_hochberg, difference_interval, ratio_interval, welch_p
+
+DEFAULT_NOISE_FLOOR = 0.05
+SIGNIFICANCE = 0.05
+"""Largest false-discovery-adjusted p-value (q) of a change."""
+ACCURACY_FLOOR = 0.01
+"""An accuracy change under one percentage point is not reported as a change."""
+
+
+@dataclass(frozen=True)
+class CompareMetric:
+    field: str
+    label: str
+    higher_is_better: bool
+    relative: bool = True
+    gates: bool = False
+    """A significant slowdown of a gating metric past --fail-on makes the comparison fail."""
+
+    @property
+    def words(self) -> tuple[str, str]:
+        return ("faster", "slower") if self.relative else ("better", "worse")
+
+
+METRICS = (
+    CompareMetric("train_samples_per_s", "train samples/s", higher_is_better=True, gates=True),
+    CompareMetric("inference_samples_per_s", "inference samples/s", higher_is_better=True, gates=True),
+    CompareMetric("step_time_ms_p50", "step time p50", higher_is_better=False),
+    CompareMetric("compile_seconds", "compile time", higher_is_better=False),
+    CompareMetric("test_accuracy", "test accuracy", higher_is_better=True, relative=False),
+)
+FORMATS = {"train_samples_per_s": fmt.rate, "inference_samples_per_s": fmt.rate,
+           "step_time_ms_p50": fmt.milliseconds, "compile_seconds": fmt.seconds, "test_accuracy": fmt.percent}
+STOPPED = "stopped finishing"
+VERDICT_ORDER = ("slower", "worse", STOPPED, "faster", "better", "now finishes", "only in A", "only in B",
+                 "too few repeats", "finished in neither", "unchanged")
+RULE = ("A change needs a bootstrap 95% interval that excludes no change, a Welch test on log values with "
+        "false-discovery-adjusted q < 0.05, and a size of at least the noise floor")
+COLUMNS = ["cell_id", "backend", "mode", "model", "optimizer", "activation", "metric", "n_a", "n_b",
+           "median_a", "median_b", "change", "change_low", "change_high", "p_value", "q_value", "verdict",
+           "status_a", "status_b", "regression"]
+
+
+@dataclass
+class CompareResult:
+    """Every compared cell and metric (``rows``), and whether the comparison fails the --fail-on gate."""
+
+    run_a: str
+    run_b: str
+    rows: pd.DataFrame
+    fail_on: float | None
+    noise_floor: float
+    skipped_lines: tuple[int, int] = (0, 0)
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> pd.DataFrame:
+        return self.rows[self.rows["regression"]]
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.rows["regression"].any())
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def counts(self) -> dict[str, int]:
+        return {str(k): int(v) for k, v in self.rows["verdict"].value_counts().items()}
+
+
+def _keys(frame: pd.DataFrame) -> pd.Series:
+    """cell_id, or for records older than cell_id the backend, mode and configuration joined."""
+    built = config_keys(frame, ("backend", "mode", *CONFIG_AXES))
+    return frame["cell_id"].where(frame["cell_id"].notna(), built)
+
+
+def _status(group: pd.DataFrame) -> str:
+    return ", ".join(f"{s} {n}" for s, n in group["status"].value_counts().sort_index().items()) or "absent"
+
+
+def _verdict(metric: CompareMetric, est: Estimate, q_value: float, noise_floor: float) -> str:
+    """'faster'/'slower' (or 'better'/'worse') only for a change that is real three ways over."""
+    neutral = 1.0 if metric.relative else 0.0
+    floor = noise_floor if metric.relative else ACCURACY_FLOOR
+    if est.n < 2:
+        return "too few repeats"
+    real = est.excludes(neutral) and q_value < SIGNIFICANCE and abs(est.value - neutral) >= floor
+    if not real:
+        return "unchanged"
+    improved = (est.value > neutral) == metric.higher_is_better
+    return metric.words[0] if improved else metric.words[1]
+
+
+def _cell_rows(key: str, a: pd.DataFrame, b: pd.DataFrame) -> list[dict]:
+    """The cell's rows: one per metric measured on both sides, or one saying why it cannot be compared."""
+    either = a if len(a) else b
+    base = {"cell_id": key} | {k: either[k].iloc[0] for k in ("backend", "mode", "model", "optimizer", "activation")}
+    base |= {"status_a": _status(a), "status_b": _status(b)}
+    a_ok, b_ok = a[a["status"] == "ok"], b[b["status"] == "ok"]
+    if a.empty or b.empty:
+        return [base | {"verdict": "only in B" if a.empty else "only in A"}]
+    if a_ok.empty or b_ok.empty:
+        verdict = "finished in neither" if a_ok.empty and b_ok.empty else ("now finishes" if a_ok.empty else STOPPED)
+        return [base | {"verdict": verdict}]
+    rows = []
+    for metric in METRICS:
+        compare = ratio_interval if metric.relative else difference_interval
+        est = compare(b_ok[metric.field], a_ok[metric.field])
+        if est.ok:
+            rows.append(base | {
+                "metric": metric.field, "n_a": int(a_ok[metric.field].notna().sum()),
+                "n_b": int(b_ok[metric.field].notna().sum()),
+                "median_a": float(a_ok[metric.field].median()), "median_b": float(b_ok[metric.field].median()),
+                "change": est.value, "change_low": est.low, "change_high": est.high, "estimate": est,
+                "p_value": welch_p(b_ok[metric.field], a_ok[metric.field], log=metric.relative),
+            })
+    return rows
+
+
+def _judge(rows: list[dict], fail_on: float | None, noise_floor: float) -> pd.DataFrame:
+    """Adjust p-values over all compared metrics, then give each row its verdict and gate decision."""
+    q_values = benjamini_hochberg(r.get("p_value", np.nan) for r in rows)
+    by_field = {m.field: m for m in METRICS}
+    for row, q_value in zip(rows, q_values):
+        row["q_value"] = q_value
+        metric = by_field.get(row.get("metric"))
+        if metric is None:  # a status row
+            row["regression"] = row["verdict"] == STOPPED and fail_on is not None
+            continue
+        est = row.pop("estimate")
+        row["verdict"] = _verdict(metric, est, q_value, noise_floor)
+        # gating metrics are throughputs, so B / A below 1 is the slowdown
+        row["regression"] = (metric.gates and fail_on is not None and row["verdict"] == metric.words[1]
+                             and 1 - est.value >= fail_on)
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    table["regression"] = table["regression"].astype(bool)
+    return table
+
+
+def compare_runs(run_a: Path, run_b: Path, fail_on: float | None = None, out: Path | None = None,
+                 noise_floor: float = DEFAULT_NOISE_FLOOR) -> CompareResult:
+    """Compare run B against run A; write compare.csv and compare.md into ``out`` when given.
+
+    A metric changed when (1) the bootstrap 95% interval of its ratio of medians excludes 1,
+    (2) Welch's t-test on the log values, adjusted for the number of comparisons
+    (Benjamini-Hochberg), gives q < 0.05, and (3) the change is at least ``noise_floor``.
+    With ``fail_on`` (a fraction, 0.05 = 5%), the result fails when the train or inference
+    throughput of some cell got slower that way by at least that fraction, or a cell that
+    finished in A no longer finishes in B.
+    """
+    first, second = load_run(Path(run_a)), load_run(Path(run_b))
+    frame_a, frame_b = first.records, second.records
+    keys_a, keys_b = _keys(frame_a), _keys(frame_b)
+    rows = []
+    for key in sorted(set(keys_a) | set(keys_b)):
+        rows += _cell_rows(key, frame_a[keys_a == key], frame_b[keys_b == key])
+    result = CompareResult(first.name, second.name, _judge(rows, fail_on, noise_floor), fail_on, noise_floor,
+                           (first.skipped_lines, second.skipped_lines))
+    if out is not None:
+        result.files = write_comparison(result, Path(out), first, second)
+    return result
+
+
+def _change_text(row: dict) -> str:
+    if pd.isna(row.get("change")):
+        return ""
+    relative = row["metric"] != "test_accuracy"
+    formatter = fmt.ratio if relative else fmt.points
+    est = Estimate(row["change"], row["change_low"], row["change_high"], 2)
+    return f"{formatter(row['change'])} {fmt.interval(est, formatter)}"
+
+
+def _noteworthy(result: CompareResult) -> pd.DataFrame:
+    quiet = result.rows["verdict"].isin(["unchanged", "too few repeats", "finished in neither"])
+    shown = result.rows[~quiet]
+    return shown.sort_values(["regression", "verdict", "cell_id"], ascending=[False, True, True], kind="stable")
+
+
+def _cell_label(row: dict) -> str:
+    parts = [row["backend"], row["mode"], row["model"], row["optimizer"], row["activation"]]
+    return " · ".join(str(p) for p in parts if isinstance(p, str))
+
+
+def _metric_label(row: dict) -> str:
+    metric = next((m for m in METRICS if m.field == row["metric"]), None)
+    return metric.label if metric else "status"
+
+
+def _summary_line(result: CompareResult) -> str:
+    counts = result.counts()
+    rank = {v: i for i, v in enumerate(VERDICT_ORDER)}
+    parts = [f"{n} {verdict}" for verdict, n in sorted(counts.items(), key=lambda kv: rank.get(kv[0], 99))]
+    return f"{result.run_b} vs {result.run_a}: " + (", ".join(parts) if parts else "nothing to compare")
+
+
+def _gate_line(result: CompareResult) -> str:
+    if result.fail_on is None:
+        return "No --fail-on threshold: the comparison does not fail."
+    n = len(result.regressions)
+    if n:
+        return (f"FAIL: {n} regression(s) past --fail-on {100 * result.fail_on:g}% "
+                "(significant throughput loss, or a cell that stopped finishing).")
+    return f"PASS: no significant throughput loss of {100 * result.fail_on:g}% or more."
+
+
+def print_comparison(result: CompareResult, console: Console | None = None) -> None:
+    """The changed cells as a table, then the counts and the gate's decision."""
+    console = console or Console()
+    shown = _noteworthy(result)
+    if len(shown):
+        table = Table(title=f"Changes: {result.run_b} (B) vs {result.run_a} (A)", show_lines=False)
+        for name, justify in (("cell", "left"), ("metric", "left"), ("A", "right"), ("B", "right"),
+                              ("B / A [95%]", "right"), ("verdict", "left")):
+            table.add_column(name, justify=justify)
+        for row in shown.to_dict("records"):
+            formatter = FORMATS.get(row["metric"], fmt.sig) if isinstance(row["metric"], str) else fmt.sig
+            good = row["verdict"] in ("faster", "better", "now finishes")
+            style = "bold red" if row["regression"] else ("green" if good else "yellow")
+            table.add_row(_cell_label(row), _metric_label(row),
+                          formatter(row["median_a"]) if isinstance(row["metric"], str) else row["status_a"],
+                          formatter(row["median_b"]) if isinstance(row["metric"], str) else row["status_b"],
+                          _change_text(row), f"[{style}]{row['verdict']}[/]")
+        console.print(table)
+    else:
+        console.print("No cell changed beyond the noise.")
+    console.print(_summary_line(result))
+    console.print(f"{RULE} ({100 * result.noise_floor:g}%; 1 pp for accuracy).")
+    for run, skipped in zip((result.run_a, result.run_b), result.skipped_lines):
+        if skipped:
+            console.print(f"{run}: skipped {skipped} unreadable line(s) of results.jsonl")
+    console.print(_gate_line(result), style="bold red" if result.failed else None, markup=False)
+
+
+def _markdown(result: CompareResult, first: Run, second: Run) -> str:
+    lines = [f"# Comparison: {second.name} (B) vs {first.name} (A)", "",
+             f"- A: `{first.folder}`", f"- B: `{second.folder}`", f"- {_summary_line(result)}",
+             f"- {RULE} ({100 * result.noise_floor:g}%; 1 pp for accuracy).", f"- {_gate_line(result)}", ""]
+    shown = _noteworthy(result)
+    if len(shown):
+        lines += ["| cell | metric | A | B | B / A [95%] | verdict |", "|---|---|---|---|---|---|"]
+        for row in shown.to_dict("records"):
+            metric = row["metric"] if isinstance(row["metric"], str) else None
+            formatter = FORMATS.get(metric, fmt.sig)
+            a = formatter(row["median_a"]) if metric else row["status_a"]
+            b = formatter(row["median_b"]) if metric else row["status_b"]
+            verdict = f"**{row['verdict']}**" if row["regression"] else row["verdict"]
+            cells = [_cell_label(row), _metric_label(row), a, b, _change_text(row), verdict]
+            lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    else:
+        lines.append("No cell changed beyond the noise.")
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison(result: CompareResult, out: Path, first: Run, second: Run) -> list[Path]:
+    """compare.csv (every cell and metric) and compare.md (the changes, readable) in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    csv, md = out / "compare.csv", out / "compare.md"
+    result.rows.to_csv(csv, index=False)
+    md.write_text(_markdown(result, first, second), encoding="utf-8")
+    return [csv, md]

@@ -1,0 +1,298 @@
+"""The report's figures, drawn with matplotlib's object API on the Agg canvas and kept as PNG bytes.
+
+``matplotlib.figure.Figure`` is used without pyplot, so building a report never touches a GUI
+backend or global figure state. Every bar shows a median with its bootstrap interval as an error
+bar; the same pooled records feed the headline table and the figures, so they always agree.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
+from matplotlib.ticker import LogLocator, NullFormatter
+
+from reports import fmt
+from reports.headline import ModelHeadline
+from reports.records import CONFIG_AXES, config_keys
+from reports.stats import median_interval
+
+matplotlib.rcParams.update({
+    "font.size": 10, "axes.titlesize": 11, "axes.spines.top": False, "axes.spines.right": False,
+    "axes.grid": True, "grid.alpha": 0.3, "figure.dpi": 100, "savefig.dpi": 100,
+})
+
+BACKEND_COLOURS = {"torch": "#e4572e", "tf": "#f0a202", "jax": "#3a86ff", "numpy": "#6c757d"}
+OTHER_COLOURS = ("#8338ec", "#2a9d8f", "#b5179e", "#264653")
+WIDTH = 11.0  # inches at 100 dpi: the page's content width
+
+
+@dataclass
+class FigureOut:
+    """A rendered figure: file name, heading, caption and PNG bytes."""
+
+    name: str
+    title: str
+    caption: str
+    png: bytes
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def variant_colours(variants: list[str], backend_of: dict[str, str]) -> dict[str, tuple]:
+    """One colour per backend; a backend's extra modes get lighter shades of it."""
+    colours, spare = {}, iter(OTHER_COLOURS * 4)
+    seen: dict[str, int] = {}
+    base_of: dict[str, str] = {}
+    for variant in sorted(variants):
+        backend = backend_of.get(variant, variant)
+        if backend not in base_of:
+            base_of[backend] = BACKEND_COLOURS.get(backend) or next(spare)
+        shade = seen.get(backend, 0)
+        seen[backend] = shade + 1
+        rgb = np.array(to_rgb(base_of[backend]))
+        colours[variant] = tuple(rgb + (1 - rgb) * min(0.6, 0.35 * shade))
+    return colours
+
+
+def _tick(value: float, _position=None) -> str:
+    """Axis labels without trailing zeros: 20k, 1.5k, 500."""
+    text = fmt.sig(value, digits=2)
+    number = text.rstrip("kMGT")
+    return (number.rstrip("0").rstrip(".") if "." in number else number) + text[len(number):]
+
+
+def _errors(estimates) -> np.ndarray:
+    low = [max(e.value - e.low, 0) if e.ok else 0 for e in estimates]
+    high = [max(e.high - e.value, 0) if e.ok else 0 for e in estimates]
+    return np.array([low, high])
+
+
+def throughput(heads: list[ModelHeadline], colours: dict) -> FigureOut | None:
+    """Grouped bars: train and inference samples/s per model, one bar per backend."""
+    panels = (("train_samples_per_s", "Training"), ("inference_samples_per_s", "Inference"))
+    if not any(r.entries[f].value.ok for h in heads for r in h.rows for f, _ in panels):
+        return None
+    variants = sorted({r.variant for h in heads for r in h.rows})
+    fig = Figure(figsize=(WIDTH, 4.0), layout="constrained")
+    axes = fig.subplots(1, 2)
+    width = 0.8 / max(len(variants), 1)
+    for ax, (field, title) in zip(axes, panels):
+        values = [r.entries[field].value.value for h in heads for r in h.rows if r.entries[field].value.ok]
+        for i, variant in enumerate(variants):
+            ests = [next((r.entries[field].value for r in h.rows if r.variant == variant), None) for h in heads]
+            xs = [j + (i - (len(variants) - 1) / 2) * width for j, e in enumerate(ests) if e is not None and e.ok]
+            ests = [e for e in ests if e is not None and e.ok]
+            if ests:
+                ax.bar(xs, [e.value for e in ests], width, yerr=_errors(ests), capsize=3,
+                       color=colours[variant], label=variant, edgecolor="white", linewidth=0.5)
+        if values and max(values) / max(min(values), 1e-12) > 30:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks(range(len(heads)), [h.model for h in heads])
+        ax.set_title(f"{title} throughput (samples/s, higher is better)")
+        ax.yaxis.set_major_formatter(_tick)
+        ax.grid(axis="x", visible=False)
+    axes[0].legend(frameon=False, fontsize=9)
+    return FigureOut("throughput", "Throughput by backend and model",
+                     "Median samples per second over the configurations every backend finished; error bars "
+                     "are bootstrap 95% intervals over repeats.", _png(fig))
+
+
+def accuracy_heatmap(frame: pd.DataFrame, model: str, colours: dict) -> FigureOut | None:
+    """Optimizer x activation grid of median test accuracy, one panel per backend; empty cells say why."""
+    rows = frame[frame["model"] == model]
+    optimizers = sorted(set(rows["optimizer"].dropna()))
+    activations = sorted(set(rows["activation"].dropna()))
+    variants = sorted(set(rows["variant"]))
+    ok = rows[rows["status"] == "ok"]
+    if len(optimizers) * len(activations) < 2 or ok["test_accuracy"].notna().sum() == 0:
+        return None
+    grids, labels = {}, {}
+    for variant in variants:
+        grid = np.full((len(optimizers), len(activations)), np.nan)
+        text = [["" for _ in activations] for _ in optimizers]
+        for i, opt in enumerate(optimizers):
+            for j, act in enumerate(activations):
+                cell = rows[(rows["variant"] == variant) & (rows["optimizer"] == opt) & (rows["activation"] == act)]
+                est = median_interval(cell.loc[cell["status"] == "ok", "test_accuracy"])
+                if est.ok:
+                    grid[i, j], text[i][j] = est.value, f"{100 * est.value:.1f}"
+                else:
+                    text[i][j] = cell["status"].value_counts().index[0] if len(cell) else "not run"
+        grids[variant], labels[variant] = grid, text
+    finite = np.concatenate([g[np.isfinite(g)] for g in grids.values()])
+    vmin, vmax = float(finite.min()), float(finite.max())
+    if vmax - vmin < 1e-3:
+        vmin, vmax = vmin - 0.01, vmax + 0.01
+    cell_w = 0.8 * len(activations) + 1.2
+    nrows = math.ceil(len(variants) / max(1, min(len(variants), int((WIDTH - 1.2) // cell_w))))
+    cols = math.ceil(len(variants) / nrows)  # balanced rows: 2 + 2 rather than 3 + 1
+    fig = Figure(figsize=(min(WIDTH, cols * cell_w + 1.2), nrows * (0.45 * len(optimizers) + 1.3)),
+                 layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, cols, squeeze=False)).ravel()
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#eeeeee")
+    image = None
+    for ax, variant in zip(axes, variants):
+        image = ax.imshow(np.ma.masked_invalid(grids[variant]), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+        for i in range(len(optimizers)):
+            for j in range(len(activations)):
+                value = grids[variant][i, j]
+                dark = np.isfinite(value) and (value - vmin) / (vmax - vmin) < 0.6
+                ax.text(j, i, labels[variant][i][j], ha="center", va="center", fontsize=8.5,
+                        color="white" if dark else "#333333")
+        ax.set_title(variant, color=colours.get(variant, "black"), fontweight="bold")
+        ax.set_xticks(range(len(activations)), activations, rotation=30, ha="right")
+        ax.set_yticks(range(len(optimizers)), optimizers)
+        ax.grid(False)
+    for ax in axes[len(variants):]:
+        ax.set_visible(False)
+    fig.colorbar(image, ax=list(axes[: len(variants)]), shrink=0.9, label="test accuracy",
+                 format=lambda y, _: f"{100 * y:.0f}%")
+    return FigureOut(f"accuracy_{model}", f"Accuracy: {model}, optimizer × activation",
+                     "Median test accuracy (%) over repeats for each optimizer and hidden activation; grey "
+                     "cells did not finish and name their status.", _png(fig))
+
+
+def _plain_value(value) -> str:
+    """A config value as a person writes it: 128 not 128.0, '' for missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _reference_config(rows: pd.DataFrame) -> tuple[str, dict] | None:
+    """The configuration most backends ran (ties: most rows, then alphabetical), as key and values."""
+    if rows.empty:
+        return None
+    keys = config_keys(rows)
+    score = rows.assign(_key=keys).groupby("_key").agg(n_variants=("variant", "nunique"), n=("variant", "size"))
+    best = score.sort_values(["n_variants", "n"], ascending=False, kind="stable").index[0]
+    return best, rows.loc[keys == best, list(CONFIG_AXES)].iloc[0].to_dict()
+
+
+def training_curves(curves: pd.DataFrame, model: str, colours: dict) -> FigureOut | None:
+    """Loss and validation accuracy per epoch for one shared configuration, one line per backend."""
+    mine = curves[curves["model"] == model]
+    found = _reference_config(mine)
+    if found is None or mine["train_loss"].notna().sum() == 0:
+        return None
+    key, reference = found
+    chosen = mine[config_keys(mine) == key]
+    fig = Figure(figsize=(WIDTH, 3.6), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for variant, group in chosen.groupby("variant"):
+        by_epoch = group.groupby("epoch")
+        colour = colours[variant]
+        for column, ax, style in (("train_loss", loss_ax, "-"), ("val_loss", loss_ax, "--"),
+                                  ("val_accuracy", acc_ax, "-")):
+            median = by_epoch[column].median()
+            if median.notna().sum() == 0:
+                continue
+            ax.plot(median.index, median.values, style, marker="o", markersize=3, color=colour,
+                    label=variant if column != "val_loss" else None)
+            if by_epoch[column].count().max() > 1:
+                ax.fill_between(median.index, by_epoch[column].min(), by_epoch[column].max(),
+                                color=colour, alpha=0.15, linewidth=0)
+    loss_ax.set(title="Loss per epoch (solid: train, dashed: validation)", xlabel="epoch", ylabel="loss")
+    acc_ax.set(title="Validation accuracy per epoch", xlabel="epoch", ylabel="accuracy")
+    acc_ax.yaxis.set_major_formatter(lambda y, _: f"{100 * y:.1f}%")
+    for ax in (loss_ax, acc_ax):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if ax.has_data():
+            ax.legend(frameon=False, fontsize=8)
+    described = ", ".join(f"{k.replace('_', ' ')} {_plain_value(v)}" for k, v in reference.items()
+                          if k != "model" and _plain_value(v))
+    return FigureOut(f"curves_{model}", f"Training curves: {model}",
+                     f"Median over repeats per epoch (band: min to max) for one configuration every backend "
+                     f"ran: {described}.", _png(fig))
+
+
+def compile_vs_steady(heads: list[ModelHeadline], colours: dict) -> FigureOut | None:
+    """Stacked bars per model and backend: one-off compile/warm-up cost next to steady-state training time."""
+    bars = []
+    for head in heads:
+        for variant, pool in head.pools.items():
+            compile_s = median_interval(pool["compile_seconds"])
+            steady = median_interval(pool["train_seconds"])
+            if steady.ok:
+                bars.append((f"{head.model} · {variant}", variant, compile_s.value if compile_s.ok else 0.0,
+                             steady.value))
+    if not bars:
+        return None
+    fig = Figure(figsize=(WIDTH, 0.35 * len(bars) + 1.2), layout="constrained")
+    ax = fig.subplots()
+    ys = np.arange(len(bars))[::-1]
+    for y, (label, variant, compile_s, steady) in zip(ys, bars):
+        ax.barh(y, compile_s, color=colours[variant], hatch="////", edgecolor="white", alpha=0.55)
+        ax.barh(y, steady, left=compile_s, color=colours[variant])
+        share = compile_s / (compile_s + steady) if compile_s + steady > 0 else 0
+        ax.text(compile_s + steady, y, f"  {fmt.seconds(compile_s)} + {fmt.seconds(steady)} ({100 * share:.0f}% compile)",
+                va="center", fontsize=8.5)
+    ax.set_yticks(ys, [b[0] for b in bars])
+    ax.set_xlabel("seconds (hatched: compile / first-step overhead; solid: steady-state training, all epochs)")
+    ax.set_xlim(0, max(c + s for _, _, c, s in bars) * 1.45)
+    ax.grid(axis="y", visible=False)
+    return FigureOut("compile_vs_steady", "Compile time vs steady-state time",
+                     "Median one-off compile/warm-up overhead (first step minus a steady step) stacked with the "
+                     "median steady-state training time; the share says how much a short run pays for "
+                     "compilation.", _png(fig))
+
+
+def time_to_target(heads: list[ModelHeadline], colours: dict) -> FigureOut | None:
+    """Horizontal bars: median training seconds until validation accuracy first reached the target."""
+    bars, targets = [], set()
+    for head in heads:
+        for variant, pool in head.pools.items():
+            if pool["time_to_target_seconds"].notna().any() or pool["target_accuracy"].notna().any():
+                reached = pool["time_to_target_seconds"].notna()
+                targets |= set(pool["target_accuracy"].dropna())
+                bars.append((f"{head.model} · {variant}", variant,
+                             median_interval(pool.loc[reached, "time_to_target_seconds"]),
+                             int(reached.sum()), len(pool)))
+    if not bars:
+        return None
+    fig = Figure(figsize=(WIDTH, 0.35 * len(bars) + 1.2), layout="constrained")
+    ax = fig.subplots()
+    ys = np.arange(len(bars))[::-1]
+    top = max((b[2].high for b in bars if b[2].ok), default=1.0)
+    for y, (label, variant, est, hits, n) in zip(ys, bars):
+        if est.ok:
+            ax.barh(y, est.value, xerr=_errors([est]), capsize=3, color=colours[variant])
+            ax.text(est.high, y, f"  {fmt.seconds(est.value)}  (reached in {hits}/{n})", va="center", fontsize=8.5)
+        else:
+            ax.text(0, y, f"  not reached in {n} record(s)", va="center", fontsize=8.5, color="#b00020")
+    ax.set_yticks(ys, [b[0] for b in bars])
+    ax.set_xlim(0, top * 1.5)
+    ax.set_xlabel("training seconds until validation accuracy first reached the target")
+    ax.grid(axis="y", visible=False)
+    target = ", ".join(fmt.percent(t) for t in sorted(targets)) or "the target"
+    return FigureOut("time_to_target", "Time to target accuracy",
+                     f"Median steady-state training time until validation accuracy first reached {target}, "
+                     "over the repeats that reached it; error bars are bootstrap 95% intervals.", _png(fig))
+
+
+def all_figures(frame: pd.DataFrame, curves: pd.DataFrame, heads: list[ModelHeadline]) -> list[FigureOut]:
+    """Every figure the run's data supports, in reading order."""
+    variants = sorted(set(frame["variant"]))
+    backend_of = dict(zip(frame["variant"], frame["backend"]))
+    colours = variant_colours(variants, backend_of)
+    models = [h.model for h in heads]
+    figures = [throughput(heads, colours)]
+    figures += [accuracy_heatmap(frame, m, colours) for m in models]
+    figures += [training_curves(curves, m, colours) for m in models]
+    figures += [compile_vs_steady(heads, colours), time_to_target(heads, colours)]
+    return [f for f in figures if f is not None]

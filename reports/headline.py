@@ -1,0 +1,142 @@
+"""The headline comparison: per model, each backend's key metrics and their ratio to a baseline backend.
+
+A fair headline compares like with like: for each model, only the configurations (optimizer,
+activation, loss, batch size, ...) that every compared backend finished are pooled, so a backend
+that skipped the slow configurations does not look fast. When no configuration is shared the
+pooling falls back to everything each backend finished, and the table says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from bench.errors import BenchError
+from reports.records import CONFIG_AXES, PROBLEM_STATUSES, config_keys
+from reports.stats import MISSING, Estimate, difference_interval, median_interval, ratio_interval
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A headline column: which field, how to compare with the baseline, and which way is better."""
+
+    field: str
+    label: str
+    higher_is_better: bool
+    relative: bool = True
+    """Compare as a ratio (speed, memory); False compares as a difference (accuracy)."""
+
+
+HEADLINE_METRICS = (
+    Metric("test_accuracy", "Test accuracy", higher_is_better=True, relative=False),
+    Metric("train_samples_per_s", "Train throughput", higher_is_better=True),
+    Metric("inference_samples_per_s", "Inference throughput", higher_is_better=True),
+    Metric("compile_seconds", "Compile time", higher_is_better=False),
+    Metric("peak_memory_bytes", "Peak memory", higher_is_better=False),
+)
+
+
+@dataclass
+class Entry:
+    """One backend's value of one metric, and its comparison with the baseline (MISSING for the baseline)."""
+
+    value: Estimate
+    versus: Estimate = MISSING
+
+    def verdict(self, metric: Metric) -> str:
+        """'better', 'worse' or 'same' (interval includes no change, or too few repeats)."""
+        neutral = 1.0 if metric.relative else 0.0
+        if not self.versus.excludes(neutral):
+            return "same"
+        up = self.versus.value > neutral
+        return "better" if up == metric.higher_is_better else "worse"
+
+
+@dataclass
+class Row:
+    variant: str
+    framework: str | None
+    n_configs: int
+    n_records: int
+    problems: dict[str, int]
+    entries: dict[str, Entry]
+    is_baseline: bool = False
+
+
+@dataclass
+class ModelHeadline:
+    model: str
+    rows: list[Row]
+    baseline: str | None
+    """The baseline variant when it finished this model, else None (no ratios for this model)."""
+    matched: bool
+    """True when all rows pool the same configurations."""
+    configs: list[dict] = field(default_factory=list)
+    """The shared configurations (empty when unmatched)."""
+    pools: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+    """Per variant, the ok records behind its row: the figures draw from the same records."""
+
+
+def choose_baseline(frame: pd.DataFrame, requested: str | None) -> str | None:
+    """The baseline variant: the requested backend or variant, else torch, else the first that finished.
+
+    A backend that ran several modes is represented by its eager mode when it has one.
+    """
+    ok = frame[frame["status"] == "ok"]
+    if requested:
+        if requested in set(frame["variant"]):
+            return requested
+        if requested not in set(frame["backend"]):
+            known = ", ".join(sorted(set(frame["backend"])))
+            raise BenchError(f"baseline {requested!r} is not a backend of this run; backends: {known}")
+    candidates = sorted(set(ok["variant"]))
+    wanted = requested or "torch"
+    for label in (wanted, f"{wanted} (eager)"):
+        if label in candidates:
+            return label
+    own = sorted(v for v in candidates if ok.loc[ok["variant"] == v, "backend"].iloc[0] == wanted)
+    if own:
+        return own[0]
+    return None if requested else (candidates[0] if candidates else None)
+
+
+def model_headline(frame: pd.DataFrame, model: str, baseline: str | None) -> ModelHeadline:
+    """The headline rows of one model (every variant that has records of it)."""
+    rows_of_model = frame[frame["model"] == model]
+    ok = rows_of_model[rows_of_model["status"] == "ok"]
+    keys = config_keys(ok)
+    finished = {v: set(keys[ok["variant"] == v]) for v in sorted(set(ok["variant"]))}
+    shared = set.intersection(*finished.values()) if finished else set()
+    matched = bool(shared) or len(finished) <= 1
+    pools = {v: ok[(ok["variant"] == v) & (keys.isin(shared) if shared else True)] for v in finished}
+    base = baseline if baseline in pools else None
+    rows = []
+    for variant in sorted(set(rows_of_model["variant"]), key=lambda v: (v != base, v)):
+        pool = pools.get(variant, ok.iloc[0:0])
+        everything = rows_of_model[rows_of_model["variant"] == variant]
+        entries = {}
+        for metric in HEADLINE_METRICS:
+            entry = Entry(median_interval(pool[metric.field]))
+            if base is not None and variant != base and entry.value.ok:
+                compare = ratio_interval if metric.relative else difference_interval
+                entry.versus = compare(pool[metric.field], pools[base][metric.field])
+            entries[metric.field] = entry
+        rows.append(Row(
+            variant=variant,
+            framework=next(iter(everything["framework"].dropna()), None),
+            n_configs=int(config_keys(pool).nunique()) if len(pool) else 0,
+            n_records=len(pool),
+            problems={s: int((everything["status"] == s).sum()) for s in PROBLEM_STATUSES
+                      if (everything["status"] == s).any()},
+            entries=entries,
+            is_baseline=variant == base,
+        ))
+    configs = ok[keys.isin(shared)][list(CONFIG_AXES)].drop_duplicates().to_dict("records") if shared else []
+    return ModelHeadline(model, rows, base, matched, configs, pools)
+
+
+def headlines(frame: pd.DataFrame, baseline: str | None) -> list[ModelHeadline]:
+    """One headline per model, in the order models first appear in the run."""
+    models = list(dict.fromkeys(frame["model"].dropna()))
+    return [model_headline(frame, m, baseline) for m in models]

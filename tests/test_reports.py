@@ -1,0 +1,343 @@
+"""Reports from a synthetic but realistic run folder: CSVs, the HTML page, figures, comparisons.
+
+The records follow the store's schema (bench/harness.py) with made-up but plausible numbers, so
+these tests need no framework and run in seconds; what they check is the reports' behaviour:
+shapes and medians of the tables, escaping and self-containment of the page, tolerance of a
+truncated results file, and that a comparison separates a real slowdown from noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.errors import BenchError
+from reports import (add_compare_arguments, add_report_arguments, build_report, compare_runs, main_compare,
+                     main_report)
+from reports.records import SCHEMA
+from reports.summary import METRICS
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_NAME = "<script>alert('x')</script>"
+
+BASE_SPEED = {("torch", "eager"): 52_000, ("torch", "compiled"): 78_000, ("tf", "graph"): 41_000,
+              ("jax", "jit"): 66_000}
+MODEL_COST = {"mlp": 1.0, "cnn": 0.04}
+ACCURACY = {"relu": 0.965, "tanh": 0.955, "sigmoid": 0.925}
+
+
+def make_record(backend: str, mode: str, model: str, optimizer: str, activation: str, repeat: int,
+                rng: np.random.Generator, *, speed_factor: float = 1.0, noise: float = 0.03,
+                status: str = "ok", message: str | None = None, run_id: str = RUN_NAME) -> dict:
+    """One result record as bench/harness.py writes it; timings jitter by ``noise`` (relative)."""
+    epochs, n_train, batch = 3, 8000, 128
+    cell_id = "|".join([backend, model, optimizer, activation, "cce", f"bs{batch}", f"ep{epochs}", "lr0.001",
+                        "fp32", mode, "mnist-sample"])
+    record = {
+        "run_id": run_id, "cell_id": cell_id, "repeat": repeat, "status": status, "reason": None, "error": None,
+        "backend": backend, "framework": {"torch": "torch 2.13.0", "tf": "tensorflow 2.21.0 / keras 3.15.0",
+                                          "jax": "jax 0.10.0 / flax 0.12.0", "numpy": "numpy 2.1"}[backend],
+        "model": model, "optimizer": optimizer, "activation": activation, "loss": "cce", "batch_size": batch,
+        "epochs": epochs, "learning_rate": 0.001, "seed": repeat, "precision": "fp32", "requested_mode": mode,
+        "mode": mode, "dataset": "mnist-sample", "n_train": n_train, "n_val": 0, "n_test": 2000,
+        "input_shape": [28, 28, 1], "momentum": 0.0, "rho": 0.9, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-7,
+        "weight_decay": 0.0, "bn_momentum": 0.99, "bn_epsilon": 1e-3, "leaky_relu_slope": 0.01,
+        "semantics": {"rmsprop_epsilon": "inside sqrt" if backend == "tf" else "outside sqrt",
+                      "threads": "set_num_threads(2)"},
+        "threads": 2, "started_at": "2025-01-02T03:04:05+00:00", "timing_method": "perf_counter per epoch",
+        "target_accuracy": 0.9,
+    }
+    if status == "skipped":
+        return record | {"reason": message}
+    if status == "failed":
+        return record | {"error": message, "traceback": "Traceback (most recent call last):\n  ...\n" + str(message)}
+    jitter = lambda: float(np.exp(rng.normal(0.0, noise)))  # noqa: E731
+    speed = BASE_SPEED[(backend, mode)] * MODEL_COST[model] * speed_factor * jitter()
+    accuracy = ACCURACY[activation] - (0.01 if optimizer == "sgd" else 0.0) + rng.normal(0, 0.002)
+    curve = [accuracy - 0.06 / (e + 1) for e in range(epochs)]
+    epoch_s = [n_train / speed * jitter() for _ in range(epochs)]
+    compile_s = {"eager": 0.02, "compiled": 4.0, "graph": 0.8, "jit": 0.6}[mode] * jitter()
+    record |= {
+        "test_accuracy": accuracy, "test_loss": 1.2 - accuracy, "final_train_loss": 1.1 - accuracy,
+        "val_accuracy": curve[-1], "epoch_train_loss": [0.9 / (e + 1) for e in range(epochs)],
+        "epoch_val_loss": [1.0 / (e + 1) for e in range(epochs)], "epoch_val_accuracy": curve,
+        "epoch_seconds": epoch_s, "train_samples_per_s": speed, "train_seconds": sum(epoch_s),
+        "step_time_ms_p50": 1e3 * batch / speed, "step_time_ms_p90": 1.1e3 * batch / speed,
+        "step_time_ms_p99": 1.3e3 * batch / speed, "compile_seconds": compile_s,
+        "first_step_seconds": compile_s + batch / speed, "warmup_seconds": compile_s + 3 * batch / speed,
+        "inference_samples_per_s": 4 * speed, "time_to_target_seconds": epoch_s[0] if curve[0] >= 0.9 else None,
+        "device_seconds": None, "cpu_seconds_per_sample": 2 / speed, "peak_rss_bytes": 600e6 * jitter(),
+        "peak_device_bytes": None, "memory_method": "psutil RSS", "param_count": 101_770,
+        "flops_per_sample_forward": 203_530, "flops_per_sample_train": 610_590,
+        "achieved_gflops": 610_590 * speed / 1e9, "peak_fraction": 0.05, "duration_seconds": 3 * sum(epoch_s),
+    }
+    if status == "diverged":
+        record |= {"reason": message, "test_accuracy": None, "epoch_train_loss": [0.9, float("nan")]}
+    return record
+
+
+def make_records(seed: int = 0, speed_factor: float = 1.0, noise: float = 0.03, repeats: int = 3) -> list[dict]:
+    """A run of 3 backends (torch in two modes), 2 models, 2 optimizers, 3 activations, with problems."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for backend, mode in BASE_SPEED:
+        for model in MODEL_COST:
+            for optimizer in ("sgd", "adam"):
+                for activation in ACCURACY:
+                    if mode == "compiled" and (model, optimizer) != ("mlp", "adam"):
+                        continue
+                    for repeat in range(repeats):
+                        kind, message = "ok", None
+                        if backend == "jax" and model == "cnn":
+                            kind, message = "skipped", "jax: <Conv> not supported on this <device>"
+                        elif (backend, model, optimizer, activation) == ("torch", "cnn", "adam", "tanh"):
+                            kind, message = "failed", "RuntimeError: <boom> & shape mismatch"
+                        elif (backend, optimizer, activation, repeat) == ("tf", "sgd", "sigmoid", 1):
+                            kind, message = "diverged", "training loss became nan at epoch 2, step 7"
+                        records.append(make_record(backend, mode, model, optimizer, activation, repeat, rng,
+                                                   speed_factor=speed_factor, noise=noise, status=kind,
+                                                   message=message))
+    return records
+
+
+ENVIRONMENT = {
+    "created": "2025-01-02T03:04:05+00:00", "command": "python -m bench run --name '<script>'",
+    "argv": ["run"], "git_commit": "0123456789abcdef", "os": "Linux-6.1", "cpu": "Test CPU <fast>", "cores": 2,
+    "cpu_set": [0, 1], "threads": 2, "python": "3.11.7",
+    "versions": {"numpy": "2.1.0", "torch": "2.13.0", "tensorflow-cpu": "2.21.0", "jax": "0.10.0"},
+    "gpu": None, "matmul_peak_gflops": 95.2,
+    "fairness": {"initial weights": "glorot_uniform drawn in numpy", "bn_momentum": "0.99 (Keras sense)"},
+    "settings": {"repeats": 3, "models": ["mlp", "cnn"]},
+}
+
+
+def write_run(folder: Path, records: list[dict], environment: dict | None = ENVIRONMENT) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "results.jsonl", "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record).replace("NaN", "null") + "\n")
+    if environment is not None:
+        (folder / "environment.json").write_text(json.dumps(environment))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def records() -> list[dict]:
+    return make_records()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, records):
+    folder = write_run(tmp_path_factory.mktemp("run") / "run", records)
+    return build_report(folder), records
+
+
+def test_results_csv_has_one_row_per_record_and_the_full_schema(built):
+    result, records = built
+    table = pd.read_csv(result.results_csv)
+    assert len(table) == len(records)
+    assert list(table.columns[: len(SCHEMA)]) == list(SCHEMA)
+    assert "traceback" in table.columns  # fields beyond the schema are kept
+    assert json.loads(table["epoch_val_accuracy"].dropna().iloc[0])[0] == pytest.approx(
+        records[0]["epoch_val_accuracy"][0])
+    assert set(table["status"]) == {"ok", "skipped", "failed", "diverged"}
+
+
+def test_summary_has_one_row_per_cell_with_the_right_medians(built):
+    result, records = built
+    summary = pd.read_csv(result.summary_csv)
+    assert len(summary) == len({r["cell_id"] for r in records})
+    for metric in METRICS:
+        assert {f"{metric}_median", f"{metric}_ci_low", f"{metric}_ci_high"} <= set(summary.columns)
+    cell = [r for r in records if r["cell_id"].startswith("tf|mlp|adam|relu|")]
+    row = summary[(summary["variant"] == "tf") & (summary["model"] == "mlp") & (summary["optimizer"] == "adam")
+                  & (summary["activation"] == "relu")].iloc[0]
+    speeds = [r["train_samples_per_s"] for r in cell]
+    assert row["train_samples_per_s_median"] == pytest.approx(np.median(speeds))
+    assert min(speeds) <= row["train_samples_per_s_ci_low"] <= row["train_samples_per_s_median"]
+    assert row["train_samples_per_s_median"] <= row["train_samples_per_s_ci_high"] <= max(speeds)
+    # the diverged repeat is counted, and only the two ok repeats feed the median
+    odd = summary[(summary["variant"] == "tf") & (summary["optimizer"] == "sgd") & (summary["activation"] == "sigmoid")
+                  & (summary["model"] == "mlp")].iloc[0]
+    ok_acc = [r["test_accuracy"] for r in records if r["cell_id"].startswith("tf|mlp|sgd|sigmoid|") and r["status"] == "ok"]
+    assert (odd["n_ok"], odd["n_diverged"], odd["status"]) == (2, 1, "ok 2, diverged 1")
+    assert odd["test_accuracy_median"] == pytest.approx(np.median(ok_acc))
+    # torch ran two modes, so its rows are told apart; a backend with one mode keeps its plain name
+    assert {"torch (eager)", "torch (compiled)", "tf", "jax"} == set(summary["variant"])
+    skipped = summary[(summary["variant"] == "jax") & (summary["model"] == "cnn")]
+    assert (skipped["status"] == "skipped 3").all() and skipped["train_samples_per_s_median"].isna().all()
+    assert skipped["reason"].iloc[0] == "jax: <Conv> not supported on this <device>"
+
+
+def test_page_escapes_every_recorded_string(built):
+    result, _ = built
+    page = result.report_html.read_text(encoding="utf-8")
+    assert "<script" not in page.lower()
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page  # the run name, as text
+    assert "RuntimeError: &lt;boom&gt; &amp; shape mismatch" in page
+    assert "Test CPU &lt;fast&gt;" in page
+
+
+def test_page_is_self_contained_with_embedded_figures(built):
+    result, _ = built
+    page = result.report_html.read_text(encoding="utf-8")
+    images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    # throughput, 2 accuracy heatmaps, 2 training curves, compile vs steady, time to target
+    assert len(images) == len(result.figures) == 7
+    assert all(img.startswith("iVBORw0KGgo") for img in images)  # the PNG signature, base64-encoded
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page)
+    assert not re.search(r"url\(|@import|<link|<iframe", page)
+    assert all(p.stat().st_size > 5000 for p in result.figures)
+
+
+def test_page_shows_headline_ratios_problems_and_frameworks(built):
+    result, _ = built
+    page = result.report_html.read_text(encoding="utf-8")
+    assert result.baseline == "torch (eager)"
+    assert "baseline</span>" in page
+    # jax is ~1.27x torch eager on mlp: far outside 3% noise, so the ratio is coloured as better
+    assert re.search(r'class="cmp better">1\.2\d*x', page.replace("×", "x"))
+    assert re.search(r'class="cmp worse">0\.7\d*x', page.replace("×", "x"))  # tf: ~0.79x
+    for text in ("diverged", "training loss became nan at epoch 2, step 7", "Keras / TensorFlow",
+                 "compiled vs eager: 1.", "Harder inside jit", "inside sqrt", "0.99 (Keras sense)"):
+        assert text in page, text
+
+
+def test_rebuild_is_identical(built):
+    result, _ = built
+    first = result.report_html.read_bytes()
+    assert build_report(result.run_dir).report_html.read_bytes() == first
+
+
+def test_truncated_last_line_is_skipped_and_counted(tmp_path, records, capsys):
+    folder = write_run(tmp_path / "run", records[:20])
+    complete = json.dumps(records[20])
+    with open(folder / "results.jsonl", "a", encoding="utf-8") as handle:
+        handle.write(complete[: len(complete) // 2])  # a crash mid-write
+    result = build_report(folder)
+    assert result.skipped_lines == 1 and result.n_records == 20
+    assert len(pd.read_csv(result.results_csv)) == 20
+    assert "1 incomplete or unreadable line(s)" in result.report_html.read_text(encoding="utf-8")
+    parser = argparse.ArgumentParser()
+    add_report_arguments(parser)
+    assert main_report(parser.parse_args([str(folder)])) == 0
+    assert "skipped 1 incomplete or unreadable line" in capsys.readouterr().out
+
+
+def test_line_cut_inside_a_multibyte_character_costs_one_line(tmp_path, records):
+    folder = write_run(tmp_path / "run", records[:5])
+    with open(folder / "results.jsonl", "ab") as handle:
+        handle.write(json.dumps({"reason": "µs"}, ensure_ascii=False).encode()[:12])
+    assert build_report(folder).skipped_lines == 1
+
+
+def test_bad_folders_are_one_line_errors(tmp_path):
+    with pytest.raises(BenchError, match="does not exist"):
+        build_report(tmp_path / "missing")
+    with pytest.raises(BenchError, match="no results.jsonl"):
+        build_report(tmp_path)
+    (tmp_path / "results.jsonl").write_text('{"status": "ok", "backe')
+    with pytest.raises(BenchError, match="no complete record"):
+        build_report(tmp_path)
+
+
+def test_one_backend_that_skipped_everything_still_builds(tmp_path):
+    rng = np.random.default_rng(0)
+    records = [make_record("jax", "jit", "mlp", "adam", "relu", r, rng, status="skipped",
+                           message="jax is not installed") for r in range(2)]
+    result = build_report(write_run(tmp_path / "run", records, environment=None))
+    page = result.report_html.read_text(encoding="utf-8")
+    assert result.figures == [] and "nothing to plot" in page and "jax is not installed" in page
+    assert "environment.json is missing" in page
+
+
+def test_old_records_without_optional_fields(tmp_path):
+    rng = np.random.default_rng(1)
+    keep = {"backend", "model", "optimizer", "activation", "train_samples_per_s", "test_accuracy"}
+    records = [{k: v for k, v in make_record("torch", "eager", "mlp", "adam", "relu", r, rng).items() if k in keep}
+               for r in range(3)]
+    result = build_report(write_run(tmp_path / "run", records))
+    summary = pd.read_csv(result.summary_csv)
+    assert len(summary) == 1 and summary["n_ok"].iloc[0] == 3  # no status field: no error means ok
+    assert len(result.figures) == 1  # only throughput has data
+
+
+def test_unknown_baseline_is_an_error(built):
+    result, _ = built
+    with pytest.raises(BenchError, match="baseline 'pytorch' is not a backend"):
+        build_report(result.run_dir, baseline="pytorch")
+
+
+def _compare(tmp_path: Path, factor: float, *extra: str) -> tuple[int, pd.DataFrame]:
+    a = write_run(tmp_path / "a", make_records(seed=1))
+    b = write_run(tmp_path / "b", make_records(seed=2, speed_factor=factor))
+    parser = argparse.ArgumentParser()
+    add_compare_arguments(parser)
+    code = main_compare(parser.parse_args([str(a), str(b), "--out", str(tmp_path / "out"), *extra]))
+    return code, pd.read_csv(tmp_path / "out" / "compare.csv")
+
+
+def test_compare_calls_a_real_2x_slowdown_and_fails_the_gate(tmp_path, capsys):
+    code, rows = _compare(tmp_path, 0.5, "--fail-on", "0.05")
+    train = rows[rows["metric"] == "train_samples_per_s"]
+    assert code == 1
+    assert (train["verdict"] == "slower").all() and train["regression"].all()
+    assert train["change"].between(0.4, 0.6).all() and (train["change_high"] < 1).all()
+    accuracy = rows[rows["metric"] == "test_accuracy"]
+    assert (accuracy["verdict"] == "unchanged").all()
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "slower" in out
+    assert "regression" in (tmp_path / "out" / "compare.md").read_text() or "FAIL" in (
+        tmp_path / "out" / "compare.md").read_text()
+
+
+def test_compare_ignores_noise_and_passes_the_gate(tmp_path, capsys):
+    code, rows = _compare(tmp_path, 1.0, "--fail-on", "0.05")
+    assert code == 0
+    measured = rows[rows["metric"].notna()]
+    assert len(measured) > 50 and (measured["verdict"] == "unchanged").all()
+    assert "PASS" in capsys.readouterr().out
+
+
+def test_compare_gate_only_trips_past_the_threshold(tmp_path):
+    a = write_run(tmp_path / "a", make_records(seed=1, noise=0.01))
+    b = write_run(tmp_path / "b", make_records(seed=2, noise=0.01, speed_factor=0.85))
+    lenient = compare_runs(a, b, fail_on=0.30)
+    strict = compare_runs(a, b, fail_on=0.10)
+    report_only = compare_runs(a, b, fail_on=None)
+    assert (lenient.rows.loc[lenient.rows["metric"] == "train_samples_per_s", "verdict"] == "slower").all()
+    assert (lenient.exit_code, strict.exit_code, report_only.exit_code) == (0, 1, 0)
+
+
+def test_compare_flags_a_cell_that_stopped_finishing(tmp_path):
+    records_a = make_records(seed=1)
+    records_b = [r if not r["cell_id"].startswith("tf|mlp|adam|relu|") else
+                 r | {"status": "failed", "error": "OOM"} for r in make_records(seed=2)]
+    result = compare_runs(write_run(tmp_path / "a", records_a), write_run(tmp_path / "b", records_b), fail_on=0.05)
+    assert result.exit_code == 1
+    assert list(result.regressions["verdict"]) == ["stopped finishing"]
+
+
+def _chromium() -> str | None:
+    return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="headless Chromium is not installed (apt-get install chromium)")
+def test_page_renders_with_figures_in_headless_chromium(built, tmp_path):
+    result, _ = built
+    shot = tmp_path / "report.png"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "screenshot_report.py"), str(result.report_html),
+                           "--out", str(shot)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert shot.stat().st_size > 50_000
+    assert not math.isnan(float(re.search(r"colourful=([0-9.]+)", done.stdout).group(1)))
