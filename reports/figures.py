@@ -19,9 +19,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogLocator, NullFormatter
 
 from reports import fmt
-from reports.headline import ModelHeadline
+from reports.headline import ModelHeadline, pooled_estimate
 from reports.records import CONFIG_AXES, config_keys
-from reports.stats import median_interval
 
 matplotlib.rcParams.update({
     "font.size": 10, "axes.titlesize": 11, "axes.spines.top": False, "axes.spines.right": False,
@@ -126,7 +125,7 @@ def accuracy_heatmap(frame: pd.DataFrame, model: str, colours: dict) -> FigureOu
         for i, opt in enumerate(optimizers):
             for j, act in enumerate(activations):
                 cell = rows[(rows["variant"] == variant) & (rows["optimizer"] == opt) & (rows["activation"] == act)]
-                est = median_interval(cell.loc[cell["status"] == "ok", "test_accuracy"])
+                est = pooled_estimate(cell[cell["status"] == "ok"], "test_accuracy")
                 if est.ok:
                     grid[i, j], text[i][j] = est.value, f"{100 * est.value:.1f}"
                 else:
@@ -194,16 +193,18 @@ def training_curves(curves: pd.DataFrame, model: str, colours: dict) -> FigureOu
     chosen = mine[config_keys(mine) == key]
     fig = Figure(figsize=(WIDTH, 3.6), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
-    for variant, group in chosen.groupby("variant"):
+    groups = list(chosen.groupby("variant"))
+    for rank, (variant, group) in enumerate(groups):
         by_epoch = group.groupby("epoch")
         colour = colours[variant]
+        width = 1.3 + 1.6 * (len(groups) - 1 - rank)  # earlier lines wider, so coinciding lines stay visible
         for column, ax, style in (("train_loss", loss_ax, "-"), ("val_loss", loss_ax, "--"),
                                   ("val_accuracy", acc_ax, "-")):
             median = by_epoch[column].median()
             if median.notna().sum() == 0:
                 continue
-            ax.plot(median.index, median.values, style, marker="o", markersize=3, color=colour,
-                    label=variant if column != "val_loss" else None)
+            ax.plot(median.index, median.values, style, marker="o", markersize=2 + width, color=colour,
+                    linewidth=width, label=variant if column != "val_loss" else None)
             if by_epoch[column].count().max() > 1:
                 ax.fill_between(median.index, by_epoch[column].min(), by_epoch[column].max(),
                                 color=colour, alpha=0.15, linewidth=0)
@@ -217,8 +218,8 @@ def training_curves(curves: pd.DataFrame, model: str, colours: dict) -> FigureOu
     described = ", ".join(f"{k.replace('_', ' ')} {_plain_value(v)}" for k, v in reference.items()
                           if k != "model" and _plain_value(v))
     return FigureOut(f"curves_{model}", f"Training curves: {model}",
-                     f"Median over repeats per epoch (band: min to max) for one configuration every backend "
-                     f"ran: {described}.", _png(fig))
+                     f"Median over repeats per epoch (band: min to max) for the configuration most backends "
+                     f"ran: {described}. Lines that coincide mean the backends computed the same thing.", _png(fig))
 
 
 def compile_vs_steady(heads: list[ModelHeadline], colours: dict) -> FigureOut | None:
@@ -226,8 +227,8 @@ def compile_vs_steady(heads: list[ModelHeadline], colours: dict) -> FigureOut | 
     bars = []
     for head in heads:
         for variant, pool in head.pools.items():
-            compile_s = median_interval(pool["compile_seconds"])
-            steady = median_interval(pool["train_seconds"])
+            compile_s = pooled_estimate(pool, "compile_seconds")
+            steady = pooled_estimate(pool, "train_seconds")
             if steady.ok:
                 bars.append((f"{head.model} · {variant}", variant, compile_s.value if compile_s.ok else 0.0,
                              steady.value))
@@ -261,10 +262,10 @@ def time_to_target(heads: list[ModelHeadline], colours: dict) -> FigureOut | Non
                 reached = pool["time_to_target_seconds"].notna()
                 targets |= set(pool["target_accuracy"].dropna())
                 bars.append((f"{head.model} · {variant}", variant,
-                             median_interval(pool.loc[reached, "time_to_target_seconds"]),
+                             pooled_estimate(pool[reached], "time_to_target_seconds"),
                              int(reached.sum()), len(pool)))
-    if not bars:
-        return None
+    if not any(est.ok for _, _, est, _, _ in bars):
+        return None  # nothing reached the target: the headline's accuracies already say so
     fig = Figure(figsize=(WIDTH, 0.35 * len(bars) + 1.2), layout="constrained")
     ax = fig.subplots()
     ys = np.arange(len(bars))[::-1]
@@ -272,9 +273,9 @@ def time_to_target(heads: list[ModelHeadline], colours: dict) -> FigureOut | Non
     for y, (label, variant, est, hits, n) in zip(ys, bars):
         if est.ok:
             ax.barh(y, est.value, xerr=_errors([est]), capsize=3, color=colours[variant])
-            ax.text(est.high, y, f"  {fmt.seconds(est.value)}  (reached in {hits}/{n})", va="center", fontsize=8.5)
+            ax.text(est.high, y, f"  {fmt.seconds(est.value)}  (reached in {hits} of {n} runs)", va="center", fontsize=8.5)
         else:
-            ax.text(0, y, f"  not reached in {n} record(s)", va="center", fontsize=8.5, color="#b00020")
+            ax.text(0, y, f"  not reached in {n} run(s)", va="center", fontsize=8.5, color="#b00020")
     ax.set_yticks(ys, [b[0] for b in bars])
     ax.set_xlim(0, top * 1.5)
     ax.set_xlabel("training seconds until validation accuracy first reached the target")

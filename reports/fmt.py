@@ -104,4 +104,17 @@ def interval(est: Estimate, fmt: Formatter) -> str:
     """The compact bracket after a median: '[11.9k–12.8k/s]', or '' when there is no spread to show."""
     if not est.ok or est.n < 2:
         return ""
-    return f"[{fmt(est.low)} – {fmt(est.high)}]"
+    low, high = fmt(est.low), fmt(est.high)
+    unit = _shared_unit(low, high)
+    return f"[{low[: len(low) - len(unit)].rstrip()} – {high}]"
+
+
+def _shared_unit(low: str, high: str) -> str:
+    """The unit both ends carry ('/s', ' ms', '%', '×'), written once: '[19.3k – 34.9k/s]'.
+
+    A magnitude suffix (k, M) is part of the number, not the unit, so it stays on both ends.
+    """
+    for unit in ("/s", " µs", " ms", " s", " min", " h", " KiB", " MiB", " GiB", " TiB", " pp", "%", "×"):
+        if low.endswith(unit) and high.endswith(unit):
+            return unit
+    return ""

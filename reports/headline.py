@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
 from reports.records import CONFIG_AXES, PROBLEM_STATUSES, config_keys
-from reports.stats import MISSING, Estimate, difference_interval, median_interval, ratio_interval
+from reports.stats import MISSING, Estimate, grouped_comparison, grouped_median_interval
 
 
 @dataclass(frozen=True)
@@ -101,31 +102,51 @@ def choose_baseline(frame: pd.DataFrame, requested: str | None) -> str | None:
     return None if requested else (candidates[0] if candidates else None)
 
 
+def by_config(pool: pd.DataFrame, field: str, keys: list[str]) -> list[pd.Series]:
+    """``field`` of ``pool`` split into one group per configuration key, in the order of ``keys``."""
+    own = config_keys(pool)
+    return [pool.loc[own == key, field] for key in keys]
+
+
+def pooled_estimate(pool: pd.DataFrame, field: str) -> Estimate:
+    """``field`` over all configurations in ``pool``: median of per-configuration medians, with interval."""
+    return grouped_median_interval(by_config(pool, field, sorted(set(config_keys(pool)))))
+
+
 def model_headline(frame: pd.DataFrame, model: str, baseline: str | None) -> ModelHeadline:
-    """The headline rows of one model (every variant that has records of it)."""
+    """The headline rows of one model (every variant that has records of it).
+
+    Each value is the median over configurations of the per-configuration median; a ratio to the
+    baseline is taken per configuration and then summarised, so the interval reflects repeat noise
+    rather than how much sgd and adam differ.
+    """
     rows_of_model = frame[frame["model"] == model]
     ok = rows_of_model[rows_of_model["status"] == "ok"]
     keys = config_keys(ok)
     finished = {v: set(keys[ok["variant"] == v]) for v in sorted(set(ok["variant"]))}
-    shared = set.intersection(*finished.values()) if finished else set()
+    shared = sorted(set.intersection(*finished.values())) if finished else []
     matched = bool(shared) or len(finished) <= 1
     pools = {v: ok[(ok["variant"] == v) & (keys.isin(shared) if shared else True)] for v in finished}
+    config_order = {v: shared or sorted(finished[v]) for v in finished}
     base = baseline if baseline in pools else None
     rows = []
     for variant in sorted(set(rows_of_model["variant"]), key=lambda v: (v != base, v)):
         pool = pools.get(variant, ok.iloc[0:0])
+        order = config_order.get(variant, [])
         everything = rows_of_model[rows_of_model["variant"] == variant]
         entries = {}
         for metric in HEADLINE_METRICS:
-            entry = Entry(median_interval(pool[metric.field]))
+            groups = by_config(pool, metric.field, order)
+            entry = Entry(grouped_median_interval(groups))
             if base is not None and variant != base and entry.value.ok:
-                compare = ratio_interval if metric.relative else difference_interval
-                entry.versus = compare(pool[metric.field], pools[base][metric.field])
+                combine = np.divide if metric.relative else np.subtract
+                base_groups = by_config(pools[base], metric.field, config_order[base])
+                entry.versus = grouped_comparison(groups, base_groups, combine, paired=bool(shared))
             entries[metric.field] = entry
         rows.append(Row(
             variant=variant,
             framework=next(iter(everything["framework"].dropna()), None),
-            n_configs=int(config_keys(pool).nunique()) if len(pool) else 0,
+            n_configs=len(order),
             n_records=len(pool),
             problems={s: int((everything["status"] == s).sum()) for s in PROBLEM_STATUSES
                       if (everything["status"] == s).any()},

@@ -88,10 +88,10 @@ def _status(record: dict) -> str:
 def _variant_labels(frame: pd.DataFrame) -> pd.Series:
     """'torch' where a backend ran one execution mode, 'torch (compiled)' where it ran several.
 
-    'default' is the requested mode a cell keeps when it was skipped before a mode was resolved,
-    so it does not count as a mode of its own.
+    Only modes that actually trained count: a cell skipped before its mode was resolved keeps the
+    requested name ('default', or a mode the backend does not have), which is not a mode it ran.
     """
-    real = frame[frame["mode"].notna() & (frame["mode"] != "default")]
+    real = frame[frame["status"].isin(("ok", "diverged")) & frame["mode"].notna()]
     several = {b for b, modes in real.groupby("backend")["mode"].unique().items() if len(modes) > 1}
     return pd.Series(
         [f"{b} ({m})" if b in several else str(b) for b, m in zip(frame["backend"], frame["mode"])],

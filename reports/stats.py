@@ -70,43 +70,94 @@ def _bounds(samples: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def median_interval(values: Iterable) -> Estimate:
-    """Median of the finite values with a percentile-bootstrap interval (a point when n < 2)."""
-    data = finite(values)
-    if data.size == 0:
-        return MISSING
-    median = float(np.median(data))
-    if data.size < 2 or np.all(data == data[0]):
-        return Estimate(median, median, median, int(data.size))
-    low, high = _bounds(_resampled_medians(data, np.random.default_rng(BOOTSTRAP_SEED)))
-    return Estimate(median, low, high, int(data.size))
+def _nonempty(groups: Iterable[Iterable]) -> list[np.ndarray]:
+    return [d for d in (finite(g) for g in groups) if d.size]
 
 
-def _two_sample(new: Iterable, old: Iterable, combine: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Estimate:
-    a, b = finite(new), finite(old)
-    if a.size == 0 or b.size == 0:
+def _estimate(value: float, samples: np.ndarray | None, n: int) -> Estimate:
+    if not math.isfinite(value):
         return MISSING
-    with np.errstate(divide="ignore", invalid="ignore"):
-        value = float(combine(np.median(a), np.median(b)))
-        if not math.isfinite(value):
-            return MISSING
-        rng = np.random.default_rng(BOOTSTRAP_SEED)
-        samples = combine(_resampled_medians(a, rng), _resampled_medians(b, rng))
+    if samples is None:
+        return Estimate(value, value, value, n)
     samples = samples[np.isfinite(samples)]
     if samples.size == 0:
         return MISSING
     low, high = _bounds(samples)
-    return Estimate(value, low, high, int(min(a.size, b.size)))
+    return Estimate(value, min(low, value), max(high, value), n)
+
+
+def _constant(groups: list[np.ndarray]) -> bool:
+    return all(g.size < 2 or np.ptp(g) == 0 for g in groups)
+
+
+def grouped_median_interval(groups: Iterable[Iterable]) -> Estimate:
+    """The median over groups (configurations) of each group's median, with a stratified bootstrap.
+
+    Pooling different configurations (sgd and adam, relu and tanh) into one sample would make the
+    interval measure how much configurations differ; resampling within each group keeps it about
+    the repeats. With one group this is the plain median and its interval.
+    """
+    data = _nonempty(groups)
+    if not data:
+        return MISSING
+    value = float(np.median([np.median(d) for d in data]))
+    n = min(d.size for d in data)
+    if _constant(data):
+        return _estimate(value, None, n)
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    return _estimate(value, np.median(np.stack([_resampled_medians(d, rng) for d in data]), axis=0), n)
+
+
+def median_interval(values: Iterable) -> Estimate:
+    """Median of the finite values with a percentile-bootstrap interval (a point when n < 2)."""
+    return grouped_median_interval([values])
+
+
+Combine = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def grouped_comparison(new: list[Iterable], old: list[Iterable], combine: Combine, paired: bool) -> Estimate:
+    """Compare two sets of groups with a stratified bootstrap, each group resampled independently.
+
+    ``paired``: group i of ``new`` and of ``old`` are the same configuration, so the estimate is
+    the median over configurations of combine(median new_i, median old_i). Unpaired groups are
+    summarised first (median of group medians per side), then combined.
+    """
+    if paired:
+        pairs = [(a, b) for a, b in zip((finite(g) for g in new), (finite(g) for g in old)) if a.size and b.size]
+        a_groups, b_groups = [a for a, _ in pairs], [b for _, b in pairs]
+    else:
+        a_groups, b_groups = _nonempty(new), _nonempty(old)
+    if not a_groups or not b_groups:
+        return MISSING
+    n = min(g.size for g in a_groups + b_groups)
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a_point = np.array([np.median(g) for g in a_groups])
+        b_point = np.array([np.median(g) for g in b_groups])
+        if paired:
+            value = float(np.median(combine(a_point, b_point)))
+        else:
+            value = float(combine(np.median(a_point), np.median(b_point)))
+        if _constant(a_groups) and _constant(b_groups):
+            return _estimate(value, None, n)
+        a_boot = np.stack([_resampled_medians(g, rng) for g in a_groups])
+        b_boot = np.stack([_resampled_medians(g, rng) for g in b_groups])
+        if paired:
+            samples = np.median(combine(a_boot, b_boot), axis=0)
+        else:
+            samples = combine(np.median(a_boot, axis=0), np.median(b_boot, axis=0))
+    return _estimate(value, samples, n)
 
 
 def ratio_interval(new: Iterable, old: Iterable) -> Estimate:
     """median(new) / median(old), each side resampled independently; MISSING if old's median is 0."""
-    return _two_sample(new, old, np.divide)
+    return grouped_comparison([new], [old], np.divide, paired=True)
 
 
 def difference_interval(new: Iterable, old: Iterable) -> Estimate:
     """median(new) - median(old), each side resampled independently (for accuracies)."""
-    return _two_sample(new, old, np.subtract)
+    return grouped_comparison([new], [old], np.subtract, paired=True)
 
 
 def welch_p(new: Iterable, old: Iterable, log: bool) -> float:
