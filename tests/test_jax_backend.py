@@ -1,0 +1,334 @@
+"""The JAX backend on real JAX/Flax/Optax at small sizes: same logits as PyTorch and a NumPy forward,
+one compilation per cell, jit == eager, dropout masks that move, the optimizer formulas as
+design.md fixes them, a functional ``loss_and_gradients``, and an MLP that learns MNIST."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+pytest.importorskip("jax")
+pytest.importorskip("flax")
+pytest.importorskip("optax")
+
+import jax  # noqa: E402
+
+from backends.base import Unsupported, numpy_loss  # noqa: E402
+from backends.jax_backend import JaxBackend  # noqa: E402
+from bench.data import epoch_batches, load_dataset  # noqa: E402
+from bench.shapes import param_specs  # noqa: E402
+from bench.spec import (  # noqa: E402
+    SEED_MODELS,
+    Activation,
+    AvgPool2D,
+    BatchNorm,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    MaxPool2D,
+    ModelSpec,
+    TrainSpec,
+)
+from bench.weights import canonical_weights  # noqa: E402
+
+MNIST = (28, 28, 1)
+ALL_LAYERS = ModelSpec(
+    name="all_layers",
+    description="every layer type, 'same' padding with stride 2 (asymmetric pad), BatchNorm on images",
+    layers=(
+        Conv2D(filters=8, kernel=3, stride=2, padding="same", activation="linear"),
+        BatchNorm(),
+        Activation(activation="hidden"),
+        AvgPool2D(size=2),
+        Conv2D(filters=4, kernel=3, padding="same", activation="hidden"),
+        MaxPool2D(size=2),
+        Flatten(),
+        Dropout(rate=0.3),
+        Dense(units=10),
+    ),
+)
+BN_DROPOUT = ModelSpec(
+    name="bn_dropout",
+    layers=(Flatten(), Dense(units=32), BatchNorm(), Activation(activation="hidden"), Dropout(rate=0.2), Dense(units=10)),
+)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("mnist-sample")
+
+
+@pytest.fixture
+def backend() -> JaxBackend:
+    b = JaxBackend()
+    b.setup(threads=1, device="cpu")
+    return b
+
+
+def perturbed_weights(model: ModelSpec, shape: tuple[int, ...], seed: int = 3) -> list[np.ndarray]:
+    """Canonical weights with nonzero biases and BatchNorm statistics, so a swapped mapping shows."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for spec, w in zip(param_specs(model, shape, 10), canonical_weights(model, shape, 10, seed)):
+        if spec.name == "moving_variance":
+            w = w * rng.uniform(0.5, 1.5, w.shape).astype(np.float32)
+        elif spec.name != "kernel":
+            w = w + rng.normal(0.0, 0.1, w.shape).astype(np.float32)
+        out.append(w)
+    return out
+
+
+def numpy_mlp_logits(model: ModelSpec, weights: list[np.ndarray], x: np.ndarray, train: TrainSpec) -> np.ndarray:
+    """An independent float64 forward of the dense layer types (eval mode)."""
+    params = {p.key: w.astype(np.float64) for p, w in zip(param_specs(model, x.shape[1:], 10), weights)}
+    acts = {"relu": lambda z: np.maximum(z, 0), "tanh": np.tanh, "linear": lambda z: z}
+    h = x.reshape(len(x), -1).astype(np.float64)
+    for i, layer in enumerate(model.layers):
+        if isinstance(layer, Dense):
+            h = acts[layer.activation](h @ params[f"{i}.kernel"] + params[f"{i}.bias"])
+        elif isinstance(layer, BatchNorm):
+            scale = params[f"{i}.gamma"] / np.sqrt(params[f"{i}.moving_variance"] + train.bn_epsilon)
+            h = (h - params[f"{i}.moving_mean"]) * scale + params[f"{i}.beta"]
+        elif isinstance(layer, Activation):
+            h = acts[layer.activation](h)
+    return h
+
+
+def built(backend: JaxBackend, model: ModelSpec, train: TrainSpec, shape=MNIST, weights=None) -> JaxBackend:
+    model = model.resolve(train.activation)
+    backend.build(model, train, shape, 10)
+    backend.set_weights(weights if weights is not None else perturbed_weights(model, shape))
+    return backend
+
+
+@pytest.mark.parametrize("name, activation", [("mlp", "relu"), ("mlp_bn", "tanh")])
+def test_logits_match_a_numpy_forward(backend, data, name, activation):
+    train = TrainSpec(activation=activation)
+    model = SEED_MODELS[name].resolve(activation)
+    weights = perturbed_weights(model, MNIST)
+    out = built(backend, model, train, weights=weights).logits(data.x_test[:64])
+    assert out.dtype == np.float32 and out.shape == (64, 10)
+    np.testing.assert_allclose(out, numpy_mlp_logits(model, weights, data.x_test[:64], train), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "model, shape",
+    [(SEED_MODELS["mlp"], MNIST), (SEED_MODELS["mlp_bn"], MNIST), (SEED_MODELS["mlp_dropout"], MNIST),
+     (SEED_MODELS["cnn"], MNIST), (SEED_MODELS["cnn"], (32, 32, 3)), (ALL_LAYERS, MNIST)],
+    ids=["mlp", "mlp_bn", "mlp_dropout", "cnn-28x28x1", "cnn-32x32x3", "all_layers"],
+)
+def test_logits_match_torch(backend, model, shape):
+    torch_backend = pytest.importorskip("backends.torch_backend")
+    train = TrainSpec(activation="leaky_relu")  # a slope other than the frameworks' defaults
+    model = model.resolve(train.activation)
+    weights = perturbed_weights(model, shape)
+    x = np.random.default_rng(0).random((16, *shape), dtype=np.float32)
+    ours = built(backend, model, train, shape, weights).logits(x)
+    torch_side = torch_backend.TorchBackend()
+    torch_side.setup(threads=1, device="cpu")
+    torch_side.build(model, train, shape, 10)
+    torch_side.set_weights(weights)
+    np.testing.assert_allclose(ours, torch_side.logits(x), rtol=0, atol=1e-5)
+
+
+def test_weights_round_trip_in_canonical_order(backend):
+    model = SEED_MODELS["mlp_bn"]
+    weights = perturbed_weights(model.resolve("relu"), MNIST)
+    got = built(backend, model, TrainSpec(), weights=weights).get_weights()
+    assert [w.shape for w in got] == [w.shape for w in weights]
+    for a, b in zip(got, weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def count_step_compiles(run) -> int:
+    """Real XLA compilations of the train step while ``run()`` executes, read from JAX's compile log."""
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = Collect()
+    logging.getLogger("jax").addHandler(handler)
+    try:
+        with jax.log_compiles(True):
+            run()
+    finally:
+        logging.getLogger("jax").removeHandler(handler)
+    return sum(m.startswith("Compiling") and "_counted_step" in m for m in messages)
+
+
+def test_train_step_compiles_once_across_steps_reset_and_new_weights(backend, data):
+    b = built(backend, SEED_MODELS["mlp_bn"], TrainSpec(optimizer="adam", batch_size=32))
+    b.load_data(data.x_train[:1024], data.y_train[:1024])
+    batches = epoch_batches(1024, 32, seed=0, epoch=0)
+
+    def run() -> None:
+        for batch in batches[:20]:
+            b.train_step(batch)
+        assert b.finish_epoch().losses.shape == (20,)
+        assert b.compile_count == 1
+        b.reset_optimizer()
+        b.set_weights(b.get_weights())
+        for batch in batches[20:25]:
+            b.train_step(batch)
+        b.synchronize()
+
+    assert count_step_compiles(run) == 1
+    assert b.compile_count == 1
+    assert b.compile_seconds is not None and b.compile_seconds > 0
+
+
+def test_jit_and_eager_give_the_same_losses_and_weights(backend, data):
+    """BatchNorm statistics and the dropout stream included: same keys, same masks in both modes.
+
+    Momentum rather than Adam: the bias before BatchNorm has a gradient of pure rounding noise, which
+    Adam's g / (|g| + eps) would blow up to full-size steps that differ between the two modes."""
+    runs = {}
+    for mode in ("jit", "eager"):
+        b = built(backend, BN_DROPOUT, TrainSpec(optimizer="momentum", mode=mode, batch_size=32))
+        b.load_data(data.x_train[:256], data.y_train[:256])
+        for batch in epoch_batches(256, 32, seed=0, epoch=0)[:3]:
+            b.train_step(batch)
+        runs[mode] = (b.finish_epoch().losses, b.get_weights())
+    assert backend.compile_count == 0  # eager never traces the jitted step
+    np.testing.assert_allclose(runs["jit"][0], runs["eager"][0], rtol=0, atol=1e-5)
+    for a, b in zip(runs["jit"][1], runs["eager"][1]):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
+def test_dropout_masks_change_every_step_and_restart_on_reset(backend, data):
+    """The same batch with frozen weights (lr 1e-12): only the dropout mask can change the loss."""
+    def losses(model: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+        b = built(backend, model, TrainSpec(optimizer="sgd", learning_rate=1e-12, batch_size=64))
+        b.load_data(data.x_train[:64], data.y_train[:64])
+        batch = np.arange(64)
+        for _ in range(3):
+            b.train_step(batch)
+        first = b.finish_epoch().losses
+        b.reset_optimizer()
+        b.train_step(batch)
+        return first, b.finish_epoch().losses
+
+    steps, after_reset = losses(SEED_MODELS["mlp_dropout"])
+    assert len(set(steps.tolist())) == 3
+    assert after_reset[0] == pytest.approx(steps[0], abs=1e-6)
+    steps, _ = losses(SEED_MODELS["mlp"])
+    np.testing.assert_allclose(steps, steps[0], rtol=0, atol=1e-6)
+
+
+def first_step_expected(train: TrainSpec, w: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """design.md's formulas for the first step from zero state (momentum buffer = g, v = (1-rho) g^2,
+    Adam's bias-corrected moments m = g and v = g^2), decoupled decay on w."""
+    lr, eps = train.lr, train.epsilon
+    direction = {
+        "sgd": g,
+        "momentum": g,
+        "rmsprop": g / (np.sqrt((1 - train.rho) * g**2) + eps),  # eps outside the square root
+        "adam": g / (np.abs(g) + eps),
+    }[train.optimizer]
+    return w - lr * (direction + train.weight_decay * w)
+
+
+@pytest.mark.parametrize(
+    "train",
+    [TrainSpec(optimizer="sgd"), TrainSpec(optimizer="momentum"), TrainSpec(optimizer="rmsprop"),
+     TrainSpec(optimizer="adam"), TrainSpec(optimizer="adam", weight_decay=0.1)],
+    ids=["sgd", "momentum", "rmsprop", "adam", "adam-wd"],
+)
+def test_one_step_of_each_optimizer_follows_its_formula(backend, data, train):
+    b = built(backend, SEED_MODELS["mlp"], train)
+    batch = np.arange(128)
+    b.load_data(data.x_train[:128], data.y_train[:128])
+    before = b.get_weights()
+    loss, grads = b.loss_and_gradients(data.x_train[:128], data.y_train[:128])
+    b.train_step(batch)
+    step_loss = b.finish_epoch().losses
+    assert np.isfinite(step_loss).all() and step_loss[0] == pytest.approx(loss, abs=1e-6)
+    for w, g, after in zip(before, grads, b.get_weights()):
+        assert not np.array_equal(w, after)
+        np.testing.assert_allclose(after, first_step_expected(train, w, g), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["cce", "mse", "mae", "bce", "hinge"])
+def test_losses_equal_the_spec_losses(backend, data, loss):
+    b = built(backend, SEED_MODELS["mlp"], TrainSpec(loss=loss))
+    x, y = data.x_test[:100], data.y_test[:100]
+    value, _ = b.loss_and_gradients(x, y)  # mlp: training mode computes the same logits as eval mode
+    assert value == pytest.approx(numpy_loss(b.logits(x), y, loss), abs=1e-6)
+
+
+def test_loss_and_gradients_leaves_weights_statistics_and_optimizer_unchanged(backend, data):
+    b = built(backend, SEED_MODELS["mlp_bn"], TrainSpec(optimizer="adam"))
+    b.load_data(data.x_train[:64], data.y_train[:64])
+    before = b.get_weights()
+    loss, grads = b.loss_and_gradients(data.x_train[:64], data.y_train[:64])
+    assert np.isfinite(loss) and len(grads) == sum(p.trainable for p in b._specs)
+    for a, c in zip(before, b.get_weights()):
+        np.testing.assert_array_equal(a, c)
+    b.train_step(np.arange(64))  # a first Adam step still sees zero moments: its loss is the same
+    assert b.finish_epoch().losses[0] == pytest.approx(loss, abs=1e-6)
+    mean = [p.key for p in b._specs].index("2.moving_mean")
+    assert not np.array_equal(before[mean], b.get_weights()[mean])  # the step, not the gradients, moves it
+
+
+def test_tf32_on_cpu_is_unsupported(backend):
+    with pytest.raises(Unsupported, match="tf32 needs an NVIDIA GPU"):
+        backend.build(SEED_MODELS["mlp"].resolve("relu"), TrainSpec(precision="tf32"), MNIST, 10)
+
+
+def test_unknown_mode_is_unsupported(backend):
+    with pytest.raises(Unsupported, match="jit, eager"):
+        backend.build(SEED_MODELS["mlp"].resolve("relu"), TrainSpec(mode="compiled"), MNIST, 10)
+
+
+def test_bf16_computes_in_bf16_and_keeps_fp32_parameters(backend, data):
+    x, y = data.x_train[:128], data.y_train[:128]
+    weights = perturbed_weights(SEED_MODELS["mlp_bn"].resolve("relu"), MNIST)
+    fp32 = built(backend, SEED_MODELS["mlp_bn"], TrainSpec(), weights=weights).logits(x)
+    b = built(backend, SEED_MODELS["mlp_bn"], TrainSpec(precision="bf16"), weights=weights)
+    low = b.logits(x)
+    assert low.dtype == np.float32
+    assert 0 < np.abs(low - fp32).max() < 0.1  # bf16 rounding is visible, and small
+    b.load_data(x, y)
+    b.train_step(np.arange(128))
+    assert np.isfinite(b.finish_epoch().losses).all()
+    assert all(w.dtype == np.float32 for w in b.get_weights())
+
+
+def test_save_writes_canonical_npz_without_pickle(backend, tmp_path):
+    b = built(backend, SEED_MODELS["mlp_bn"], TrainSpec())
+    path = b.save(tmp_path / "model")
+    with np.load(path, allow_pickle=False) as saved:
+        keys = [p.key for p in b._specs]
+        assert list(saved.files) == keys
+        for key, w in zip(keys, b.get_weights()):
+            np.testing.assert_array_equal(saved[key], w)
+
+
+def test_setup_and_semantics_record_the_choices(backend):
+    info = backend.setup(threads=1, device="cpu")
+    assert info.framework == "jax+flax+optax" and set(info.versions) == {"jax", "jaxlib", "flax", "optax"}
+    assert info.device.startswith("cpu") and "xla_flags" in info.threads
+    assert not jax.config.jax_enable_x64
+    built(backend, SEED_MODELS["mlp"], TrainSpec(optimizer="rmsprop"))
+    facts = backend.semantics()
+    assert "outside the square root" in facts["rmsprop_epsilon"]
+    assert facts["init"] == "canonical numpy glorot_uniform"
+    assert "HIGHEST" in facts["precision"] and "donated" in facts["donation"]
+    assert backend.peak_memory().device_peak_bytes is None
+
+
+def test_mlp_adam_learns_mnist_in_one_epoch(backend, data):
+    b = built(backend, SEED_MODELS["mlp"], TrainSpec(optimizer="adam", batch_size=64),
+              weights=canonical_weights(SEED_MODELS["mlp"].resolve("relu"), MNIST, 10, seed=0))
+    b.load_data(data.x_train[:4000], data.y_train[:4000])
+    for batch in epoch_batches(4000, 64, seed=0, epoch=0):
+        b.train_step(batch)
+    losses = b.finish_epoch().losses
+    assert losses.shape == (62,) and losses[-10:].mean() < losses[:10].mean()
+    _, accuracy = b.evaluate(data.x_test, data.y_test, batch_size=500)
+    assert accuracy > 0.85
