@@ -26,7 +26,7 @@ class ReportResult:
     results_csv: Path
     curves_csv: Path
     summary_csv: Path
-    report_html: Path
+    html: Path
     figures: list[Path] = field(default_factory=list)
     skipped_lines: int = 0
     n_records: int = 0
@@ -64,5 +64,5 @@ def build_report(run_dir: Path, baseline: str | None = None) -> ReportResult:
         result.figures.append(path)
     files = [p.name for p in (result.results_csv, result.curves_csv, result.summary_csv)] + ["figures/"]
     page = render(run, summary, heads, figures, evidence(frame), chosen, files)
-    result.report_html.write_text(page, encoding="utf-8")
+    result.html.write_text(page, encoding="utf-8")
     return result

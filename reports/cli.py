@@ -50,7 +50,7 @@ def main_report(args: argparse.Namespace) -> int:
     result = build_report(args.run_dir, baseline=args.baseline)
     if result.skipped_lines:
         print(f"skipped {result.skipped_lines} incomplete or unreadable line(s) of results.jsonl")
-    print(f"report: {result.report_html} ({result.n_records} records, {len(result.figures)} figures)")
+    print(f"report: {result.html} ({result.n_records} records, {len(result.figures)} figures)")
     print(f"tables: {result.results_csv.name}, {result.summary_csv.name}, {result.curves_csv.name} "
           f"in {result.run_dir}")
     return 0

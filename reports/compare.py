@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from reports import fmt
@@ -216,13 +217,15 @@ def _summary_line(result: CompareResult) -> str:
 
 
 def _gate_line(result: CompareResult) -> str:
+    unjudged = result.counts().get("too few repeats", 0)
+    caveat = f" {unjudged} comparison(s) had fewer than 2 repeats a side and could not be judged." if unjudged else ""
     if result.fail_on is None:
-        return "No --fail-on threshold: the comparison does not fail."
+        return "No --fail-on threshold: the comparison does not fail." + caveat
     n = len(result.regressions)
     if n:
         return (f"FAIL: {n} regression(s) past --fail-on {100 * result.fail_on:g}% "
-                "(significant throughput loss, or a cell that stopped finishing).")
-    return f"PASS: no significant throughput loss of {100 * result.fail_on:g}% or more."
+                "(significant throughput loss, or a cell that stopped finishing)." + caveat)
+    return f"PASS: no significant throughput loss of {100 * result.fail_on:g}% or more." + caveat
 
 
 def print_comparison(result: CompareResult, console: Console | None = None) -> None:
@@ -230,7 +233,7 @@ def print_comparison(result: CompareResult, console: Console | None = None) -> N
     console = console or Console()
     shown = _noteworthy(result)
     if len(shown):
-        table = Table(title=f"Changes: {result.run_b} (B) vs {result.run_a} (A)", show_lines=False)
+        table = Table(title=escape(f"Changes: {result.run_b} (B) vs {result.run_a} (A)"), show_lines=False)
         for name, justify in (("cell", "left"), ("metric", "left"), ("A", "right"), ("B", "right"),
                               ("B / A [95%]", "right"), ("verdict", "left")):
             table.add_column(name, justify=justify)
@@ -238,18 +241,18 @@ def print_comparison(result: CompareResult, console: Console | None = None) -> N
             formatter = FORMATS.get(row["metric"], fmt.sig) if isinstance(row["metric"], str) else fmt.sig
             good = row["verdict"] in ("faster", "better", "now finishes")
             style = "bold red" if row["regression"] else ("green" if good else "yellow")
-            table.add_row(_cell_label(row), _metric_label(row),
+            table.add_row(escape(_cell_label(row)), _metric_label(row),
                           formatter(row["median_a"]) if isinstance(row["metric"], str) else row["status_a"],
                           formatter(row["median_b"]) if isinstance(row["metric"], str) else row["status_b"],
                           _change_text(row), f"[{style}]{row['verdict']}[/]")
         console.print(table)
     else:
         console.print("No cell changed beyond the noise.")
-    console.print(_summary_line(result))
-    console.print(f"{RULE} ({100 * result.noise_floor:g}%; 1 pp for accuracy).")
+    console.print(_summary_line(result), markup=False)
+    console.print(f"{RULE} ({100 * result.noise_floor:g}%; 1 pp for accuracy).", markup=False)
     for run, skipped in zip((result.run_a, result.run_b), result.skipped_lines):
         if skipped:
-            console.print(f"{run}: skipped {skipped} unreadable line(s) of results.jsonl")
+            console.print(f"{run}: skipped {skipped} unreadable line(s) of results.jsonl", markup=False)
     console.print(_gate_line(result), style="bold red" if result.failed else None, markup=False)
 
 

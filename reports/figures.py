@@ -207,7 +207,7 @@ def training_curves(curves: pd.DataFrame, model: str, colours: dict) -> FigureOu
                     linewidth=width, label=variant if column != "val_loss" else None)
             if by_epoch[column].count().max() > 1:
                 ax.fill_between(median.index, by_epoch[column].min(), by_epoch[column].max(),
-                                color=colour, alpha=0.15, linewidth=0)
+                                color=colour, alpha=0.1, linewidth=0)
     loss_ax.set(title="Loss per epoch (solid: train, dashed: validation)", xlabel="epoch", ylabel="loss")
     acc_ax.set(title="Validation accuracy per epoch", xlabel="epoch", ylabel="accuracy")
     acc_ax.yaxis.set_major_formatter(lambda y, _: f"{100 * y:.1f}%")
@@ -215,6 +215,10 @@ def training_curves(curves: pd.DataFrame, model: str, colours: dict) -> FigureOu
         ax.xaxis.get_major_locator().set_params(integer=True)
         if ax.has_data():
             ax.legend(frameon=False, fontsize=8)
+    if not acc_ax.has_data():
+        acc_ax.set_axis_off()
+        acc_ax.text(0.5, 0.5, "no validation split in this run", ha="center", va="center",
+                    transform=acc_ax.transAxes, color="#5b6475")
     described = ", ".join(f"{k.replace('_', ' ')} {_plain_value(v)}" for k, v in reference.items()
                           if k != "model" and _plain_value(v))
     return FigureOut(f"curves_{model}", f"Training curves: {model}",

@@ -61,6 +61,9 @@ def _headline_view(head: ModelHeadline) -> dict:
             "pooled": f"{row.n_records} run(s) of {row.n_configs} config(s)" if row.n_records else "nothing finished",
             "problems": problems, "cells": cells,
         })
+    if not any(row.n_records for row in head.rows):
+        return {"model": head.model, "rows": rows, "matched": False,
+                "note": "Nothing finished for this model: see the skipped, failed and diverged cells below."}
     if head.matched and head.configs:
         note = f"Pooled over the {len(head.configs)} configuration(s) every backend finished."
     elif head.matched:
@@ -112,7 +115,7 @@ def _environment_view(run: Run) -> dict:
     env = run.environment
     hardware = [
         ("CPU", env.get("cpu")), ("Cores", env.get("cores")), ("Threads per backend", env.get("threads")),
-        ("CPU set", env.get("cpu_set")), ("GPU", env.get("gpu") or "none"), ("OS", env.get("os")),
+        ("CPU set", env.get("cpu_set")), ("GPU", (env.get("gpu") or "none") if "gpu" in env else None), ("OS", env.get("os")),
         ("Python", env.get("python")),
         ("Matmul peak", f"{fmt.sig(env['matmul_peak_gflops'])} GFLOP/s" if env.get("matmul_peak_gflops") else None),
     ]
