@@ -1,0 +1,143 @@
+"""Does the suite's hand-written Keras step cost or gain speed against a plain ``model.fit``?
+
+The Keras backend trains through ``train_step(batch)`` (GradientTape + ``optimizer.apply`` inside a
+``tf.function``), because the harness must own the batch order and the clock. A reader may fairly
+ask whether that makes Keras look slower or faster than Keras as people use it. This script times,
+on the same model, weights, data and optimizer:
+
+- the backend in each execution mode (graph, eager, xla), one epoch = the harness's batches;
+- ``model.fit`` compiled three ways (graph, run_eagerly=True, jit_compile=True), shuffle on, the
+  same number of samples per epoch (the partial last batch is cut, as the suite does);
+
+and, per cell, the overhead the sweep pays before steady state (build, weights, data, first step).
+The first epoch of every variant is warm-up and is not counted; figures are medians over the other
+epochs. Run it on a quiet machine; the numbers mean nothing while other jobs share the cores:
+
+    python benchmarks/keras_vs_fit.py --threads 2 --epochs 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from backends.keras_backend import KerasBackend  # sets KERAS_BACKEND before keras is imported
+from bench.data import epoch_batches, load_dataset
+from bench.spec import SEED_MODELS, TrainSpec
+from bench.weights import canonical_weights
+
+import keras  # noqa: E402  (after the backend module, which configures it)
+
+FIT_MODES = {
+    "graph": {"jit_compile": False},
+    "eager": {"run_eagerly": True, "jit_compile": False},
+    "xla": {"jit_compile": True},
+}
+
+
+def backend_epochs(backend: KerasBackend, data, train: TrainSpec, epochs: int) -> list[float]:
+    """Seconds per epoch of the suite's own loop (first epoch included; the caller drops it)."""
+    model = SEED_MODELS["mlp"].resolve(train.activation)
+    backend.build(model, train, data.input_shape, data.num_classes)
+    backend.set_weights(canonical_weights(model, data.input_shape, data.num_classes, train.seed))
+    backend.load_data(data.x_train, data.y_train)
+    seconds = []
+    for epoch in range(epochs):
+        batches = epoch_batches(len(data.x_train), train.batch_size, train.seed, epoch)
+        start = time.perf_counter()
+        for rows in batches:
+            backend.train_step(rows)
+        backend.finish_epoch()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def fit_epochs(backend: KerasBackend, data, train: TrainSpec, epochs: int, mode: str) -> list[float]:
+    """Seconds per epoch of model.fit on the same Keras model, weights and optimizer settings."""
+    model = SEED_MODELS["mlp"].resolve(train.activation)
+    backend.build(model, train, data.input_shape, data.num_classes)  # the same translated model
+    backend.set_weights(canonical_weights(model, data.input_shape, data.num_classes, train.seed))
+    net = backend.keras_model
+    net.compile(
+        optimizer=keras.optimizers.Adam(
+            learning_rate=train.lr, beta_1=train.beta1, beta_2=train.beta2, epsilon=train.epsilon
+        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        **FIT_MODES[mode],
+    )
+    n = len(data.x_train) // train.batch_size * train.batch_size
+    x, y = data.x_train[:n], data.y_train[:n]
+    seconds = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        net.fit(x, y, batch_size=train.batch_size, epochs=1, shuffle=True, verbose=0)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def cell_overhead(backend: KerasBackend, data, name: str, mode: str) -> dict[str, float]:
+    """What one sweep cell pays before steady state: build (+ clear_session), weights, data, first step."""
+    model = SEED_MODELS[name].resolve("relu")
+    train = TrainSpec(optimizer="adam", batch_size=128, mode=mode)
+    start = time.perf_counter()
+    backend.build(model, train, data.input_shape, data.num_classes)
+    backend.set_weights(canonical_weights(model, data.input_shape, data.num_classes, 0))
+    backend.load_data(data.x_train, data.y_train)
+    built = time.perf_counter()
+    backend.train_step(epoch_batches(len(data.x_train), 128, 0, 0)[0])
+    backend.synchronize()
+    stepped = time.perf_counter()
+    backend.train_step(epoch_batches(len(data.x_train), 128, 0, 0)[1])
+    backend.synchronize()
+    return {"build_s": built - start, "first_step_s": stepped - built, "second_step_s": time.perf_counter() - stepped}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per variant; the first is warm-up")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--dataset", default="mnist-sample")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2 (the first is warm-up)")
+
+    backend = KerasBackend()
+    info = backend.setup(args.threads, "cpu")
+    data = load_dataset(args.dataset, val_split=0.0)
+    train = TrainSpec(optimizer="adam", batch_size=args.batch_size)
+    samples = len(data.x_train) // args.batch_size * args.batch_size
+    print(f"tensorflow {info.versions['tensorflow']}, keras {info.versions['keras']}, threads {info.threads}")
+    print(f"mlp, adam, batch {args.batch_size}, {args.dataset}: {samples} samples/epoch, {args.epochs - 1} timed epochs")
+
+    results: dict[str, dict] = {"threads": info.threads, "versions": info.versions, "throughput": {}, "overhead": {}}
+    for mode in KerasBackend.modes:
+        variants = {
+            f"suite step, {mode}": backend_epochs(backend, data, train.model_copy(update={"mode": mode}), args.epochs),
+            f"model.fit, {mode}": fit_epochs(backend, data, train, args.epochs, mode),
+        }
+        for label, seconds in variants.items():
+            timed = seconds[1:]
+            rate = samples / statistics.median(timed)
+            spread = (samples / max(timed), samples / min(timed))
+            results["throughput"][label] = {"samples_per_s": rate, "min": spread[0], "max": spread[1], "epoch_seconds": seconds}
+            print(f"  {label:<22} {rate:>10.0f} samples/s  (range {spread[0]:.0f}-{spread[1]:.0f}, warm-up epoch {seconds[0]:.2f} s)")
+
+    print("per-cell overhead (build + weights + data, first step, second step):")
+    for name in ("mlp", "cnn"):
+        for mode in KerasBackend.modes:
+            figures = cell_overhead(backend, data, name, mode)
+            results["overhead"][f"{name}, {mode}"] = figures
+            print(f"  {name:<4} {mode:<6} " + "  ".join(f"{k} {v:.3f}" for k, v in figures.items()))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

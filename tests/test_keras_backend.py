@@ -1,0 +1,294 @@
+"""The Keras backend computes the spec: logits against a NumPy forward (and PyTorch when present),
+losses against ``numpy_loss``, optimizer steps, modes, optimizer reset and state-free gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("keras")
+
+from backends.base import Unsupported, numpy_loss  # noqa: E402
+from backends.keras_backend import KerasBackend  # noqa: E402
+from bench.data import epoch_batches, load_dataset  # noqa: E402
+from bench.shapes import param_specs  # noqa: E402
+from bench.spec import (  # noqa: E402
+    ACTIVATIONS,
+    LOSSES,
+    OPTIMIZERS,
+    SEED_MODELS,
+    BatchNorm,
+    Conv2D,
+    Dense,
+    Flatten,
+    MaxPool2D,
+    ModelSpec,
+    TrainSpec,
+)
+from bench.weights import canonical_weights  # noqa: E402
+
+MNIST = (28, 28, 1)
+CIFAR = (32, 32, 3)
+
+
+@pytest.fixture(scope="module")
+def backend() -> KerasBackend:
+    b = KerasBackend()
+    b.setup(threads=2, device="cpu")
+    return b
+
+
+def _built(backend: KerasBackend, model: ModelSpec, train: TrainSpec, input_shape=MNIST, seed: int = 0) -> list[np.ndarray]:
+    """Build with canonical weights; BatchNorm statistics and gamma/beta made non-trivial."""
+    backend.build(model, train, input_shape, 10)
+    weights = canonical_weights(model, input_shape, 10, seed)
+    rng = np.random.default_rng(seed)
+    for spec, w in zip(param_specs(model, input_shape, 10), weights):
+        if spec.name in ("gamma", "moving_variance"):
+            w[...] = rng.uniform(0.5, 1.5, w.shape)
+        elif spec.name in ("beta", "moving_mean", "bias"):
+            w[...] = rng.normal(0, 0.1, w.shape)
+    backend.set_weights(weights)
+    return weights
+
+
+def _act(z: np.ndarray, name: str, slope: float) -> np.ndarray:
+    return {
+        "relu": lambda: np.maximum(z, 0),
+        "leaky_relu": lambda: np.where(z > 0, z, slope * z),
+        "tanh": lambda: np.tanh(z),
+        "sigmoid": lambda: 1 / (1 + np.exp(-z)),
+        "linear": lambda: z,
+    }[name]()
+
+
+def numpy_forward(model: ModelSpec, weights: list[np.ndarray], x: np.ndarray, train: TrainSpec) -> np.ndarray:
+    """Eval-mode forward in float64, canonical layouts (valid stride-1 convs, as the seed models use)."""
+    specs = param_specs(model, x.shape[1:], 10)
+    by_layer: dict[int, dict[str, np.ndarray]] = {}
+    for spec, w in zip(specs, weights):
+        by_layer.setdefault(spec.layer, {})[spec.name] = w.astype(np.float64)
+    h = x.astype(np.float64)
+    for i, layer in enumerate(model.layers):
+        p = by_layer.get(i, {})
+        if isinstance(layer, Flatten):
+            h = h.reshape(len(h), -1)
+        elif isinstance(layer, Dense):
+            h = _act(h @ p["kernel"] + p["bias"], layer.activation, train.leaky_relu_slope)
+        elif isinstance(layer, Conv2D):
+            windows = np.lib.stride_tricks.sliding_window_view(h, (layer.kernel, layer.kernel), axis=(1, 2))
+            h = _act(np.einsum("nhwcij,ijco->nhwo", windows, p["kernel"]) + p["bias"], layer.activation, train.leaky_relu_slope)
+        elif isinstance(layer, MaxPool2D):
+            s = layer.size
+            n, hh, ww, c = h.shape
+            h = h[:, : hh // s * s, : ww // s * s].reshape(n, hh // s, s, ww // s, s, c).max(axis=(2, 4))
+        elif isinstance(layer, BatchNorm):
+            h = (h - p["moving_mean"]) / np.sqrt(p["moving_variance"] + train.bn_epsilon) * p["gamma"] + p["beta"]
+        elif layer.type == "Activation":
+            h = _act(h, layer.activation, train.leaky_relu_slope)
+    return h
+
+
+def _images(shape, n=8, seed=1) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, *shape), dtype=np.float32)
+
+
+@pytest.mark.parametrize(
+    "name,shape", [("mlp", MNIST), ("mlp_bn", MNIST), ("mlp_dropout", MNIST), ("cnn", MNIST), ("cnn", CIFAR)]
+)
+def test_seed_model_logits_match_numpy_forward(backend, name, shape):
+    train = TrainSpec(activation="leaky_relu")
+    model = SEED_MODELS[name].resolve("leaky_relu")
+    weights = _built(backend, model, train, shape)
+    x = _images(shape)
+    out = backend.logits(x)
+    assert out.dtype == np.float32 and out.shape == (8, 10)
+    np.testing.assert_allclose(out, numpy_forward(model, weights, x, train), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_hidden_activations_are_the_spec_ones(backend, activation):
+    """leaky_relu must use the suite's slope 0.01, not Keras' 0.2; the placeholder resolves too."""
+    train = TrainSpec(activation=activation)
+    weights = _built(backend, SEED_MODELS["mlp"], train)  # unresolved: 'hidden' is the train activation
+    x = _images(MNIST)
+    expected = numpy_forward(SEED_MODELS["mlp"].resolve(activation), weights, x, train)
+    np.testing.assert_allclose(backend.logits(x), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name,shape", [("mlp", MNIST), ("mlp_bn", MNIST), ("mlp_dropout", MNIST), ("cnn", MNIST)])
+def test_seed_model_logits_match_torch(backend, name, shape):
+    torch_backend = pytest.importorskip("backends.torch_backend")
+    other = torch_backend.TorchBackend()
+    other.setup(threads=2, device="cpu")
+    train = TrainSpec()
+    model = SEED_MODELS[name].resolve("relu")
+    weights = _built(backend, model, train, shape)
+    other.build(model, train, shape, 10)
+    other.set_weights(weights)
+    x = _images(shape)
+    np.testing.assert_allclose(backend.logits(x), other.logits(x), atol=1e-5, rtol=0)
+
+
+def test_weights_round_trip_in_canonical_order(backend):
+    model = SEED_MODELS["mlp_bn"]
+    weights = _built(backend, model, TrainSpec())
+    for expected, got in zip(weights, backend.get_weights()):
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_losses_match_numpy_loss(backend, loss):
+    train = TrainSpec(loss=loss)
+    _built(backend, SEED_MODELS["mlp"].resolve("tanh"), train)
+    x, y = _images(MNIST, n=16), np.arange(16) % 10
+    value, grads = backend.loss_and_gradients(x, y)
+    assert value == pytest.approx(numpy_loss(backend.logits(x), y, loss), abs=1e-6)
+    assert all(np.isfinite(g).all() and np.abs(g).sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_one_step_with_each_optimizer_changes_weights(backend, optimizer):
+    train = TrainSpec(optimizer=optimizer, batch_size=16)
+    model = SEED_MODELS["mlp"].resolve("relu")  # no BatchNorm: a bias before BatchNorm has zero gradient
+    before = _built(backend, model, train)
+    backend.load_data(_images(MNIST, n=64), np.arange(64) % 10)
+    backend.train_step(np.arange(16))
+    losses = backend.finish_epoch().losses
+    assert losses.shape == (1,) and np.isfinite(losses).all()
+    after = backend.get_weights()
+    for spec, w0, w1 in zip(param_specs(model, MNIST, 10), before, after):
+        assert not np.array_equal(w0, w1), f"{spec.key} did not change"
+
+
+def test_sgd_step_is_weights_minus_lr_times_gradients(backend):
+    """train_step applies exactly the gradients loss_and_gradients reports, on the same rows."""
+    train = TrainSpec(optimizer="sgd", learning_rate=0.1, batch_size=16)
+    model = SEED_MODELS["mlp_bn"].resolve("sigmoid")
+    before = _built(backend, model, train)
+    x, y = _images(MNIST, n=32), np.arange(32) % 10
+    loss, grads = backend.loss_and_gradients(x[:16], y[:16])
+    backend.load_data(x, y)
+    backend.train_step(np.arange(16))
+    assert backend.finish_epoch().losses[0] == pytest.approx(loss, abs=1e-6)
+    trainable = [p.trainable for p in param_specs(model, MNIST, 10)]
+    after = [w for w, t in zip(backend.get_weights(), trainable) if t]
+    for w0, w1, g in zip([w for w, t in zip(before, trainable) if t], after, grads):
+        np.testing.assert_allclose(w1, w0 - 0.1 * g, atol=1e-6)
+
+
+def test_loss_and_gradients_leave_batchnorm_statistics_alone(backend):
+    model = SEED_MODELS["mlp_bn"].resolve("relu")
+    before = _built(backend, model, TrainSpec())
+    backend.loss_and_gradients(_images(MNIST, n=16), np.arange(16) % 10)
+    for expected, got in zip(before, backend.get_weights()):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_loss_and_gradients_leave_dropout_rng_alone(backend):
+    """Dropout is active (training mode) yet two calls see the same masks: the RNG state is put back."""
+    model = SEED_MODELS["mlp_dropout"].resolve("relu")
+    _built(backend, model, TrainSpec())
+    x, y = _images(MNIST, n=16), np.arange(16) % 10
+    first, second = backend.loss_and_gradients(x, y), backend.loss_and_gradients(x, y)
+    assert first[0] == second[0]
+    assert first[0] != pytest.approx(numpy_loss(backend.logits(x), y, "cce"), abs=1e-4)  # masks were applied
+
+
+def _three_steps(backend: KerasBackend, mode: str, model: ModelSpec) -> tuple[np.ndarray, list[np.ndarray]]:
+    # Momentum, not Adam: Adam turns the rounding noise in the (zero) gradient of a bias before
+    # BatchNorm into lr-sized steps, which would differ between modes without meaning anything.
+    _built(backend, model, TrainSpec(optimizer="momentum", learning_rate=0.05, batch_size=32, mode=mode))
+    backend.load_data(_images(MNIST, n=96, seed=3), np.arange(96) % 10)
+    for rows in epoch_batches(96, 32, seed=0, epoch=0):
+        backend.train_step(rows)
+    return backend.finish_epoch().losses, backend.get_weights()
+
+
+def test_modes_give_the_same_losses(backend):
+    model = SEED_MODELS["mlp_bn"].resolve("relu")
+    reference, weights = _three_steps(backend, "graph", model)
+    assert backend.semantics()["mode"].startswith("graph")
+    for mode in ("eager", "xla"):
+        losses, w = _three_steps(backend, mode, model)
+        assert backend.semantics()["mode"].startswith(mode)
+        np.testing.assert_allclose(losses, reference, atol=1e-5, rtol=0)
+        for a, b in zip(w, weights):
+            np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+def test_default_mode_is_graph(backend):
+    _built(backend, SEED_MODELS["mlp"].resolve("relu"), TrainSpec(mode="default"))
+    assert backend.semantics()["mode"].startswith("graph")
+
+
+def test_reset_optimizer_restores_the_fresh_trajectory_without_retracing(backend):
+    model = SEED_MODELS["mlp_bn"].resolve("relu")
+    train = TrainSpec(optimizer="adam", batch_size=32)
+    weights = _built(backend, model, train)
+    backend.load_data(_images(MNIST, n=96, seed=4), np.arange(96) % 10)
+    batches = epoch_batches(96, 32, seed=0, epoch=0)
+    runs = []
+    for _ in range(2):
+        backend.set_weights(weights)
+        backend.reset_optimizer()
+        for rows in batches:
+            backend.train_step(rows)
+        runs.append(backend.finish_epoch().losses)
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert backend.trace_count() == 1
+
+
+def test_bf16_keeps_float32_variables_and_logits(backend):
+    model = SEED_MODELS["mlp"].resolve("relu")
+    weights = _built(backend, model, TrainSpec(precision="bf16", batch_size=16))
+    x = _images(MNIST)
+    out = backend.logits(x)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, numpy_forward(model, weights, x, TrainSpec()), atol=0.05)  # bf16: 8-bit mantissa
+    backend.load_data(x, np.arange(8) % 10)
+    backend.train_step(np.arange(8))
+    assert np.isfinite(backend.finish_epoch().losses).all()
+    assert all(w.dtype == np.float32 for w in backend.get_weights())
+
+
+def test_unsupported_configurations(backend):
+    with pytest.raises(Unsupported, match="tf32 needs an NVIDIA GPU"):
+        backend.build(SEED_MODELS["mlp"].resolve("relu"), TrainSpec(precision="tf32"), MNIST, 10)
+    with pytest.raises(Unsupported, match="no execution mode"):
+        backend.build(SEED_MODELS["mlp"].resolve("relu"), TrainSpec(mode="compiled"), MNIST, 10)
+
+
+def test_semantics_record_the_chosen_values(backend):
+    _built(backend, SEED_MODELS["mlp"].resolve("relu"), TrainSpec(optimizer="rmsprop", epsilon=1e-6))
+    facts = backend.semantics()
+    assert "inside the square root" in facts["optimizer_epsilon"]
+    assert facts["bn_variance"] == "biased" and facts["leaky_relu_slope"] == "0.01"
+    assert facts["threads"].startswith("intra_op=")
+    assert all(isinstance(v, str) for v in facts.values())
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside Keras' saving code
+def test_saved_model_reloads_with_the_same_logits(backend, tmp_path):
+    import keras
+
+    _built(backend, SEED_MODELS["mlp_bn"].resolve("leaky_relu"), TrainSpec())
+    path = backend.save(tmp_path)
+    x = _images(MNIST)
+    reloaded = keras.models.load_model(path)
+    np.testing.assert_allclose(reloaded(x, training=False).numpy(), backend.logits(x), atol=1e-6)
+
+
+def test_mlp_adam_learns_mnist_sample(backend):
+    data = load_dataset("mnist-sample", train_size=4000, val_split=0.0)
+    model = SEED_MODELS["mlp"].resolve("relu")
+    backend.build(model, TrainSpec(optimizer="adam", batch_size=64), data.input_shape, 10)
+    backend.set_weights(canonical_weights(model, data.input_shape, 10, seed=0))
+    backend.load_data(data.x_train, data.y_train)
+    for rows in epoch_batches(len(data.x_train), 64, seed=0, epoch=0):
+        backend.train_step(rows)
+    losses = backend.finish_epoch().losses
+    assert len(losses) == 4000 // 64 and losses[-10:].mean() < losses[:10].mean()
+    _, accuracy = backend.evaluate(data.x_test, data.y_test, batch_size=256)
+    assert accuracy > 0.85
