@@ -198,6 +198,11 @@ def pick_device(device: str) -> jax.Device:
     return jax.devices("cpu")[0]
 
 
+def affinity_cores() -> int:
+    """Cores this process may run on: XLA's CPU thread pool is sized from them, not from a setting."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
+
+
 class JaxBackend(Backend):
     """The spec on JAX: Flax Linen model, Optax optimizer, one donated jit step (or eager ops)."""
 
@@ -224,7 +229,7 @@ class JaxBackend(Backend):
             framework=self.framework,
             versions={"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__, "optax": optax.__version__},
             device=str(self._device),
-            threads={"requested": threads, "xla_flags": os.environ.get("XLA_FLAGS", "")},
+            threads={"requested": threads, "affinity_cores": affinity_cores(), "xla_flags": os.environ.get("XLA_FLAGS", "")},
         )
 
     @property
