@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from dataclasses import dataclass
 
 import matplotlib
@@ -40,6 +41,11 @@ class FigureOut:
     title: str
     caption: str
     png: bytes
+
+
+def _slug(name: str) -> str:
+    """A model name made safe as part of a file name (names come from user TOML files)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "model"
 
 
 def _png(fig: Figure) -> bytes:
@@ -159,7 +165,7 @@ def accuracy_heatmap(frame: pd.DataFrame, model: str, colours: dict) -> FigureOu
         ax.set_visible(False)
     fig.colorbar(image, ax=list(axes[: len(variants)]), shrink=0.9, label="test accuracy",
                  format=lambda y, _: f"{100 * y:.0f}%")
-    return FigureOut(f"accuracy_{model}", f"Accuracy: {model}, optimizer × activation",
+    return FigureOut(f"accuracy_{_slug(model)}", f"Accuracy: {model}, optimizer × activation",
                      "Median test accuracy (%) over repeats for each optimizer and hidden activation; grey "
                      "cells did not finish and name their status.", _png(fig))
 
@@ -221,7 +227,7 @@ def training_curves(curves: pd.DataFrame, model: str, colours: dict) -> FigureOu
                     transform=acc_ax.transAxes, color="#5b6475")
     described = ", ".join(f"{k.replace('_', ' ')} {_plain_value(v)}" for k, v in reference.items()
                           if k != "model" and _plain_value(v))
-    return FigureOut(f"curves_{model}", f"Training curves: {model}",
+    return FigureOut(f"curves_{_slug(model)}", f"Training curves: {model}",
                      f"Median over repeats per epoch (band: min to max) for the configuration most backends "
                      f"ran: {described}. Lines that coincide mean the backends computed the same thing.", _png(fig))
 
@@ -241,12 +247,12 @@ def compile_vs_steady(heads: list[ModelHeadline], colours: dict) -> FigureOut | 
     fig = Figure(figsize=(WIDTH, 0.35 * len(bars) + 1.2), layout="constrained")
     ax = fig.subplots()
     ys = np.arange(len(bars))[::-1]
-    for y, (label, variant, compile_s, steady) in zip(ys, bars):
+    for y, (_, variant, compile_s, steady) in zip(ys, bars):
         ax.barh(y, compile_s, color=colours[variant], hatch="////", edgecolor="white", alpha=0.55)
         ax.barh(y, steady, left=compile_s, color=colours[variant])
         share = compile_s / (compile_s + steady) if compile_s + steady > 0 else 0
-        ax.text(compile_s + steady, y, f"  {fmt.seconds(compile_s)} + {fmt.seconds(steady)} ({100 * share:.0f}% compile)",
-                va="center", fontsize=8.5)
+        text = f"  {fmt.seconds(compile_s)} + {fmt.seconds(steady)} ({100 * share:.0f}% compile)"
+        ax.text(compile_s + steady, y, text, va="center", fontsize=8.5)
     ax.set_yticks(ys, [b[0] for b in bars])
     ax.set_xlabel("seconds (hatched: compile / first-step overhead; solid: steady-state training, all epochs)")
     ax.set_xlim(0, max(c + s for _, _, c, s in bars) * 1.45)
@@ -274,10 +280,11 @@ def time_to_target(heads: list[ModelHeadline], colours: dict) -> FigureOut | Non
     ax = fig.subplots()
     ys = np.arange(len(bars))[::-1]
     top = max((b[2].high for b in bars if b[2].ok), default=1.0)
-    for y, (label, variant, est, hits, n) in zip(ys, bars):
+    for y, (_, variant, est, hits, n) in zip(ys, bars):
         if est.ok:
             ax.barh(y, est.value, xerr=_errors([est]), capsize=3, color=colours[variant])
-            ax.text(est.high, y, f"  {fmt.seconds(est.value)}  (reached in {hits} of {n} runs)", va="center", fontsize=8.5)
+            ax.text(est.high, y, f"  {fmt.seconds(est.value)}  (reached in {hits} of {n} runs)", va="center",
+                    fontsize=8.5)
         else:
             ax.text(0, y, f"  not reached in {n} run(s)", va="center", fontsize=8.5, color="#b00020")
     ax.set_yticks(ys, [b[0] for b in bars])

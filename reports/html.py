@@ -65,11 +65,12 @@ def _headline_view(head: ModelHeadline) -> dict:
         return {"model": head.model, "rows": rows, "matched": False,
                 "note": "Nothing finished for this model: see the skipped, failed and diverged cells below."}
     if head.matched and head.configs:
-        note = f"Pooled over the {len(head.configs)} configuration(s) every backend finished."
+        note = (f"Each value is the median over the {len(head.configs)} configuration(s) every backend finished, "
+                "each configuration first reduced to its median over repeats; ratios are taken per configuration.")
     elif head.matched:
-        note = "One backend only: pooled over everything it finished."
+        note = "One backend only: the median over every configuration it finished."
     else:
-        note = ("No configuration was finished by every backend: each row pools what that backend finished, "
+        note = ("No configuration was finished by every backend: each row summarises what that backend finished, "
                 "so ratios compare different configurations.")
     if head.baseline is None:
         note += " The baseline did not finish this model, so there are no ratios."
@@ -115,7 +116,8 @@ def _environment_view(run: Run) -> dict:
     env = run.environment
     hardware = [
         ("CPU", env.get("cpu")), ("Cores", env.get("cores")), ("Threads per backend", env.get("threads")),
-        ("CPU set", env.get("cpu_set")), ("GPU", (env.get("gpu") or "none") if "gpu" in env else None), ("OS", env.get("os")),
+        ("CPU set", env.get("cpu_set")), ("GPU", (env.get("gpu") or "none") if "gpu" in env else None),
+        ("OS", env.get("os")),
         ("Python", env.get("python")),
         ("Matmul peak", f"{fmt.sig(env['matmul_peak_gflops'])} GFLOP/s" if env.get("matmul_peak_gflops") else None),
     ]
@@ -161,7 +163,8 @@ def _cell_rows(summary: pd.DataFrame) -> list[dict]:
         "activation": _text(r["activation"]), "status": r["status"], "n": int(r["n_records"]),
         "status_cls": "ok" if r["status"] == "ok" else next((s for s in PROBLEM_STATUSES if r[f"n_{s}"]), ""),
         "accuracy": cell(r, "test_accuracy", fmt.percent), "train": cell(r, "train_samples_per_s", fmt.rate),
-        "inference": cell(r, "inference_samples_per_s", fmt.rate), "step": cell(r, "step_time_ms_p50", fmt.milliseconds),
+        "inference": cell(r, "inference_samples_per_s", fmt.rate),
+        "step": cell(r, "step_time_ms_p50", fmt.milliseconds),
         "compile": cell(r, "compile_seconds", fmt.seconds),
     } for r in summary.to_dict("records")]
 

@@ -36,7 +36,8 @@ CURVE_FIELDS = ("epoch_train_loss", "epoch_val_loss", "epoch_val_accuracy", "epo
 NESTED_FIELDS = ("input_shape", "semantics") + CURVE_FIELDS
 """Lists and dicts: kept as Python objects in memory, written to CSV as JSON text."""
 
-SCHEMA = TEXT_FIELDS[:3] + ("repeat",) + TEXT_FIELDS[3:] + tuple(f for f in NUMBER_FIELDS if f != "repeat") + NESTED_FIELDS
+SCHEMA = (TEXT_FIELDS[:3] + ("repeat",) + TEXT_FIELDS[3:] + tuple(f for f in NUMBER_FIELDS if f != "repeat")
+          + NESTED_FIELDS)
 
 CONFIG_AXES = ("model", "optimizer", "activation", "loss", "batch_size", "epochs", "learning_rate",
                "precision", "dataset")

@@ -168,7 +168,8 @@ def test_summary_has_one_row_per_cell_with_the_right_medians(built):
     # the diverged repeat is counted, and only the two ok repeats feed the median
     odd = summary[(summary["variant"] == "tf") & (summary["optimizer"] == "sgd") & (summary["activation"] == "sigmoid")
                   & (summary["model"] == "mlp")].iloc[0]
-    ok_acc = [r["test_accuracy"] for r in records if r["cell_id"].startswith("tf|mlp|sgd|sigmoid|") and r["status"] == "ok"]
+    ok_acc = [r["test_accuracy"] for r in records
+              if r["cell_id"].startswith("tf|mlp|sgd|sigmoid|") and r["status"] == "ok"]
     assert (odd["n_ok"], odd["n_diverged"], odd["status"]) == (2, 1, "ok 2, diverged 1")
     assert odd["test_accuracy_median"] == pytest.approx(np.median(ok_acc))
     # torch ran two modes, so its rows are told apart; a backend with one mode keeps its plain name
