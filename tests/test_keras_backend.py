@@ -3,6 +3,8 @@ losses against ``numpy_loss``, optimizer steps, modes, optimizer reset and state
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 
@@ -253,6 +255,27 @@ def test_bf16_keeps_float32_variables_and_logits(backend):
     assert all(w.dtype == np.float32 for w in backend.get_weights())
 
 
+def _live_graphs() -> int:
+    gc.collect()
+    return sum(type(o).__name__ == "FuncGraph" for o in gc.get_objects())
+
+
+def test_cells_free_their_traced_graphs(backend):
+    """A sweep builds ~80 cells in one process: each cell's step graph must die with the cell."""
+
+    def cell() -> None:
+        _built(backend, SEED_MODELS["mlp"].resolve("relu"), TrainSpec(optimizer="adam", batch_size=16))
+        backend.load_data(_images(MNIST, n=16), np.arange(16) % 10)
+        backend.train_step(np.arange(16))
+        backend.finish_epoch()
+
+    cell()
+    after_one = _live_graphs()
+    for _ in range(3):
+        cell()
+    assert _live_graphs() <= after_one
+
+
 def test_unsupported_configurations(backend):
     with pytest.raises(Unsupported, match="tf32 needs an NVIDIA GPU"):
         backend.build(SEED_MODELS["mlp"].resolve("relu"), TrainSpec(precision="tf32"), MNIST, 10)
@@ -269,7 +292,6 @@ def test_semantics_record_the_chosen_values(backend):
     assert all(isinstance(v, str) for v in facts.values())
 
 
-@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # inside Keras' saving code
 def test_saved_model_reloads_with_the_same_logits(backend, tmp_path):
     import keras
 
