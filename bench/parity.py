@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -539,18 +540,27 @@ def _failure_table(report: ParityReport, limit: int = 40) -> Table:
     return table
 
 
-def _equivalence_table(report: ParityReport) -> Table:
-    table = Table(title=f"Statistical rung: mlp/adam/relu on digits, final test accuracy per seed; paired TOST, "
-                        f"margin +-{equivalence.MARGIN:.0%}, alpha {equivalence.ALPHA}")
-    for column in ("pair", "accuracies (a / b)", "mean gap", "90% CI", "TOST p", "equivalent"):
-        table.add_column(column)
+def _equivalence_tables(report: ParityReport) -> tuple[Table, Table]:
+    accuracies: dict[str, list[float]] = {}
     for r in report.statistical:
-        accuracies = " / ".join(", ".join(f"{v:.3f}" for v in acc) for acc in (r.accuracies_a, r.accuracies_b))
-        table.add_row(
-            f"{r.a} vs {r.b}", accuracies, f"{r.mean_difference:+.4f}", f"[{r.ci90[0]:+.4f}, {r.ci90[1]:+.4f}]",
+        accuracies.setdefault(r.a, r.accuracies_a)
+        accuracies.setdefault(r.b, r.accuracies_b)
+    seeds = Table(title="Statistical rung: mlp/adam/relu on digits, final test accuracy per seed (same weights and batches per seed)")
+    seeds.add_column("backend")
+    for i in range(len(next(iter(accuracies.values())))):
+        seeds.add_column(f"seed {i}", justify="right")
+    seeds.add_column("mean", justify="right")
+    for name, values in accuracies.items():
+        seeds.add_row(name, *(f"{v:.4f}" for v in values), f"{np.mean(values):.4f}")
+    pairs = Table(title=f"Paired TOST: equivalent if the mean gap is within +-{equivalence.MARGIN:.0%} at alpha {equivalence.ALPHA}")
+    for column in ("pair", "mean gap", "90% CI", "TOST p", "equivalent"):
+        pairs.add_column(column)
+    for r in report.statistical:
+        pairs.add_row(
+            f"{r.a} vs {r.b}", f"{r.mean_difference:+.4f}", f"[{r.ci90[0]:+.4f}, {r.ci90[1]:+.4f}]",
             f"{r.p_value:.2g}", "[green]yes[/green]" if r.passed else "[red]NO[/red]",
         )
-    return table
+    return seeds, pairs
 
 
 def render(report: ParityReport, console: Console) -> None:
@@ -565,7 +575,8 @@ def render(report: ParityReport, console: Console) -> None:
     if report.failures:
         console.print(_failure_table(report))
     if report.statistical:
-        console.print(_equivalence_table(report))
+        for table in _equivalence_tables(report):
+            console.print(table)
     for name, reason in report.skipped.items():
         console.print(f"[yellow]skipped[/yellow] {name}: {reason}")
     console.print(f"rel = max|a-b| / (|b| + 1% of the rung's largest |b|); RMSprop/Adam epsilon {PARITY_EPSILON:g} (see bench/parity.py)")
@@ -617,7 +628,7 @@ def add_parity_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main_parity(args: argparse.Namespace) -> int:
     """Run the ladder from parsed arguments and print it; exit status 1 on any failure."""
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=140)  # files and pipes get whole tables
     with console.status("parity") as status:
         report = run_parity(
             _backend_names(args.backend),

@@ -1,0 +1,214 @@
+"""The parity ladder: it passes every installed backend, names the frameworks' documented
+differences instead of absorbing them, and catches planted bugs at the rung that owns them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import backends
+from backends.numpy_backend import NumpyBackend
+from bench import equivalence, parity
+from bench.errors import BackendUnavailable
+from bench.reference import CANONICAL, Rules
+from bench.spec import SEED_MODELS, TrainSpec
+from tests.conftest import FRAMEWORKS, loaded_backend
+
+
+def _ladder(instance, models, optimizers, activations, **kwargs) -> parity.ParityReport:
+    return parity.run_parity([instance.name], models, optimizers, activations, statistical=False, instances={instance.name: instance}, **kwargs)
+
+
+def _numpy(rules: Rules = CANONICAL) -> NumpyBackend:
+    backend = NumpyBackend(rules)
+    backend.setup(threads=1)
+    return backend
+
+
+def _failed_rungs(report: parity.ParityReport) -> set[str]:
+    return {c.rung for c in report.failures}
+
+
+# -- reading the frameworks' declared rules --------------------------------------------------------
+def test_declared_rules_read_each_framework_s_wording():
+    torch_like = {
+        "bn_running_variance": "unbiased n/(n-1) (torch, not switchable)",
+        "rmsprop_epsilon": "outside sqrt: g / (sqrt(v) + eps)",
+        "adam_epsilon": "on bias-corrected sqrt(v_hat): m_hat / (sqrt(v_hat) + eps)",
+    }
+    keras_like = {
+        "optimizer_epsilon": "added to the uncorrected sqrt(v): w -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)",
+        "bn_variance": "biased",
+    }
+    jax_like = {  # states its own rule first, then contrasts Keras': the first word decides
+        "rmsprop_eps": "1e-07, outside the square root (optax eps_in_sqrt=False, the PyTorch form; Keras adds eps inside)",
+        "leaky_relu_grad_at_zero": "one: jax.nn.leaky_relu is where(x >= 0, x, slope * x)",
+    }
+    assert parity.declared_rules(torch_like, "adam") == Rules(bn_running_variance="unbiased")
+    assert parity.declared_rules(keras_like, "adam") == Rules(adam_eps="uncorrected")
+    assert parity.declared_rules(keras_like, "rmsprop") == CANONICAL  # the adam text names no rmsprop rule
+    assert parity.declared_rules({"optimizer_epsilon": "inside the square root"}, "rmsprop") == Rules(rmsprop_eps="inside_sqrt")
+    assert parity.declared_rules(jax_like, "rmsprop") == Rules(leaky_relu_grad_at_zero="one")
+
+
+@pytest.mark.parametrize("name", FRAMEWORKS)
+def test_every_installed_framework_declares_rules_the_ladder_can_read(name):
+    backend = loaded_backend(name)
+    model = SEED_MODELS["mlp_bn"].resolve("relu")
+    for optimizer in ("rmsprop", "adam"):
+        backend.build(model, TrainSpec(optimizer=optimizer), (28, 28, 1), 10)
+        rules = parity.declared_rules(backend.semantics(), optimizer)
+        expected = {"torch": Rules(bn_running_variance="unbiased"),
+                    "tf": Rules(rmsprop_eps="inside_sqrt") if optimizer == "rmsprop" else Rules(adam_eps="uncorrected"),
+                    "jax": CANONICAL}[name]
+        assert parity.relevant_rules(rules, parity.Job("mlp_bn", "relu", optimizer, "cce", True, True, True, True)) == expected
+
+
+def test_difference_is_relative_with_a_floor_of_one_percent_of_the_largest_value():
+    expected = {"a": np.array([100.0, 1.0]), "b": np.array([0.0])}
+    actual = {"a": np.array([100.0, 1.1]), "b": np.array([0.5])}
+    abs_diff, rel, where = parity.difference(actual, expected, ["a", "b"])
+    assert abs_diff == 0.5 and where == "b"
+    assert rel == pytest.approx(0.5 / 1.0)  # floor = 1% of 100; b's expected 0 is judged against it
+    assert parity.difference(actual, expected, ["a"])[1] == pytest.approx(0.1 / 2.0)
+    assert parity.difference({"a": np.array([np.nan, 1.0])}, expected, ["a"])[1] == float("inf")
+
+
+# -- the oracle against itself, declared deviations, undeclared ones -----------------------------
+def test_the_oracle_passes_its_own_ladder_and_dropout_is_a_named_deviation():
+    report = _ladder(_numpy(), ["mlp_dropout"], ["sgd"], ["relu"])
+    assert report.ok and {c.rung for c in report.checks} == {r.name for r in parity.RUNGS} - {"bn_running_stats"}
+    assert all(c.rel_diff == 0.0 for c in report.checks)
+    assert all("dropout_masks" in c.deviations for c in report.checks if c.rung != "forward")
+
+
+def test_a_declared_framework_rule_is_checked_against_that_rule_and_named():
+    keras_adam = _numpy(Rules(adam_eps="uncorrected"))
+    report = _ladder(keras_adam, ["mlp"], ["adam"], ["tanh"])
+    assert report.ok
+    step = next(c for c in report.checks if c.rung == "step_1")
+    assert step.deviations == ("adam_eps_uncorrected",)
+    assert step.rel_diff == 0.0 and step.canonical_rel > 100 * step.tolerance  # a real difference, shown, not absorbed
+
+
+class _UndeclaredTorchVariance(NumpyBackend):
+    """Folds the unbiased variance like torch, but says 'biased': a framework difference left unsaid."""
+
+    def __init__(self):
+        super().__init__(Rules(bn_running_variance="unbiased"))
+
+    def semantics(self) -> dict[str, str]:
+        return {**super().semantics(), "bn_running_variance": "biased"}
+
+
+def test_an_undeclared_framework_rule_fails_with_the_rule_named():
+    backend = _UndeclaredTorchVariance()
+    backend.setup(threads=1)
+    report = _ladder(backend, ["mlp_bn"], ["sgd"], ["linear"])
+    assert _failed_rungs(report) == {"bn_running_stats"}
+    assert "bn_unbiased_running_variance" in report.failures[0].note
+
+
+# -- planted bugs ----------------------------------------------------------------------------------
+class _KerasMomentumAsTorchDefault(NumpyBackend):
+    """BatchNorm momentum 0.9 in the Keras sense: torch's default 0.1 passed through unconverted."""
+
+    def build(self, model, train, input_shape, num_classes):
+        super().build(model, train.model_copy(update={"bn_momentum": 0.9}), input_shape, num_classes)
+
+
+def test_a_wrong_batchnorm_momentum_fails_only_the_running_statistics_rung():
+    backend = _KerasMomentumAsTorchDefault()
+    backend.setup(threads=1)
+    report = _ladder(backend, ["mlp_bn"], ["sgd"], ["relu"])
+    assert _failed_rungs(report) == {"bn_running_stats"}
+
+
+torch_only = pytest.mark.skipif("torch" not in FRAMEWORKS, reason="torch not installed")
+
+
+@torch_only
+def test_torch_with_its_default_batchnorm_momentum_fails_the_running_statistics_rung():
+    from torch import nn
+
+    from backends.torch_backend import TorchBackend
+
+    class DefaultMomentum(TorchBackend):
+        def build(self, model, train, input_shape, num_classes):
+            super().build(model, train, input_shape, num_classes)
+            for module in self.net.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.momentum = 0.1  # torch's default, not the suite's 0.99 converted to 0.01
+
+    backend = DefaultMomentum()
+    backend.setup(threads=1)
+    report = _ladder(backend, ["mlp_bn"], ["sgd"], ["relu"])
+    assert _failed_rungs(report) == {"bn_running_stats"}
+    assert report.failures[0].rel_diff > 1e-2
+
+
+@torch_only
+def test_torch_flattening_in_c_h_w_order_fails_the_forward_rung(monkeypatch):
+    from torch import nn
+
+    from backends import torch_backend
+
+    monkeypatch.setattr(torch_backend, "_FlattenHWC", nn.Flatten)  # torch's own NCHW flatten
+    backend = torch_backend.TorchBackend()
+    backend.setup(threads=1)
+    report = _ladder(backend, ["cnn"], ["sgd"], ["tanh"])
+    assert "forward" in _failed_rungs(report)
+    assert next(c for c in report.checks if c.rung == "forward").rel_diff > 1e-2
+
+
+# -- every installed framework, a compact ladder ---------------------------------------------------
+@pytest.mark.parametrize("name", FRAMEWORKS)
+def test_every_installed_framework_passes_a_compact_ladder(name):
+    report = _ladder(loaded_backend(name), ["mlp_bn", "cnn"], ["momentum", "rmsprop", "adam"], ["leaky_relu"])
+    assert not report.failures, [(c.job.label, c.rung, c.rel_diff, c.worst, c.note) for c in report.failures]
+    assert {c.rung for c in report.checks} == {r.name for r in parity.RUNGS}
+    assert "bias_before_batchnorm" in {d for c in report.checks for d in c.deviations}
+
+
+def test_a_missing_framework_is_skipped_not_failed(monkeypatch):
+    def unavailable(name):
+        raise BackendUnavailable(f"backend {name!r} unavailable: not installed")
+
+    monkeypatch.setattr(backends, "load", unavailable)
+    report = parity.run_parity(["torch"], ["mlp"], ["sgd"], ["relu"], statistical=False)
+    assert report.ok and "torch" in report.skipped and not report.checks
+
+
+# -- the statistical rung and the command line -----------------------------------------------------
+def test_tost_accepts_equal_accuracies_and_rejects_a_constant_gap_beyond_the_margin():
+    same = equivalence.paired_tost("a", "b", [0.93, 0.95, 0.94], [0.93, 0.95, 0.94])
+    assert same.passed and same.p_value == 0.0
+    gap = equivalence.paired_tost("a", "b", [0.93, 0.95, 0.94], [0.90, 0.92, 0.91])
+    assert not gap.passed
+    noisy = equivalence.paired_tost("a", "b", [0.930, 0.950, 0.940, 0.935, 0.945], [0.933, 0.947, 0.938, 0.936, 0.944])
+    assert noisy.passed and noisy.ci90[0] > -equivalence.MARGIN and noisy.ci90[1] < equivalence.MARGIN
+    wide = equivalence.paired_tost("a", "b", [0.90, 0.96, 0.88, 0.97, 0.91], [0.95, 0.90, 0.96, 0.89, 0.95])
+    assert not wide.passed  # mean gap small, but too noisy to show it is under the margin
+
+
+def test_statistical_rung_finds_the_oracle_and_a_framework_equivalent():
+    instances = {"reference": _numpy()}
+    if FRAMEWORKS:
+        instances[FRAMEWORKS[0]] = loaded_backend(FRAMEWORKS[0])
+    results = equivalence.statistical_rung(instances, seeds=2, epochs=1)
+    assert all(r.passed for r in results)
+    assert all(acc > 0.5 for r in results for acc in r.accuracies_a + r.accuracies_b)
+
+
+def test_cli_runs_the_ladder_and_returns_its_status(capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parity.add_parity_arguments(parser)
+    args = parser.parse_args(["--backend", "numpy", "--models", "mlp", "--optimizers", "sgd", "--activations", "relu", "--no-statistical"])
+    assert parity.main_parity(args) == 0
+    out = capsys.readouterr().out
+    assert "forward" in out and "steps_20" in out and "every rung passes" in out
+    with pytest.raises(SystemExit):
+        parity.main_parity(parser.parse_args(["--backend", "numpy", "--models", "resnet"]))
