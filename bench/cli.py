@@ -48,9 +48,16 @@ def _batch_sizes(text: str) -> list[int]:
 
 
 def resolve_backends(names: list[str]) -> list[str]:
+    """'all' means every framework (missing ones are recorded as skipped); a backend named
+    explicitly must be installed, else the run stops before it starts with the reason."""
     if any(n.strip().lower() == "all" for n in names):
         return list(backends.FRAMEWORK_BACKENDS)
-    return list(dict.fromkeys(backends.canonical_name(n) for n in names))
+    chosen = list(dict.fromkeys(backends.canonical_name(n) for n in names))
+    for name in chosen:
+        reason = backends.unavailable_reason(name)
+        if reason:
+            raise BenchError(f"backend {name!r} is not available: {reason}; use --backend all to skip missing ones")
+    return chosen
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:

@@ -114,9 +114,10 @@ class Worker:
             try:
                 if self.conn.poll(POLL_SECONDS):
                     return self.conn.recv()
-            except (EOFError, OSError):
-                pass
-            if not self.process.is_alive() and not self.conn.poll(0):
+            except (EOFError, OSError):  # the worker's end closed: it died
+                self.process.join(timeout=5)
+                return "crashed", f"worker process died with exit code {self.process.exitcode}"
+            if not self.process.is_alive():
                 return "crashed", f"worker process died with exit code {self.process.exitcode}"
             if deadline is not None and time.monotonic() > deadline:
                 return "timeout", f"no result within {timeout:g} s"

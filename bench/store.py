@@ -32,15 +32,24 @@ def _clean(value):
 
 
 def read_records(path: Path) -> tuple[list[dict], int]:
-    """All complete records of a results.jsonl and the number of unreadable lines skipped."""
+    """The JSON objects of a results.jsonl and the number of lines skipped as unreadable.
+
+    Lines are decoded one at a time from bytes, so a crash that cut a line inside a multi-byte
+    character costs that line only, like any other truncated line.
+    """
     records, skipped = [], 0
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if not line.strip():
+    with open(path, "rb") as handle:
+        for raw in handle:
+            if not raw.strip():
                 continue
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
+                record = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                skipped += 1
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+            else:
                 skipped += 1
     return records, skipped
 
@@ -62,7 +71,7 @@ class RunStore:
         if not self.results.exists():
             return set()
         records, _ = read_records(self.results)
-        return {(r["cell_id"], r["repeat"]) for r in records if r.get("status") in FINISHED}
+        return {(r.get("cell_id"), r.get("repeat")) for r in records if r.get("status") in FINISHED}
 
     def append(self, record: dict) -> None:
         line = json.dumps(_clean(record), sort_keys=False, allow_nan=False)

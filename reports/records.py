@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.store import ENVIRONMENT, RESULTS
+from bench.store import ENVIRONMENT, RESULTS, read_records
 
 TEXT_FIELDS = (
     "run_id", "cell_id", "status", "reason", "error", "backend", "framework", "model", "optimizer",
@@ -153,29 +153,6 @@ def curves_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def read_jsonl(path: Path) -> tuple[list[dict], int]:
-    """The JSON objects of a JSON-lines file and the number of lines skipped as unreadable.
-
-    Lines are decoded one at a time from bytes, so a crash that cut a line inside a multi-byte
-    character costs that line only, like any other truncated line.
-    """
-    records, skipped = [], 0
-    with open(path, "rb") as handle:
-        for raw in handle:
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                skipped += 1
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-            else:
-                skipped += 1
-    return records, skipped
-
-
 def _read_environment(path: Path, notes: list[str]) -> dict:
     if not path.exists():
         notes.append(f"{path.name} is missing: the environment is unknown.")
@@ -200,7 +177,7 @@ def load_run(folder: Path) -> Run:
     if not path.is_file():
         raise BenchError(f"{folder} has no {RESULTS}: is it a run folder written by `bench run`?")
     try:
-        records, skipped = read_jsonl(path)
+        records, skipped = read_records(path)
     except OSError as exc:
         raise BenchError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not records:

@@ -1,0 +1,140 @@
+"""Every installed backend honours the adapter protocol and computes the same model as PyTorch.
+
+The cross-backend checks use canonical weights, so any difference is a translation bug (layout,
+flatten order, padding, BatchNorm settings), not initialisation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backends.base import Unsupported
+from bench.data import epoch_batches
+from bench.spec import OPTIMIZERS, SEED_MODELS, TrainSpec
+from bench.weights import canonical_weights
+from tests.conftest import FRAMEWORKS, loaded_backend
+
+pytestmark = pytest.mark.skipif(not FRAMEWORKS, reason="no framework installed")
+
+CASES = [(m, (28, 28, 1)) for m in SEED_MODELS] + [("cnn", (32, 32, 3))]
+
+
+def _build(name: str, model: str, shape, train: TrainSpec | None = None, seed: int = 0):
+    backend = loaded_backend(name)
+    spec = SEED_MODELS[model].resolve((train or TrainSpec()).activation)
+    backend.build(spec, train or TrainSpec(), shape, 10)
+    weights = canonical_weights(spec, shape, 10, seed)
+    backend.set_weights(weights)
+    return backend, weights
+
+
+def _batch(shape, n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((n, *shape), dtype=np.float32), rng.integers(0, 10, n)
+
+
+@pytest.mark.parametrize("name", FRAMEWORKS)
+@pytest.mark.parametrize("model,shape", CASES)
+def test_weights_round_trip_in_canonical_layout(name, model, shape):
+    backend, weights = _build(name, model, shape)
+    for a, b in zip(weights, backend.get_weights(), strict=True):
+        assert a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", [n for n in FRAMEWORKS if n != "torch"])
+@pytest.mark.parametrize("model,shape", CASES)
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "sigmoid"])
+def test_eval_logits_match_pytorch_to_1e5(name, model, shape, activation):
+    pytest.importorskip("torch")
+    x, _ = _batch(shape)
+    train = TrainSpec(activation=activation)
+    reference, _ = _build("torch", model, shape, train)
+    expected = reference.logits(x)
+    backend, _ = _build(name, model, shape, train)
+    np.testing.assert_allclose(backend.logits(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", [n for n in FRAMEWORKS if n != "torch"])
+@pytest.mark.parametrize("model", ["mlp", "mlp_bn", "cnn"])
+def test_training_mode_gradients_match_pytorch(name, model):
+    pytest.importorskip("torch")
+    x, y = _batch((28, 28, 1), n=32)
+    reference, _ = _build("torch", model, (28, 28, 1))
+    loss_ref, grads_ref = reference.loss_and_gradients(x, y)
+    backend, _ = _build(name, model, (28, 28, 1))
+    loss, grads = backend.loss_and_gradients(x, y)
+    assert loss == pytest.approx(loss_ref, rel=1e-5)
+    for a, b in zip(grads, grads_ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", FRAMEWORKS)
+def test_loss_and_gradients_leave_the_model_unchanged(name):
+    backend, weights = _build(name, "mlp_bn", (28, 28, 1))
+    x, y = _batch((28, 28, 1), n=32)
+    backend.loss_and_gradients(x, y)
+    for a, b in zip(weights, backend.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", FRAMEWORKS)
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_every_optimizer_steps_and_reset_replays_the_same_trajectory(name, optimizer, mnist_small):
+    train = TrainSpec(optimizer=optimizer, batch_size=32)
+    backend, weights = _build(name, "mlp_bn", (28, 28, 1), train)
+    backend.load_data(mnist_small.x_train, mnist_small.y_train)
+    batches = epoch_batches(len(mnist_small.x_train), 32, seed=0, epoch=0)[:5]
+
+    def trajectory():
+        backend.set_weights(weights)
+        backend.reset_optimizer()
+        for b in batches:
+            backend.train_step(b)
+        return backend.finish_epoch().losses
+
+    first, second = trajectory(), trajectory()
+    assert first.shape == (5,) and np.all(np.isfinite(first))
+    np.testing.assert_allclose(first, second, rtol=1e-6)
+    assert not np.allclose(backend.get_weights()[0], weights[0])
+
+
+@pytest.mark.parametrize("name", FRAMEWORKS)
+@pytest.mark.parametrize("loss", ["cce", "mse", "mae", "bce", "hinge"])
+def test_every_loss_matches_the_numpy_definition(name, loss):
+    from backends.base import numpy_loss
+
+    x, y = _batch((28, 28, 1), n=32)
+    backend, _ = _build(name, "mlp", (28, 28, 1), TrainSpec(loss=loss))
+    value, _ = backend.loss_and_gradients(x, y)
+    assert value == pytest.approx(numpy_loss(backend.logits(x), y, loss), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", FRAMEWORKS)
+def test_mlp_adam_learns_real_mnist(name, mnist_small):
+    train = TrainSpec(optimizer="adam", batch_size=32)
+    backend, _ = _build(name, "mlp", (28, 28, 1), train)
+    backend.load_data(mnist_small.x_train, mnist_small.y_train)
+    for epoch in range(2):
+        for b in epoch_batches(len(mnist_small.x_train), 32, seed=0, epoch=epoch):
+            backend.train_step(b)
+        losses = backend.finish_epoch().losses
+    _, accuracy = backend.evaluate(mnist_small.x_test, mnist_small.y_test, 250)
+    assert losses[-5:].mean() < 1.0 and accuracy > 0.8
+    probabilities = backend.predict(mnist_small.x_test[:10], 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", FRAMEWORKS)
+def test_tf32_on_a_cpu_is_refused_as_unsupported(name):
+    backend = loaded_backend(name)  # configured with device="cpu"
+    with pytest.raises(Unsupported, match="tf32"):
+        backend.build(SEED_MODELS["mlp"].resolve("relu"), TrainSpec(precision="tf32"), (28, 28, 1), 10)
+
+
+@pytest.mark.parametrize("name", FRAMEWORKS)
+def test_save_writes_the_framework_file(name, tmp_path):
+    backend, _ = _build(name, "mlp", (28, 28, 1))
+    path = backend.save(tmp_path)
+    assert path.exists() and path.stat().st_size > 100_000 * 4 * 0.9
