@@ -456,6 +456,7 @@ class JaxBackend(Backend):
             "bn_running_variance": "biased (divide by n), two-pass (use_fast_variance=False)",
             "dropout_rng": f"jax.random.key({t.seed}) folded with the step count: new masks every step, restart on reset_optimizer",
             "leaky_relu_slope": f"{t.leaky_relu_slope}",
+            "leaky_relu_grad_at_zero": "one: jax.nn.leaky_relu is where(x >= 0, x, slope * x); torch and TF give the slope",
             "init": "canonical numpy glorot_uniform",
             "donation": "params, batch_stats, opt_state and step count donated to the jit step" if self._mode == "jit" else "none (eager)",
             "data": "train arrays on the device once; rows gathered inside the step",
