@@ -281,5 +281,5 @@ def main(argv: list[str] | None = None) -> int:
 
         return report_cli.main_report(args) if args.command == "report" else report_cli.main_compare(args)
     except BenchError as exc:
-        errors.print(f"error: {exc}", markup=False, highlight=False)
+        errors.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 2

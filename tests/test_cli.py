@@ -1,0 +1,85 @@
+"""The command line as a user meets it: one-line errors with exit 2, and a real run folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bench(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, timeout=600)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["run", "--backend", "mxnet"], "unknown backend 'mxnet'; valid: torch, tf, jax, numpy, all"),
+        (["run", "--models", "resnet"], "unknown model 'resnet'; valid: mlp, mlp_bn, mlp_dropout, cnn"),
+        (["run", "--optimizers", "adagrad"], "unknown optimizer 'adagrad'; valid: sgd, momentum, rmsprop, adam"),
+        (["run", "--activations", "gelu"], "unknown activation 'gelu'"),
+        (["run", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["run", "--dataset", "mnist", "--data-dir", "/nonexistent"], "dataset file missing: /nonexistent/train-images"),
+        (["run", "--dataset", "digits", "--models", "cnn"], "does not fit the 2x2 input"),
+        (["report", "/nonexistent/run"], "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    result = bench(*args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+
+
+def test_broken_toml_and_unwritable_output_are_one_line_errors(tmp_path):
+    config = tmp_path / "sweep.toml"
+    config.write_text("[sweep]\nmodels = [\n")
+    result = bench("run", "--config", str(config))
+    assert result.returncode == 2 and "is not valid TOML" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = bench("run", "--backend", "numpy", "--out", str(blocker / "run"))
+    assert result.returncode == 2 and "cannot write to output folder" in result.stderr
+
+
+def test_list_names_everything_and_which_backends_are_installed():
+    result = bench("list")
+    assert result.returncode == 0
+    for word in ("torch", "tf", "jax", "numpy", "mlp_bn", "momentum", "leaky_relu", "mnist-sample", "hinge"):
+        assert word in result.stdout
+
+
+def test_a_run_writes_the_folder_records_every_outcome_and_resumes(tmp_path):
+    pytest.importorskip("torch")
+    config = tmp_path / "sweep.toml"
+    config.write_text(
+        '[sweep]\noptimizers = ["adam", "sgd"]\nactivations = ["relu"]\ntrain_size = 600\ntest_size = 200\n'
+        '[models.tiny]\nlayers = [{type = "Flatten"}, {type = "Dense", units = 16, activation = "hidden"},'
+        ' {type = "Dense", units = 10}]\n'
+    )
+    out = tmp_path / "run"
+    args = ["run", "--backend", "torch", "--config", str(config), "--models", "tiny,mlp", "--out", str(out)]
+    first = bench(*args, "--learning-rate", "0.001")
+    assert first.returncode == 0, first.stderr + first.stdout
+    for name in ("results.jsonl", "environment.json", "results.csv", "summary.csv", "report.html"):
+        assert (out / name).is_file(), name
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and {r["status"] for r in records} == {"ok"}
+    assert {r["model"] for r in records} == {"tiny", "mlp"}
+    environment = json.loads((out / "environment.json").read_text())
+    assert environment["versions"]["torch"].startswith("2.") and environment["matmul_peak_gflops"] > 0
+
+    again = bench(*args, "--learning-rate", "0.001")
+    assert again.returncode == 0 and "0 cells to run (4 already" in again.stdout
+    assert len((out / "results.jsonl").read_text().splitlines()) == 4
+
+    diverging = bench(*args, "--learning-rate", "1e6", "--activations", "linear")
+    assert diverging.returncode == 0, diverging.stderr
+    statuses = [json.loads(line)["status"] for line in (out / "results.jsonl").read_text().splitlines()]
+    assert statuses[:4] == ["ok"] * 4 and "diverged" in statuses[4:]
