@@ -23,6 +23,7 @@ ADAM_EPS = {
     "uncorrected": "uncorrected, added to sqrt(v): sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps)",
 }
 BN_VARIANCE = {"biased": "biased batch variance", "unbiased": "unbiased batch variance, var * m/(m-1)"}
+LEAKY_AT_ZERO = {"slope": "slope (as torch and TF)", "one": "one (as jax.nn.leaky_relu)"}
 
 
 class NumpyBackend(Backend):
@@ -88,7 +89,7 @@ class NumpyBackend(Backend):
 
     def save(self, directory: Path) -> Path:
         path = Path(directory) / "model.npz"
-        np.savez(path, **{spec.key: p for spec, p in zip(self.net.specs, self.get_weights())})
+        np.savez(path, **{spec.key: p for spec, p in zip(self.net.specs, self.get_weights(), strict=True)})
         return path
 
     def semantics(self) -> dict[str, str]:
@@ -100,6 +101,7 @@ class NumpyBackend(Backend):
             "bn_momentum": f"{self.train.bn_momentum} (Keras sense: weight of the old statistic)",
             "bn_epsilon": f"{self.train.bn_epsilon}",
             "leaky_relu_slope": f"{self.train.leaky_relu_slope}",
+            "leaky_relu_grad_at_zero": LEAKY_AT_ZERO[self.rules.leaky_relu_grad_at_zero],
             "weight_decay": f"decoupled {self.train.weight_decay}: w -= lr*wd*w" if self.train.weight_decay else "off",
             "dropout": "inverted, masks from numpy default_rng([seed, 0xD0])",
             "init": "canonical numpy glorot_uniform",

@@ -314,13 +314,13 @@ def measure(backend: Backend, job: Job, batch: Batch, epsilon: float = PARITY_EP
         backend.load_data(batch.x, batch.y)
     if job.step:
         after, _ = _train(backend, weights, [np.arange(BATCH)])
-        out.values["step_1"] = {s.key: w for s, w in zip(specs, after) if s.trainable}
+        out.values["step_1"] = {s.key: w for s, w in zip(specs, after, strict=True) if s.trainable}
     if job.multi_step:
         after, losses = _train(backend, weights, batch.schedule)
         out.values["losses_20"] = {"losses": losses}
-        out.values["steps_20"] = {s.key: w for s, w in zip(specs, after) if s.trainable}
+        out.values["steps_20"] = {s.key: w for s, w in zip(specs, after, strict=True) if s.trainable}
         if model.has_batchnorm:
-            out.values["bn_running_stats"] = {s.key: w for s, w in zip(specs, after) if not s.trainable}
+            out.values["bn_running_stats"] = {s.key: w for s, w in zip(specs, after, strict=True) if not s.trainable}
     return out
 
 

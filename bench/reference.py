@@ -281,7 +281,10 @@ class ForwardPass:
 
 
 class Network:
-    """A resolved model's parameters (canonical order, float64) and its forward and backward passes."""
+    """A model's parameters (canonical order, float64) and its forward and backward passes.
+
+    A model with the ``hidden`` placeholder is resolved with the TrainSpec's activation.
+    """
 
     def __init__(self, model: ModelSpec, train: TrainSpec, input_shape: tuple[int, ...], num_classes: int, rules: Rules = CANONICAL):
         if any(getattr(layer, "activation", None) == HIDDEN for layer in model.layers):
@@ -296,7 +299,7 @@ class Network:
     def set_weights(self, weights: list[np.ndarray]) -> None:
         if len(weights) != len(self.specs):
             raise ValueError(f"expected {len(self.specs)} arrays, got {len(weights)}")
-        for spec, w in zip(self.specs, weights):
+        for spec, w in zip(self.specs, weights, strict=True):
             if tuple(w.shape) != spec.shape:
                 raise ValueError(f"parameter {spec.key} has shape {spec.shape}, got {tuple(w.shape)}")
         self.params = [np.array(w, dtype=np.float64) for w in weights]
@@ -417,7 +420,7 @@ class Optimizer:
         """Update ``params[indices[k]]`` in place with ``grads[k]``."""
         s, lr, eps = self.train, self.train.lr, self.train.epsilon
         self.t += 1
-        for k, g in zip(indices, grads):
+        for k, g in zip(indices, grads, strict=True):
             w = params[k]
             if s.weight_decay > 0:
                 w -= lr * s.weight_decay * w  # decoupled: shrink the weight, not the gradient
