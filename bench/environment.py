@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -84,7 +84,7 @@ def matmul_peak_gflops(threads: int, size: int = 1024, seconds: float = 0.5) -> 
 
 def capture(argv: list[str], threads: int, cpu_set: list[int], settings: dict, fairness: dict) -> dict:
     return {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python -m bench"] + argv),
         "argv": argv,
         "git_commit": _git_commit(),

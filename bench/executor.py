@@ -13,8 +13,8 @@ import multiprocessing as mp
 import os
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import backends
 from bench.data import load_dataset

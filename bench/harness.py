@@ -19,7 +19,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import psutil
@@ -89,7 +89,7 @@ class PeakRssSampler:
             self.peak = max(self.peak, self.process.memory_info().rss)
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "PeakRssSampler":
+    def __enter__(self) -> PeakRssSampler:
         self.peak = self.process.memory_info().rss
         self._thread.start()
         return self
@@ -181,7 +181,7 @@ def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | N
     """Train and measure one cell; always returns a record (status ok, skipped, failed or diverged)."""
     record = cell.config() | data.describe() | {
         "framework": backend.framework, "status": "ok", "reason": None, "error": None,
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "timing_method": TIMING_METHOD,
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"), "timing_method": TIMING_METHOD,
     }
     began = time.perf_counter()
     model = cell.model.resolve(cell.train.activation)

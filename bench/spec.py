@@ -8,7 +8,7 @@ readable errors; the same objects pickle into worker processes unchanged.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -27,7 +27,7 @@ BN_EPSILON = 1e-3
 class _Layer(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def resolve(self, hidden: str) -> "_Layer":
+    def resolve(self, hidden: str) -> _Layer:
         """This layer with the ``hidden`` placeholder replaced by the sweep's activation."""
         if getattr(self, "activation", None) == HIDDEN:
             return self.model_copy(update={"activation": hidden})
@@ -87,7 +87,7 @@ class Activation(_Layer):
 
 
 Layer = Annotated[
-    Union[Flatten, Dense, Conv2D, MaxPool2D, AvgPool2D, BatchNorm, Dropout, Activation],
+    Flatten | Dense | Conv2D | MaxPool2D | AvgPool2D | BatchNorm | Dropout | Activation,
     Field(discriminator="type"),
 ]
 
@@ -100,7 +100,7 @@ class ModelSpec(BaseModel):
     layers: tuple[Layer, ...]
     description: str = ""
 
-    def resolve(self, hidden: str) -> "ModelSpec":
+    def resolve(self, hidden: str) -> ModelSpec:
         """The model with every ``hidden`` placeholder set to one activation of the sweep."""
         _check_activation(hidden)
         return self.model_copy(update={"layers": tuple(layer.resolve(hidden) for layer in self.layers)})

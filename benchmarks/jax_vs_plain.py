@@ -23,18 +23,17 @@ import argparse
 import json
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
+import jax  # noqa: E402  (after the backend, whose setup() configures precision and device)
+import jax.numpy as jnp  # noqa: E402
 import numpy as np
+import optax  # noqa: E402
 
 from backends.jax_backend import JaxBackend
 from bench.data import epoch_batches, load_dataset
 from bench.spec import SEED_MODELS, TrainSpec
 from bench.weights import canonical_weights
-
-import jax  # noqa: E402  (after the backend, whose setup() configures precision and device)
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
 
 HIGHEST = jax.lax.Precision.HIGHEST
 

@@ -24,14 +24,12 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
+import keras  # noqa: E402  (after the backend module, which configures it)
 
 from backends.keras_backend import KerasBackend  # sets KERAS_BACKEND before keras is imported
 from bench.data import epoch_batches, load_dataset
 from bench.spec import SEED_MODELS, TrainSpec
 from bench.weights import canonical_weights
-
-import keras  # noqa: E402  (after the backend module, which configures it)
 
 FIT_MODES = {
     "graph": {"jit_compile": False},

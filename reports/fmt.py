@@ -7,8 +7,8 @@ A report shows thousands of numbers; "12.3k/s" and "1.84 s" read faster than "12
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from numbers import Real
-from typing import Callable
 
 from reports.stats import Estimate
 

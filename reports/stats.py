@@ -9,9 +9,8 @@ thousands of intervals) and seeded with the suite's fixed seed, so a rebuilt rep
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from scipy import stats

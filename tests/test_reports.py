@@ -21,8 +21,7 @@ import pandas as pd
 import pytest
 
 from bench.errors import BenchError
-from reports import (add_compare_arguments, add_report_arguments, build_report, compare_runs, main_compare,
-                     main_report)
+from reports import add_compare_arguments, add_report_arguments, build_report, compare_runs, main_compare, main_report
 from reports.records import SCHEMA
 from reports.summary import METRICS
 
