@@ -107,7 +107,8 @@ def build_sweep(args: argparse.Namespace) -> grid.Sweep:
     sweep = replace(sweep, **{k: v for k, v in flags.items() if v is not None})
     if args.models:
         sweep.models_explicit = True
-    if sweep.dataset.split(":")[0] != "mnist-sample" and args.train_size is None and sweep.train_size == 1000:
+    quick = grid.PROFILES["quick"]
+    if sweep.dataset != "mnist-sample" and args.train_size is None and sweep.train_size == quick["train_size"]:
         sweep.train_size = sweep.test_size = None  # the quick slice is for the bundled sample only
     grid.validate(sweep)
     return sweep
@@ -213,7 +214,7 @@ def _print_summary(store: RunStore, baseline: str | None) -> None:
         cells=("cell_id", "count"), test_accuracy=("test_accuracy", "median"),
         train_samples_per_s=("train_samples_per_s", "median"), compile_seconds=("compile_seconds", "median"),
     ).reset_index()
-    base = baseline or table["backend"].iloc[0]
+    base = baseline or ("torch" if "torch" in set(table["backend"]) else table["backend"].iloc[0])
     out = Table(title=f"median over cells; throughput ratio vs {base}")
     for column in ("model", "backend", "cells", "test acc", "train samples/s", "vs " + base, "compile s"):
         out.add_column(column, justify="left" if column in ("model", "backend") else "right")

@@ -20,8 +20,8 @@ from bench.spec import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS,
 
 PROFILES: dict[str, dict] = {
     # Every seed model x optimizer x activation on all backends in minutes on 2 cores: a smoke-sized
-    # slice of the bundled sample (900 train / 100 val / 500 test), one epoch.
-    "quick": {"train_size": 1000, "test_size": 500, "epochs": 1, "batch_sizes": [64], "val_split": 0.1},
+    # slice of the bundled sample (576 train / 64 val / 256 test), one epoch, no step-time probe.
+    "quick": {"train_size": 640, "test_size": 256, "epochs": 1, "batch_sizes": [64], "val_split": 0.1, "probe_steps": 0},
     # The whole bundled sample (7,200 / 800 / 2,000), a few epochs: figures worth comparing.
     "full": {"train_size": None, "test_size": None, "epochs": 3, "batch_sizes": [128], "val_split": 0.1},
     # The seed document's own settings: 10 epochs, batch 32, validation split 0.2.
@@ -48,10 +48,11 @@ class Sweep:
     seed: int = 0
     dataset: str = "mnist-sample"
     data_dir: str | None = None
-    train_size: int | None = 1000
-    test_size: int | None = 500
+    train_size: int | None = None
+    test_size: int | None = None
     val_split: float = 0.1
     target_accuracy: float = 0.9
+    probe_steps: int = 20
     custom_models: dict[str, ModelSpec] = field(default_factory=dict)
     models_explicit: bool = False
 
@@ -150,5 +151,5 @@ def cells(sweep: Sweep, backends: list[str], models: list[str], n_train: int) ->
                 batch_size=n_train if batch == 0 else batch, epochs=sweep.epochs,
                 learning_rate=sweep.learning_rate, seed=sweep.seed + repeat, precision=precision, mode=mode,
             )
-            grid.append(Cell(backend, specs[model], train, sweep.dataset, repeat, sweep.target_accuracy))
+            grid.append(Cell(backend, specs[model], train, sweep.dataset, repeat, sweep.target_accuracy, sweep.probe_steps))
     return grid

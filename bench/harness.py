@@ -2,9 +2,10 @@
 
 The protocol (design.md, "Measuring"):
 1. canonical NumPy weights are loaded, the training arrays placed once (off the clock);
-2. warm-up: the first steps run one by one, each synchronised and timed -- the first one carries
-   tracing and compilation, reported as ``compile_seconds``, never inside the steady state;
-3. a short probe of individually synchronised steps gives step-time percentiles;
+2. warm-up: the first step runs alone, synchronised and timed -- it carries tracing and
+   compilation, reported as ``compile_seconds`` (its excess over a steady-state step), never inside
+   the steady state;
+3. a probe of individually synchronised steps gives step-time percentiles (optional: quick runs skip it);
 4. the model is reset to the canonical weights and a fresh optimizer (compiled code is kept), so
    warm-up never changes what is trained;
 5. steady state: whole epochs of the seed's batch order, one synchronisation per epoch (reading the
@@ -33,8 +34,6 @@ from bench.spec import ModelSpec, TrainSpec
 from bench.stats import percentiles
 from bench.weights import canonical_weights
 
-WARMUP_STEPS = 2
-PROBE_STEPS = 8
 EVAL_BATCH = 500
 TIMING_METHOD = "wall clock (perf_counter) over whole epochs, one synchronisation per epoch"
 
@@ -49,6 +48,8 @@ class Cell:
     dataset: str
     repeat: int = 0
     target_accuracy: float = 0.9
+    probe_steps: int = 20
+    """Individually synchronised steps timed after warm-up for step-time percentiles (0: none)."""
 
     @property
     def cell_id(self) -> str:
@@ -121,22 +122,22 @@ def _timed_step(backend: Backend, batch: np.ndarray) -> float:
     return time.perf_counter() - start
 
 
-def _warm_up(backend: Backend, n_train: int, train: TrainSpec) -> dict:
-    """Compile and probe on the first batches; returns the warm-up figures (the steps are then undone)."""
+def _warm_up(backend: Backend, n_train: int, train: TrainSpec, probe_steps: int) -> dict:
+    """Compile on the first batch, then time ``probe_steps`` steps one by one for step-time percentiles.
+
+    The caller undoes these steps (canonical weights, fresh optimizer) before the timed epochs.
+    """
     batches = epoch_batches(n_train, train.batch_size, train.seed, 0)
-    warm = [_timed_step(backend, b) for b in batches[:WARMUP_STEPS]]
-    probe_batches = batches[WARMUP_STEPS : WARMUP_STEPS + PROBE_STEPS]
-    if len(probe_batches) == 0:
-        probe_batches = batches[:1]
-    probe = [_timed_step(backend, b) for b in probe_batches]
+    first = _timed_step(backend, batches[0])
+    probe_batches = np.resize(batches, (probe_steps, batches.shape[1])) if probe_steps else batches[:0]
+    probe = np.asarray([_timed_step(backend, b) for b in probe_batches]) * 1e3
     backend.finish_epoch()
-    p50, p90, p99 = percentiles(np.asarray(probe) * 1e3)
+    p50, p90, p99 = percentiles(probe) if probe.size else (None, None, None)
     return {
-        "first_step_seconds": warm[0],
-        "warmup_seconds": float(sum(warm)),
-        "compile_seconds": max(warm[0] - float(np.median(probe)), 0.0),
+        "first_step_seconds": first,
+        "warmup_seconds": first + float(probe.sum()) / 1e3,
         "step_time_ms_p50": p50, "step_time_ms_p90": p90, "step_time_ms_p99": p99,
-        "step_time_samples": len(probe),
+        "step_time_samples": int(probe.size),
     }
 
 
@@ -200,7 +201,7 @@ def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | N
         weights = canonical_weights(model, shape, k, cell.train.seed)
         backend.set_weights(weights)
         backend.load_data(data.x_train, data.y_train)
-        record |= _warm_up(backend, len(data.x_train), cell.train)
+        record |= _warm_up(backend, len(data.x_train), cell.train, cell.probe_steps)
         backend.set_weights(weights)
         backend.reset_optimizer()
         backend.reset_peak_memory()
@@ -211,8 +212,11 @@ def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | N
             finally:
                 cpu_seconds = time.process_time() - cpu_start
                 record["peak_rss_bytes"] = rss.peak
-        samples = len(data.x_train) // cell.train.batch_size * cell.train.batch_size * cell.train.epochs
+        steps = len(data.x_train) // cell.train.batch_size * cell.train.epochs
+        samples = steps * cell.train.batch_size
         train_seconds = float(sum(m.epoch_seconds))
+        # Compilation = what the first step cost beyond a steady-state step (mean over all timed steps).
+        record["compile_seconds"] = max(record["first_step_seconds"] - train_seconds / steps, 0.0)
         record |= {
             "epoch_train_loss": m.epoch_train_loss, "epoch_val_loss": m.epoch_val_loss,
             "epoch_val_accuracy": m.epoch_val_accuracy, "epoch_seconds": m.epoch_seconds,

@@ -60,3 +60,10 @@ def test_unsupported_settings_and_misfit_models_are_skipped_with_the_reason(mnis
     digits = load_dataset("digits")
     record = run_cell(backend, Cell("torch", SEED_MODELS["cnn"], TrainSpec(), "digits"), digits)
     assert record["status"] == "skipped" and "does not fit" in record["reason"]
+
+
+def test_without_a_probe_there_are_no_step_percentiles_but_compile_time_still_is_measured(mnist_small):
+    cell = Cell("torch", SEED_MODELS["mlp"], TrainSpec(batch_size=64), "mnist-sample", probe_steps=0)
+    record = run_cell(loaded_backend("torch"), cell, mnist_small)
+    assert record["status"] == "ok" and record["step_time_samples"] == 0 and record["step_time_ms_p50"] is None
+    assert record["compile_seconds"] >= 0 and record["warmup_seconds"] == record["first_step_seconds"]
