@@ -25,10 +25,10 @@ import statistics
 import time
 from collections.abc import Callable
 
-import jax  # noqa: E402  (after the backend, whose setup() configures precision and device)
-import jax.numpy as jnp  # noqa: E402
+import jax
+import jax.numpy as jnp
 import numpy as np
-import optax  # noqa: E402
+import optax
 
 from backends.jax_backend import JaxBackend
 from bench.data import epoch_batches, load_dataset

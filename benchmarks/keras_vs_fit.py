@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
 
-import keras  # noqa: E402  (after the backend module, which configures it)
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # before keras is imported, as the backend module does
 
-from backends.keras_backend import KerasBackend  # sets KERAS_BACKEND before keras is imported
-from bench.data import epoch_batches, load_dataset
-from bench.spec import SEED_MODELS, TrainSpec
-from bench.weights import canonical_weights
+import keras  # noqa: E402
+
+from backends.keras_backend import KerasBackend  # noqa: E402
+from bench.data import epoch_batches, load_dataset  # noqa: E402
+from bench.spec import SEED_MODELS, TrainSpec  # noqa: E402
+from bench.weights import canonical_weights  # noqa: E402
 
 FIT_MODES = {
     "graph": {"jit_compile": False},
