@@ -186,13 +186,13 @@ class TorchBackend(Backend):
     def load_data(self, x: np.ndarray, y: np.ndarray) -> None:
         self.x = self._input(x)
         self.y = torch.from_numpy(y.astype(np.int64)).to(self.device)
-        self.onehot = F.one_hot(self.y, self.num_classes).float()
 
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         loss = self.train_spec.loss
         if loss == "cce":
             return F.cross_entropy(logits, labels)
+        onehot = F.one_hot(labels, self.num_classes).float()
         if loss == "mse":
             return (torch.softmax(logits, dim=1) - onehot).pow(2).mean()
         if loss == "mae":
@@ -201,17 +201,20 @@ class TorchBackend(Backend):
             return F.binary_cross_entropy_with_logits(logits, onehot)
         return torch.clamp(1.0 - (2.0 * onehot - 1.0) * logits, min=0.0).mean()
 
-    def _forward_loss(self, x: torch.Tensor, labels: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+    def _forward_loss(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.autocast_dtype is None:
-            return self._loss(self.forward(x), labels, onehot)
+            return self._loss(self.forward(x), labels)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-            return self._loss(self.forward(x), labels, onehot)
+            return self._loss(self.forward(x), labels)
 
     def train_step(self, batch: np.ndarray) -> None:
-        index = torch.from_numpy(batch).to(self.device, non_blocking=True)
-        self.net.train()
+        index = torch.from_numpy(batch)
+        if self.device.type != "cpu":
+            index = index.to(self.device, non_blocking=True)
+        if not self.net.training:  # a per-step .train() walks every module: only switch when needed
+            self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self._forward_loss(self.x[index], self.y[index], self.onehot[index])
+        loss = self._forward_loss(self.x[index], self.y[index])
         loss.backward()
         decay = self.train_spec.weight_decay
         if decay:
@@ -257,7 +260,7 @@ class TorchBackend(Backend):
         self.net.train()
         self.net.zero_grad(set_to_none=True)
         labels = torch.from_numpy(y.astype(np.int64)).to(self.device)
-        loss = self._forward_loss(self._input(x), labels, F.one_hot(labels, self.num_classes).float())
+        loss = self._forward_loss(self._input(x), labels)
         loss.backward()
         grads = [_to_canonical_layout(s.name, self._lookup(s).grad.cpu().numpy()).copy() for s in self.params if s.trainable]
         self.net.zero_grad(set_to_none=True)
