@@ -148,8 +148,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     for name, reason in refused.items():
         for backend in backend_names:
-            sink({"cell_id": f"{backend}|{name}|refused", "repeat": 0, "backend": backend, "model": name,
-                  "dataset": sweep.dataset, "status": "skipped", "reason": reason})
+            if (f"{backend}|{name}|refused", 0) not in done:
+                sink({"cell_id": f"{backend}|{name}|refused", "repeat": 0, "backend": backend, "model": name,
+                      "dataset": sweep.dataset, "status": "skipped", "reason": reason})
     settings = WorkerSettings(threads, cpu_set, args.device, sweep.data_dir, sweep.val_split,
                               sweep.train_size, sweep.test_size, env["matmul_peak_gflops"])
     todo = [c for c in cells if (c.cell_id, c.repeat) not in done]

@@ -83,3 +83,16 @@ def test_a_run_writes_the_folder_records_every_outcome_and_resumes(tmp_path):
     assert diverging.returncode == 0, diverging.stderr
     statuses = [json.loads(line)["status"] for line in (out / "results.jsonl").read_text().splitlines()]
     assert statuses[:4] == ["ok"] * 4 and "diverged" in statuses[4:]
+
+
+def test_a_default_model_that_cannot_fit_is_skipped_once_with_the_reason(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "digits"
+    args = ["run", "--backend", "torch", "--dataset", "digits", "--optimizers", "adam", "--activations", "relu",
+            "--out", str(out)]
+    assert bench(*args).returncode == 0
+    assert bench(*args).returncode == 0  # resumed: nothing new, nothing duplicated
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted((r["model"], r["status"]) for r in records) == [
+        ("cnn", "skipped"), ("mlp", "ok"), ("mlp_bn", "ok"), ("mlp_dropout", "ok")]
+    assert "does not fit" in next(r["reason"] for r in records if r["model"] == "cnn")
