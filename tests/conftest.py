@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import backends
 from bench.data import load_dataset
+from bench.shapes import param_specs
+from bench.spec import ModelSpec, TrainSpec
+from bench.weights import canonical_weights
 
 INSTALLED = [name for name in backends.REGISTRY if backends.unavailable_reason(name) is None]
 FRAMEWORKS = [name for name in backends.FRAMEWORK_BACKENDS if name in INSTALLED]
@@ -27,3 +31,24 @@ def loaded_backend(name: str):
         backend.setup(threads=2, device="cpu")
         _LOADED[name] = backend
     return _LOADED[name]
+
+
+def perturbed_weights(model: ModelSpec, shape: tuple[int, ...], seed: int = 3) -> list[np.ndarray]:
+    """Canonical weights with non-zero biases and non-trivial BatchNorm parameters and statistics,
+    so a swapped or mis-laid-out mapping shows in the logits (zero biases and unit statistics hide it)."""
+    rng = np.random.default_rng(seed)
+    weights = canonical_weights(model, shape, 10, seed)
+    for spec, w in zip(param_specs(model, shape, 10), weights):
+        if spec.name in ("gamma", "moving_variance"):
+            w *= rng.uniform(0.5, 1.5, w.shape)
+        elif spec.name != "kernel":
+            w += rng.normal(0.0, 0.1, w.shape)
+    return weights
+
+
+def reference_logits(model: ModelSpec, train: TrainSpec, shape: tuple[int, ...], weights, x: np.ndarray) -> np.ndarray:
+    """Eval-mode logits of the NumPy oracle (bench/reference.py) for the same model and weights."""
+    oracle = loaded_backend("numpy")
+    oracle.build(model.resolve(train.activation), train, shape, 10)
+    oracle.set_weights(weights)
+    return oracle.logits(x)

@@ -1,7 +1,8 @@
 """Every installed backend honours the adapter protocol and computes the same model as PyTorch.
 
-The cross-backend checks use canonical weights, so any difference is a translation bug (layout,
-flatten order, padding, BatchNorm settings), not initialisation.
+The cross-backend checks load the same weights into both sides (for logits, with non-zero biases
+and BatchNorm statistics), so any difference is a translation bug (layout, flatten order, padding,
+BatchNorm settings), not initialisation.
 """
 
 from __future__ import annotations
@@ -11,13 +12,42 @@ import pytest
 
 from backends.base import Unsupported
 from bench.data import epoch_batches
-from bench.spec import OPTIMIZERS, SEED_MODELS, TrainSpec
+from bench.spec import (
+    OPTIMIZERS,
+    SEED_MODELS,
+    Activation,
+    AvgPool2D,
+    BatchNorm,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    MaxPool2D,
+    ModelSpec,
+    TrainSpec,
+)
 from bench.weights import canonical_weights
-from tests.conftest import FRAMEWORKS, loaded_backend
+from tests.conftest import FRAMEWORKS, loaded_backend, perturbed_weights
 
 pytestmark = pytest.mark.skipif(not FRAMEWORKS, reason="no framework installed")
 
 CASES = [(m, (28, 28, 1)) for m in SEED_MODELS] + [("cnn", (32, 32, 3))]
+ALL_LAYERS = ModelSpec(
+    name="all_layers",
+    description="every layer type, 'same' padding with stride 2 (asymmetric pad), BatchNorm on images",
+    layers=(
+        Conv2D(filters=8, kernel=3, stride=2, padding="same", activation="linear"),
+        BatchNorm(),
+        Activation(activation="hidden"),
+        AvgPool2D(size=2),
+        Conv2D(filters=4, kernel=3, padding="same", activation="hidden"),
+        MaxPool2D(size=2),
+        Flatten(),
+        Dropout(rate=0.3),
+        Dense(units=10),
+    ),
+)
+LOGIT_CASES = [(SEED_MODELS[m], shape) for m, shape in CASES] + [(ALL_LAYERS, (28, 28, 1))]
 
 
 def _build(name: str, model: str, shape, train: TrainSpec | None = None, seed: int = 0):
@@ -44,16 +74,21 @@ def test_weights_round_trip_in_canonical_layout(name, model, shape):
 
 
 @pytest.mark.parametrize("name", [n for n in FRAMEWORKS if n != "torch"])
-@pytest.mark.parametrize("model,shape", CASES)
+@pytest.mark.parametrize("model,shape", LOGIT_CASES, ids=[f"{m.name}-{'x'.join(map(str, s))}" for m, s in LOGIT_CASES])
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu", "sigmoid"])
 def test_eval_logits_match_pytorch_to_1e5(name, model, shape, activation):
     pytest.importorskip("torch")
     x, _ = _batch(shape)
     train = TrainSpec(activation=activation)
-    reference, _ = _build("torch", model, shape, train)
-    expected = reference.logits(x)
-    backend, _ = _build(name, model, shape, train)
-    np.testing.assert_allclose(backend.logits(x), expected, rtol=1e-5, atol=1e-5)
+    spec = model.resolve(activation)
+    weights = perturbed_weights(spec, shape)
+    logits = {}
+    for backend_name in ("torch", name):
+        backend = loaded_backend(backend_name)
+        backend.build(spec, train, shape, 10)
+        backend.set_weights(weights)
+        logits[backend_name] = backend.logits(x)
+    np.testing.assert_allclose(logits[name], logits["torch"], rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", [n for n in FRAMEWORKS if n != "torch"])

@@ -18,38 +18,20 @@ import jax  # noqa: E402
 from backends.base import Unsupported, numpy_loss  # noqa: E402
 from backends.jax_backend import JaxBackend  # noqa: E402
 from bench.data import epoch_batches, load_dataset  # noqa: E402
-from bench.shapes import param_specs  # noqa: E402
 from bench.spec import (  # noqa: E402
     SEED_MODELS,
     Activation,
-    AvgPool2D,
     BatchNorm,
-    Conv2D,
     Dense,
     Dropout,
     Flatten,
-    MaxPool2D,
     ModelSpec,
     TrainSpec,
 )
 from bench.weights import canonical_weights  # noqa: E402
+from tests.conftest import perturbed_weights, reference_logits  # noqa: E402
 
 MNIST = (28, 28, 1)
-ALL_LAYERS = ModelSpec(
-    name="all_layers",
-    description="every layer type, 'same' padding with stride 2 (asymmetric pad), BatchNorm on images",
-    layers=(
-        Conv2D(filters=8, kernel=3, stride=2, padding="same", activation="linear"),
-        BatchNorm(),
-        Activation(activation="hidden"),
-        AvgPool2D(size=2),
-        Conv2D(filters=4, kernel=3, padding="same", activation="hidden"),
-        MaxPool2D(size=2),
-        Flatten(),
-        Dropout(rate=0.3),
-        Dense(units=10),
-    ),
-)
 BN_DROPOUT = ModelSpec(
     name="bn_dropout",
     layers=(Flatten(), Dense(units=32), BatchNorm(), Activation(activation="hidden"), Dropout(rate=0.2), Dense(units=10)),
@@ -68,35 +50,6 @@ def backend() -> JaxBackend:
     return b
 
 
-def perturbed_weights(model: ModelSpec, shape: tuple[int, ...], seed: int = 3) -> list[np.ndarray]:
-    """Canonical weights with nonzero biases and BatchNorm statistics, so a swapped mapping shows."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for spec, w in zip(param_specs(model, shape, 10), canonical_weights(model, shape, 10, seed)):
-        if spec.name == "moving_variance":
-            w = w * rng.uniform(0.5, 1.5, w.shape).astype(np.float32)
-        elif spec.name != "kernel":
-            w = w + rng.normal(0.0, 0.1, w.shape).astype(np.float32)
-        out.append(w)
-    return out
-
-
-def numpy_mlp_logits(model: ModelSpec, weights: list[np.ndarray], x: np.ndarray, train: TrainSpec) -> np.ndarray:
-    """An independent float64 forward of the dense layer types (eval mode)."""
-    params = {p.key: w.astype(np.float64) for p, w in zip(param_specs(model, x.shape[1:], 10), weights)}
-    acts = {"relu": lambda z: np.maximum(z, 0), "tanh": np.tanh, "linear": lambda z: z}
-    h = x.reshape(len(x), -1).astype(np.float64)
-    for i, layer in enumerate(model.layers):
-        if isinstance(layer, Dense):
-            h = acts[layer.activation](h @ params[f"{i}.kernel"] + params[f"{i}.bias"])
-        elif isinstance(layer, BatchNorm):
-            scale = params[f"{i}.gamma"] / np.sqrt(params[f"{i}.moving_variance"] + train.bn_epsilon)
-            h = (h - params[f"{i}.moving_mean"]) * scale + params[f"{i}.beta"]
-        elif isinstance(layer, Activation):
-            h = acts[layer.activation](h)
-    return h
-
-
 def built(backend: JaxBackend, model: ModelSpec, train: TrainSpec, shape=MNIST, weights=None) -> JaxBackend:
     model = model.resolve(train.activation)
     backend.build(model, train, shape, 10)
@@ -105,33 +58,13 @@ def built(backend: JaxBackend, model: ModelSpec, train: TrainSpec, shape=MNIST, 
 
 
 @pytest.mark.parametrize("name, activation", [("mlp", "relu"), ("mlp_bn", "tanh")])
-def test_logits_match_a_numpy_forward(backend, data, name, activation):
+def test_logits_match_the_numpy_reference(backend, data, name, activation):
     train = TrainSpec(activation=activation)
     model = SEED_MODELS[name].resolve(activation)
     weights = perturbed_weights(model, MNIST)
     out = built(backend, model, train, weights=weights).logits(data.x_test[:64])
     assert out.dtype == np.float32 and out.shape == (64, 10)
-    np.testing.assert_allclose(out, numpy_mlp_logits(model, weights, data.x_test[:64], train), rtol=0, atol=1e-5)
-
-
-@pytest.mark.parametrize(
-    "model, shape",
-    [(SEED_MODELS["mlp"], MNIST), (SEED_MODELS["mlp_bn"], MNIST), (SEED_MODELS["mlp_dropout"], MNIST),
-     (SEED_MODELS["cnn"], MNIST), (SEED_MODELS["cnn"], (32, 32, 3)), (ALL_LAYERS, MNIST)],
-    ids=["mlp", "mlp_bn", "mlp_dropout", "cnn-28x28x1", "cnn-32x32x3", "all_layers"],
-)
-def test_logits_match_torch(backend, model, shape):
-    torch_backend = pytest.importorskip("backends.torch_backend")
-    train = TrainSpec(activation="leaky_relu")  # a slope other than the frameworks' defaults
-    model = model.resolve(train.activation)
-    weights = perturbed_weights(model, shape)
-    x = np.random.default_rng(0).random((16, *shape), dtype=np.float32)
-    ours = built(backend, model, train, shape, weights).logits(x)
-    torch_side = torch_backend.TorchBackend()
-    torch_side.setup(threads=1, device="cpu")
-    torch_side.build(model, train, shape, 10)
-    torch_side.set_weights(weights)
-    np.testing.assert_allclose(ours, torch_side.logits(x), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(out, reference_logits(model, train, MNIST, weights, data.x_test[:64]), rtol=0, atol=1e-5)
 
 
 def test_weights_round_trip_in_canonical_order(backend):

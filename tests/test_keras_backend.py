@@ -20,15 +20,11 @@ from bench.spec import (  # noqa: E402
     LOSSES,
     OPTIMIZERS,
     SEED_MODELS,
-    BatchNorm,
-    Conv2D,
-    Dense,
-    Flatten,
-    MaxPool2D,
     ModelSpec,
     TrainSpec,
 )
 from bench.weights import canonical_weights  # noqa: E402
+from tests.conftest import perturbed_weights, reference_logits  # noqa: E402
 
 MNIST = (28, 28, 1)
 CIFAR = (32, 32, 3)
@@ -42,54 +38,11 @@ def backend() -> KerasBackend:
 
 
 def _built(backend: KerasBackend, model: ModelSpec, train: TrainSpec, input_shape=MNIST, seed: int = 0) -> list[np.ndarray]:
-    """Build with canonical weights; BatchNorm statistics and gamma/beta made non-trivial."""
+    """Build with canonical weights; biases and BatchNorm parameters and statistics made non-trivial."""
     backend.build(model, train, input_shape, 10)
-    weights = canonical_weights(model, input_shape, 10, seed)
-    rng = np.random.default_rng(seed)
-    for spec, w in zip(param_specs(model, input_shape, 10), weights):
-        if spec.name in ("gamma", "moving_variance"):
-            w[...] = rng.uniform(0.5, 1.5, w.shape)
-        elif spec.name in ("beta", "moving_mean", "bias"):
-            w[...] = rng.normal(0, 0.1, w.shape)
+    weights = perturbed_weights(model, input_shape, seed)
     backend.set_weights(weights)
     return weights
-
-
-def _act(z: np.ndarray, name: str, slope: float) -> np.ndarray:
-    return {
-        "relu": lambda: np.maximum(z, 0),
-        "leaky_relu": lambda: np.where(z > 0, z, slope * z),
-        "tanh": lambda: np.tanh(z),
-        "sigmoid": lambda: 1 / (1 + np.exp(-z)),
-        "linear": lambda: z,
-    }[name]()
-
-
-def numpy_forward(model: ModelSpec, weights: list[np.ndarray], x: np.ndarray, train: TrainSpec) -> np.ndarray:
-    """Eval-mode forward in float64, canonical layouts (valid stride-1 convs, as the seed models use)."""
-    specs = param_specs(model, x.shape[1:], 10)
-    by_layer: dict[int, dict[str, np.ndarray]] = {}
-    for spec, w in zip(specs, weights):
-        by_layer.setdefault(spec.layer, {})[spec.name] = w.astype(np.float64)
-    h = x.astype(np.float64)
-    for i, layer in enumerate(model.layers):
-        p = by_layer.get(i, {})
-        if isinstance(layer, Flatten):
-            h = h.reshape(len(h), -1)
-        elif isinstance(layer, Dense):
-            h = _act(h @ p["kernel"] + p["bias"], layer.activation, train.leaky_relu_slope)
-        elif isinstance(layer, Conv2D):
-            windows = np.lib.stride_tricks.sliding_window_view(h, (layer.kernel, layer.kernel), axis=(1, 2))
-            h = _act(np.einsum("nhwcij,ijco->nhwo", windows, p["kernel"]) + p["bias"], layer.activation, train.leaky_relu_slope)
-        elif isinstance(layer, MaxPool2D):
-            s = layer.size
-            n, hh, ww, c = h.shape
-            h = h[:, : hh // s * s, : ww // s * s].reshape(n, hh // s, s, ww // s, s, c).max(axis=(2, 4))
-        elif isinstance(layer, BatchNorm):
-            h = (h - p["moving_mean"]) / np.sqrt(p["moving_variance"] + train.bn_epsilon) * p["gamma"] + p["beta"]
-        elif layer.type == "Activation":
-            h = _act(h, layer.activation, train.leaky_relu_slope)
-    return h
 
 
 def _images(shape, n=8, seed=1) -> np.ndarray:
@@ -99,14 +52,14 @@ def _images(shape, n=8, seed=1) -> np.ndarray:
 @pytest.mark.parametrize(
     "name,shape", [("mlp", MNIST), ("mlp_bn", MNIST), ("mlp_dropout", MNIST), ("cnn", MNIST), ("cnn", CIFAR)]
 )
-def test_seed_model_logits_match_numpy_forward(backend, name, shape):
+def test_seed_model_logits_match_the_numpy_reference(backend, name, shape):
     train = TrainSpec(activation="leaky_relu")
     model = SEED_MODELS[name].resolve("leaky_relu")
     weights = _built(backend, model, train, shape)
     x = _images(shape)
     out = backend.logits(x)
     assert out.dtype == np.float32 and out.shape == (8, 10)
-    np.testing.assert_allclose(out, numpy_forward(model, weights, x, train), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(out, reference_logits(model, train, shape, weights, x), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
@@ -115,22 +68,8 @@ def test_hidden_activations_are_the_spec_ones(backend, activation):
     train = TrainSpec(activation=activation)
     weights = _built(backend, SEED_MODELS["mlp"], train)  # unresolved: 'hidden' is the train activation
     x = _images(MNIST)
-    expected = numpy_forward(SEED_MODELS["mlp"].resolve(activation), weights, x, train)
+    expected = reference_logits(SEED_MODELS["mlp"], train, MNIST, weights, x)
     np.testing.assert_allclose(backend.logits(x), expected, atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("name,shape", [("mlp", MNIST), ("mlp_bn", MNIST), ("mlp_dropout", MNIST), ("cnn", MNIST)])
-def test_seed_model_logits_match_torch(backend, name, shape):
-    torch_backend = pytest.importorskip("backends.torch_backend")
-    other = torch_backend.TorchBackend()
-    other.setup(threads=2, device="cpu")
-    train = TrainSpec()
-    model = SEED_MODELS[name].resolve("relu")
-    weights = _built(backend, model, train, shape)
-    other.build(model, train, shape, 10)
-    other.set_weights(weights)
-    x = _images(shape)
-    np.testing.assert_allclose(backend.logits(x), other.logits(x), atol=1e-5, rtol=0)
 
 
 def test_weights_round_trip_in_canonical_order(backend):
@@ -248,7 +187,7 @@ def test_bf16_keeps_float32_variables_and_logits(backend):
     x = _images(MNIST)
     out = backend.logits(x)
     assert out.dtype == np.float32
-    np.testing.assert_allclose(out, numpy_forward(model, weights, x, TrainSpec()), atol=0.05)  # bf16: 8-bit mantissa
+    np.testing.assert_allclose(out, reference_logits(model, TrainSpec(), MNIST, weights, x), atol=0.05)  # bf16: 8-bit mantissa
     backend.load_data(x, np.arange(8) % 10)
     backend.train_step(np.arange(8))
     assert np.isfinite(backend.finish_epoch().losses).all()
