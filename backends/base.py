@@ -1,9 +1,15 @@
-"""The adapter protocol: what every framework backend implements, and nothing framework-specific.
+"""The adapter protocol and the bookkeeping every adapter shares, written once.
 
-The harness drives a backend through these methods only, so a measurement means the same thing on
-every framework. Arrays cross the boundary as NumPy in the canonical layouts of ``bench.shapes``
-(Dense kernel (in, out), Conv kernel HWIO, images NHWC, float32, integer labels); what happens
-inside (device placement, layouts, compilation) is the adapter's business.
+The harness drives a backend through the public methods here only, so a measurement means the same
+thing on every framework. Arrays cross the boundary as NumPy in the canonical layouts of
+``bench.shapes`` (Dense kernel (in, out), Conv kernel HWIO, images NHWC, float32, integer labels).
+
+The public methods are template methods (as Keras 3's ``backend/common``): they do the shared work
+(device policy, mode and precision checks, weight-list validation, the pending-loss buffer, loss
+and probabilities in NumPy) and call narrow hooks (``_setup``, ``_build``, ``_step``, ...) that an
+adapter implements. An adapter also declares, as class data, its translation tables keyed by the
+spec's vocabulary (``TRANSLATIONS``), its execution modes, and the framework rules it follows
+(``RULES``). See docs/architecture.md, "Adding a backend".
 
 Lifecycle, per process: ``setup`` once (threads, device), then per cell ``build`` ->
 ``set_weights`` -> ``load_data`` -> steps/epochs -> ``evaluate``/``predict``.
@@ -12,17 +18,27 @@ Lifecycle, per process: ``setup`` once (threads, device), then per cell ``build`
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
+from bench.losses import loss_value, probabilities
+from bench.rules import CANONICAL, Rules
+from bench.shapes import ParamSpec, param_specs
 from bench.spec import ModelSpec, TrainSpec
+
+DEVICES = ("cpu", "gpu", "auto")
 
 
 class Unsupported(Exception):
     """This backend cannot run the requested configuration (mode, precision, device); the cell is skipped."""
+
+
+class Untranslatable(LookupError):
+    """A spec name this adapter has no translation for: a bug in the adapter, never silently substituted."""
 
 
 @dataclass
@@ -56,33 +72,87 @@ class Backend(ABC):
 
     name: ClassVar[str]
     framework: ClassVar[str]
-    modes: ClassVar[tuple[str, ...]]
-    """Execution modes this backend offers; the first is the default ('default' in a TrainSpec)."""
+    modes: ClassVar[dict[str, str]]
+    """Execution modes (name -> what it runs); the first is the default ('default' in a TrainSpec)."""
+    RULES: ClassVar[Rules] = CANONICAL
+    """The formulas this framework follows where frameworks differ (bench.rules)."""
+    TRANSLATIONS: ClassVar[Mapping[str, Mapping[str, Any]]]
+    """Per kind of spec name (layer, activation, loss, optimizer): name -> this framework's version."""
+
+    on_gpu: bool = False
+    train: TrainSpec
+    model: ModelSpec
+    specs: list[ParamSpec]
 
     # -- process ---------------------------------------------------------------------------------
-    @abstractmethod
     def setup(self, threads: int, device: str = "cpu") -> BackendInfo:
         """Configure threads and device once per process, before any framework op runs."""
+        if device not in DEVICES:
+            raise Unsupported(f"unknown device {device!r}; valid: {', '.join(DEVICES)}")
+        visible = self._gpu_visible()
+        if device == "gpu" and not visible:
+            raise Unsupported(f"device 'gpu' requested but {self.framework} sees no GPU")
+        self.on_gpu = device != "cpu" and visible
+        return self._setup(threads)
+
+    def _gpu_visible(self) -> bool:
+        """Whether the framework sees a GPU, asked without starting its runtime."""
+        return False
+
+    @abstractmethod
+    def _setup(self, threads: int) -> BackendInfo:
+        """Apply the thread count and ``self.on_gpu``; report what is in force."""
 
     # -- model -----------------------------------------------------------------------------------
-    @abstractmethod
     def build(self, model: ModelSpec, train: TrainSpec, input_shape: tuple[int, ...], num_classes: int) -> None:
-        """Translate a resolved model and its training spec (optimizer, loss, mode, precision).
+        """Translate a model (its ``hidden`` placeholder resolved) and its training spec.
 
-        Raises Unsupported for a mode or precision this backend or device cannot run.
+        Raises Unsupported for a mode or precision this backend or device cannot run, and
+        Untranslatable for a spec name the adapter's tables lack.
         """
+        self.mode = self.resolve_mode(train.mode)
+        if train.precision == "tf32" and not self.on_gpu:
+            raise Unsupported("tf32 needs an NVIDIA GPU")
+        self.train, self.model = train, model.resolve(train.activation)
+        self.input_shape, self.num_classes = tuple(input_shape), num_classes
+        self.specs = param_specs(self.model, self.input_shape, num_classes)
+        self._pending: list[Any] = []
+        self._build()
 
-    def resolve_mode(self, mode: str) -> str:
+    @abstractmethod
+    def _build(self) -> None:
+        """Build the framework model and optimizer from ``self.model``, ``self.train``, ``self.specs``."""
+
+    @classmethod
+    def translate(cls, kind: str, name: str) -> Any:
+        """This adapter's translation of a spec name; Untranslatable (naming the valid ones) if absent."""
+        table = cls.TRANSLATIONS.get(kind, {})
+        if name not in table:
+            raise Untranslatable(f"the {cls.name} backend has no translation for {kind} {name!r}; "
+                                 f"it translates: {', '.join(table) or 'nothing'}")
+        return table[name]
+
+    @classmethod
+    def resolve_mode(cls, mode: str) -> str:
         """The concrete execution mode for a requested one ('default' means this backend's first)."""
         if mode == "default":
-            return self.modes[0]
-        if mode not in self.modes:
-            raise Unsupported(f"{self.name} has no execution mode {mode!r}; valid: {', '.join(self.modes)}")
+            return next(iter(cls.modes))
+        if mode not in cls.modes:
+            raise Unsupported(f"{cls.name} has no execution mode {mode!r}; valid: {', '.join(cls.modes)}")
         return mode
 
-    @abstractmethod
     def set_weights(self, weights: list[np.ndarray]) -> None:
         """Load canonical weights (order and layouts of ``bench.shapes.param_specs``)."""
+        if len(weights) != len(self.specs):
+            raise ValueError(f"expected {len(self.specs)} canonical arrays, got {len(weights)}")
+        for p, w in zip(self.specs, weights):
+            if tuple(np.shape(w)) != p.shape:
+                raise ValueError(f"weight {p.key} has shape {tuple(np.shape(w))}, expected {p.shape}")
+        self._set_weights([np.asarray(w, dtype=np.float32) for w in weights])
+
+    @abstractmethod
+    def _set_weights(self, weights: list[np.ndarray]) -> None:
+        """Load validated float32 canonical arrays into the framework's parameters and statistics."""
 
     @abstractmethod
     def get_weights(self) -> list[np.ndarray]:
@@ -97,20 +167,36 @@ class Backend(ABC):
     def load_data(self, x: np.ndarray, y: np.ndarray) -> None:
         """Place the training arrays where the steps read them (once, off the clock)."""
 
-    @abstractmethod
     def train_step(self, batch: np.ndarray) -> None:
         """One optimizer step on rows ``batch`` of the loaded data, in training mode.
 
-        May return before the device finishes (asynchronous dispatch); keeps the loss on the device
-        for ``finish_epoch``.
+        May return before the device finishes (asynchronous dispatch); the loss stays on the device
+        until ``finish_epoch``.
         """
+        self._pending.append(self._step(np.asarray(batch)))
+
+    @abstractmethod
+    def _step(self, batch: np.ndarray) -> Any:
+        """Dispatch one step; return its loss as the framework holds it (not read back)."""
 
     def begin_epoch(self) -> None:
         """Hook before the first step of a timed epoch (start device timers)."""
 
-    @abstractmethod
     def finish_epoch(self) -> EpochResult:
         """Wait for every pending step and return the per-step losses since the last call."""
+        device_seconds = self._epoch_device_seconds()
+        self.synchronize()
+        losses = self._read_losses(self._pending) if self._pending else np.zeros(0)
+        self._pending = []
+        return EpochResult(np.asarray(losses, dtype=np.float64).reshape(-1), device_seconds)
+
+    def _epoch_device_seconds(self) -> float | None:
+        """Device busy time since ``begin_epoch`` where the device can time itself (None on CPU)."""
+        return None
+
+    @abstractmethod
+    def _read_losses(self, pending: list[Any]) -> np.ndarray:
+        """The pending losses as one NumPy array (the epoch's one read-back)."""
 
     @abstractmethod
     def synchronize(self) -> None:
@@ -121,15 +207,17 @@ class Backend(ABC):
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Eval-mode logits for one batch."""
 
+    def _all_logits(self, x: np.ndarray, batch_size: int) -> np.ndarray:
+        return np.concatenate([self.logits(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
     def predict(self, x: np.ndarray, batch_size: int) -> np.ndarray:
         """Eval-mode class probabilities (softmax of the logits; sigmoid for the bce loss)."""
-        out = np.concatenate([self.logits(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-        return probabilities(out, self.loss_name)
+        return probabilities(self._all_logits(x, batch_size), self.train.loss)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
         """Eval-mode mean loss and accuracy over the whole array."""
-        out = np.concatenate([self.logits(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-        return float(numpy_loss(out, y, self.loss_name)), float(np.mean(out.argmax(axis=1) == y))
+        out = self._all_logits(x, batch_size)
+        return loss_value(out, y, self.train.loss), float(np.mean(out.argmax(axis=1) == y))
 
     @abstractmethod
     def loss_and_gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[float, list[np.ndarray]]:
@@ -149,48 +237,11 @@ class Backend(ABC):
     def save(self, directory: Path) -> Path:
         """Write the trained model in the framework's own format; returns the file written."""
 
-    @abstractmethod
-    def semantics(self) -> dict[str, str]:
-        """The framework-level facts this backend chose or could not change (design.md's table).
+    def rules(self) -> Rules:
+        """The framework rules of the built model (bench.rules), read by parity and the report."""
+        return self.RULES
 
-        For example where the optimizer's epsilon sits, BatchNorm momentum as passed, the mode.
-        Stored with each record so a reader sees what was compared.
-        """
+    def facts(self) -> dict[str, Any]:
+        """What a record says this backend ran: its typed rules and the execution mode's meaning."""
+        return {"rules": self.rules().as_dict(), "mode_description": self.modes[self.mode]}
 
-    @property
-    @abstractmethod
-    def loss_name(self) -> str:
-        """The loss of the built TrainSpec."""
-
-
-def probabilities(logits: np.ndarray, loss: str) -> np.ndarray:
-    """Softmax of the logits, or the per-class sigmoid for the bce loss (the spec's ``predict``)."""
-    z = logits.astype(np.float64)
-    if loss == "bce":
-        return 1.0 / (1.0 + np.exp(-z))
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def numpy_loss(logits: np.ndarray, labels: np.ndarray, loss: str) -> float:
-    """The spec's losses on logits, mean over the batch (and over classes for the per-class losses).
-
-    cce: softmax cross-entropy; mse/mae: softmax output against one-hot; bce: per-class sigmoid
-    cross-entropy against one-hot; hinge: max(0, 1 - t * z) with t in {-1, +1} on the raw logits.
-    """
-    z = logits.astype(np.float64)
-    n, k = z.shape
-    onehot = np.eye(k)[labels]
-    if loss == "cce":
-        shifted = z - z.max(axis=1, keepdims=True)
-        logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-        return float(-logp[np.arange(n), labels].mean())
-    if loss in ("mse", "mae"):
-        diff = probabilities(z, "cce") - onehot
-        return float((diff**2).mean() if loss == "mse" else np.abs(diff).mean())
-    if loss == "bce":
-        return float((np.maximum(z, 0) - z * onehot + np.log1p(np.exp(-np.abs(z)))).mean())
-    if loss == "hinge":
-        return float(np.maximum(0.0, 1.0 - (2 * onehot - 1) * z).mean())
-    raise ValueError(f"unknown loss {loss!r}")

@@ -8,7 +8,7 @@ Python body (it runs only when JAX traces), and the canonical weight list maps o
 name with no object graph in between. NNX would need ``nnx.split``/``nnx.merge`` around every step
 to get the same functional form.
 
-Fairness (design.md): weights come from ``bench.weights`` (NumPy glorot_uniform), every optimizer,
+Fairness (docs/architecture.md): weights are the canonical NumPy arrays the harness loads, every optimizer,
 BatchNorm and activation hyperparameter is passed from the TrainSpec, matmuls and convolutions run
 at "highest" precision in fp32, the dropout key is folded with the step count so masks change every
 step, and the training arrays live on the device; each step gathers its rows inside the jit.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,21 +31,10 @@ import numpy as np
 import optax
 from jax import lax
 
-from backends.base import Backend, BackendInfo, EpochResult, MemoryReading, Unsupported
-from bench.shapes import ParamSpec, param_specs, same_padding
-from bench.spec import (
-    Activation,
-    AvgPool2D,
-    BatchNorm,
-    Conv2D,
-    Dense,
-    Dropout,
-    Flatten,
-    MaxPool2D,
-    ModelSpec,
-    TrainSpec,
-)
-from bench.weights import canonical_weights
+from backends.base import Backend, BackendInfo, MemoryReading
+from bench.rules import Rules
+from bench.shapes import same_padding
+from bench.spec import TrainSpec
 
 Tree = dict[str, dict[str, jax.Array]]
 
@@ -60,7 +48,6 @@ _LEAVES = {
     "moving_variance": ("batch_stats", "var"),
 }
 WEIGHTS_FILE = "jax_flax_weights.npz"
-RMSPROP_EPS = "outside the square root: g / (sqrt(v) + eps) (optax eps_in_sqrt=False, the PyTorch form; Keras adds eps inside)"
 
 
 def layer_scope(index: int) -> str:
@@ -68,18 +55,35 @@ def layer_scope(index: int) -> str:
     return f"layer_{index}"
 
 
-def activation_fn(name: str, leaky_slope: float) -> Callable[[jax.Array], jax.Array]:
-    if name == "relu":
-        return nn.relu
-    if name == "leaky_relu":
-        return lambda x: nn.leaky_relu(x, negative_slope=leaky_slope)
-    if name == "tanh":
-        return jnp.tanh
-    if name == "sigmoid":
-        return nn.sigmoid
-    if name == "linear":
-        return lambda x: x
-    raise ValueError(f"unknown activation {name!r}")
+def _activate(net: SpecNet, name: str, x: jax.Array) -> jax.Array:
+    return JaxBackend.translate("activation", name)(x, net.leaky_slope)
+
+
+def _dense(net: SpecNet, layer, name: str, x: jax.Array, training: bool) -> jax.Array:
+    x = nn.Dense(layer.units, dtype=net.dtype, precision=net.precision, name=name)(x)
+    return _activate(net, layer.activation, x)
+
+
+def _conv(net: SpecNet, layer, name: str, x: jax.Array, training: bool) -> jax.Array:
+    # TF 'same': the extra pixel goes after, spelled out
+    padding: Any = [same_padding(s, layer.kernel, layer.stride) for s in x.shape[1:3]] if layer.padding == "same" else "VALID"
+    x = nn.Conv(layer.filters, (layer.kernel, layer.kernel), strides=(layer.stride, layer.stride), padding=padding,
+                dtype=net.dtype, precision=net.precision, name=name)(x)
+    return _activate(net, layer.activation, x)
+
+
+def _pool(pool: Callable) -> Callable:
+    return lambda net, layer, name, x, training: pool(x, (layer.size,) * 2, strides=(layer.size,) * 2, padding="VALID")
+
+
+def _batchnorm(net: SpecNet, layer, name: str, x: jax.Array, training: bool) -> jax.Array:
+    return nn.BatchNorm(use_running_average=not training, momentum=net.bn_momentum, epsilon=net.bn_epsilon, dtype=net.dtype,
+                        use_fast_variance=False,  # two-pass biased variance, as Keras and the reference
+                        name=name)(x)
+
+
+def _sgd(t: TrainSpec, momentum: bool) -> list[optax.GradientTransformation]:
+    return [optax.trace(decay=t.momentum, nesterov=False)] if momentum else []  # buf = m*buf + g: torch form
 
 
 class SpecNet(nn.Module):
@@ -96,107 +100,12 @@ class SpecNet(nn.Module):
     def __call__(self, x: jax.Array, training: bool) -> jax.Array:
         x = x.astype(self.dtype)
         for i, layer in enumerate(self.layers):
-            name = layer_scope(i)
-            if isinstance(layer, Flatten):
-                x = x.reshape(x.shape[0], -1)  # NHWC flattens in H, W, C order: the canonical order
-            elif isinstance(layer, Dense):
-                x = nn.Dense(layer.units, dtype=self.dtype, precision=self.precision, name=name)(x)
-                x = activation_fn(layer.activation, self.leaky_slope)(x)
-            elif isinstance(layer, Conv2D):
-                if layer.padding == "same":  # TF 'same': the extra pixel goes after, spelled out
-                    padding: Any = [same_padding(s, layer.kernel, layer.stride) for s in x.shape[1:3]]
-                else:
-                    padding = "VALID"
-                x = nn.Conv(
-                    layer.filters,
-                    (layer.kernel, layer.kernel),
-                    strides=(layer.stride, layer.stride),
-                    padding=padding,
-                    dtype=self.dtype,
-                    precision=self.precision,
-                    name=name,
-                )(x)
-                x = activation_fn(layer.activation, self.leaky_slope)(x)
-            elif isinstance(layer, (MaxPool2D, AvgPool2D)):
-                pool = nn.max_pool if isinstance(layer, MaxPool2D) else nn.avg_pool
-                x = pool(x, (layer.size, layer.size), strides=(layer.size, layer.size), padding="VALID")
-            elif isinstance(layer, BatchNorm):
-                x = nn.BatchNorm(
-                    use_running_average=not training,
-                    momentum=self.bn_momentum,
-                    epsilon=self.bn_epsilon,
-                    dtype=self.dtype,
-                    use_fast_variance=False,  # two-pass biased variance, as Keras and the reference
-                    name=name,
-                )(x)
-            elif isinstance(layer, Dropout):
-                x = nn.Dropout(layer.rate, deterministic=not training, name=name)(x)
-            elif isinstance(layer, Activation):
-                x = activation_fn(layer.activation, self.leaky_slope)(x)
-            else:
-                raise ValueError(f"layer type {layer.type!r} has no JAX translation")
+            x = JaxBackend.translate("layer", layer.type)(self, layer, layer_scope(i), x, training)
         return x.astype(jnp.float32)  # logits and loss always in fp32
 
 
-def loss_fn(name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """The spec's losses on logits, mean over the batch, as ``backends.base.numpy_loss``."""
-
-    def cce(z: jax.Array, y: jax.Array) -> jax.Array:
-        return optax.softmax_cross_entropy_with_integer_labels(z, y).mean()
-
-    def mse(z: jax.Array, y: jax.Array) -> jax.Array:
-        return jnp.mean((jax.nn.softmax(z) - jax.nn.one_hot(y, z.shape[1])) ** 2)
-
-    def mae(z: jax.Array, y: jax.Array) -> jax.Array:
-        return jnp.mean(jnp.abs(jax.nn.softmax(z) - jax.nn.one_hot(y, z.shape[1])))
-
-    def bce(z: jax.Array, y: jax.Array) -> jax.Array:
-        return optax.sigmoid_binary_cross_entropy(z, jax.nn.one_hot(y, z.shape[1])).mean()
-
-    def hinge(z: jax.Array, y: jax.Array) -> jax.Array:
-        t = 2.0 * jax.nn.one_hot(y, z.shape[1]) - 1.0
-        return jnp.mean(jnp.maximum(0.0, 1.0 - t * z))
-
-    losses = {"cce": cce, "mse": mse, "mae": mae, "bce": bce, "hinge": hinge}
-    if name not in losses:
-        raise ValueError(f"unknown loss {name!r}")
-    return losses[name]
-
-
-def make_optimizer(train: TrainSpec) -> optax.GradientTransformation:
-    """Optax chain with every hyperparameter explicit; decoupled weight decay before the lr scale.
-
-    Equal to optax.sgd / sgd(momentum=) / rmsprop / adam, written as their parts so that weight
-    decay (when on) sits between the direction and the learning rate, as in adamw: the update is
-    -lr * (direction + wd * p) for every optimizer, like Keras' and torch's AdamW decoupled form.
-    """
-    if train.optimizer == "sgd":
-        direction: list[optax.GradientTransformation] = []
-    elif train.optimizer == "momentum":
-        direction = [optax.trace(decay=train.momentum, nesterov=False)]  # buf = m*buf + g: torch form
-    elif train.optimizer == "rmsprop":
-        direction = [
-            optax.scale_by_rms(decay=train.rho, eps=train.epsilon, initial_scale=0.0, eps_in_sqrt=False, bias_correction=False)
-        ]
-    elif train.optimizer == "adam":
-        direction = [optax.scale_by_adam(b1=train.beta1, b2=train.beta2, eps=train.epsilon, eps_root=0.0)]
-    else:
-        raise ValueError(f"unknown optimizer {train.optimizer!r}")
-    decay = [optax.add_decayed_weights(train.weight_decay)] if train.weight_decay > 0 else []
-    return optax.chain(*direction, *decay, optax.scale_by_learning_rate(train.lr))
-
-
-def pick_device(device: str) -> jax.Device:
-    """'cpu', or 'gpu'/'cuda' (Unsupported if JAX sees none), or 'auto' (a GPU when there is one)."""
-    if device not in ("cpu", "gpu", "cuda", "auto"):
-        raise Unsupported(f"jax has no device {device!r}; valid: cpu, gpu, auto")
-    if device != "cpu":
-        try:
-            return jax.devices("gpu")[0]
-        except RuntimeError as exc:
-            if device != "auto":
-                raise Unsupported(f"no GPU visible to JAX ({exc})") from exc
-    return jax.devices("cpu")[0]
+def pick_device(on_gpu: bool) -> jax.Device:
+    return jax.devices("gpu")[0] if on_gpu else jax.devices("cpu")[0]
 
 
 def affinity_cores() -> int:
@@ -209,22 +118,67 @@ class JaxBackend(Backend):
 
     name = "jax"
     framework = "jax+flax+optax"
-    modes = ("jit", "eager")
+    modes = {"jit": "jit: jax.jit train step, state donated", "eager": "eager: jax.disable_jit, op by op"}
+    RULES = Rules(leaky_relu_grad_at_zero="one")  # jax.nn.leaky_relu is where(x >= 0, x, slope * x)
+    TRANSLATIONS = {
+        # layer: (SpecNet, spec layer, scope name, x, training) -> x
+        "layer": {
+            "Flatten": lambda net, layer, name, x, training: x.reshape(x.shape[0], -1),  # NHWC flattens in H, W, C order
+            "Dense": _dense,
+            "Conv2D": _conv,
+            "MaxPool2D": _pool(nn.max_pool),
+            "AvgPool2D": _pool(nn.avg_pool),
+            "BatchNorm": _batchnorm,
+            "Dropout": lambda net, layer, name, x, training: nn.Dropout(layer.rate, deterministic=not training, name=name)(x),
+            "Activation": lambda net, layer, name, x, training: _activate(net, layer.activation, x),
+        },
+        "activation": {
+            "relu": lambda x, slope: nn.relu(x),
+            "leaky_relu": lambda x, slope: nn.leaky_relu(x, negative_slope=slope),
+            "tanh": lambda x, slope: jnp.tanh(x),
+            "sigmoid": lambda x, slope: nn.sigmoid(x),
+            "linear": lambda x, slope: x,
+        },
+        # loss: (logits, integer labels) -> mean loss, as bench.losses defines it
+        "loss": {
+            "cce": lambda z, y: optax.softmax_cross_entropy_with_integer_labels(z, y).mean(),
+            "mse": lambda z, y: jnp.mean((jax.nn.softmax(z) - jax.nn.one_hot(y, z.shape[1])) ** 2),
+            "mae": lambda z, y: jnp.mean(jnp.abs(jax.nn.softmax(z) - jax.nn.one_hot(y, z.shape[1]))),
+            "bce": lambda z, y: optax.sigmoid_binary_cross_entropy(z, jax.nn.one_hot(y, z.shape[1])).mean(),
+            "hinge": lambda z, y: jnp.mean(jnp.maximum(0.0, 1.0 - (2.0 * jax.nn.one_hot(y, z.shape[1]) - 1.0) * z)),
+        },
+        # optimizer: train spec -> the direction transforms of an optax chain (see make_optimizer)
+        "optimizer": {
+            "sgd": lambda t: _sgd(t, momentum=False),
+            "momentum": lambda t: _sgd(t, momentum=True),
+            "rmsprop": lambda t: [optax.scale_by_rms(decay=t.rho, eps=t.epsilon, initial_scale=0.0, eps_in_sqrt=False, bias_correction=False)],
+            "adam": lambda t: [optax.scale_by_adam(b1=t.beta1, b2=t.beta2, eps=t.epsilon, eps_root=0.0)],
+        },
+    }
+    PRECISIONS = {  # (compute dtype, matmul/conv precision), passed to every Dense and Conv explicitly
+        "fp32": (jnp.float32, lax.Precision.HIGHEST),
+        "tf32": (jnp.float32, lax.Precision.DEFAULT),  # XLA's default fp32 precision on NVIDIA is TF32
+        "bf16": (jnp.bfloat16, lax.Precision.DEFAULT),  # bf16 compute, float32 master parameters
+    }
 
     def __init__(self) -> None:
         self._device: jax.Device | None = None
         self.compile_count = 0
         """Times the train step was traced (its Python body runs only then): 1 per cell in jit mode."""
-        self.compile_seconds: float | None = None
-        """Lowering + XLA compilation time of the train step, measured apart from any step."""
 
     # -- process ---------------------------------------------------------------------------------
-    def setup(self, threads: int, device: str = "cpu") -> BackendInfo:
+    def _gpu_visible(self) -> bool:
+        try:
+            return bool(jax.devices("gpu"))
+        except RuntimeError:
+            return False
+
+    def _setup(self, threads: int) -> BackendInfo:
         """JAX has no thread-count knob after import: threads come from XLA_FLAGS and CPU affinity,
         which the worker sets before importing this module; we record what is in force."""
         jax.config.update("jax_enable_x64", False)
         jax.config.update("jax_default_matmul_precision", "highest")
-        self._device = pick_device(device)
+        self._device = pick_device(self.on_gpu)
         jax.config.update("jax_default_device", self._device)
         return BackendInfo(
             framework=self.framework,
@@ -240,60 +194,36 @@ class JaxBackend(Backend):
         return self._device
 
     # -- model -----------------------------------------------------------------------------------
-    def build(self, model: ModelSpec, train: TrainSpec, input_shape: tuple[int, ...], num_classes: int) -> None:
-        self._mode = self.resolve_mode(train.mode)
-        self._train = train
-        model = model.resolve(train.activation)  # no-op for a model the harness already resolved
-        self._specs: list[ParamSpec] = param_specs(model, input_shape, num_classes)
-        dtype, precision = self._precision(train.precision)
-        self._net = SpecNet(
-            layers=model.layers,
-            leaky_slope=train.leaky_relu_slope,
-            bn_momentum=train.bn_momentum,
-            bn_epsilon=train.bn_epsilon,
-            dtype=dtype,
-            precision=precision,
-        )
-        self._check_layout(input_shape)
-        self._has_bn = model.has_batchnorm
-        self._loss = loss_fn(train.loss)
-        self._tx = make_optimizer(train)
+    def _build(self) -> None:
+        train = self.train
+        dtype, precision = self.PRECISIONS[train.precision]
+        self._net = SpecNet(layers=self.model.layers, leaky_slope=train.leaky_relu_slope, bn_momentum=train.bn_momentum,
+                            bn_epsilon=train.bn_epsilon, dtype=dtype, precision=precision)
+        self._check_layout()
+        self._has_bn = self.model.has_batchnorm
+        self._loss = self.translate("loss", train.loss)
+        self._tx = make_optimizer(train, self.translate("optimizer", train.optimizer)(train))
         self._key = jax.device_put(jax.random.key(train.seed), self.device)
-        self._compiled: dict[tuple[int, ...], Any] = {}
         self.compile_count = 0
-        self.compile_seconds = None
-        self._losses: list[jax.Array] = []
         self._x: jax.Array | None = None
         self._y: jax.Array | None = None
         self._jit_step = jax.jit(self._counted_step, donate_argnums=(0, 1, 2, 3))
         self._logits_fn = self._compiled_or_eager(self._eval_logits)
         self._grads_fn = self._compiled_or_eager(self._loss_and_grads)
-        self.set_weights(canonical_weights(model, input_shape, num_classes, train.seed))
+        self._set_weights([np.zeros(p.shape, np.float32) for p in self.specs])  # state exists; the caller loads weights
 
-    def _precision(self, precision: str) -> tuple[Any, lax.Precision]:
-        """(compute dtype, matmul/conv precision), passed to every Dense and Conv explicitly."""
-        if precision == "fp32":
-            return jnp.float32, lax.Precision.HIGHEST
-        if precision == "tf32":
-            if self.device.platform != "gpu":
-                raise Unsupported("tf32 needs an NVIDIA GPU")
-            return jnp.float32, lax.Precision.DEFAULT  # XLA's default fp32 precision on NVIDIA is TF32
-        if precision == "bf16":
-            return jnp.bfloat16, lax.Precision.DEFAULT  # bf16 compute, float32 master parameters
-        raise Unsupported(f"jax has no precision {precision!r}")
-
-    def _check_layout(self, input_shape: tuple[int, ...]) -> None:
+    def _check_layout(self) -> None:
         """Fail at build, not at the first step, if Flax's parameter tree disagrees with the spec."""
         init = functools.partial(self._net.init, training=False)
-        shapes = jax.eval_shape(init, jax.random.key(0), jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
-        for p in self._specs:
+        shapes = jax.eval_shape(init, jax.random.key(0), jax.ShapeDtypeStruct((1, *self.input_shape), jnp.float32))
+        for p in self.specs:
             collection, leaf = _LEAVES[p.name]
             actual = tuple(shapes[collection][layer_scope(p.layer)][leaf].shape)
             if actual != p.shape:
                 raise AssertionError(f"Flax {collection}/{layer_scope(p.layer)}/{leaf} has shape {actual}, spec {p.shape}")
 
     def _compiled_or_eager(self, fn: Callable) -> Callable:
-        if self._mode == "jit":
+        if self.mode == "jit":
             return jax.jit(fn)
 
         def eager(*args: Any) -> Any:
@@ -303,24 +233,18 @@ class JaxBackend(Backend):
         return eager
 
     # -- weights ---------------------------------------------------------------------------------
-    def set_weights(self, weights: list[np.ndarray]) -> None:
-        if len(weights) != len(self._specs):
-            raise ValueError(f"expected {len(self._specs)} canonical arrays, got {len(weights)}")
+    def _set_weights(self, weights: list[np.ndarray]) -> None:
         trees: dict[str, Tree] = {"params": {}, "batch_stats": {}}
-        for p, w in zip(self._specs, weights):
-            if tuple(w.shape) != p.shape:
-                raise ValueError(f"weight {p.key} has shape {tuple(w.shape)}, expected {p.shape}")
+        for p, w in zip(self.specs, weights):
             collection, leaf = _LEAVES[p.name]
-            trees[collection].setdefault(layer_scope(p.layer), {})[leaf] = jax.device_put(
-                np.asarray(w, np.float32), self.device
-            )
+            trees[collection].setdefault(layer_scope(p.layer), {})[leaf] = jax.device_put(w, self.device)
         self._params, self._stats = trees["params"], trees["batch_stats"]
         self.reset_optimizer()
 
     def get_weights(self) -> list[np.ndarray]:
         trees = {"params": self._params, "batch_stats": self._stats}
         out = []
-        for p in self._specs:
+        for p in self.specs:
             collection, leaf = _LEAVES[p.name]
             out.append(np.array(trees[collection][layer_scope(p.layer)][leaf], dtype=np.float32, copy=True))
         return out
@@ -333,6 +257,7 @@ class JaxBackend(Backend):
         """
         self._opt_state = jax.device_put(self._tx.init(self._params), self.device)
         self._step_no = jax.device_put(np.int32(0), self.device)
+        self._pending = []
 
     # -- the pure functions the step and evaluation are made of ----------------------------------
     def _variables(self, params: Tree, stats: Tree) -> dict[str, Tree]:
@@ -345,7 +270,7 @@ class JaxBackend(Backend):
         )
         return self._loss(z, y), updates.get("batch_stats", stats)
 
-    def _step(
+    def _train_step(
         self, params: Tree, stats: Tree, opt_state: Any, step_no: jax.Array, key: jax.Array,
         x_all: jax.Array, y_all: jax.Array, idx: jax.Array,
     ) -> tuple[Tree, Tree, Any, jax.Array, jax.Array]:
@@ -356,7 +281,7 @@ class JaxBackend(Backend):
 
     def _counted_step(self, *args: Any) -> Any:
         self.compile_count += 1  # Python body: runs only while JAX traces
-        return self._step(*args)
+        return self._train_step(*args)
 
     def _eval_logits(self, params: Tree, stats: Tree, x: jax.Array) -> jax.Array:
         return self._net.apply(self._variables(params, stats), x, training=False)
@@ -369,39 +294,24 @@ class JaxBackend(Backend):
     def load_data(self, x: np.ndarray, y: np.ndarray) -> None:
         self._x = jax.device_put(np.asarray(x, np.float32), self.device)
         self._y = jax.device_put(np.asarray(y, np.int32), self.device)
-        self._losses = []
 
-    def train_step(self, batch: np.ndarray) -> None:
+    def _step(self, batch: np.ndarray) -> jax.Array:
         if self._x is None:
             raise RuntimeError("load_data() must run before train_step()")
-        idx = np.asarray(batch, np.int32)
-        args = (self._params, self._stats, self._opt_state, self._step_no, self._key, self._x, self._y, idx)
-        if self._mode == "eager":
+        args = (self._params, self._stats, self._opt_state, self._step_no, self._key, self._x, self._y, batch.astype(np.int32))
+        if self.mode == "eager":
             with jax.disable_jit():
-                out = self._step(*args)
+                out = self._train_step(*args)
         else:
-            out = self._executable(idx.shape)(*args)
+            out = self._jit_step(*args)
         self._params, self._stats, self._opt_state, self._step_no, loss = out
-        self._losses.append(loss)
+        return loss
 
-    def _executable(self, batch_shape: tuple[int, ...]) -> Any:
-        """The compiled step for this batch shape, compiled ahead of time on first use and timed."""
-        if batch_shape not in self._compiled:
-            args = (self._params, self._stats, self._opt_state, self._step_no, self._key, self._x, self._y,
-                    jax.ShapeDtypeStruct(batch_shape, jnp.int32))
-            start = time.perf_counter()
-            self._compiled[batch_shape] = self._jit_step.lower(*args).compile()
-            self.compile_seconds = time.perf_counter() - start
-        return self._compiled[batch_shape]
-
-    def finish_epoch(self) -> EpochResult:
-        self.synchronize()
-        losses = np.asarray(jax.device_get(self._losses), dtype=np.float32).reshape(-1)
-        self._losses = []
-        return EpochResult(losses=losses)
+    def _read_losses(self, pending: list[jax.Array]) -> np.ndarray:
+        return np.asarray(jax.device_get(pending), dtype=np.float32)
 
     def synchronize(self) -> None:
-        jax.block_until_ready((self._losses[-1:], self._params, self._stats, self._opt_state))
+        jax.block_until_ready((self._pending[-1:], self._params, self._stats, self._opt_state))
 
     # -- inference -------------------------------------------------------------------------------
     def logits(self, x: np.ndarray) -> np.ndarray:
@@ -416,19 +326,15 @@ class JaxBackend(Backend):
             self._params, self._stats, jax.device_put(np.asarray(x, np.float32), self.device),
             jax.device_put(np.asarray(y, np.int32), self.device), key,
         )
-        out = []
-        for p in self._specs:
-            if p.trainable:
-                _, leaf = _LEAVES[p.name]
-                out.append(np.asarray(grads[layer_scope(p.layer)][leaf], dtype=np.float32))
-        return float(loss), out
+        leaves = (_LEAVES[p.name][1] for p in self.specs if p.trainable)
+        scopes = (layer_scope(p.layer) for p in self.specs if p.trainable)
+        return float(loss), [np.asarray(grads[scope][leaf], dtype=np.float32) for scope, leaf in zip(scopes, leaves)]
 
     # -- measurement and artifacts ---------------------------------------------------------------
     def peak_memory(self) -> MemoryReading:
-        if self.device.platform == "cpu":
-            return MemoryReading(None, "none (cpu)")
-        stats = self.device.memory_stats() or {}
-        peak = stats.get("peak_bytes_in_use")
+        if not self.on_gpu:
+            return super().peak_memory()
+        peak = (self.device.memory_stats() or {}).get("peak_bytes_in_use")
         return MemoryReading(
             int(peak) if peak is not None else None,
             "jax device.memory_stats()['peak_bytes_in_use']: per-process peak, JAX cannot reset it",
@@ -439,30 +345,16 @@ class JaxBackend(Backend):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / WEIGHTS_FILE
-        np.savez(path, **{p.key: w for p, w in zip(self._specs, self.get_weights())})
+        np.savez(path, **{p.key: w for p, w in zip(self.specs, self.get_weights())})
         return path
 
-    def semantics(self) -> dict[str, str]:
-        t = self._train
-        return {
-            "mode": f"{self._mode} ({'jax.jit train step' if self._mode == 'jit' else 'jax.disable_jit, op by op'})",
-            "precision": f"{t.precision}: dot/conv precision {self._net.precision.name}, compute {jnp.dtype(self._net.dtype).name}, params float32",
-            "optimizer": f"{t.optimizer} lr={t.lr} as an optax chain of parts",
-            "momentum": f"{t.momentum}, trace form buf = m*buf + g (the PyTorch form)",
-            "rmsprop_epsilon": f"{t.epsilon}, {RMSPROP_EPS}; rho={t.rho}, v starts at 0, not centered",
-            "adam_epsilon": f"{t.epsilon}, added to sqrt of the bias-corrected v (= torch); betas {t.beta1}/{t.beta2}",
-            "weight_decay": f"{t.weight_decay}, decoupled: add_decayed_weights before the lr scale, on every trainable array",
-            "bn_momentum": f"{t.bn_momentum} (Keras sense: weight of the old statistic; Flax uses the same sense)",
-            "bn_epsilon": f"{t.bn_epsilon}",
-            "bn_running_variance": "biased (divide by n), two-pass (use_fast_variance=False)",
-            "dropout_rng": f"jax.random.key({t.seed}) folded with the step count: new masks every step, restart on reset_optimizer",
-            "leaky_relu_slope": f"{t.leaky_relu_slope}",
-            "leaky_relu_grad_at_zero": "one: jax.nn.leaky_relu is where(x >= 0, x, slope * x); torch and TF give the slope",
-            "init": "canonical numpy glorot_uniform",
-            "donation": "params, batch_stats, opt_state and step count donated to the jit step" if self._mode == "jit" else "none (eager)",
-            "data": "train arrays on the device once; rows gathered inside the step",
-        }
 
-    @property
-    def loss_name(self) -> str:
-        return self._train.loss
+def make_optimizer(train: TrainSpec, direction: list[optax.GradientTransformation]) -> optax.GradientTransformation:
+    """Optax chain with every hyperparameter explicit; decoupled weight decay before the lr scale.
+
+    Equal to optax.sgd / sgd(momentum=) / rmsprop / adam, written as their parts so that weight
+    decay (when on) sits between the direction and the learning rate, as in adamw: the update is
+    -lr * (direction + wd * p) for every optimizer, like Keras' and torch's AdamW decoupled form.
+    """
+    decay = [optax.add_decayed_weights(train.weight_decay)] if train.weight_decay > 0 else []
+    return optax.chain(*direction, *decay, optax.scale_by_learning_rate(train.lr))

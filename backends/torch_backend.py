@@ -1,10 +1,10 @@
 """PyTorch adapter: the spec as an ``nn.Sequential``, with every framework default overridden.
 
-Where PyTorch differs from the suite's rules (design.md), this module converts explicitly:
-NCHW activations inside, canonical NHWC/HWIO at the boundary; Flatten permutes to H, W, C order;
-BatchNorm momentum 0.01 (torch's "weight of new" for the suite's 0.99) and epsilon 1e-3;
+Where PyTorch differs from the suite's rules (docs/architecture.md), this module converts
+explicitly: NCHW activations inside, canonical NHWC/HWIO at the boundary; Flatten permutes to H, W,
+C order; BatchNorm momentum 0.01 (torch's "weight of new" for the suite's 0.99) and epsilon 1e-3;
 LeakyReLU slope 0.01; TF-style 'same' padding with the extra pixel after; decoupled weight decay.
-Torch's unbiased running variance cannot be switched off and is recorded in ``semantics``.
+Torch's unbiased running variance cannot be switched off and is declared in ``RULES``.
 """
 
 from __future__ import annotations
@@ -16,20 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backends.base import Backend, BackendInfo, EpochResult, MemoryReading, Unsupported
-from bench.shapes import layer_shapes, param_specs, same_padding
-from bench.spec import (
-    Activation,
-    AvgPool2D,
-    BatchNorm,
-    Conv2D,
-    Dense,
-    Dropout,
-    Flatten,
-    MaxPool2D,
-    ModelSpec,
-    TrainSpec,
-)
+from backends.base import Backend, BackendInfo, MemoryReading
+from bench.rules import Rules
+from bench.shapes import ParamSpec, layer_shapes, same_padding
+from bench.spec import TrainSpec
 
 
 class _FlattenHWC(nn.Module):
@@ -41,142 +31,146 @@ class _FlattenHWC(nn.Module):
         return x.reshape(x.shape[0], -1)
 
 
-def _activation(name: str, slope: float) -> nn.Module:
-    return {
-        "relu": nn.ReLU,
-        "leaky_relu": lambda: nn.LeakyReLU(negative_slope=slope),
-        "tanh": nn.Tanh,
-        "sigmoid": nn.Sigmoid,
-        "linear": nn.Identity,
-    }[name]()
+def _conv(layer, before, act) -> tuple[nn.Module, list[nn.Module]]:
+    conv = nn.Conv2d(before[2], layer.filters, layer.kernel, stride=layer.stride, padding=0)
+    if layer.padding != "same":
+        return conv, [conv, act(layer.activation)]
+    top, bottom = same_padding(before[0], layer.kernel, layer.stride)
+    left, right = same_padding(before[1], layer.kernel, layer.stride)
+    return conv, [nn.ZeroPad2d((left, right, top, bottom)), conv, act(layer.activation)]
 
 
-def _build_modules(model: ModelSpec, train: TrainSpec, input_shape: tuple[int, ...], num_classes: int):
-    """The nn.Sequential and, per spec layer index, the torch module holding its parameters."""
-    shapes = [tuple(input_shape)] + layer_shapes(model, input_shape, num_classes)
-    modules: list[nn.Module] = []
-    owners: dict[int, nn.Module] = {}
-    torch_bn_momentum = 1.0 - train.bn_momentum  # torch weighs the new batch statistic
-    for i, layer in enumerate(model.layers):
-        before = shapes[i]
-        if isinstance(layer, Flatten):
-            modules.append(_FlattenHWC())
-        elif isinstance(layer, Dense):
-            owners[i] = nn.Linear(before[0], layer.units)
-            modules += [owners[i], _activation(layer.activation, train.leaky_relu_slope)]
-        elif isinstance(layer, Conv2D):
-            if layer.padding == "same":
-                top, bottom = same_padding(before[0], layer.kernel, layer.stride)
-                left, right = same_padding(before[1], layer.kernel, layer.stride)
-                modules.append(nn.ZeroPad2d((left, right, top, bottom)))
-            owners[i] = nn.Conv2d(before[2], layer.filters, layer.kernel, stride=layer.stride, padding=0)
-            modules += [owners[i], _activation(layer.activation, train.leaky_relu_slope)]
-        elif isinstance(layer, MaxPool2D):
-            modules.append(nn.MaxPool2d(layer.size, stride=layer.size))
-        elif isinstance(layer, AvgPool2D):
-            modules.append(nn.AvgPool2d(layer.size, stride=layer.size))
-        elif isinstance(layer, BatchNorm):
-            norm = nn.BatchNorm2d if len(before) == 3 else nn.BatchNorm1d
-            owners[i] = norm(before[-1], eps=train.bn_epsilon, momentum=torch_bn_momentum)
-            modules.append(owners[i])
-        elif isinstance(layer, Dropout):
-            modules.append(nn.Dropout(layer.rate))
-        elif isinstance(layer, Activation):
-            modules.append(_activation(layer.activation, train.leaky_relu_slope))
-    return nn.Sequential(*modules), owners
+def _batchnorm(layer, before, train: TrainSpec) -> nn.Module:
+    norm = nn.BatchNorm2d if len(before) == 3 else nn.BatchNorm1d
+    return norm(before[-1], eps=train.bn_epsilon, momentum=1.0 - train.bn_momentum)  # torch weighs the new statistic
 
 
-def _to_torch_layout(name: str, array: np.ndarray) -> np.ndarray:
-    if name == "kernel":
-        return array.T if array.ndim == 2 else array.transpose(3, 2, 0, 1)  # (in,out)->(out,in); HWIO->OIHW
-    return array
+def _one_hot(labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    return F.one_hot(labels, logits.shape[1]).float()
 
 
-def _to_canonical_layout(name: str, array: np.ndarray) -> np.ndarray:
-    if name == "kernel":
-        return array.T if array.ndim == 2 else array.transpose(2, 3, 1, 0)  # OIHW->HWIO
-    return array
+def _sgd(params, t: TrainSpec, momentum: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=t.lr, momentum=momentum, dampening=0.0, nesterov=False)
+
+
+def _tensor(value: torch.Tensor) -> np.ndarray:
+    return value.detach().cpu().numpy()
 
 
 _TORCH_PARAM = {"kernel": "weight", "bias": "bias", "gamma": "weight", "beta": "bias",
                 "moving_mean": "running_mean", "moving_variance": "running_var"}
+_TO_TORCH = {2: (1, 0), 4: (3, 2, 0, 1)}  # kernel axes: (in,out)->(out,in); HWIO->OIHW
+_TO_CANONICAL = {2: (1, 0), 4: (2, 3, 1, 0)}  # OIHW->HWIO
 
 
 class TorchBackend(Backend):
     name = "torch"
     framework = "pytorch"
-    modes = ("eager", "compiled")
+    modes = {"eager": "eager: nn.Module op by op", "compiled": "compiled: torch.compile of the model; optimizer eager"}
+    RULES = Rules(bn_running_variance="unbiased")
+    TRANSLATIONS = {
+        # layer: (spec layer, input shape, activation factory, train spec) -> (parameter owner or None, modules)
+        "layer": {
+            "Flatten": lambda layer, before, act, t: (None, [_FlattenHWC()]),
+            "Dense": lambda layer, before, act, t: (m := nn.Linear(before[0], layer.units), [m, act(layer.activation)]),
+            "Conv2D": lambda layer, before, act, t: _conv(layer, before, act),
+            "MaxPool2D": lambda layer, before, act, t: (None, [nn.MaxPool2d(layer.size, stride=layer.size)]),
+            "AvgPool2D": lambda layer, before, act, t: (None, [nn.AvgPool2d(layer.size, stride=layer.size)]),
+            "BatchNorm": lambda layer, before, act, t: (m := _batchnorm(layer, before, t), [m]),
+            "Dropout": lambda layer, before, act, t: (None, [nn.Dropout(layer.rate)]),
+            "Activation": lambda layer, before, act, t: (None, [act(layer.activation)]),
+        },
+        "activation": {
+            "relu": lambda slope: nn.ReLU(),
+            "leaky_relu": lambda slope: nn.LeakyReLU(negative_slope=slope),
+            "tanh": lambda slope: nn.Tanh(),
+            "sigmoid": lambda slope: nn.Sigmoid(),
+            "linear": lambda slope: nn.Identity(),
+        },
+        "loss": {
+            "cce": F.cross_entropy,
+            "mse": lambda z, y: (torch.softmax(z, dim=1) - _one_hot(y, z)).pow(2).mean(),
+            "mae": lambda z, y: (torch.softmax(z, dim=1) - _one_hot(y, z)).abs().mean(),
+            "bce": lambda z, y: F.binary_cross_entropy_with_logits(z, _one_hot(y, z)),
+            "hinge": lambda z, y: torch.clamp(1.0 - (2.0 * _one_hot(y, z) - 1.0) * z, min=0.0).mean(),
+        },
+        "optimizer": {
+            "sgd": lambda params, t: _sgd(params, t, 0.0),
+            "momentum": lambda params, t: _sgd(params, t, t.momentum),
+            "rmsprop": lambda params, t: torch.optim.RMSprop(params, lr=t.lr, alpha=t.rho, eps=t.epsilon, momentum=0.0, centered=False),
+            "adam": lambda params, t: torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.epsilon),
+        },
+    }
 
     def __init__(self) -> None:
         self.device = torch.device("cpu")
         self.net: nn.Module | None = None
 
     # -- process ---------------------------------------------------------------------------------
-    def setup(self, threads: int, device: str = "cpu") -> BackendInfo:
+    def _gpu_visible(self) -> bool:
+        return torch.cuda.is_available()
+
+    def _setup(self, threads: int) -> BackendInfo:
         torch.set_num_threads(threads)
         try:
             torch.set_num_interop_threads(1)
         except RuntimeError:  # already set in this process (inter-op pool started)
             pass
-        if device in ("gpu", "auto") and torch.cuda.is_available():
-            self.device = torch.device("cuda")
-        elif device == "gpu":
-            raise Unsupported("no CUDA device visible to PyTorch")
-        name = torch.cuda.get_device_name(0) if self.device.type == "cuda" else "cpu"
+        self.device = torch.device("cuda" if self.on_gpu else "cpu")
         return BackendInfo(
-            framework="pytorch",
+            framework=self.framework,
             versions={"torch": torch.__version__},
-            device=name,
+            device=torch.cuda.get_device_name(0) if self.on_gpu else "cpu",
             threads={"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()},
         )
 
     # -- model -----------------------------------------------------------------------------------
-    def build(self, model: ModelSpec, train: TrainSpec, input_shape: tuple[int, ...], num_classes: int) -> None:
-        self.train_spec = train
-        self.mode = self.resolve_mode(train.mode)
-        self._configure_precision(train.precision)
-        torch.manual_seed(train.seed)  # dropout masks: reproducible within torch (never equal across frameworks)
-        self.net, self.owners = _build_modules(model, train, input_shape, num_classes)
-        self.net.to(self.device)
-        self.params = param_specs(model, input_shape, num_classes)
-        self.num_classes = num_classes
-        self.images = len(input_shape) == 3
+    def _build(self) -> None:
+        t = self.train
+        if self.on_gpu:  # fp32 means full fp32: no TF32 unless asked for
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = t.precision == "tf32"
+        self.autocast_dtype = torch.bfloat16 if t.precision == "bf16" else None
+        torch.manual_seed(t.seed)  # dropout masks: reproducible within torch (never equal across frameworks)
+        befores = [self.input_shape] + layer_shapes(self.model, self.input_shape, self.num_classes)
+        act = self._activation
+        modules: list[nn.Module] = []
+        self.owners: dict[int, nn.Module] = {}
+        for i, layer in enumerate(self.model.layers):
+            owner, translated = self.translate("layer", layer.type)(layer, befores[i], act, t)
+            if owner is not None:
+                self.owners[i] = owner
+            modules += translated
+        self.net = nn.Sequential(*modules).to(self.device)
+        self.images = len(self.input_shape) == 3
         self.forward = torch.compile(self.net) if self.mode == "compiled" else self.net
+        self._loss = self.translate("loss", t.loss)
+        self._make_optimizer = self.translate("optimizer", t.optimizer)
         self.reset_optimizer()
 
-    def _configure_precision(self, precision: str) -> None:
-        cuda = self.device.type == "cuda"
-        if precision == "tf32" and not cuda:
-            raise Unsupported("tf32 needs an NVIDIA GPU")
-        if cuda:
-            torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-            torch.backends.cudnn.allow_tf32 = precision == "tf32"
-        self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+    def _activation(self, name: str) -> nn.Module:
+        return self.translate("activation", name)(self.train.leaky_relu_slope)
 
-    def _lookup(self, spec) -> torch.Tensor:
+    def _lookup(self, spec: ParamSpec) -> torch.Tensor:
         return getattr(self.owners[spec.layer], _TORCH_PARAM[spec.name])
 
-    def set_weights(self, weights: list[np.ndarray]) -> None:
+    def _set_weights(self, weights: list[np.ndarray]) -> None:
         with torch.no_grad():
-            for spec, value in zip(self.params, weights, strict=True):
-                target = self._lookup(spec)
-                target.copy_(torch.from_numpy(np.ascontiguousarray(_to_torch_layout(spec.name, value))))
+            for spec, value in zip(self.specs, weights, strict=True):
+                if spec.name == "kernel":
+                    value = value.transpose(_TO_TORCH[value.ndim])
+                self._lookup(spec).copy_(torch.from_numpy(np.ascontiguousarray(value)))
+
+    def _canonical(self, spec: ParamSpec, value: torch.Tensor) -> np.ndarray:
+        array = _tensor(value)
+        return (array.transpose(_TO_CANONICAL[array.ndim]) if spec.name == "kernel" else array).copy()
 
     def get_weights(self) -> list[np.ndarray]:
-        return [_to_canonical_layout(s.name, self._lookup(s).detach().cpu().numpy()).copy() for s in self.params]
+        return [self._canonical(s, self._lookup(s)) for s in self.specs]
 
     def reset_optimizer(self) -> None:
-        t = self.train_spec
-        trainable = [self._lookup(s) for s in self.params if s.trainable]
-        if t.optimizer in ("sgd", "momentum"):
-            momentum = t.momentum if t.optimizer == "momentum" else 0.0
-            self.optimizer = torch.optim.SGD(trainable, lr=t.lr, momentum=momentum, dampening=0.0, nesterov=False)
-        elif t.optimizer == "rmsprop":
-            self.optimizer = torch.optim.RMSprop(trainable, lr=t.lr, alpha=t.rho, eps=t.epsilon, momentum=0.0, centered=False)
-        else:
-            self.optimizer = torch.optim.Adam(trainable, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.epsilon)
-        self.decayed = trainable
-        self._losses: list[torch.Tensor] = []
+        self.decayed = [self._lookup(s) for s in self.specs if s.trainable]
+        self.optimizer = self._make_optimizer(self.decayed, self.train)
+        self._pending = []
 
     # -- training --------------------------------------------------------------------------------
     def _input(self, x: np.ndarray) -> torch.Tensor:
@@ -187,27 +181,13 @@ class TorchBackend(Backend):
         self.x = self._input(x)
         self.y = torch.from_numpy(y.astype(np.int64)).to(self.device)
 
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
-        loss = self.train_spec.loss
-        if loss == "cce":
-            return F.cross_entropy(logits, labels)
-        onehot = F.one_hot(labels, self.num_classes).float()
-        if loss == "mse":
-            return (torch.softmax(logits, dim=1) - onehot).pow(2).mean()
-        if loss == "mae":
-            return (torch.softmax(logits, dim=1) - onehot).abs().mean()
-        if loss == "bce":
-            return F.binary_cross_entropy_with_logits(logits, onehot)
-        return torch.clamp(1.0 - (2.0 * onehot - 1.0) * logits, min=0.0).mean()
-
     def _forward_loss(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.autocast_dtype is None:
-            return self._loss(self.forward(x), labels)
+            return self._loss(self.forward(x).float(), labels)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-            return self._loss(self.forward(x), labels)
+            return self._loss(self.forward(x).float(), labels)
 
-    def train_step(self, batch: np.ndarray) -> None:
+    def _step(self, batch: np.ndarray) -> torch.Tensor:
         index = torch.from_numpy(batch)
         if self.device.type != "cpu":
             index = index.to(self.device, non_blocking=True)
@@ -216,44 +196,39 @@ class TorchBackend(Backend):
         self.optimizer.zero_grad(set_to_none=True)
         loss = self._forward_loss(self.x[index], self.y[index])
         loss.backward()
-        decay = self.train_spec.weight_decay
+        decay = self.train.weight_decay
         if decay:
             with torch.no_grad():  # decoupled, as Keras and AdamW do: w -= lr * wd * w
-                torch._foreach_mul_(self.decayed, 1.0 - self.train_spec.lr * decay)
+                torch._foreach_mul_(self.decayed, 1.0 - self.train.lr * decay)
         self.optimizer.step()
-        self._losses.append(loss.detach())
+        return loss.detach()
 
     def begin_epoch(self) -> None:
-        if self.device.type == "cuda":
-            self._start_event = torch.cuda.Event(enable_timing=True)
-            self._end_event = torch.cuda.Event(enable_timing=True)
-            self._start_event.record()
+        if self.on_gpu:
+            self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            self._events[0].record()
 
-    def finish_epoch(self) -> EpochResult:
-        device_seconds = None
-        if self.device.type == "cuda" and getattr(self, "_start_event", None) is not None:
-            self._end_event.record()
-            self._end_event.synchronize()
-            device_seconds = self._start_event.elapsed_time(self._end_event) / 1000.0
-            self._start_event = None
-        losses = torch.stack(self._losses).float().cpu().numpy() if self._losses else np.zeros(0)
-        self._losses = []
-        return EpochResult(losses.astype(np.float64), device_seconds)
+    def _epoch_device_seconds(self) -> float | None:
+        events, self._events = getattr(self, "_events", None), None
+        if events is None:
+            return None
+        events[1].record()
+        events[1].synchronize()
+        return events[0].elapsed_time(events[1]) / 1000.0
+
+    def _read_losses(self, pending: list[torch.Tensor]) -> np.ndarray:
+        return _tensor(torch.stack(pending).float())
 
     def synchronize(self) -> None:
-        if self.device.type == "cuda":
+        if self.on_gpu:
             torch.cuda.synchronize()
 
     # -- inference -------------------------------------------------------------------------------
     def logits(self, x: np.ndarray) -> np.ndarray:
         self.net.eval()
-        with torch.no_grad():
-            if self.autocast_dtype is None:
-                out = self.forward(self._input(x))
-            else:
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                    out = self.forward(self._input(x))
-        return out.float().cpu().numpy()
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            out = self.forward(self._input(x))
+        return _tensor(out.float())
 
     def loss_and_gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[float, list[np.ndarray]]:
         buffers = {name: b.clone() for name, b in self.net.named_buffers()}
@@ -262,7 +237,7 @@ class TorchBackend(Backend):
         labels = torch.from_numpy(y.astype(np.int64)).to(self.device)
         loss = self._forward_loss(self._input(x), labels)
         loss.backward()
-        grads = [_to_canonical_layout(s.name, self._lookup(s).grad.cpu().numpy()).copy() for s in self.params if s.trainable]
+        grads = [self._canonical(s, self._lookup(s).grad) for s in self.specs if s.trainable]
         self.net.zero_grad(set_to_none=True)
         with torch.no_grad():
             for name, b in self.net.named_buffers():
@@ -271,37 +246,15 @@ class TorchBackend(Backend):
 
     # -- measurement and artifacts ---------------------------------------------------------------
     def reset_peak_memory(self) -> None:
-        if self.device.type == "cuda":
+        if self.on_gpu:
             torch.cuda.reset_peak_memory_stats()
 
     def peak_memory(self) -> MemoryReading:
-        if self.device.type == "cuda":
+        if self.on_gpu:
             return MemoryReading(int(torch.cuda.max_memory_allocated()), "torch.cuda.max_memory_allocated")
-        return MemoryReading(None, "none (cpu)")
+        return super().peak_memory()
 
     def save(self, directory: Path) -> Path:
         path = Path(directory) / "model.pt"
         torch.save(self.net.state_dict(), path)
         return path
-
-    @property
-    def loss_name(self) -> str:
-        return self.train_spec.loss
-
-    def semantics(self) -> dict[str, str]:
-        t = self.train_spec
-        return {
-            "mode": self.mode + (" (torch.compile of the model; optimizer eager)" if self.mode == "compiled" else ""),
-            "init": "canonical numpy glorot_uniform, bias 0 (loaded; torch's kaiming init unused)",
-            "layout": "NCHW inside, canonical NHWC/HWIO at the boundary; Flatten in H,W,C order",
-            "bn_momentum": f"torch momentum {1 - t.bn_momentum:.4g} (= suite {t.bn_momentum} in the Keras sense)",
-            "bn_epsilon": f"{t.bn_epsilon:g}",
-            "bn_running_variance": "unbiased n/(n-1) (torch, not switchable)",
-            "leaky_relu_slope": f"{t.leaky_relu_slope:g}",
-            "loss": "from logits, mean over the batch",
-            "rmsprop_epsilon": "outside sqrt: g / (sqrt(v) + eps)",
-            "adam_epsilon": "on bias-corrected sqrt(v_hat): m_hat / (sqrt(v_hat) + eps)",
-            "weight_decay": "decoupled (w -= lr * wd * w), every trainable array" if t.weight_decay else "off",
-            "precision": t.precision + (" (autocast bf16)" if self.autocast_dtype is not None else ""),
-            "threads": f"intra {torch.get_num_threads()}, inter {torch.get_num_interop_threads()}",
-        }

@@ -9,32 +9,42 @@ weights), the usual convention; the figure is a model of the work, not a profile
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
-from bench.shapes import layer_shapes
-from bench.spec import Activation, AvgPool2D, BatchNorm, Conv2D, Dense, Dropout, MaxPool2D, ModelSpec
+from bench.errors import SpecError
+from bench.shapes import Shape, layer_shapes
+from bench.spec import ModelSpec
 
 TRAIN_TO_FORWARD = 3
 
 
-def forward_flops(model: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> int:
+def _activation(layer, out: int) -> int:
+    return out if layer.activation != "linear" else 0
+
+
+FLOPS: dict[str, Callable[[object, Shape, Shape], int]] = {
+    "Flatten": lambda layer, before, after: 0,
+    "Dense": lambda layer, before, after: 2 * before[0] * layer.units + layer.units + _activation(layer, layer.units),
+    "Conv2D": lambda layer, before, after: (2 * layer.kernel**2 * before[2] + 1) * math.prod(after)
+    + _activation(layer, math.prod(after)),
+    "MaxPool2D": lambda layer, before, after: math.prod(after) * layer.size**2,
+    "AvgPool2D": lambda layer, before, after: math.prod(after) * layer.size**2,
+    "BatchNorm": lambda layer, before, after: 4 * math.prod(after),
+    "Dropout": lambda layer, before, after: math.prod(after),
+    "Activation": lambda layer, before, after: math.prod(after),
+}
+"""FLOPs per sample of one layer, from its input and output shapes."""
+
+
+def forward_flops(model: ModelSpec, input_shape: Shape, num_classes: int) -> int:
     shapes = [tuple(input_shape)] + layer_shapes(model, input_shape, num_classes)
     total = 0
     for i, layer in enumerate(model.layers):
-        before, after = shapes[i], shapes[i + 1]
-        out = math.prod(after)
-        if isinstance(layer, Dense):
-            total += 2 * before[0] * layer.units + layer.units + (out if layer.activation != "linear" else 0)
-        elif isinstance(layer, Conv2D):
-            total += 2 * layer.kernel * layer.kernel * before[2] * out + out
-            total += out if layer.activation != "linear" else 0
-        elif isinstance(layer, (MaxPool2D, AvgPool2D)):
-            total += out * layer.size * layer.size
-        elif isinstance(layer, BatchNorm):
-            total += 4 * out
-        elif isinstance(layer, (Activation, Dropout)):
-            total += out
+        if layer.type not in FLOPS:
+            raise SpecError(f"the cost model has no rule for layer type {layer.type!r}")
+        total += FLOPS[layer.type](layer, shapes[i], shapes[i + 1])
     return total
 
 
-def train_flops(model: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> int:
+def train_flops(model: ModelSpec, input_shape: Shape, num_classes: int) -> int:
     return TRAIN_TO_FORWARD * forward_flops(model, input_shape, num_classes)

@@ -21,9 +21,9 @@ import numpy as np
 from scipy import stats
 
 from backends.base import Backend
-from bench.data import epoch_batches, load_dataset
+from bench import training
+from bench.data import load_dataset
 from bench.spec import SEED_MODELS, TrainSpec
-from bench.weights import canonical_weights
 
 SEEDS = 5
 EPOCHS = 5
@@ -54,15 +54,8 @@ def final_accuracy(backend: Backend, seed: int, epochs: int = EPOCHS) -> float:
     data = load_dataset("digits")
     model = SEED_MODELS["mlp"].resolve("relu")
     train = TrainSpec(optimizer="adam", activation="relu", batch_size=BATCH_SIZE, epochs=epochs, seed=seed)
-    backend.build(model, train, data.input_shape, data.num_classes)
-    backend.set_weights(canonical_weights(model, data.input_shape, data.num_classes, seed))
-    backend.reset_optimizer()
-    backend.load_data(data.x_train, data.y_train)
-    for epoch in range(epochs):
-        backend.begin_epoch()
-        for rows in epoch_batches(len(data.x_train), BATCH_SIZE, seed, epoch):
-            backend.train_step(rows)
-        backend.finish_epoch()
+    training.prepare(backend, model, train, data.x_train, data.y_train, data.num_classes)
+    training.fit(backend, len(data.x_train), train)
     return backend.evaluate(data.x_test, data.y_test, 256)[1]
 
 

@@ -1,6 +1,6 @@
 """Run one cell (backend x model x training spec x repeat) and measure it the same way on every backend.
 
-The protocol (design.md, "Measuring"):
+The protocol (docs/architecture.md, "Measuring"):
 1. canonical NumPy weights are loaded, the training arrays placed once (off the clock);
 2. warm-up: the first step runs alone, synchronised and timed -- it carries tracing and
    compilation, reported as ``compile_seconds`` (its excess over a steady-state step), never inside
@@ -26,13 +26,13 @@ import numpy as np
 import psutil
 
 from backends.base import Backend, Unsupported
+from bench import training
 from bench.cost import forward_flops, train_flops
 from bench.data import Dataset, epoch_batches
 from bench.errors import BenchError
 from bench.shapes import check_fits, parameter_count
 from bench.spec import ModelSpec, TrainSpec
 from bench.stats import percentiles
-from bench.weights import canonical_weights
 
 EVAL_BATCH = 500
 TIMING_METHOD = "wall clock (perf_counter) over whole epochs, one synchronisation per epoch"
@@ -142,25 +142,18 @@ def _warm_up(backend: Backend, n_train: int, train: TrainSpec, probe_steps: int)
 
 
 def _train(backend: Backend, cell: Cell, data: Dataset) -> _Measurements:
-    train = cell.train
     m = _Measurements()
     elapsed = 0.0
-    for epoch in range(train.epochs):
-        batches = epoch_batches(len(data.x_train), train.batch_size, train.seed, epoch)
-        backend.begin_epoch()
-        start = time.perf_counter()
-        for batch in batches:
-            backend.train_step(batch)
-        result = backend.finish_epoch()
-        seconds = time.perf_counter() - start
-        elapsed += seconds
-        m.epoch_seconds.append(seconds)
+    for epoch in training.epochs(backend, len(data.x_train), cell.train):
+        result = epoch.result
+        elapsed += epoch.seconds
+        m.epoch_seconds.append(epoch.seconds)
         if result.device_seconds is not None:
             m.device_seconds.append(result.device_seconds)
         bad = np.flatnonzero(~np.isfinite(result.losses))
         if bad.size:
             m.epoch_train_loss.append(float("nan"))
-            raise Diverged(f"training loss became {result.losses[bad[0]]} at epoch {epoch + 1}, step {bad[0] + 1}")
+            raise Diverged(f"training loss became {result.losses[bad[0]]} at epoch {epoch.index + 1}, step {bad[0] + 1}")
         m.epoch_train_loss.append(float(result.losses.mean()))
         if len(data.x_val):
             val_loss, val_acc = backend.evaluate(data.x_val, data.y_val, EVAL_BATCH)
@@ -195,15 +188,11 @@ def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | N
             "flops_per_sample_forward": fwd,
             "flops_per_sample_train": train_flops(model, shape, k),
         }
-        backend.build(model, cell.train, shape, k)
-        record["mode"] = backend.resolve_mode(cell.train.mode)
-        record["semantics"] = backend.semantics()
-        weights = canonical_weights(model, shape, k, cell.train.seed)
-        backend.set_weights(weights)
-        backend.load_data(data.x_train, data.y_train)
+        weights = training.prepare(backend, model, cell.train, data.x_train, data.y_train, k)
+        record["mode"] = backend.mode
+        record |= backend.facts()
         record |= _warm_up(backend, len(data.x_train), cell.train, cell.probe_steps)
-        backend.set_weights(weights)
-        backend.reset_optimizer()
+        training.restart(backend, weights)
         backend.reset_peak_memory()
         cpu_start = time.process_time()
         with PeakRssSampler() as rss:

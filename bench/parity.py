@@ -42,10 +42,10 @@ from rich.table import Table
 import backends
 from backends.base import Backend, Unsupported
 from backends.numpy_backend import NumpyBackend
-from bench import equivalence
+from bench import equivalence, training
 from bench.data import epoch_batches, load_dataset
 from bench.errors import BackendUnavailable
-from bench.reference import CANONICAL, RULE_OPTIONS, Rules
+from bench.rules import CANONICAL, RULE_OPTIONS, Rules
 from bench.shapes import param_specs
 from bench.spec import (
     ACTIVATIONS,
@@ -136,6 +136,9 @@ DEVIATIONS = {
         Deviation("leaky_relu_grad_at_zero_one", ("gradients",) + _TRAINED,
                   "JAX's leaky_relu is where(x >= 0, x, slope*x), so its derivative at exactly 0 is 1; torch and TF "
                   "give the slope. Exact zeros are common: a zero-bias conv over an image's blank background."),
+        Deviation("momentum_velocity_form", _TRAINED,
+                  "Keras 3 SGD keeps a velocity v = mu*v - lr*g and adds it (w += v); torch keeps a buffer "
+                  "buf = mu*buf + g and subtracts lr*buf. Equal in exact arithmetic for a constant lr; the rounding differs."),
         Deviation("dropout_masks", ("loss", "gradients") + _TRAINED,
                   "frameworks never draw the same dropout masks, so the training-mode rungs of a dropout model run "
                   "it with Dropout rate 0; the forward rung keeps the dropout layers (eval mode ignores them)."),
@@ -151,43 +154,13 @@ RULE_DEVIATIONS = {
     "adam_eps": "adam_eps_uncorrected",
     "bn_running_variance": "bn_unbiased_running_variance",
     "leaky_relu_grad_at_zero": "leaky_relu_grad_at_zero_one",
+    "momentum_form": "momentum_velocity_form",
 }
 
 
-# -- documented rules: read from the backend, applied to the oracle --------------------------------
-def declared_rules(semantics: dict[str, str], optimizer: str) -> Rules:
-    """The documented rules a backend declares in ``semantics()``, read from its free-text entries.
-
-    Keys: one naming rmsprop or adam and eps (``rmsprop_epsilon``, ``adam_eps``) or a generic
-    ``optimizer_epsilon`` for the built optimizer; one naming bn and var (``bn_running_variance``);
-    one naming leaky and zero (``leaky_relu_grad_at_zero``). Values: the earliest of 'inside' /
-    'outside', 'uncorrected' / 'corrected', 'unbiased' / 'biased', 'one' / 'slope' wins, so a value
-    that states its own rule first and then contrasts another framework's reads right.
-    """
-
-    def earliest(text: str, words: tuple[str, ...]) -> str | None:
-        found = [(text.find(w), w) for w in words if w in text]
-        return min(found)[1] if found else None
-
-    rules: dict[str, str] = {}
-    for key, value in semantics.items():
-        k, v = key.lower(), str(value).lower()
-        if "leaky" in k and "zero" in k:
-            if word := earliest(v, ("one", "slope")):
-                rules["leaky_relu_grad_at_zero"] = word
-        elif "eps" in k and "bn" not in k:
-            target = "rmsprop" if "rmsprop" in k else "adam" if "adam" in k else optimizer
-            if target == optimizer == "rmsprop" and (word := earliest(v, ("inside", "outside"))):
-                rules["rmsprop_eps"] = f"{word}_sqrt"
-            elif target == optimizer == "adam" and (word := earliest(v, ("uncorrected", "corrected"))):
-                rules["adam_eps"] = word
-        elif "bn" in k and "var" in k and (word := earliest(v, ("unbiased", "biased"))):
-            rules["bn_running_variance"] = word
-    return Rules(**rules)
-
-
+# -- documented rules: declared by the backend as a typed value, applied to the oracle -------------
 def deviations_of(rules: Rules) -> list[str]:
-    return [name for f, name in RULE_DEVIATIONS.items() if getattr(rules, f) != getattr(CANONICAL, f)]
+    return [RULE_DEVIATIONS[f] for f in rules.deviations()]
 
 
 # -- jobs ------------------------------------------------------------------------------------------
@@ -227,6 +200,7 @@ def relevant_rules(rules: Rules, job: Job) -> Rules:
         "adam_eps": job.optimizer == "adam",
         "bn_running_variance": SEED_MODELS[job.model].has_batchnorm,
         "leaky_relu_grad_at_zero": job.activation == "leaky_relu",
+        "momentum_form": job.optimizer == "momentum",
     }
     return replace(rules, **{f: getattr(CANONICAL, f) for f, u in used.items() if not u})
 
@@ -276,17 +250,13 @@ class Measured:
     """One backend's answers to one job: per rung, named arrays (parameter keys, 'logits', 'losses')."""
 
     values: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    semantics: dict[str, str] = field(default_factory=dict)
+    rules: Rules = CANONICAL
 
 
 def _train(backend: Backend, weights: list[np.ndarray], schedule: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
-    backend.set_weights(weights)
-    backend.reset_optimizer()
-    for rows in schedule:
-        backend.train_step(rows)
-    backend.synchronize()
-    losses = backend.finish_epoch().losses
-    return backend.get_weights(), losses
+    training.restart(backend, weights)
+    result, _ = training.run_steps(backend, schedule)
+    return backend.get_weights(), result.losses
 
 
 def measure(backend: Backend, job: Job, batch: Batch, epsilon: float = PARITY_EPSILON, mode: str = "default") -> Measured:
@@ -303,7 +273,7 @@ def measure(backend: Backend, job: Job, batch: Batch, epsilon: float = PARITY_EP
     trained = training_model(model)
     if not job.forward or trained != model:
         backend.build(trained, train, INPUT_SHAPE, NUM_CLASSES)
-    out.semantics = backend.semantics()
+    out.rules = backend.rules()
     specs = param_specs(trained, INPUT_SHAPE, NUM_CLASSES)
     if job.gradients:
         backend.set_weights(weights)
@@ -334,7 +304,7 @@ class Oracle:
 
     def answer(self, job: Job, rules: Rules) -> Measured:
         if (job, rules) not in self.cache:
-            self.backend.rules = rules
+            self.backend.RULES = rules
             self.cache[(job, rules)] = measure(self.backend, job, self.batch, self.epsilon)
         return self.cache[(job, rules)]
 
@@ -378,7 +348,7 @@ class Check:
 
 def compare(name: str, job: Job, got: Measured, oracle: Oracle) -> list[Check]:
     """Checks of one job's rungs against the oracle run with the rules the backend declares."""
-    rules = relevant_rules(declared_rules(got.semantics, job.optimizer), job)
+    rules = relevant_rules(got.rules, job)
     want = oracle.answer(job, rules)
     skip = not_compared(job)
     checks = []
@@ -408,7 +378,7 @@ def _undeclared_rule_hint(job: Job, got: Measured, oracle: Oracle, rung: str, ke
         if rules != declared:
             rel = difference(got.values[rung], oracle.answer(job, rules).values[rung], keys)[1]
             if rel <= RUNG[rung].tolerance(job.model):
-                return f"matches the reference with {', '.join(deviations_of(rules)) or 'the canonical rules'}: declare it in semantics()"
+                return f"matches the reference with {', '.join(deviations_of(rules)) or 'the canonical rules'}: declare it in the backend's RULES"
     return ""
 
 

@@ -86,6 +86,9 @@ class Activation(_Layer):
     _check = field_validator("activation")(classmethod(lambda cls, v: _check_activation(v)))
 
 
+LAYER_CLASSES: tuple[type[_Layer], ...] = (Flatten, Dense, Conv2D, MaxPool2D, AvgPool2D, BatchNorm, Dropout, Activation)
+LAYER_TYPES: tuple[str, ...] = tuple(cls.__name__ for cls in LAYER_CLASSES)
+"""The spec's layer vocabulary: every adapter, the oracle, shapes and the cost model cover exactly these."""
 Layer = Annotated[
     Flatten | Dense | Conv2D | MaxPool2D | AvgPool2D | BatchNorm | Dropout | Activation,
     Field(discriminator="type"),
@@ -160,6 +163,12 @@ def _seed_models() -> dict[str, ModelSpec]:
 
 
 SEED_MODELS: dict[str, ModelSpec] = _seed_models()
+
+
+VOCABULARY: dict[str, tuple[str, ...]] = {
+    "layer": LAYER_TYPES, "activation": ACTIVATIONS, "loss": LOSSES, "optimizer": OPTIMIZERS,
+}
+"""Every name a model or training spec can use, by kind: what each adapter's translation tables cover."""
 
 
 class TrainSpec(BaseModel):

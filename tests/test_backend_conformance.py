@@ -10,11 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from backends.base import Unsupported
+from backends.base import Unsupported, Untranslatable
 from bench.data import epoch_batches
 from bench.spec import (
     OPTIMIZERS,
     SEED_MODELS,
+    VOCABULARY,
     Activation,
     AvgPool2D,
     BatchNorm,
@@ -27,7 +28,7 @@ from bench.spec import (
     TrainSpec,
 )
 from bench.weights import canonical_weights
-from tests.conftest import FRAMEWORKS, loaded_backend, perturbed_weights
+from tests.conftest import FRAMEWORKS, INSTALLED, loaded_backend, perturbed_weights
 
 pytestmark = pytest.mark.skipif(not FRAMEWORKS, reason="no framework installed")
 
@@ -138,7 +139,7 @@ def test_every_optimizer_steps_and_reset_replays_the_same_trajectory(name, optim
 @pytest.mark.parametrize("name", FRAMEWORKS)
 @pytest.mark.parametrize("loss", ["cce", "mse", "mae", "bce", "hinge"])
 def test_every_loss_matches_the_numpy_definition(name, loss):
-    from backends.base import numpy_loss
+    from bench.losses import loss_value as numpy_loss
 
     x, y = _batch((28, 28, 1), n=32)
     backend, _ = _build(name, "mlp", (28, 28, 1), TrainSpec(loss=loss))
@@ -173,3 +174,46 @@ def test_save_writes_the_framework_file(name, tmp_path):
     backend, _ = _build(name, "mlp", (28, 28, 1))
     path = backend.save(tmp_path)
     assert path.exists() and path.stat().st_size > 100_000 * 4 * 0.9
+
+
+# -- translation tables: exactly the spec's vocabulary, and a clear error for anything else --------
+@pytest.mark.parametrize("name", INSTALLED)
+def test_translation_tables_cover_exactly_the_spec_vocabulary(name):
+    tables = type(loaded_backend(name)).TRANSLATIONS
+    assert set(tables) == set(VOCABULARY)
+    for kind, words in VOCABULARY.items():
+        assert set(tables[kind]) == set(words), f"{name} {kind}: missing {set(words) - set(tables[kind])}, extra {set(tables[kind]) - set(words)}"
+
+
+def _planted(kind: str) -> tuple[ModelSpec, TrainSpec]:
+    """A valid mlp and train spec with one name replaced by one no adapter knows (validation bypassed)."""
+    model, train = SEED_MODELS["mlp"].resolve("relu"), TrainSpec()
+    if kind in ("optimizer", "loss"):
+        return model, TrainSpec.model_construct(**(train.model_dump() | {kind: "nosuch"}))
+    if kind == "activation":
+        layers = (model.layers[0], Dense.model_construct(units=128, activation="nosuch", type="Dense"), model.layers[2])
+    else:
+        layers = (model.layers[0], Dropout.model_construct(rate=0.0, type="Nosuch"), *model.layers[1:])
+    return model.model_copy(update={"layers": layers}), train
+
+
+@pytest.mark.parametrize("kind", list(VOCABULARY))
+@pytest.mark.parametrize("name", INSTALLED)
+def test_an_unknown_spec_name_is_a_clear_error_in_every_adapter(name, kind, monkeypatch):
+    from bench import shapes
+
+    # shapes knows the planted layer (as a pass-through), so the adapter's own table is what is tested
+    monkeypatch.setitem(shapes.LAYER_RULES, "Nosuch", shapes.LAYER_RULES["Dropout"])
+    model, train = _planted(kind)
+    with pytest.raises(Untranslatable, match=rf"no translation for {kind} '(nosuch|Nosuch)'"):
+        loaded_backend(name).build(model, train, (28, 28, 1), 10)
+
+
+def test_neutral_tables_cover_exactly_the_spec_vocabulary():
+    from bench import cost, losses, shapes
+    from bench.reference import network, ops, optimizer
+
+    assert set(shapes.LAYER_RULES) == set(cost.FLOPS) == set(network.LAYERS) == set(VOCABULARY["layer"])
+    assert set(ops.ACTIVATIONS) == set(VOCABULARY["activation"])
+    assert set(losses.LOSS_TABLE) == set(VOCABULARY["loss"])
+    assert set(optimizer.UPDATES) == set(VOCABULARY["optimizer"])

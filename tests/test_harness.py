@@ -32,7 +32,7 @@ def test_an_ok_record_holds_every_measured_figure_and_its_configuration(mnist_sm
     assert record["train_samples_per_s"] == pytest.approx(2 * (900 // 32) * 32 / record["train_seconds"])
     assert record["time_to_target_seconds"] is not None and record["time_to_target_seconds"] <= record["train_seconds"]
     assert record["peak_fraction"] == pytest.approx(record["achieved_gflops"] / 10.0)
-    assert record["semantics"]["bn_epsilon"] == "0.001" and record["epsilon"] == 1e-7
+    assert record["rules"]["bn_running_variance"] == "unbiased" and record["bn_epsilon"] == 1e-3 and record["epsilon"] == 1e-7
     assert record["step_time_ms_p50"] <= record["step_time_ms_p99"]
 
 

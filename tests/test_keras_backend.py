@@ -11,9 +11,10 @@ import pytest
 pytest.importorskip("tensorflow")
 pytest.importorskip("keras")
 
-from backends.base import Unsupported, numpy_loss  # noqa: E402
+from backends.base import Unsupported  # noqa: E402
 from backends.keras_backend import KerasBackend  # noqa: E402
 from bench.data import epoch_batches, load_dataset  # noqa: E402
+from bench.losses import loss_value as numpy_loss  # noqa: E402
 from bench.shapes import param_specs  # noqa: E402
 from bench.spec import (  # noqa: E402
     ACTIVATIONS,
@@ -150,10 +151,10 @@ def _three_steps(backend: KerasBackend, mode: str, model: ModelSpec) -> tuple[np
 def test_modes_give_the_same_losses(backend):
     model = SEED_MODELS["mlp_bn"].resolve("relu")
     reference, weights = _three_steps(backend, "graph", model)
-    assert backend.semantics()["mode"].startswith("graph")
+    assert backend.mode == "graph" and backend.facts()["mode_description"].startswith("graph")
     for mode in ("eager", "xla"):
         losses, w = _three_steps(backend, mode, model)
-        assert backend.semantics()["mode"].startswith(mode)
+        assert backend.mode == mode and backend.facts()["mode_description"].startswith(mode)
         np.testing.assert_allclose(losses, reference, atol=1e-5, rtol=0)
         for a, b in zip(w, weights):
             np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
@@ -161,7 +162,7 @@ def test_modes_give_the_same_losses(backend):
 
 def test_default_mode_is_graph(backend):
     _built(backend, SEED_MODELS["mlp"].resolve("relu"), TrainSpec(mode="default"))
-    assert backend.semantics()["mode"].startswith("graph")
+    assert backend.mode == "graph" and backend.facts()["mode_description"].startswith("graph")
 
 
 def test_reset_optimizer_restores_the_fresh_trajectory_without_retracing(backend):
@@ -222,13 +223,11 @@ def test_unsupported_configurations(backend):
         backend.build(SEED_MODELS["mlp"].resolve("relu"), TrainSpec(mode="compiled"), MNIST, 10)
 
 
-def test_semantics_record_the_chosen_values(backend):
+def test_facts_record_keras_s_rules(backend):
     _built(backend, SEED_MODELS["mlp"].resolve("relu"), TrainSpec(optimizer="rmsprop", epsilon=1e-6))
-    facts = backend.semantics()
-    assert "inside the square root" in facts["optimizer_epsilon"]
-    assert facts["bn_variance"] == "biased" and facts["leaky_relu_slope"] == "0.01"
-    assert facts["threads"].startswith("intra_op=")
-    assert all(isinstance(v, str) for v in facts.values())
+    rules = backend.facts()["rules"]
+    assert rules["rmsprop_eps"] == "inside_sqrt" and rules["adam_eps"] == "uncorrected"
+    assert rules["bn_running_variance"] == "biased" and rules["momentum_form"] == "velocity"
 
 
 def test_saved_model_reloads_with_the_same_logits(backend, tmp_path):

@@ -11,7 +11,7 @@ import backends
 from backends.numpy_backend import NumpyBackend
 from bench import equivalence, parity
 from bench.errors import BackendUnavailable
-from bench.reference import CANONICAL, Rules
+from bench.rules import CANONICAL, RULE_OPTIONS, Rules
 from bench.spec import SEED_MODELS, TrainSpec
 from tests.conftest import FRAMEWORKS, loaded_backend
 
@@ -30,39 +30,23 @@ def _failed_rungs(report: parity.ParityReport) -> set[str]:
     return {c.rung for c in report.failures}
 
 
-# -- reading the frameworks' declared rules --------------------------------------------------------
-def test_declared_rules_read_each_framework_s_wording():
-    torch_like = {
-        "bn_running_variance": "unbiased n/(n-1) (torch, not switchable)",
-        "rmsprop_epsilon": "outside sqrt: g / (sqrt(v) + eps)",
-        "adam_epsilon": "on bias-corrected sqrt(v_hat): m_hat / (sqrt(v_hat) + eps)",
-    }
-    keras_like = {
-        "optimizer_epsilon": "added to the uncorrected sqrt(v): w -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)",
-        "bn_variance": "biased",
-    }
-    jax_like = {  # states its own rule first, then contrasts Keras': the first word decides
-        "rmsprop_eps": "1e-07, outside the square root (optax eps_in_sqrt=False, the PyTorch form; Keras adds eps inside)",
-        "leaky_relu_grad_at_zero": "one: jax.nn.leaky_relu is where(x >= 0, x, slope * x)",
-    }
-    assert parity.declared_rules(torch_like, "adam") == Rules(bn_running_variance="unbiased")
-    assert parity.declared_rules(keras_like, "adam") == Rules(adam_eps="uncorrected")
-    assert parity.declared_rules(keras_like, "rmsprop") == CANONICAL  # the adam text names no rmsprop rule
-    assert parity.declared_rules({"optimizer_epsilon": "inside the square root"}, "rmsprop") == Rules(rmsprop_eps="inside_sqrt")
-    assert parity.declared_rules(jax_like, "rmsprop") == Rules(leaky_relu_grad_at_zero="one")
+# -- the frameworks' declared rules ---------------------------------------------------------------
+EXPECTED_RULES = {
+    "torch": Rules(bn_running_variance="unbiased"),
+    "tf": Rules(rmsprop_eps="inside_sqrt", adam_eps="uncorrected", momentum_form="velocity"),
+    "jax": Rules(leaky_relu_grad_at_zero="one"),
+}
 
 
 @pytest.mark.parametrize("name", FRAMEWORKS)
-def test_every_installed_framework_declares_rules_the_ladder_can_read(name):
+def test_every_installed_framework_declares_typed_rules(name):
     backend = loaded_backend(name)
-    model = SEED_MODELS["mlp_bn"].resolve("relu")
-    for optimizer in ("rmsprop", "adam"):
-        backend.build(model, TrainSpec(optimizer=optimizer), (28, 28, 1), 10)
-        rules = parity.declared_rules(backend.semantics(), optimizer)
-        expected = {"torch": Rules(bn_running_variance="unbiased"),
-                    "tf": Rules(rmsprop_eps="inside_sqrt") if optimizer == "rmsprop" else Rules(adam_eps="uncorrected"),
-                    "jax": CANONICAL}[name]
-        assert parity.relevant_rules(rules, parity.Job("mlp_bn", "relu", optimizer, "cce", True, True, True, True)) == expected
+    backend.build(SEED_MODELS["mlp_bn"].resolve("relu"), TrainSpec(optimizer="adam"), (28, 28, 1), 10)
+    assert backend.rules() == EXPECTED_RULES[name]
+    assert set(backend.facts()["rules"]) == set(RULE_OPTIONS)  # one fixed key set for every backend
+    job = parity.Job("mlp_bn", "relu", "rmsprop", "cce", True, True, True, True)
+    relevant = parity.relevant_rules(backend.rules(), job)  # what can change an mlp_bn/rmsprop/relu result
+    assert relevant == Rules(rmsprop_eps=EXPECTED_RULES[name].rmsprop_eps, bn_running_variance=EXPECTED_RULES[name].bn_running_variance)
 
 
 def test_difference_is_relative_with_a_floor_of_one_percent_of_the_largest_value():
@@ -98,8 +82,8 @@ class _UndeclaredTorchVariance(NumpyBackend):
     def __init__(self):
         super().__init__(Rules(bn_running_variance="unbiased"))
 
-    def semantics(self) -> dict[str, str]:
-        return {**super().semantics(), "bn_running_variance": "biased"}
+    def rules(self) -> Rules:
+        return CANONICAL
 
 
 def test_an_undeclared_framework_rule_fails_with_the_rule_named():
@@ -212,3 +196,12 @@ def test_cli_runs_the_ladder_and_returns_its_status(capsys):
     assert "forward" in out and "steps_20" in out and "every rung passes" in out
     with pytest.raises(SystemExit):
         parity.main_parity(parser.parse_args(["--backend", "numpy", "--models", "resnet"]))
+
+
+def test_every_rule_option_has_a_title_and_a_description():
+    from bench.rules import RULE_TEXT, RULE_TITLES, describe
+
+    assert set(RULE_TEXT) == set(RULE_TITLES) == set(RULE_OPTIONS)
+    assert all(set(RULE_TEXT[f]) == set(RULE_OPTIONS[f]) for f in RULE_OPTIONS)
+    assert set(describe(Rules(adam_eps="uncorrected"))) == set(RULE_TITLES.values())
+    assert set(parity.RULE_DEVIATIONS) == set(RULE_OPTIONS)  # every rule can be named as a deviation
