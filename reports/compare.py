@@ -19,9 +19,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from bench.stats import Estimate, benjamini_hochberg, difference_interval, ratio_interval, welch_p
 from reports import fmt
 from reports.records import CONFIG_AXES, Run, config_keys, load_run
-from reports.stats import Estimate, benjamini_hochberg, difference_interval, ratio_interval, welch_p
 
 DEFAULT_NOISE_FLOOR = 0.05
 SIGNIFICANCE = 0.05

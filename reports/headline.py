@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.stats import MISSING, Estimate, grouped_comparison, grouped_median_interval
 from reports.records import CONFIG_AXES, PROBLEM_STATUSES, config_keys
-from reports.stats import MISSING, Estimate, grouped_comparison, grouped_median_interval
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,12 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
+from bench.stats import Estimate
 from reports import fmt
 from reports.figures import FigureOut
 from reports.frameworks import Evidence
 from reports.headline import HEADLINE_METRICS, Entry, Metric, ModelHeadline
 from reports.records import PROBLEM_STATUSES, Run
-from reports.stats import Estimate
 from reports.summary import first_line
 
 TEMPLATES = Path(__file__).parent / "templates"

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from bench.stats import median_interval
 from reports.records import CONFIG_AXES, STATUSES
-from reports.stats import median_interval
 
 METRICS = (
     "test_accuracy", "test_loss", "final_train_loss", "val_accuracy",
