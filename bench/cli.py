@@ -23,6 +23,8 @@ from bench import environment, grid
 from bench.data import DATASETS, load_dataset
 from bench.errors import BenchError
 from bench.executor import WorkerSettings, run_sweep
+from bench.harness import Cell, refused_record
+from bench.record import ResultRecord
 from bench.spec import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS
 from bench.store import RunStore
 
@@ -141,16 +143,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_id = out.name
     counts: dict[str, int] = {}
 
-    def sink(record: dict) -> None:
-        record = {"run_id": run_id} | record
-        store.append(record)
-        counts[record["status"]] = counts.get(record["status"], 0) + 1
+    def sink(record: ResultRecord) -> None:
+        store.append(record.with_fields(run_id=run_id).to_json_dict())
+        counts[record.status] = counts.get(record.status, 0) + 1
 
     for name, reason in refused.items():
         for backend in backend_names:
-            if (f"{backend}|{name}|refused", 0) not in done:
-                sink({"cell_id": f"{backend}|{name}|refused", "repeat": 0, "backend": backend, "model": name,
-                      "dataset": sweep.dataset, "status": "skipped", "reason": reason})
+            if (Cell.refused_id(backend, name), 0) not in done:
+                sink(refused_record(backend, name, sweep.dataset, reason))
     settings = WorkerSettings(threads, cpu_set, args.device, sweep.data_dir, sweep.val_split,
                               sweep.train_size, sweep.test_size, env["matmul_peak_gflops"])
     todo = [c for c in cells if (c.cell_id, c.repeat) not in done]
@@ -162,9 +162,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     with _progress() as progress:
         task = progress.add_task("sweep", total=len(todo))
 
-        def advance(record: dict) -> None:
+        def advance(record: ResultRecord) -> None:
             sink(record)
-            progress.update(task, advance=1, description=f"{record['backend']} {record.get('model', '')}")
+            progress.update(task, advance=1, description=f"{record.backend} {record.model or ''}")
 
         try:
             run_sweep(cells, settings, advance, done, args.cell_timeout)
