@@ -25,7 +25,7 @@ from bench.errors import BenchError
 from bench.executor import WorkerSettings, run_sweep
 from bench.harness import Cell, refused_record
 from bench.record import ResultRecord
-from bench.spec import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS
+from bench.spec import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS, training_rules
 from bench.store import RunStore
 
 console = Console(stderr=False)
@@ -186,16 +186,12 @@ def _settings(sweep: grid.Sweep, backend_names: list[str]) -> dict:
 
 
 def fairness_rules() -> dict[str, str]:
-    """The suite's decisions (design.md), stored with the run so a reader of the report sees them."""
-    return {
+    """The suite's decisions, stored with the run so a reader of the report sees them: the training
+    values rendered from ``TrainSpec``'s defaults, and how every backend is set up and timed."""
+    return training_rules() | {
         "initial weights": "drawn once in NumPy (glorot_uniform, bias 0) and loaded into every backend",
         "data": "same arrays, split, per-epoch batch order (NumPy, from the seed); last partial batch dropped",
-        "loss": "from logits, mean over the batch, in every backend",
-        "batchnorm": "momentum 0.99 (Keras sense; torch gets 0.01), epsilon 1e-3",
-        "leaky relu slope": "0.01 everywhere",
-        "optimizers": "every hyperparameter explicit; momentum in the PyTorch form; RMSprop rho 0.9; Adam 0.9/0.999; eps 1e-7",
         "threads": "one worker process per backend, same CPU set and intra-op thread count, one backend at a time",
-        "precision": "fp32 with TF32 off by default; tf32 and bf16 are explicit axes",
         "timing": "warm-up (compile) timed apart; steady state over whole epochs with one sync; eval off the clock",
     }
 

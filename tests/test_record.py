@@ -18,7 +18,7 @@ import backends
 from bench.executor import WorkerSettings, run_sweep
 from bench.harness import Cell, refused_record, run_cell
 from bench.record import FIELD_KINDS, FIELDS, LEGACY_SCHEMA_VERSION, SCHEMA_VERSION, ResultRecord
-from bench.spec import SEED_MODELS, TrainSpec
+from bench.spec import SEED_MODELS, TrainSpec, training_rules
 from bench.store import RunStore, read_records
 from reports import build_report
 from reports.metrics import METRICS
@@ -140,6 +140,16 @@ def test_the_reports_columns_and_metrics_come_from_the_schema():
         if metric.field in FIELDS:
             assert FIELD_KINDS[metric.field] == "number", metric.field
     assert len({m.field for m in METRICS}) == len(METRICS)
+
+
+@pytest.mark.parametrize("name", ["momentum", "rho", "beta1", "beta2", "epsilon", "weight_decay",
+                                  "bn_momentum", "bn_epsilon", "leaky_relu_slope", "loss", "precision"])
+def test_the_stored_training_rules_follow_the_train_spec_defaults(name):
+    default = TrainSpec()
+    value = getattr(default, name)
+    changed = {"loss": "mse", "precision": "bf16"}[name] if isinstance(value, str) else value / 2 + 0.0123
+    assert training_rules(default) == training_rules()
+    assert training_rules(default.model_copy(update={name: changed})) != training_rules(default), name
 
 
 def test_a_worker_that_imports_the_harness_loads_neither_scipy_nor_pandas():
