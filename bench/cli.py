@@ -197,30 +197,43 @@ def fairness_rules() -> dict[str, str]:
 
 
 def _print_summary(store: RunStore, baseline: str | None) -> None:
-    """Median test accuracy and train throughput per backend x model, with throughput ratios."""
-    import pandas as pd
+    """Each model's headline as the report's first table shows it: same pooling, baseline and metrics.
 
-    from bench.store import read_records
+    Under each value, the comparison with the baseline (green better, red worse, dim within noise).
+    """
+    from rich.markup import escape
 
-    records, _ = read_records(store.results)
-    frame = pd.DataFrame([r for r in records if r.get("status") == "ok"])
-    if frame.empty:
+    from reports.headline import choose_baseline, headlines
+    from reports.metrics import HEADLINE
+    from reports.records import load_run
+
+    frame = load_run(store.folder).records
+    if not (frame["status"] == "ok").any():
         console.print("no successful cells to summarise")
         return
-    table = frame.groupby(["model", "backend"]).agg(
-        cells=("cell_id", "count"), test_accuracy=("test_accuracy", "median"),
-        train_samples_per_s=("train_samples_per_s", "median"), compile_seconds=("compile_seconds", "median"),
-    ).reset_index()
-    base = baseline or ("torch" if "torch" in set(table["backend"]) else table["backend"].iloc[0])
-    out = Table(title=f"median over cells; throughput ratio vs {base}")
-    for column in ("model", "backend", "cells", "test acc", "train samples/s", "vs " + base, "compile s"):
-        out.add_column(column, justify="left" if column in ("model", "backend") else "right")
-    for model, rows in table.groupby("model", sort=False):
-        ref = rows.loc[rows["backend"] == base, "train_samples_per_s"]
-        for _, row in rows.iterrows():
-            ratio = f"{row.train_samples_per_s / ref.iloc[0]:.2f}x" if len(ref) else "-"
-            out.add_row(model, row.backend, str(row.cells), f"{row.test_accuracy:.3f}",
-                        f"{row.train_samples_per_s:,.0f}", ratio, f"{row.compile_seconds:.3f}")
+    base = choose_baseline(frame, baseline)
+    versus = f"; second line: vs {base}" if base else ""
+    out = Table(title=escape(f"headline per model, as in the report{versus}"), box=None,
+                pad_edge=False)
+    out.add_column("model")
+    out.add_column("backend")
+    for metric in HEADLINE:  # one word a line, so the table fits an 80-column terminal
+        out.add_column(metric.label.replace(" ", "\n"), justify="right",
+                       min_width=max(map(len, metric.label.split())))
+    styles = {"better": "green", "worse": "red", "same": "dim"}
+    for head in headlines(frame, base):
+        for row in head.rows:
+            cells = []
+            for metric in HEADLINE:
+                entry = row.entries[metric.field]
+                text = metric.format(entry.value.value)
+                if entry.versus.ok:
+                    text += f"\n[{styles[entry.verdict(metric)]}]{metric.change_format(entry.versus.value)}[/]"
+                cells.append(text)
+            problems = ", ".join(f"{n} {status}" for status, n in row.problems.items())
+            name = escape(row.variant) + ("\n[dim]baseline[/]" if row.is_baseline else "")
+            name += f"\n[red]{problems}[/]" if problems else ""
+            out.add_row(escape(head.model), name, *cells)
     console.print(out)
 
 

@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 from bench.record import SCHEMA_VERSION
+from reports.headline import headlines
+from reports.metrics import HEADLINE
+from reports.records import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,6 +78,10 @@ def test_a_run_writes_the_folder_records_every_outcome_and_resumes(tmp_path):
     assert len(records) == 4 and {r["status"] for r in records} == {"ok"}
     assert {r["model"] for r in records} == {"tiny", "mlp"}
     assert {(r["schema_version"], r["run_id"]) for r in records} == {(SCHEMA_VERSION, "run")}
+    for head in headlines(load_run(out).records, "torch"):  # the terminal shows the report's headline
+        entry = head.rows[0].entries
+        for metric in HEADLINE:
+            assert metric.format(entry[metric.field].value.value) in first.stdout, (head.model, metric.field)
     environment = json.loads((out / "environment.json").read_text())
     assert environment["versions"]["torch"].startswith("2.") and environment["matmul_peak_gflops"] > 0
 
