@@ -23,7 +23,9 @@ from bench import environment, grid
 from bench.data import DATASETS, load_dataset
 from bench.errors import BenchError
 from bench.executor import WorkerSettings, run_sweep
-from bench.spec import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS
+from bench.harness import Cell, refused_record
+from bench.record import ResultRecord
+from bench.spec import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS, training_rules
 from bench.store import RunStore
 
 console = Console(stderr=False)
@@ -141,16 +143,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_id = out.name
     counts: dict[str, int] = {}
 
-    def sink(record: dict) -> None:
-        record = {"run_id": run_id} | record
-        store.append(record)
-        counts[record["status"]] = counts.get(record["status"], 0) + 1
+    def sink(record: ResultRecord) -> None:
+        store.append(record.with_fields(run_id=run_id).to_json_dict())
+        counts[record.status] = counts.get(record.status, 0) + 1
 
     for name, reason in refused.items():
         for backend in backend_names:
-            if (f"{backend}|{name}|refused", 0) not in done:
-                sink({"cell_id": f"{backend}|{name}|refused", "repeat": 0, "backend": backend, "model": name,
-                      "dataset": sweep.dataset, "status": "skipped", "reason": reason})
+            if (Cell.refused_id(backend, name), 0) not in done:
+                sink(refused_record(backend, name, sweep.dataset, reason))
     settings = WorkerSettings(threads, cpu_set, args.device, sweep.data_dir, sweep.val_split,
                               sweep.train_size, sweep.test_size, env["matmul_peak_gflops"])
     todo = [c for c in cells if (c.cell_id, c.repeat) not in done]
@@ -162,9 +162,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     with _progress() as progress:
         task = progress.add_task("sweep", total=len(todo))
 
-        def advance(record: dict) -> None:
+        def advance(record: ResultRecord) -> None:
             sink(record)
-            progress.update(task, advance=1, description=f"{record['backend']} {record.get('model', '')}")
+            progress.update(task, advance=1, description=f"{record.backend} {record.model or ''}")
 
         try:
             run_sweep(cells, settings, advance, done, args.cell_timeout)
@@ -186,45 +186,54 @@ def _settings(sweep: grid.Sweep, backend_names: list[str]) -> dict:
 
 
 def fairness_rules() -> dict[str, str]:
-    """The suite's decisions (design.md), stored with the run so a reader of the report sees them."""
-    return {
+    """The suite's decisions, stored with the run so a reader of the report sees them: the training
+    values rendered from ``TrainSpec``'s defaults, and how every backend is set up and timed."""
+    return training_rules() | {
         "initial weights": "drawn once in NumPy (glorot_uniform, bias 0) and loaded into every backend",
         "data": "same arrays, split, per-epoch batch order (NumPy, from the seed); last partial batch dropped",
-        "loss": "from logits, mean over the batch, in every backend",
-        "batchnorm": "momentum 0.99 (Keras sense; torch gets 0.01), epsilon 1e-3",
-        "leaky relu slope": "0.01 everywhere",
-        "optimizers": "every hyperparameter explicit; momentum in the PyTorch form; RMSprop rho 0.9; Adam 0.9/0.999; eps 1e-7",
         "threads": "one worker process per backend, same CPU set and intra-op thread count, one backend at a time",
-        "precision": "fp32 with TF32 off by default; tf32 and bf16 are explicit axes",
         "timing": "warm-up (compile) timed apart; steady state over whole epochs with one sync; eval off the clock",
     }
 
 
 def _print_summary(store: RunStore, baseline: str | None) -> None:
-    """Median test accuracy and train throughput per backend x model, with throughput ratios."""
-    import pandas as pd
+    """Each model's headline as the report's first table shows it: same pooling, baseline and metrics.
 
-    from bench.store import read_records
+    Under each value, the comparison with the baseline (green better, red worse, dim within noise).
+    """
+    from rich.markup import escape
 
-    records, _ = read_records(store.results)
-    frame = pd.DataFrame([r for r in records if r.get("status") == "ok"])
-    if frame.empty:
+    from reports.headline import choose_baseline, headlines
+    from reports.metrics import HEADLINE
+    from reports.records import load_run
+
+    frame = load_run(store.folder).records
+    if not (frame["status"] == "ok").any():
         console.print("no successful cells to summarise")
         return
-    table = frame.groupby(["model", "backend"]).agg(
-        cells=("cell_id", "count"), test_accuracy=("test_accuracy", "median"),
-        train_samples_per_s=("train_samples_per_s", "median"), compile_seconds=("compile_seconds", "median"),
-    ).reset_index()
-    base = baseline or ("torch" if "torch" in set(table["backend"]) else table["backend"].iloc[0])
-    out = Table(title=f"median over cells; throughput ratio vs {base}")
-    for column in ("model", "backend", "cells", "test acc", "train samples/s", "vs " + base, "compile s"):
-        out.add_column(column, justify="left" if column in ("model", "backend") else "right")
-    for model, rows in table.groupby("model", sort=False):
-        ref = rows.loc[rows["backend"] == base, "train_samples_per_s"]
-        for _, row in rows.iterrows():
-            ratio = f"{row.train_samples_per_s / ref.iloc[0]:.2f}x" if len(ref) else "-"
-            out.add_row(model, row.backend, str(row.cells), f"{row.test_accuracy:.3f}",
-                        f"{row.train_samples_per_s:,.0f}", ratio, f"{row.compile_seconds:.3f}")
+    base = choose_baseline(frame, baseline)
+    versus = f"; second line: vs {base}" if base else ""
+    out = Table(title=escape(f"headline per model, as in the report{versus}"), box=None,
+                pad_edge=False)
+    out.add_column("model")
+    out.add_column("backend")
+    for metric in HEADLINE:  # one word a line, so the table fits an 80-column terminal
+        out.add_column(metric.label.replace(" ", "\n"), justify="right",
+                       min_width=max(map(len, metric.label.split())))
+    styles = {"better": "green", "worse": "red", "same": "dim"}
+    for head in headlines(frame, base):
+        for row in head.rows:
+            cells = []
+            for metric in HEADLINE:
+                entry = row.entries[metric.field]
+                text = metric.format(entry.value.value)
+                if entry.versus.ok:
+                    text += f"\n[{styles[entry.verdict(metric)]}]{metric.change_format(entry.versus.value)}[/]"
+                cells.append(text)
+            problems = ", ".join(f"{n} {status}" for status, n in row.problems.items())
+            name = escape(row.variant) + ("\n[dim]baseline[/]" if row.is_baseline else "")
+            name += f"\n[red]{problems}[/]" if problems else ""
+            out.add_row(escape(head.model), name, *cells)
     console.print(out)
 
 

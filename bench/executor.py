@@ -20,6 +20,7 @@ import backends
 from bench.data import load_dataset
 from bench.errors import BenchError
 from bench.harness import Cell, run_cell
+from bench.record import ResultRecord
 
 STARTUP_TIMEOUT = 600.0
 POLL_SECONDS = 0.05
@@ -78,9 +79,9 @@ def _worker_main(conn, backend_name: str, settings: WorkerSettings) -> None:
                 )
             record = run_cell(backend, cell, datasets[cell.dataset], settings.peak_gflops)
         except Exception as exc:
-            record = cell.config() | {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
-                                      "traceback": traceback.format_exc()}
-        conn.send(("record", record | facts))
+            record = ResultRecord.for_cell(cell, status="failed", error=f"{type(exc).__name__}: {exc}",
+                                           traceback=traceback.format_exc())
+        conn.send(("record", record.with_fields(**facts)))
 
 
 class Worker:
@@ -122,7 +123,7 @@ class Worker:
             if deadline is not None and time.monotonic() > deadline:
                 return "timeout", f"no result within {timeout:g} s"
 
-    def run(self, cell: Cell, timeout: float | None) -> tuple[dict, bool]:
+    def run(self, cell: Cell, timeout: float | None) -> tuple[ResultRecord, bool]:
         """The cell's record, and whether this worker is still usable."""
         self.conn.send(cell)
         kind, payload = self._receive(timeout)
@@ -130,8 +131,9 @@ class Worker:
             return payload, True
         self.stop()
         status = "timeout" if kind == "timeout" else "failed"
-        record = cell.config() | self.facts | {"status": status, "error": payload if status == "failed" else None,
-                                               "reason": payload if status == "timeout" else None}
+        record = ResultRecord.for_cell(cell, **self.facts, status=status,
+                                       error=payload if status == "failed" else None,
+                                       reason=payload if status == "timeout" else None)
         return record, False
 
     def stop(self) -> None:
@@ -149,7 +151,7 @@ class Worker:
 def run_sweep(
     grid: list[Cell],
     settings: WorkerSettings,
-    record_sink: Callable[[dict], None],
+    record_sink: Callable[[ResultRecord], None],
     done: set[tuple[str, int]] = frozenset(),
     cell_timeout: float | None = None,
     on_cell_start: Callable[[Cell, int | None], None] | None = None,
@@ -168,7 +170,7 @@ def run_sweep(
                 if reason is not None:
                     worker = None
             if reason is not None:
-                record_sink(cell.config() | {"status": "skipped", "reason": reason})
+                record_sink(ResultRecord.for_cell(cell, status="skipped", reason=reason))
                 continue
             if on_cell_start:
                 on_cell_start(cell, worker.pid)

@@ -30,6 +30,7 @@ from bench import training
 from bench.cost import forward_flops, train_flops
 from bench.data import Dataset, epoch_batches
 from bench.errors import BenchError
+from bench.record import ResultRecord
 from bench.shapes import check_fits, parameter_count
 from bench.spec import ModelSpec, TrainSpec
 from bench.stats import percentiles
@@ -53,13 +54,20 @@ class Cell:
 
     @property
     def cell_id(self) -> str:
+        """The cell's identity in the store: equal ids are repeats of one experiment, resumed by id."""
         t = self.train
         return "|".join(
             [self.backend, self.model.name, t.optimizer, t.activation, t.loss, f"bs{t.batch_size}",
              f"ep{t.epochs}", f"lr{t.lr:g}", t.precision, t.mode, self.dataset]
         )
 
+    @staticmethod
+    def refused_id(backend: str, model: str) -> str:
+        """The id of a model refused before any of its cells was built (it does not fit the data)."""
+        return f"{backend}|{model}|refused"
+
     def config(self) -> dict:
+        """The record fields that describe this cell (bench/record.py declares them)."""
         t = self.train
         return {
             "cell_id": self.cell_id, "repeat": self.repeat, "backend": self.backend, "model": self.model.name,
@@ -70,6 +78,12 @@ class Cell:
             "bn_momentum": t.bn_momentum, "bn_epsilon": t.bn_epsilon, "leaky_relu_slope": t.leaky_relu_slope,
             "target_accuracy": self.target_accuracy,
         }
+
+
+def refused_record(backend: str, model: str, dataset: str, reason: str) -> ResultRecord:
+    """The one record of a model left out of a sweep because it cannot fit the data."""
+    return ResultRecord.build(cell_id=Cell.refused_id(backend, model), repeat=0, backend=backend, model=model,
+                              dataset=dataset, status="skipped", reason=reason)
 
 
 class PeakRssSampler:
@@ -171,9 +185,9 @@ def _inference_throughput(backend: Backend, x: np.ndarray) -> float:
     return len(x) / (time.perf_counter() - start)
 
 
-def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | None = None) -> dict:
+def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | None = None) -> ResultRecord:
     """Train and measure one cell; always returns a record (status ok, skipped, failed or diverged)."""
-    record = cell.config() | data.describe() | {
+    record = data.describe() | {
         "framework": backend.framework, "status": "ok", "reason": None, "error": None,
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"), "timing_method": TIMING_METHOD,
     }
@@ -235,4 +249,4 @@ def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | N
     except Exception as exc:  # a backend bug must not stop the sweep: record it and go on
         record |= {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
     record["duration_seconds"] = time.perf_counter() - began
-    return record
+    return ResultRecord.for_cell(cell, **record)

@@ -9,7 +9,7 @@ steps = the optimizer and the batch rows, running statistics = BatchNorm's momen
 
 The oracle is ``NumpyBackend`` driven through the same ``Backend`` calls as the framework under
 test, so both sides run the identical experiment. Where a framework documents a formula different
-from the suite's (design.md's table), it declares it in ``semantics()``; the ladder checks it
+from the suite's (docs/architecture.md, "Framework rules"), it declares it as its ``RULES``; the ladder checks it
 against the oracle run with that rule (``reference.Rules``) and lists it as a named deviation with
 the difference the canonical rule would show, so no framework difference hides in a tolerance.
 

@@ -174,9 +174,9 @@ VOCABULARY: dict[str, tuple[str, ...]] = {
 class TrainSpec(BaseModel):
     """Everything that decides a training run, each value explicit and recorded with the result.
 
-    Defaults are the suite's fairness rules (design.md): momentum in the PyTorch form, RMSprop rho
-    0.9, Adam betas 0.9/0.999, one epsilon passed to every framework (where each framework puts
-    it differs and is recorded by the backend), decoupled weight decay, off by default.
+    The defaults are the suite's fairness rules: one value of each hyperparameter passed to every
+    framework (where each framework puts it differs and is recorded by the backend); momentum is
+    in the PyTorch form and weight decay is decoupled. ``training_rules`` renders them in words.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -208,3 +208,25 @@ class TrainSpec(BaseModel):
 
 
 DEFAULT_LEARNING_RATES = {"sgd": 0.01, "momentum": 0.01, "rmsprop": 0.001, "adam": 0.001}
+
+
+def training_rules(train: TrainSpec | None = None) -> dict[str, str]:
+    """The suite's training decisions in words, rendered from ``train`` (default: ``TrainSpec()``).
+
+    Stored with every run and shown in its report; rendered from the values rather than restated, so
+    changing a default in ``TrainSpec`` changes what the report says the rules are.
+    """
+    t = train or TrainSpec()
+    rates = ", ".join(f"{name} {rate:g}" for name, rate in DEFAULT_LEARNING_RATES.items())
+    others = " and ".join(p for p in PRECISIONS if p != t.precision)
+    return {
+        "loss": f"{t.loss} unless a sweep names others; from logits, mean over the batch, in every backend",
+        "batchnorm": f"momentum {t.bn_momentum:g} (Keras sense; torch gets {1 - t.bn_momentum:.4g}), "
+                     f"epsilon {t.bn_epsilon:g}",
+        "leaky relu slope": f"{t.leaky_relu_slope:g} everywhere",
+        "optimizers": f"every hyperparameter explicit; momentum {t.momentum:g} in the PyTorch form; "
+                      f"RMSprop rho {t.rho:g}; Adam betas {t.beta1:g}/{t.beta2:g}; eps {t.epsilon:g}; "
+                      + (f"decoupled weight decay {t.weight_decay:g}" if t.weight_decay else "no weight decay"),
+        "learning rates": f"{rates}, unless a sweep sets one rate",
+        "precision": f"{t.precision} with TF32 off by default; {others} are explicit axes",
+    }

@@ -79,7 +79,7 @@ def main() -> None:
     suite, plain = [], []
     for _ in range(args.rounds):
         record = run_cell(backend, Cell("torch", model, train, data.name), data)
-        suite.append(record["train_samples_per_s"])
+        suite.append(record.train_samples_per_s)
         plain.append(plain_loop(data, train, weights, args.epochs))
     ratios = [s / p for s, p in zip(suite, plain)]
     print(json.dumps({

@@ -19,9 +19,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from bench.stats import Estimate, benjamini_hochberg, difference_interval, ratio_interval, welch_p
 from reports import fmt
+from reports.metrics import BY_FIELD, COMPARED, Metric
 from reports.records import CONFIG_AXES, Run, config_keys, load_run
-from reports.stats import Estimate, benjamini_hochberg, difference_interval, ratio_interval, welch_p
 
 DEFAULT_NOISE_FLOOR = 0.05
 SIGNIFICANCE = 0.05
@@ -30,29 +31,6 @@ ACCURACY_FLOOR = 0.01
 """An accuracy change under one percentage point is not reported as a change."""
 
 
-@dataclass(frozen=True)
-class CompareMetric:
-    field: str
-    label: str
-    higher_is_better: bool
-    relative: bool = True
-    gates: bool = False
-    """A significant slowdown of a gating metric past --fail-on makes the comparison fail."""
-
-    @property
-    def words(self) -> tuple[str, str]:
-        return ("faster", "slower") if self.relative else ("better", "worse")
-
-
-METRICS = (
-    CompareMetric("train_samples_per_s", "train samples/s", higher_is_better=True, gates=True),
-    CompareMetric("inference_samples_per_s", "inference samples/s", higher_is_better=True, gates=True),
-    CompareMetric("step_time_ms_p50", "step time p50", higher_is_better=False),
-    CompareMetric("compile_seconds", "compile time", higher_is_better=False),
-    CompareMetric("test_accuracy", "test accuracy", higher_is_better=True, relative=False),
-)
-FORMATS = {"train_samples_per_s": fmt.rate, "inference_samples_per_s": fmt.rate,
-           "step_time_ms_p50": fmt.milliseconds, "compile_seconds": fmt.seconds, "test_accuracy": fmt.percent}
 STOPPED = "stopped finishing"
 VERDICT_ORDER = ("slower", "worse", STOPPED, "faster", "better", "now finishes", "only in A", "only in B",
                  "too few repeats", "finished in neither", "unchanged")
@@ -101,7 +79,7 @@ def _status(group: pd.DataFrame) -> str:
     return ", ".join(f"{s} {n}" for s, n in group["status"].value_counts().sort_index().items()) or "absent"
 
 
-def _verdict(metric: CompareMetric, est: Estimate, q_value: float, noise_floor: float) -> str:
+def _verdict(metric: Metric, est: Estimate, q_value: float, noise_floor: float) -> str:
     """'faster'/'slower' (or 'better'/'worse') only for a change that is real three ways over."""
     neutral = 1.0 if metric.relative else 0.0
     floor = noise_floor if metric.relative else ACCURACY_FLOOR
@@ -126,7 +104,7 @@ def _cell_rows(key: str, a: pd.DataFrame, b: pd.DataFrame) -> list[dict]:
         verdict = "finished in neither" if a_ok.empty and b_ok.empty else ("now finishes" if a_ok.empty else STOPPED)
         return [base | {"verdict": verdict}]
     rows = []
-    for metric in METRICS:
+    for metric in COMPARED:
         compare = ratio_interval if metric.relative else difference_interval
         est = compare(b_ok[metric.field], a_ok[metric.field])
         if est.ok:
@@ -143,18 +121,17 @@ def _cell_rows(key: str, a: pd.DataFrame, b: pd.DataFrame) -> list[dict]:
 def _judge(rows: list[dict], fail_on: float | None, noise_floor: float) -> pd.DataFrame:
     """Adjust p-values over all compared metrics, then give each row its verdict and gate decision."""
     q_values = benjamini_hochberg(r.get("p_value", np.nan) for r in rows)
-    by_field = {m.field: m for m in METRICS}
     for row, q_value in zip(rows, q_values):
         row["q_value"] = q_value
-        metric = by_field.get(row.get("metric"))
+        metric = BY_FIELD.get(row.get("metric"))
         if metric is None:  # a status row
             row["regression"] = row["verdict"] == STOPPED and fail_on is not None
             continue
         est = row.pop("estimate")
         row["verdict"] = _verdict(metric, est, q_value, noise_floor)
-        # gating metrics are throughputs, so B / A below 1 is the slowdown
+        loss = 1 - est.value if metric.higher_is_better else est.value - 1  # B / A: the fraction lost
         row["regression"] = (metric.gates and fail_on is not None and row["verdict"] == metric.words[1]
-                             and 1 - est.value >= fail_on)
+                             and loss >= fail_on)
     table = pd.DataFrame(rows, columns=COLUMNS)
     table["regression"] = table["regression"].astype(bool)
     return table
@@ -187,8 +164,7 @@ def compare_runs(run_a: Path, run_b: Path, fail_on: float | None = None, out: Pa
 def _change_text(row: dict) -> str:
     if pd.isna(row.get("change")):
         return ""
-    relative = row["metric"] != "test_accuracy"
-    formatter = fmt.ratio if relative else fmt.points
+    formatter = BY_FIELD[row["metric"]].change_format
     est = Estimate(row["change"], row["change_low"], row["change_high"], 2)
     return f"{formatter(row['change'])} {fmt.interval(est, formatter)}"
 
@@ -204,8 +180,13 @@ def _cell_label(row: dict) -> str:
     return " · ".join(str(p) for p in parts if isinstance(p, str))
 
 
+def _value_format(row: dict) -> fmt.Formatter:
+    metric = BY_FIELD.get(row["metric"]) if isinstance(row["metric"], str) else None
+    return metric.format if metric else fmt.sig
+
+
 def _metric_label(row: dict) -> str:
-    metric = next((m for m in METRICS if m.field == row["metric"]), None)
+    metric = BY_FIELD.get(row["metric"])
     return metric.label if metric else "status"
 
 
@@ -238,7 +219,7 @@ def print_comparison(result: CompareResult, console: Console | None = None) -> N
                               ("B / A [95%]", "right"), ("verdict", "left")):
             table.add_column(name, justify=justify)
         for row in shown.to_dict("records"):
-            formatter = FORMATS.get(row["metric"], fmt.sig) if isinstance(row["metric"], str) else fmt.sig
+            formatter = _value_format(row)
             good = row["verdict"] in ("faster", "better", "now finishes")
             style = "bold red" if row["regression"] else ("green" if good else "yellow")
             table.add_row(escape(_cell_label(row)), _metric_label(row),
@@ -265,7 +246,7 @@ def _markdown(result: CompareResult, first: Run, second: Run) -> str:
         lines += ["| cell | metric | A | B | B / A [95%] | verdict |", "|---|---|---|---|---|---|"]
         for row in shown.to_dict("records"):
             metric = row["metric"] if isinstance(row["metric"], str) else None
-            formatter = FORMATS.get(metric, fmt.sig)
+            formatter = _value_format(row)
             a = formatter(row["median_a"]) if metric else row["status_a"]
             b = formatter(row["median_b"]) if metric else row["status_b"]
             verdict = f"**{row['verdict']}**" if row["regression"] else row["verdict"]

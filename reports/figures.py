@@ -21,6 +21,7 @@ from matplotlib.ticker import LogLocator, NullFormatter
 
 from reports import fmt
 from reports.headline import ModelHeadline, pooled_estimate
+from reports.metrics import BY_FIELD
 from reports.records import CONFIG_AXES, config_keys
 
 matplotlib.rcParams.update({
@@ -85,14 +86,15 @@ def _errors(estimates) -> np.ndarray:
 
 def throughput(heads: list[ModelHeadline], colours: dict) -> FigureOut | None:
     """Grouped bars: train and inference samples/s per model, one bar per backend."""
-    panels = (("train_samples_per_s", "Training"), ("inference_samples_per_s", "Inference"))
-    if not any(r.entries[f].value.ok for h in heads for r in h.rows for f, _ in panels):
+    panels = (BY_FIELD["train_samples_per_s"], BY_FIELD["inference_samples_per_s"])
+    if not any(r.entries[m.field].value.ok for h in heads for r in h.rows for m in panels):
         return None
     variants = sorted({r.variant for h in heads for r in h.rows})
     fig = Figure(figsize=(WIDTH, 4.0), layout="constrained")
     axes = fig.subplots(1, 2)
     width = 0.8 / max(len(variants), 1)
-    for ax, (field, title) in zip(axes, panels):
+    for ax, metric in zip(axes, panels):
+        field = metric.field
         values = [r.entries[field].value.value for h in heads for r in h.rows if r.entries[field].value.ok]
         for i, variant in enumerate(variants):
             ests = [next((r.entries[field].value for r in h.rows if r.variant == variant), None) for h in heads]
@@ -106,7 +108,7 @@ def throughput(heads: list[ModelHeadline], colours: dict) -> FigureOut | None:
             ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
             ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xticks(range(len(heads)), [h.model for h in heads])
-        ax.set_title(f"{title} throughput (samples/s, higher is better)")
+        ax.set_title(f"{metric.label} (samples/s, higher is better)")
         ax.yaxis.set_major_formatter(_tick)
         ax.grid(axis="x", visible=False)
     axes[0].legend(frameon=False, fontsize=9)

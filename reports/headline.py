@@ -14,28 +14,9 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.stats import MISSING, Estimate, grouped_comparison, grouped_median_interval
+from reports.metrics import HEADLINE, Metric
 from reports.records import CONFIG_AXES, PROBLEM_STATUSES, config_keys
-from reports.stats import MISSING, Estimate, grouped_comparison, grouped_median_interval
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A headline column: which field, how to compare with the baseline, and which way is better."""
-
-    field: str
-    label: str
-    higher_is_better: bool
-    relative: bool = True
-    """Compare as a ratio (speed, memory); False compares as a difference (accuracy)."""
-
-
-HEADLINE_METRICS = (
-    Metric("test_accuracy", "Test accuracy", higher_is_better=True, relative=False),
-    Metric("train_samples_per_s", "Train throughput", higher_is_better=True),
-    Metric("inference_samples_per_s", "Inference throughput", higher_is_better=True),
-    Metric("compile_seconds", "Compile time", higher_is_better=False),
-    Metric("peak_memory_bytes", "Peak memory", higher_is_better=False),
-)
 
 
 @dataclass
@@ -135,7 +116,7 @@ def model_headline(frame: pd.DataFrame, model: str, baseline: str | None) -> Mod
         order = config_order.get(variant, [])
         everything = rows_of_model[rows_of_model["variant"] == variant]
         entries = {}
-        for metric in HEADLINE_METRICS:
+        for metric in HEADLINE:
             groups = by_config(pool, metric.field, order)
             entry = Entry(grouped_median_interval(groups))
             if base is not None and variant != base and entry.value.ok:

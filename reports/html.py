@@ -14,19 +14,17 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
+from bench.rules import CANONICAL, RULE_TEXT, RULE_TITLES, Rules
+from bench.stats import Estimate
 from reports import fmt
 from reports.figures import FigureOut
 from reports.frameworks import Evidence
-from reports.headline import HEADLINE_METRICS, Entry, Metric, ModelHeadline
+from reports.headline import Entry, ModelHeadline
+from reports.metrics import CELL_TABLE, HEADLINE, Metric
 from reports.records import PROBLEM_STATUSES, Run
-from reports.stats import Estimate
 from reports.summary import first_line
 
 TEMPLATES = Path(__file__).parent / "templates"
-FORMATS: dict[str, fmt.Formatter] = {
-    "test_accuracy": fmt.percent, "train_samples_per_s": fmt.rate, "inference_samples_per_s": fmt.rate,
-    "compile_seconds": fmt.seconds, "peak_memory_bytes": fmt.nbytes,
-}
 
 
 def _environment() -> jinja2.Environment:
@@ -43,7 +41,7 @@ def _value(est: Estimate, formatter: fmt.Formatter) -> dict:
 def _versus(entry: Entry, metric: Metric) -> dict:
     if not entry.versus.ok:
         return {"text": "", "ci": "", "cls": ""}
-    formatter = fmt.ratio if metric.relative else fmt.points
+    formatter = metric.change_format
     return {"text": formatter(entry.versus.value), "ci": fmt.interval(entry.versus, formatter),
             "cls": entry.verdict(metric)}
 
@@ -52,9 +50,9 @@ def _headline_view(head: ModelHeadline) -> dict:
     rows = []
     for row in head.rows:
         cells = []
-        for metric in HEADLINE_METRICS:
+        for metric in HEADLINE:
             entry = row.entries[metric.field]
-            cells.append(_value(entry.value, FORMATS[metric.field]) | {"versus": _versus(entry, metric)})
+            cells.append(_value(entry.value, metric.format) | {"versus": _versus(entry, metric)})
         problems = ", ".join(f"{n} {s}" for s, n in row.problems.items())
         rows.append({
             "variant": row.variant, "framework": row.framework or "", "baseline": row.is_baseline,
@@ -131,15 +129,21 @@ def _environment_view(run: Run) -> dict:
     }
 
 
-def _semantics_view(frame: pd.DataFrame) -> dict:
-    """Each backend's recorded framework facts side by side (first record that has them)."""
-    facts: dict[str, dict] = {}
+def _rules_view(frame: pd.DataFrame) -> dict:
+    """One row per framework rule (bench/rules.py), one column per backend, from the records' typed rules.
+
+    Every backend declares every rule, so each row has a value in every column; records written
+    before rules were typed have none, and the table is left out.
+    """
+    declared: dict[str, Rules] = {}
     for backend, group in frame.groupby("backend"):
-        found = next((s for s in group["semantics"] if isinstance(s, dict) and s), None)
+        found = next((r for r in group["rules"] if isinstance(r, dict) and r), None)
         if found:
-            facts[str(backend)] = found
-    keys = sorted({k for f in facts.values() for k in f})
-    return {"backends": sorted(facts), "rows": [(k, [_text(facts[b].get(k)) for b in sorted(facts)]) for k in keys]}
+            declared[str(backend)] = Rules(**{k: v for k, v in found.items() if k in RULE_TITLES})
+    names = sorted(declared)
+    rows = [(RULE_TITLES[f], [RULE_TEXT[f][getattr(declared[b], f)] + ("" if getattr(declared[b], f) == getattr(CANONICAL, f) else " *")
+                              for b in names]) for f in RULE_TITLES]
+    return {"backends": names, "rows": rows if names else []}
 
 
 def _glance(run: Run) -> list[tuple[str, str]]:
@@ -154,18 +158,16 @@ def _glance(run: Run) -> list[tuple[str, str]]:
 
 
 def _cell_rows(summary: pd.DataFrame) -> list[dict]:
-    def cell(row, metric: str, formatter: fmt.Formatter) -> dict:
-        est = Estimate(row[f"{metric}_median"], row[f"{metric}_ci_low"], row[f"{metric}_ci_high"], int(row["n_ok"]))
-        return _value(est, formatter)
+    def cell(row, metric: Metric) -> dict:
+        name = metric.field
+        est = Estimate(row[f"{name}_median"], row[f"{name}_ci_low"], row[f"{name}_ci_high"], int(row["n_ok"]))
+        return _value(est, metric.format)
 
     return [{
         "variant": r["variant"], "model": _text(r["model"]), "optimizer": _text(r["optimizer"]),
         "activation": _text(r["activation"]), "status": r["status"], "n": int(r["n_records"]),
         "status_cls": "ok" if r["status"] == "ok" else next((s for s in PROBLEM_STATUSES if r[f"n_{s}"]), ""),
-        "accuracy": cell(r, "test_accuracy", fmt.percent), "train": cell(r, "train_samples_per_s", fmt.rate),
-        "inference": cell(r, "inference_samples_per_s", fmt.rate),
-        "step": cell(r, "step_time_ms_p50", fmt.milliseconds),
-        "compile": cell(r, "compile_seconds", fmt.seconds),
+        "metrics": [cell(r, metric) for metric in CELL_TABLE],
     } for r in summary.to_dict("records")]
 
 
@@ -174,12 +176,12 @@ def render(run: Run, summary: pd.DataFrame, heads: list[ModelHeadline], figures:
     """The full page as a string."""
     context = {
         "run_name": run.name, "notes": run.notes, "glance": _glance(run), "baseline": baseline,
-        "metrics": [m.label for m in HEADLINE_METRICS],
+        "metrics": [m.label for m in HEADLINE], "cell_metrics": [m.label for m in CELL_TABLE],
         "headlines": [_headline_view(h) for h in heads],
         "figures": [_figure_view(f) for f in figures],
         "problems": _problem_rows(run.records),
         "frameworks": evidence,
-        "env": _environment_view(run), "semantics": _semantics_view(run.records),
+        "env": _environment_view(run), "semantics": _rules_view(run.records),
         "cells": _cell_rows(summary), "files": files,
     }
     return _environment().get_template("report.html.j2").render(context)

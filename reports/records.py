@@ -1,8 +1,10 @@
 """Read a run folder into a pandas frame, robust to old records, missing fields and a crash's last line.
 
 Reading parses ``results.jsonl`` with the json module line by line (never unpickles): a record
-cut short by a crash is skipped and counted, not fatal. Fields absent from older records become
-empty columns, so every later step can rely on the full schema.
+cut short by a crash is skipped and counted, not fatal. The columns are the fields bench/record.py
+declares: fields absent from older records become empty columns (and a record without
+``schema_version`` reads as version 1), so every later step can rely on the full schema; fields a
+newer version added are kept as extra columns.
 """
 
 from __future__ import annotations
@@ -16,28 +18,18 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.record import FIELD_KINDS, FIELDS, PER_EPOCH_FIELDS, SCHEMA_VERSION, STATUSES, stored_version
 from bench.store import ENVIRONMENT, RESULTS, read_records
 
-TEXT_FIELDS = (
-    "run_id", "cell_id", "status", "reason", "error", "backend", "framework", "model", "optimizer",
-    "activation", "loss", "precision", "mode", "dataset", "timing_method", "memory_method", "started_at",
-)
-NUMBER_FIELDS = (
-    "repeat", "batch_size", "epochs", "learning_rate", "seed", "n_train", "n_val", "n_test",
-    "momentum", "rho", "beta1", "beta2", "epsilon", "weight_decay", "bn_momentum", "bn_epsilon",
-    "leaky_relu_slope", "threads", "test_accuracy", "test_loss", "final_train_loss", "val_accuracy",
-    "train_samples_per_s", "train_seconds", "step_time_ms_p50", "step_time_ms_p90", "step_time_ms_p99",
-    "compile_seconds", "first_step_seconds", "warmup_seconds", "inference_samples_per_s",
-    "target_accuracy", "time_to_target_seconds", "device_seconds", "cpu_seconds_per_sample",
-    "peak_rss_bytes", "peak_device_bytes", "param_count", "flops_per_sample_forward",
-    "flops_per_sample_train", "achieved_gflops", "peak_fraction", "duration_seconds",
-)
-CURVE_FIELDS = ("epoch_train_loss", "epoch_val_loss", "epoch_val_accuracy", "epoch_seconds")
-NESTED_FIELDS = ("input_shape", "semantics") + CURVE_FIELDS
+SCHEMA = FIELDS
+"""Every field a record may hold (bench/record.py), in order: the leading columns of results.csv."""
+TEXT_FIELDS = tuple(name for name in SCHEMA if FIELD_KINDS[name] == "text")
+NUMBER_FIELDS = tuple(name for name in SCHEMA if FIELD_KINDS[name] == "number")
+NESTED_FIELDS = tuple(name for name in SCHEMA if FIELD_KINDS[name] == "nested")
 """Lists and dicts: kept as Python objects in memory, written to CSV as JSON text."""
-
-SCHEMA = (TEXT_FIELDS[:3] + ("repeat",) + TEXT_FIELDS[3:] + tuple(f for f in NUMBER_FIELDS if f != "repeat")
-          + NESTED_FIELDS)
+CURVE_FIELDS = PER_EPOCH_FIELDS
+DERIVED_FIELDS = ("variant", "peak_memory_bytes")
+"""Columns the reader adds to every frame (see records_frame); not stored in results.csv."""
 
 CONFIG_AXES = ("model", "optimizer", "activation", "loss", "batch_size", "epochs", "learning_rate",
                "precision", "dataset")
@@ -51,7 +43,6 @@ def config_keys(frame: pd.DataFrame, columns: tuple[str, ...] = CONFIG_AXES) -> 
                      index=frame.index, dtype=object)
 
 
-STATUSES = ("ok", "skipped", "failed", "diverged", "timeout")
 PROBLEM_STATUSES = STATUSES[1:]
 
 
@@ -106,7 +97,8 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
     Adds two derived columns for the report: ``variant`` (backend, plus mode where a backend ran
     several) and ``peak_memory_bytes`` (device peak where measured, else host RSS).
     """
-    frame = pd.DataFrame.from_records([{**r, "status": _status(r)} for r in records])
+    frame = pd.DataFrame.from_records([{**r, "status": _status(r), "schema_version": stored_version(r)}
+                                       for r in records])
     for name in SCHEMA:
         if name not in frame.columns:
             frame[name] = None
@@ -130,7 +122,7 @@ def _json_cell(value) -> str | None:
 
 def results_table(frame: pd.DataFrame) -> pd.DataFrame:
     """results.csv: one row per record, the stored fields only, lists and dicts as JSON text."""
-    table = frame.drop(columns=["variant", "peak_memory_bytes"])
+    table = frame.drop(columns=list(DERIVED_FIELDS))
     for name in table.columns:
         if table[name].dtype == object:
             table[name] = table[name].map(_json_cell)
@@ -186,6 +178,11 @@ def load_run(folder: Path) -> Run:
     environment = _read_environment(folder / ENVIRONMENT, notes)
     if skipped:
         notes.append(f"{skipped} incomplete or unreadable line(s) of {RESULTS} were skipped.")
+    newer = Counter(v for v in map(stored_version, records) if v > SCHEMA_VERSION)
+    if newer:
+        notes.append(f"{sum(newer.values())} record(s) were written by a newer record schema "
+                     f"(version {', '.join(map(str, sorted(newer)))}; this reader knows {SCHEMA_VERSION}): "
+                     "fields it does not know are kept in results.csv but not shown.")
     unknown = Counter(r["status"] for r in records if r.get("status") not in (None, *STATUSES))
     if unknown:
         notes.append("Unknown statuses: " + ", ".join(f"{s} ({n})" for s, n in sorted(unknown.items())) + ".")

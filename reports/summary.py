@@ -9,18 +9,10 @@ from __future__ import annotations
 
 import pandas as pd
 
+from bench.stats import median_interval
+from reports.metrics import METRICS
 from reports.records import CONFIG_AXES, STATUSES
-from reports.stats import median_interval
 
-METRICS = (
-    "test_accuracy", "test_loss", "final_train_loss", "val_accuracy",
-    "train_samples_per_s", "train_seconds", "step_time_ms_p50", "step_time_ms_p90", "step_time_ms_p99",
-    "compile_seconds", "first_step_seconds", "warmup_seconds", "inference_samples_per_s",
-    "time_to_target_seconds", "device_seconds", "cpu_seconds_per_sample",
-    "peak_rss_bytes", "peak_device_bytes", "peak_memory_bytes", "param_count",
-    "flops_per_sample_forward", "flops_per_sample_train", "achieved_gflops", "peak_fraction",
-    "duration_seconds",
-)
 CELL_KEYS = ("variant", "backend", "mode") + CONFIG_AXES
 
 
@@ -58,7 +50,8 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
         row |= {"n_records": len(group)} | {f"n_{s}": c for s, c in counts.items()}
         row |= {"status": _status_text(counts, len(group)), "reason": _why(group)}
         for metric in METRICS:
-            est = median_interval(ok[metric])
-            row |= {f"{metric}_median": est.value, f"{metric}_ci_low": est.low, f"{metric}_ci_high": est.high}
+            est = median_interval(ok[metric.field])
+            name = metric.field
+            row |= {f"{name}_median": est.value, f"{name}_ci_low": est.low, f"{name}_ci_high": est.high}
         rows.append(row)
     return pd.DataFrame(rows)

@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.record import SCHEMA_VERSION
+from reports.headline import headlines
+from reports.metrics import HEADLINE
+from reports.records import load_run
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -72,6 +77,11 @@ def test_a_run_writes_the_folder_records_every_outcome_and_resumes(tmp_path):
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(records) == 4 and {r["status"] for r in records} == {"ok"}
     assert {r["model"] for r in records} == {"tiny", "mlp"}
+    assert {(r["schema_version"], r["run_id"]) for r in records} == {(SCHEMA_VERSION, "run")}
+    for head in headlines(load_run(out).records, "torch"):  # the terminal shows the report's headline
+        entry = head.rows[0].entries
+        for metric in HEADLINE:
+            assert metric.format(entry[metric.field].value.value) in first.stdout, (head.model, metric.field)
     environment = json.loads((out / "environment.json").read_text())
     assert environment["versions"]["torch"].startswith("2.") and environment["matmul_peak_gflops"] > 0
 
@@ -93,6 +103,7 @@ def test_a_default_model_that_cannot_fit_is_skipped_once_with_the_reason(tmp_pat
     assert bench(*args).returncode == 0
     assert bench(*args).returncode == 0  # resumed: nothing new, nothing duplicated
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert all(r["schema_version"] == SCHEMA_VERSION for r in records)
     assert sorted((r["model"], r["status"]) for r in records) == [
         ("cnn", "skipped"), ("mlp", "ok"), ("mlp_bn", "ok"), ("mlp_dropout", "ok")]
     assert "does not fit" in next(r["reason"] for r in records if r["model"] == "cnn")

@@ -23,17 +23,18 @@ MEASURED = [
 def test_an_ok_record_holds_every_measured_figure_and_its_configuration(mnist_small):
     cell = Cell("torch", SEED_MODELS["mlp"], TrainSpec(batch_size=32, epochs=2), "mnist-sample", target_accuracy=0.5)
     record = run_cell(loaded_backend("torch"), cell, mnist_small, peak_gflops=10.0)
-    assert record["status"] == "ok", record.get("error")
+    assert record.status == "ok", record.error
     for key in MEASURED:
-        assert isinstance(record[key], (int, float)) and math.isfinite(record[key]) and record[key] >= 0, key
-    assert record["param_count"] == 101770 and record["mode"] == "eager"
-    assert len(record["epoch_val_accuracy"]) == len(record["epoch_seconds"]) == 2
-    assert record["train_seconds"] == pytest.approx(sum(record["epoch_seconds"]))
-    assert record["train_samples_per_s"] == pytest.approx(2 * (900 // 32) * 32 / record["train_seconds"])
-    assert record["time_to_target_seconds"] is not None and record["time_to_target_seconds"] <= record["train_seconds"]
-    assert record["peak_fraction"] == pytest.approx(record["achieved_gflops"] / 10.0)
-    assert record["rules"]["bn_running_variance"] == "unbiased" and record["bn_epsilon"] == 1e-3 and record["epsilon"] == 1e-7
-    assert record["step_time_ms_p50"] <= record["step_time_ms_p99"]
+        value = getattr(record, key)
+        assert isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, key
+    assert record.param_count == 101770 and record.mode == "eager"
+    assert len(record.epoch_val_accuracy) == len(record.epoch_seconds) == 2
+    assert record.train_seconds == pytest.approx(sum(record.epoch_seconds))
+    assert record.train_samples_per_s == pytest.approx(2 * (900 // 32) * 32 / record.train_seconds)
+    assert record.time_to_target_seconds is not None and record.time_to_target_seconds <= record.train_seconds
+    assert record.peak_fraction == pytest.approx(record.achieved_gflops / 10.0)
+    assert record.rules["bn_running_variance"] == "unbiased" and record.bn_epsilon == 1e-3 and record.epsilon == 1e-7
+    assert record.step_time_ms_p50 <= record.step_time_ms_p99
 
 
 def test_warm_up_never_changes_what_is_trained(mnist_small):
@@ -41,29 +42,29 @@ def test_warm_up_never_changes_what_is_trained(mnist_small):
     cell = Cell("torch", SEED_MODELS["mlp"], TrainSpec(batch_size=64), "mnist-sample")
     first = run_cell(loaded_backend("torch"), cell, mnist_small)
     second = run_cell(loaded_backend("torch"), cell, mnist_small)
-    assert first["epoch_train_loss"] == pytest.approx(second["epoch_train_loss"], rel=1e-6)
-    assert first["test_accuracy"] == second["test_accuracy"]
+    assert first.epoch_train_loss == pytest.approx(second.epoch_train_loss, rel=1e-6)
+    assert first.test_accuracy == second.test_accuracy
 
 
 def test_a_nan_loss_is_recorded_as_diverged(mnist_small):
     train = TrainSpec(optimizer="sgd", learning_rate=1e6, activation="linear", batch_size=64)
     record = run_cell(loaded_backend("torch"), Cell("torch", SEED_MODELS["mlp"], train, "mnist-sample"), mnist_small)
-    assert record["status"] == "diverged" and "nan" in record["reason"]
+    assert record.status == "diverged" and "nan" in record.reason
 
 
 def test_unsupported_settings_and_misfit_models_are_skipped_with_the_reason(mnist_small):
     backend = loaded_backend("torch")
     record = run_cell(backend, Cell("torch", SEED_MODELS["mlp"], TrainSpec(precision="tf32"), "mnist-sample"), mnist_small)
-    assert record["status"] == "skipped" and "tf32 needs an NVIDIA GPU" in record["reason"]
+    assert record.status == "skipped" and "tf32 needs an NVIDIA GPU" in record.reason
     from bench.data import load_dataset
 
     digits = load_dataset("digits")
     record = run_cell(backend, Cell("torch", SEED_MODELS["cnn"], TrainSpec(), "digits"), digits)
-    assert record["status"] == "skipped" and "does not fit" in record["reason"]
+    assert record.status == "skipped" and "does not fit" in record.reason
 
 
 def test_without_a_probe_there_are_no_step_percentiles_but_compile_time_still_is_measured(mnist_small):
     cell = Cell("torch", SEED_MODELS["mlp"], TrainSpec(batch_size=64), "mnist-sample", probe_steps=0)
     record = run_cell(loaded_backend("torch"), cell, mnist_small)
-    assert record["status"] == "ok" and record["step_time_samples"] == 0 and record["step_time_ms_p50"] is None
-    assert record["compile_seconds"] >= 0 and record["warmup_seconds"] == record["first_step_seconds"]
+    assert record.status == "ok" and record.step_time_samples == 0 and record.step_time_ms_p50 is None
+    assert record.compile_seconds >= 0 and record.warmup_seconds == record.first_step_seconds

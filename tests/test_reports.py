@@ -1,6 +1,6 @@
 """Reports from a synthetic but realistic run folder: CSVs, the HTML page, figures, comparisons.
 
-The records follow the store's schema (bench/harness.py) with made-up but plausible numbers, so
+The records follow the record schema (bench/record.py) with made-up but plausible numbers, so
 these tests need no framework and run in seconds; what they check is the reports' behaviour:
 shapes and medians of the tables, escaping and self-containment of the page, tolerance of a
 truncated results file, and that a comparison separates a real slowdown from noise.
@@ -21,9 +21,13 @@ import pandas as pd
 import pytest
 
 from bench.errors import BenchError
+from bench.harness import Cell
+from bench.record import ResultRecord
+from bench.rules import CANONICAL, RULE_TITLES, Rules
+from bench.spec import SEED_MODELS, TrainSpec
 from reports import add_compare_arguments, add_report_arguments, build_report, compare_runs, main_compare, main_report
+from reports.metrics import METRICS
 from reports.records import SCHEMA
-from reports.summary import METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_NAME = "<script>alert('x')</script>"
@@ -37,28 +41,26 @@ ACCURACY = {"relu": 0.965, "tanh": 0.955, "sigmoid": 0.925}
 def make_record(backend: str, mode: str, model: str, optimizer: str, activation: str, repeat: int,
                 rng: np.random.Generator, *, speed_factor: float = 1.0, noise: float = 0.03,
                 status: str = "ok", message: str | None = None, run_id: str = RUN_NAME) -> dict:
-    """One result record as bench/harness.py writes it; timings jitter by ``noise`` (relative)."""
+    """One result record as bench/harness.py writes it (checked against the record schema); timings
+    jitter by ``noise`` (relative)."""
     epochs, n_train, batch = 3, 8000, 128
-    cell_id = "|".join([backend, model, optimizer, activation, "cce", f"bs{batch}", f"ep{epochs}", "lr0.001",
-                        "fp32", mode, "mnist-sample"])
-    record = {
-        "run_id": run_id, "cell_id": cell_id, "repeat": repeat, "status": status, "reason": None, "error": None,
-        "backend": backend, "framework": {"torch": "torch 2.13.0", "tf": "tensorflow 2.21.0 / keras 3.15.0",
-                                          "jax": "jax 0.10.0 / flax 0.12.0", "numpy": "numpy 2.1"}[backend],
-        "model": model, "optimizer": optimizer, "activation": activation, "loss": "cce", "batch_size": batch,
-        "epochs": epochs, "learning_rate": 0.001, "seed": repeat, "precision": "fp32", "requested_mode": mode,
-        "mode": mode, "dataset": "mnist-sample", "n_train": n_train, "n_val": 0, "n_test": 2000,
-        "input_shape": [28, 28, 1], "momentum": 0.0, "rho": 0.9, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-7,
-        "weight_decay": 0.0, "bn_momentum": 0.99, "bn_epsilon": 1e-3, "leaky_relu_slope": 0.01,
-        "semantics": {"rmsprop_epsilon": "inside sqrt" if backend == "tf" else "outside sqrt",
-                      "threads": "set_num_threads(2)"},
+    train = TrainSpec(optimizer=optimizer, activation=activation, batch_size=batch, epochs=epochs, learning_rate=0.001,
+                      seed=repeat, mode=mode)
+    cell = Cell(backend, SEED_MODELS.get(model, SEED_MODELS["mlp"]), train, "mnist-sample", repeat=repeat)
+    record = cell.config() | {
+        "run_id": run_id, "status": status, "reason": None, "error": None,
+        "framework": {"torch": "torch 2.13.0", "tf": "tensorflow 2.21.0 / keras 3.15.0",
+                      "jax": "jax 0.10.0 / flax 0.12.0", "numpy": "numpy 2.1"}[backend],
+        "model": model, "dataset": "mnist-sample", "n_train": n_train, "n_val": 0, "n_test": 2000,
+        "input_shape": [28, 28, 1],
+        "rules": (Rules(rmsprop_eps="inside_sqrt", adam_eps="uncorrected") if backend == "tf" else CANONICAL).as_dict(),
         "threads": 2, "started_at": "2025-01-02T03:04:05+00:00", "timing_method": "perf_counter per epoch",
-        "target_accuracy": 0.9,
     }
     if status == "skipped":
-        return record | {"reason": message}
+        return ResultRecord.build(**record | {"reason": message}).to_json_dict()
     if status == "failed":
-        return record | {"error": message, "traceback": "Traceback (most recent call last):\n  ...\n" + str(message)}
+        trace = "Traceback (most recent call last):\n  ...\n" + str(message)
+        return ResultRecord.build(**record | {"error": message, "traceback": trace}).to_json_dict()
     jitter = lambda: float(np.exp(rng.normal(0.0, noise)))  # noqa: E731
     speed = BASE_SPEED[(backend, mode)] * MODEL_COST[model] * speed_factor * jitter()
     accuracy = ACCURACY[activation] - (0.01 if optimizer == "sgd" else 0.0) + rng.normal(0, 0.002)
@@ -74,14 +76,14 @@ def make_record(backend: str, mode: str, model: str, optimizer: str, activation:
         "step_time_ms_p99": 1.3e3 * batch / speed, "compile_seconds": compile_s,
         "first_step_seconds": compile_s + batch / speed, "warmup_seconds": compile_s + 3 * batch / speed,
         "inference_samples_per_s": 4 * speed, "time_to_target_seconds": epoch_s[0] if curve[0] >= 0.9 else None,
-        "device_seconds": None, "cpu_seconds_per_sample": 2 / speed, "peak_rss_bytes": 600e6 * jitter(),
+        "device_seconds": None, "cpu_seconds_per_sample": 2 / speed, "peak_rss_bytes": int(600e6 * jitter()),
         "peak_device_bytes": None, "memory_method": "psutil RSS", "param_count": 101_770,
         "flops_per_sample_forward": 203_530, "flops_per_sample_train": 610_590,
         "achieved_gflops": 610_590 * speed / 1e9, "peak_fraction": 0.05, "duration_seconds": 3 * sum(epoch_s),
     }
     if status == "diverged":
         record |= {"reason": message, "test_accuracy": None, "epoch_train_loss": [0.9, float("nan")]}
-    return record
+    return ResultRecord.build(**record).to_json_dict()
 
 
 def make_records(seed: int = 0, speed_factor: float = 1.0, noise: float = 0.03, repeats: int = 3) -> list[dict]:
@@ -156,7 +158,8 @@ def test_summary_has_one_row_per_cell_with_the_right_medians(built):
     summary = pd.read_csv(result.summary_csv)
     assert len(summary) == len({r["cell_id"] for r in records})
     for metric in METRICS:
-        assert {f"{metric}_median", f"{metric}_ci_low", f"{metric}_ci_high"} <= set(summary.columns)
+        name = metric.field
+        assert {f"{name}_median", f"{name}_ci_low", f"{name}_ci_high"} <= set(summary.columns)
     cell = [r for r in records if r["cell_id"].startswith("tf|mlp|adam|relu|")]
     row = summary[(summary["variant"] == "tf") & (summary["model"] == "mlp") & (summary["optimizer"] == "adam")
                   & (summary["activation"] == "relu")].iloc[0]
@@ -208,7 +211,7 @@ def test_page_shows_headline_ratios_problems_and_frameworks(built):
     assert re.search(r'class="cmp better">1\.2\d*x', page.replace("×", "x"))
     assert re.search(r'class="cmp worse">0\.7\d*x', page.replace("×", "x"))  # tf: ~0.79x
     for text in ("diverged", "training loss became nan at epoch 2, step 7", "Keras / TensorFlow",
-                 "compiled vs eager: 1.", "Harder inside jit", "inside sqrt", "0.99 (Keras sense)"):
+                 "compiled vs eager: 1.", "Harder inside jit", "inside the root: w -= lr*g / sqrt(v + eps) *", "0.99 (Keras sense)"):
         assert text in page, text
 
 
@@ -345,3 +348,15 @@ def test_page_renders_with_figures_in_headless_chromium(built, tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "screenshot_report.py"), str(broken),
                            "--out", str(tmp_path / "broken.png")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "BLANK" in done.stdout
+
+
+def test_the_rules_table_has_one_row_per_rule_with_a_value_for_every_backend(built):
+    from reports.html import _rules_view
+    from reports.records import load_run
+
+    view = _rules_view(load_run(built[0].run_dir).records)
+    assert view["backends"] == ["jax", "tf", "torch"]
+    assert [title for title, _ in view["rows"]] == list(RULE_TITLES.values())
+    assert all(len(values) == 3 and all(values) for _, values in view["rows"])
+    adam = dict(view["rows"])["Adam epsilon"]
+    assert adam[1].endswith(" *") and not adam[0].endswith(" *")  # tf's uncorrected epsilon is marked as a deviation

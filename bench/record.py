@@ -1,0 +1,205 @@
+"""The result record: the one declaration of every field a line of ``results.jsonl`` may hold.
+
+Every writer (the harness, the executor's failure and skip paths, the CLI's refused models) builds
+its records here, so a field is named, typed and described once; ``reports/`` derives its columns
+from the same declaration. Records carry ``schema_version`` (like asv's ``api_version``): records
+written before it existed count as version 1. Writing is strict (an undeclared field is a bug in
+the writer); reading is tolerant (old records miss fields, which read as None; newer records may
+hold fields this version does not know, which are kept as extras).
+
+To add a field: declare it below with a type and a one-line description, set it where the value is
+measured, and bump ``SCHEMA_VERSION`` only when an existing field changes meaning or type (adding
+an optional field keeps old records valid, so it needs no bump). A metric the reports show also
+gets one row in ``reports/metrics.py``.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from bench.harness import Cell
+
+SCHEMA_VERSION = 2
+"""Version written into every new record."""
+LEGACY_SCHEMA_VERSION = 1
+"""What a record without ``schema_version`` is: written before records were versioned."""
+
+Status = Literal["ok", "skipped", "failed", "diverged", "timeout"]
+STATUSES: tuple[str, ...] = typing.get_args(Status)
+WRITE_REQUIRED = ("cell_id", "repeat", "backend", "status")
+"""Fields no new record may lack: they say which cell a record is about and how it ended."""
+
+
+def _field(description: str, **extra: Any) -> Any:
+    return Field(default=None, description=description, json_schema_extra=extra or None)
+
+
+def _curve(description: str) -> Any:
+    return _field(description, per_epoch=True)
+
+
+class ResultRecord(BaseModel):
+    """One cell and repeat of a run: its configuration, where it ran, how it ended and what it measured."""
+
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: int = Field(default=SCHEMA_VERSION,
+                                description="Version of this schema the record was written with (absent: 1)")
+
+    # identity and outcome
+    run_id: str | None = _field("Name of the run (its folder's name)")
+    cell_id: str | None = _field("The cell: backend, model and training axes joined by '|' (bench/harness.py Cell)")
+    repeat: int | None = _field("Repeat index; repeat r trains from seed + r")
+    status: Status | None = _field("ok, skipped (see reason), failed (see error), diverged or timeout")
+    reason: str | None = _field("Why the cell was skipped, diverged or timed out")
+    error: str | None = _field("The exception that failed the cell, as 'Type: message'")
+    traceback: str | None = _field("Full traceback of a failed cell")
+
+    # configuration (bench/harness.py Cell.config)
+    backend: str | None = _field("Suite backend name: torch, tf, jax or numpy")
+    framework: str | None = _field("Framework and version the backend ran, e.g. 'torch 2.13.0'")
+    model: str | None = _field("Model spec name")
+    optimizer: str | None = _field("sgd, momentum, rmsprop or adam")
+    activation: str | None = _field("Hidden activation of the model")
+    loss: str | None = _field("Loss name: cce, mse, mae, bce or hinge")
+    batch_size: int | None = _field("Samples per training step")
+    epochs: int | None = _field("Timed training epochs")
+    learning_rate: float | None = _field("Learning rate actually used")
+    seed: int | None = _field("Seed of the weights and batch order (already offset by the repeat)")
+    precision: str | None = _field("fp32, tf32 or bf16")
+    requested_mode: str | None = _field("Execution mode asked for ('default' or a backend mode)")
+    mode: str | None = _field("Execution mode the backend ran (eager, compiled, graph, jit, ...)")
+    momentum: float | None = _field("SGD momentum (PyTorch form); 0 unless the optimizer is momentum")
+    rho: float | None = _field("RMSprop decay")
+    beta1: float | None = _field("Adam first-moment decay")
+    beta2: float | None = _field("Adam second-moment decay")
+    epsilon: float | None = _field("Optimizer epsilon passed to every framework")
+    weight_decay: float | None = _field("Decoupled weight decay")
+    bn_momentum: float | None = _field("BatchNorm momentum, Keras sense (weight of the old statistic)")
+    bn_epsilon: float | None = _field("BatchNorm epsilon")
+    leaky_relu_slope: float | None = _field("Negative slope of leaky ReLU")
+    target_accuracy: float | None = _field("Validation accuracy that time_to_target_seconds waits for")
+
+    # data (bench/data.py Dataset.describe)
+    dataset: str | None = _field("Dataset name")
+    input_shape: list[int] | None = _field("Shape of one sample, channels last")
+    num_classes: int | None = _field("Number of classes")
+    n_train: int | None = _field("Training samples")
+    n_val: int | None = _field("Validation samples (held out of the training split)")
+    n_test: int | None = _field("Test samples")
+    data_source: str | None = _field("Where the data came from (bundled file, folder, generator)")
+
+    # where it ran (bench/executor.py worker facts)
+    threads: int | None = _field("Intra-op threads the suite gave every backend")
+    cpu_set: list[int] | None = _field("CPU cores the worker was pinned to")
+    device: str | None = _field("Device the backend ran on, as the framework names it")
+    backend_threads: dict[str, int | str] | None = _field("Thread pools as the framework reports them")
+    framework_versions: dict[str, str] | None = _field("Versions of the framework's packages in the worker")
+    worker_pid: int | None = _field("Process id of the worker that ran the cell")
+    rules: dict[str, str] | None = _field("The framework rules the backend follows (bench/rules.py: one fixed key set)")
+    mode_description: str | None = _field("What the execution mode runs (tf.function, jax.jit, ...)")
+
+    # model cost (bench/shapes.py, bench/cost.py)
+    param_count: int | None = _field("Trainable and non-trainable parameters")
+    flops_per_sample_forward: int | None = _field("FLOPs of one forward pass of one sample")
+    flops_per_sample_train: int | None = _field("FLOPs of one training step per sample (forward + backward)")
+
+    # warm-up and step times (bench/harness.py)
+    started_at: str | None = _field("UTC time the cell started, ISO 8601")
+    timing_method: str | None = _field("How the training clock was read")
+    first_step_seconds: float | None = _field("The first training step alone, synchronised (tracing, compilation)")
+    warmup_seconds: float | None = _field("First step plus the step-time probe")
+    step_time_ms_p50: float | None = _field("Median of individually synchronised steps, ms")
+    step_time_ms_p90: float | None = _field("90th percentile step time, ms")
+    step_time_ms_p99: float | None = _field("99th percentile step time, ms")
+    step_time_samples: int | None = _field("Steps in the step-time probe (0: no percentiles)")
+    compile_seconds: float | None = _field("First step minus a mean steady-state step: the compile cost")
+
+    # steady-state training
+    epoch_train_loss: list[float | None] | None = _curve("Mean training loss of each epoch")
+    epoch_val_loss: list[float | None] | None = _curve("Validation loss after each epoch")
+    epoch_val_accuracy: list[float | None] | None = _curve("Validation accuracy after each epoch")
+    epoch_seconds: list[float | None] | None = _curve("Wall seconds of each timed epoch")
+    final_train_loss: float | None = _field("Mean training loss of the last epoch")
+    val_accuracy: float | None = _field("Validation accuracy after the last epoch")
+    train_seconds: float | None = _field("Wall seconds of all timed epochs")
+    train_samples_per_s: float | None = _field("Training throughput over the timed epochs")
+    cpu_seconds_per_sample: float | None = _field("Process CPU seconds per training sample")
+    time_to_target_seconds: float | None = _field("Training seconds until validation accuracy reached the target")
+    device_seconds: float | None = _field("Device (GPU) time of the timed epochs")
+    device_time_method: str | None = _field("How device time was measured")
+    achieved_gflops: float | None = _field("Training FLOP rate, GFLOP/s")
+    peak_fraction: float | None = _field("achieved_gflops over the machine's measured matmul peak")
+
+    # evaluation and memory
+    test_loss: float | None = _field("Loss on the test split")
+    test_accuracy: float | None = _field("Accuracy on the test split")
+    inference_samples_per_s: float | None = _field("Prediction throughput on the test split")
+    peak_rss_bytes: int | None = _field("Peak resident memory of the worker while training")
+    peak_device_bytes: int | None = _field("Peak device memory while training (None on CPU)")
+    memory_method: str | None = _field("How host and device memory were measured")
+    duration_seconds: float | None = _field("Wall seconds the whole cell took, set-up to evaluation")
+
+    @classmethod
+    def build(cls, **fields: Any) -> ResultRecord:
+        """A new record at the current schema version; an undeclared or missing key field is a writer's bug."""
+        record = cls.model_validate(fields | {"schema_version": SCHEMA_VERSION})
+        if record.model_extra:
+            raise TypeError(f"fields not in the record schema: {', '.join(sorted(record.model_extra))}; "
+                            "declare them in bench/record.py")
+        missing = [name for name in WRITE_REQUIRED if getattr(record, name) is None]
+        if missing:
+            raise TypeError(f"a result record needs {', '.join(missing)}")
+        return record
+
+    @classmethod
+    def for_cell(cls, cell: Cell, **fields: Any) -> ResultRecord:
+        """A record of ``cell``: its configuration, then ``fields`` (which win, e.g. the resolved mode)."""
+        return cls.build(**(cell.config() | fields))
+
+    @classmethod
+    def read(cls, stored: dict) -> ResultRecord:
+        """A stored record of any version: missing fields read as None, unknown ones are kept as extras."""
+        return cls.model_validate({"schema_version": stored_version(stored)} | stored)
+
+    def with_fields(self, **fields: Any) -> ResultRecord:
+        """This record with more fields set (the worker's facts, the run id), validated again."""
+        return type(self).build(**(self.to_json_dict() | fields))
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The fields its writer set (and the version), in schema order, as JSON-ready values."""
+        return self.model_dump(mode="json", exclude_unset=True) | {"schema_version": self.schema_version}
+
+
+def stored_version(stored: dict) -> int:
+    """The schema version of a stored record (1 for records written before versions existed)."""
+    version = stored.get("schema_version")
+    return version if isinstance(version, int) else LEGACY_SCHEMA_VERSION
+
+
+def _kind(annotation: Any) -> str:
+    """'text', 'number' or 'nested' (lists and dicts), from a field's type."""
+    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    base = next((a for a in args if a is not type(None)), annotation)
+    origin = typing.get_origin(base) or base
+    if origin in (list, dict):
+        return "nested"
+    if origin in (int, float):
+        return "number"
+    if origin in (str, Literal):
+        return "text"
+    raise TypeError(f"record field type {annotation!r} is not text, a number, a list or a dict")
+
+
+FIELDS: tuple[str, ...] = tuple(ResultRecord.model_fields)
+"""Every declared field, in schema order."""
+FIELD_KINDS: dict[str, str] = {name: _kind(info.annotation) for name, info in ResultRecord.model_fields.items()}
+PER_EPOCH_FIELDS: tuple[str, ...] = tuple(
+    name for name, info in ResultRecord.model_fields.items() if (info.json_schema_extra or {}).get("per_epoch")
+)
+"""Lists with one value per timed epoch (the training curves)."""

@@ -1,0 +1,159 @@
+"""The record schema has one owner: every writer's records validate against it, readers tolerate
+old and newer records, and the reports and the suite's rules derive from the declarations."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import backends
+from bench.executor import WorkerSettings, run_sweep
+from bench.harness import Cell, refused_record, run_cell
+from bench.record import FIELD_KINDS, FIELDS, LEGACY_SCHEMA_VERSION, SCHEMA_VERSION, ResultRecord
+from bench.spec import SEED_MODELS, TrainSpec, training_rules
+from bench.store import RunStore, read_records
+from reports import build_report
+from reports.metrics import METRICS
+from reports.records import DERIVED_FIELDS, NESTED_FIELDS, NUMBER_FIELDS, SCHEMA, TEXT_FIELDS, load_run
+from tests.conftest import loaded_backend
+
+ROOT = Path(__file__).resolve().parents[1]
+V1_RUN = ROOT / "tests" / "fixtures" / "run_v1"
+
+
+def _stored(records: list[ResultRecord], folder: Path) -> list[dict]:
+    """The records as a run folder holds them: through the store, read back as JSON."""
+    store = RunStore(folder)
+    for record in records:
+        store.append(record.to_json_dict())
+    return read_records(store.results)[0]
+
+
+def _assert_valid_current(stored: dict) -> None:
+    assert stored["schema_version"] == SCHEMA_VERSION
+    assert set(stored) <= set(FIELDS), set(stored) - set(FIELDS)
+    record = ResultRecord.read(stored)
+    assert record.schema_version == SCHEMA_VERSION and not record.model_extra
+
+
+def test_every_record_of_a_real_torch_cell_is_declared_and_versioned(tmp_path, mnist_small):
+    pytest.importorskip("torch")
+    cell = Cell("torch", SEED_MODELS["mlp"], TrainSpec(batch_size=64), "mnist-sample", probe_steps=3)
+    ok = run_cell(loaded_backend("torch"), cell, mnist_small)
+    skipped = run_cell(loaded_backend("torch"), Cell("torch", SEED_MODELS["mlp"], TrainSpec(precision="tf32"),
+                                                     "mnist-sample"), mnist_small)
+    stored = _stored([ok, skipped, refused_record("torch", "cnn", "digits", "does not fit")], tmp_path)
+    for record in stored:
+        _assert_valid_current(record)
+    assert [r["status"] for r in stored] == ["ok", "skipped", "skipped"]
+    assert stored[0]["cell_id"] == cell.cell_id and stored[0]["test_accuracy"] > 0.5
+    assert stored[2]["cell_id"] == Cell.refused_id("torch", "cnn")
+
+
+def test_the_executor_failure_paths_write_declared_versioned_records(tmp_path, monkeypatch):
+    """A cell whose data cannot load fails inside the worker, a killed worker fails its cell from the
+    parent, and a backend that is not installed is skipped: all three records follow the schema."""
+    pytest.importorskip("torch")
+    settings = WorkerSettings(threads=1, cpu_set=(sorted(os.sched_getaffinity(0))[0],), device="cpu",
+                              data_dir=None, val_split=0.1, train_size=300, test_size=100, peak_gflops=None)
+    train = TrainSpec(batch_size=64)
+    cells = [Cell("torch", SEED_MODELS["mlp"], train, "nosuch"),
+             Cell("torch", SEED_MODELS["mlp"], train, "mnist-sample", repeat=1),
+             Cell("tf", SEED_MODELS["mlp"], train, "mnist-sample")]
+
+    def kill_second(cell, pid):
+        if cell.repeat == 1:
+            os.kill(pid, signal.SIGKILL)
+
+    real_reason = backends.unavailable_reason
+    monkeypatch.setattr(backends, "unavailable_reason", lambda name: "not here" if name == "tf" else real_reason(name))
+    records: list[ResultRecord] = []
+    run_sweep(cells, settings, records.append, on_cell_start=kill_second)
+    stored = _stored(records, tmp_path)
+    assert [(r["status"], r["backend"]) for r in stored] == [("failed", "torch"), ("failed", "torch"), ("skipped", "tf")]
+    for record in stored:
+        _assert_valid_current(record)
+    assert stored[0]["traceback"] and stored[0]["worker_pid"]  # failed inside the worker: its facts are kept
+    assert "died with exit code -9" in stored[1]["error"] and stored[1]["framework_versions"]["torch"]
+    assert stored[2]["reason"] == "not here"
+
+
+def test_writing_an_undeclared_field_or_no_status_is_refused():
+    with pytest.raises(TypeError, match="not in the record schema: new_metric; declare them in bench/record.py"):
+        ResultRecord.build(cell_id="a", repeat=0, backend="torch", status="ok", new_metric=1.0)
+    with pytest.raises(TypeError, match="needs status"):
+        ResultRecord.build(cell_id="a", repeat=0, backend="torch")
+
+
+def test_reading_keeps_unknown_fields_and_fills_missing_ones():
+    newer = ResultRecord.read({"schema_version": 3, "cell_id": "a", "status": "ok", "energy_joules": 12.5})
+    assert newer.schema_version == 3 and newer.model_extra == {"energy_joules": 12.5}
+    old = ResultRecord.read({"backend": "torch", "train_samples_per_s": 100.0})
+    assert old.schema_version == LEGACY_SCHEMA_VERSION and old.test_accuracy is None and old.status is None
+
+
+def test_a_report_keeps_and_notes_fields_of_a_newer_schema(tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(V1_RUN, folder)
+    with open(folder / "results.jsonl", "a", encoding="utf-8") as handle:
+        newest = json.loads((V1_RUN / "results.jsonl").read_text().splitlines()[0])
+        handle.write(json.dumps(newest | {"schema_version": SCHEMA_VERSION + 1, "energy_joules": 3.5}) + "\n")
+    result = build_report(folder)
+    table = pd.read_csv(result.results_csv)
+    assert table["energy_joules"].dropna().tolist() == [3.5]
+    assert f"written by a newer record schema (version {SCHEMA_VERSION + 1}" in result.html.read_text(encoding="utf-8")
+
+
+def test_a_run_written_before_the_schema_version_still_reports(tmp_path):
+    folder = tmp_path / "run_v1"
+    shutil.copytree(V1_RUN, folder)
+    stored, skipped = read_records(folder / "results.jsonl")
+    assert skipped == 0 and all("schema_version" not in r for r in stored)
+    assert {ResultRecord.read(r).schema_version for r in stored} == {LEGACY_SCHEMA_VERSION}
+    done = subprocess.run([sys.executable, "-m", "bench", "report", str(folder)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"({len(stored)} records" in done.stdout
+    frame = load_run(folder).records
+    assert set(frame["schema_version"]) == {LEGACY_SCHEMA_VERSION}
+    assert (pd.read_csv(folder / "results.csv")["schema_version"] == LEGACY_SCHEMA_VERSION).all()
+    page = (folder / "report.html").read_text(encoding="utf-8")
+    assert "does not fit" in page and "Train throughput" in page  # the refused CNN and the headline
+
+
+def test_the_reports_columns_and_metrics_come_from_the_schema():
+    kinds = (TEXT_FIELDS, NUMBER_FIELDS, NESTED_FIELDS)
+    assert sorted(sum(kinds, ())) == sorted(SCHEMA) == sorted(FIELDS)
+    assert {"rules", "framework_versions", "backend_threads", "cpu_set", "input_shape"} <= set(NESTED_FIELDS)
+    assert {"device", "data_source", "requested_mode", "traceback", "memory_method"} <= set(TEXT_FIELDS)
+    assert FIELD_KINDS["step_time_samples"] == FIELD_KINDS["worker_pid"] == "number"
+    for metric in METRICS:
+        assert metric.field in FIELDS or metric.field in DERIVED_FIELDS, metric.field
+        if metric.field in FIELDS:
+            assert FIELD_KINDS[metric.field] == "number", metric.field
+    assert len({m.field for m in METRICS}) == len(METRICS)
+
+
+@pytest.mark.parametrize("name", ["momentum", "rho", "beta1", "beta2", "epsilon", "weight_decay",
+                                  "bn_momentum", "bn_epsilon", "leaky_relu_slope", "loss", "precision"])
+def test_the_stored_training_rules_follow_the_train_spec_defaults(name):
+    default = TrainSpec()
+    value = getattr(default, name)
+    changed = {"loss": "mse", "precision": "bf16"}[name] if isinstance(value, str) else value / 2 + 0.0123
+    assert training_rules(default) == training_rules()
+    assert training_rules(default.model_copy(update={name: changed})) != training_rules(default), name
+
+
+def test_a_worker_that_imports_the_harness_loads_neither_scipy_nor_pandas():
+    """Peak memory is measured in the worker: the statistics it needs must not pull in the reports' stack."""
+    code = "import sys, bench.executor; print(sorted({'scipy', 'pandas', 'reports'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
