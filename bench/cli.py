@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import backends
-from bench import environment, grid
+from bench import environment, grid, predict
 from bench.data import DATASETS, load_dataset
 from bench.errors import BenchError
 from bench.executor import WorkerSettings, run_sweep
@@ -268,8 +268,6 @@ def parser() -> argparse.ArgumentParser:
     parity.add_parity_arguments(sub.add_parser("parity", help="check every backend against the NumPy reference"))
     report_cli.add_report_arguments(sub.add_parser("report", help="rebuild a run folder's CSV and HTML report"))
     report_cli.add_compare_arguments(sub.add_parser("compare", help="which cells got faster or slower between two runs"))
-    from bench import predict
-
     predict.add_predict_arguments(sub.add_parser("predict", help="classify a .npy or IDX file with a saved model on any backend"))
     return root
 
@@ -282,8 +280,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             return cmd_list(args)
         if args.command == "predict":
-            from bench import predict
-
             return predict.main_predict(args)
         if args.command == "parity":
             from bench import parity

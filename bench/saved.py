@@ -26,13 +26,14 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import safetensors.numpy
 from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors import SafetensorError
 
+from backends.base import Backend
 from bench.errors import SavedModelError
 from bench.shapes import ParamSpec, param_specs
 from bench.spec import ModelSpec, TrainSpec
@@ -217,18 +218,7 @@ def model_folder_name(cell_id: str, repeat: int) -> str:
     return f"{readable}_r{repeat}_{digest}"
 
 
-class _Trained(Protocol):
-    """What saving needs from a trained backend (``backends.base.Backend`` provides it)."""
-
-    name: str
-    framework: str
-
-    def get_weights(self) -> list[np.ndarray]: ...
-
-    def save_native(self, directory: Path) -> Path: ...
-
-
-def save_trained_model(backend: _Trained, record: dict, model: ModelSpec, train: TrainSpec, run_dir: Path) -> dict:
+def save_trained_model(backend: Backend, record: dict, model: ModelSpec, train: TrainSpec, run_dir: Path) -> dict:
     """Save a finished cell's model (native file and neutral format) under ``run_dir/models/``.
 
     Runs in the worker after evaluation, off the clock. Returns the record fields to add:
