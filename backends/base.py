@@ -234,8 +234,16 @@ class Backend(ABC):
         return MemoryReading(None, "none (cpu)")
 
     @abstractmethod
-    def save(self, directory: Path) -> Path:
-        """Write the trained model in the framework's own format; returns the file written."""
+    def save_native(self, directory: Path) -> Path:
+        """Write the current model in the framework's own format, for that framework's users; returns
+        the file. No pickle. The neutral format every backend reads is ``bench.saved``."""
+
+    @abstractmethod
+    def load_native(self, path: Path) -> None:
+        """Read a file written by ``save_native`` into this backend's model, built with the same spec.
+
+        Never unpickles (torch loads with ``weights_only=True``); the optimizer state is reset.
+        """
 
     def rules(self) -> Rules:
         """The framework rules of the built model (bench.rules), read by parity and the report."""

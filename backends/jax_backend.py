@@ -24,6 +24,7 @@ from typing import Any
 
 import flax
 import flax.linen as nn
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import jaxlib
@@ -47,7 +48,7 @@ _LEAVES = {
     "moving_mean": ("batch_stats", "mean"),
     "moving_variance": ("batch_stats", "var"),
 }
-WEIGHTS_FILE = "jax_flax_weights.npz"
+WEIGHTS_FILE = "model.msgpack"
 
 
 def layer_scope(index: int) -> str:
@@ -340,13 +341,27 @@ class JaxBackend(Backend):
             "jax device.memory_stats()['peak_bytes_in_use']: per-process peak, JAX cannot reset it",
         )
 
-    def save(self, directory: Path) -> Path:
-        """Canonical arrays (BatchNorm statistics included) in an .npz keyed 'layer.name': no pickle."""
+    def save_native(self, directory: Path) -> Path:
+        """Flax's own format: ``flax.serialization.to_bytes`` (msgpack) of the Linen variables
+        ``{"params", "batch_stats"}``, which ``SpecNet.apply`` takes as they are. No pickle."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / WEIGHTS_FILE
-        np.savez(path, **{p.key: w for p, w in zip(self.specs, self.get_weights())})
+        path.write_bytes(flax.serialization.to_bytes(self._native_tree()))
         return path
+
+    def load_native(self, path: Path) -> None:
+        """msgpack into the current trees as the target: structure and shapes must match the spec."""
+        target = self._native_tree()
+        restored = flax.serialization.from_bytes(target, Path(path).read_bytes())
+        if jax.tree.map(np.shape, restored) != jax.tree.map(np.shape, target):
+            raise ValueError(f"{path} holds arrays of other shapes than this model's")
+        restored = jax.device_put(jax.tree.map(lambda a: np.asarray(a, np.float32), restored), self.device)
+        self._params, self._stats = restored["params"], restored["batch_stats"]
+        self.reset_optimizer()
+
+    def _native_tree(self) -> dict[str, Tree]:
+        return {"params": self._params, "batch_stats": self._stats}
 
 
 def make_optimizer(train: TrainSpec, direction: list[optax.GradientTransformation]) -> optax.GradientTransformation:

@@ -302,10 +302,17 @@ class KerasBackend(Backend):
             return super().peak_memory()
         return MemoryReading(int(tf.config.experimental.get_memory_info("GPU:0")["peak"]), "tf.config.experimental.get_memory_info")
 
-    def save(self, directory: Path) -> Path:
+    def save_native(self, directory: Path) -> Path:
+        """A ``.keras`` archive (config JSON + weights); ``keras.models.load_model`` reads it anywhere."""
         path = Path(directory) / "model.keras"
         path.parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():  # Keras 3.15's saver calls np.array(variable): NumPy 2 deprecation, harmless
             warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
             self._model.save(path)
         return path
+
+    def load_native(self, path: Path) -> None:
+        """The archive's weights only, into this model's variables: the compiled step keeps using them,
+        and no saved config or code is deserialised."""
+        self._model.load_weights(Path(path))
+        self.reset_optimizer()

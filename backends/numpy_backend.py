@@ -82,7 +82,13 @@ class NumpyBackend(Backend):
         loss, grads, _ = self.net.loss_and_gradients(x, y, masks)
         return loss, [g.astype(np.float32) for g in grads]
 
-    def save(self, directory: Path) -> Path:
+    def save_native(self, directory: Path) -> Path:
+        """NumPy's own format: an ``.npz`` of the canonical arrays keyed 'layer.name'."""
         path = Path(directory) / "model.npz"
         np.savez(path, **{spec.key: p for spec, p in zip(self.specs, self.get_weights(), strict=True)})
         return path
+
+    def load_native(self, path: Path) -> None:
+        with np.load(path, allow_pickle=False) as saved:
+            self.set_weights([saved[spec.key] for spec in self.specs])
+        self.reset_optimizer()

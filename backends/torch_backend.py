@@ -254,7 +254,14 @@ class TorchBackend(Backend):
             return MemoryReading(int(torch.cuda.max_memory_allocated()), "torch.cuda.max_memory_allocated")
         return super().peak_memory()
 
-    def save(self, directory: Path) -> Path:
+    def save_native(self, directory: Path) -> Path:
+        """The module's ``state_dict`` (torch layouts, BatchNorm buffers included) via ``torch.save``."""
         path = Path(directory) / "model.pt"
         torch.save(self.net.state_dict(), path)
         return path
+
+    def load_native(self, path: Path) -> None:
+        """``weights_only=True``: torch's restricted unpickler accepts tensors and containers only."""
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.net.load_state_dict(state, strict=True)
+        self.reset_optimizer()

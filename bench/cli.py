@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench run | list | parity | report | compare``.
+"""Command line: ``python -m bench run | list | parity | report | compare | predict``.
 
 Every user error (unknown name, broken TOML, missing or corrupt dataset file, unwritable folder,
 framework not installed) is one line on stderr and exit status 2, never a traceback. Records
@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import backends
-from bench import environment, grid
+from bench import environment, grid, predict
 from bench.data import DATASETS, load_dataset
 from bench.errors import BenchError
 from bench.executor import WorkerSettings, run_sweep
@@ -88,6 +88,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="run folder (default: runs/<date-time>); rerun into it to resume")
     p.add_argument("--baseline", help="backend the report's ratios are relative to (default: first)")
     p.add_argument("--no-report", action="store_true", help="write only the records, not the HTML/CSV report")
+    p.add_argument("--save", action="store_true",
+                   help="keep each ok cell's trained model in OUT/models/ (native file + safetensors/JSON any backend loads)")
 
 
 def build_sweep(args: argparse.Namespace) -> grid.Sweep:
@@ -152,7 +154,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             if (Cell.refused_id(backend, name), 0) not in done:
                 sink(refused_record(backend, name, sweep.dataset, reason))
     settings = WorkerSettings(threads, cpu_set, args.device, sweep.data_dir, sweep.val_split,
-                              sweep.train_size, sweep.test_size, env["matmul_peak_gflops"])
+                              sweep.train_size, sweep.test_size, env["matmul_peak_gflops"],
+                              save_models_in=str(out) if args.save else None)
     todo = [c for c in cells if (c.cell_id, c.repeat) not in done]
     console.print(
         f"[bold]bench run[/]: {len(todo)} cells to run ({len(cells) - len(todo)} already in {out}), "
@@ -274,6 +277,7 @@ def parser() -> argparse.ArgumentParser:
     parity.add_parity_arguments(sub.add_parser("parity", help="check every backend against the NumPy reference"))
     report_cli.add_report_arguments(sub.add_parser("report", help="rebuild a run folder's CSV and HTML report"))
     report_cli.add_compare_arguments(sub.add_parser("compare", help="which cells got faster or slower between two runs"))
+    predict.add_predict_arguments(sub.add_parser("predict", help="classify a .npy or IDX file with a saved model on any backend"))
     return root
 
 
@@ -284,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "list":
             return cmd_list(args)
+        if args.command == "predict":
+            return predict.main_predict(args)
         if args.command == "parity":
             from bench import parity
 

@@ -109,8 +109,9 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def _images(raw: np.ndarray) -> np.ndarray:
-    """uint8 (N, H, W) or (N, H, W, C) to float32 NHWC in [0, 1]."""
+def scale_images(raw: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W) or (N, H, W, C) to float32 NHWC in [0, 1]: what every model is trained and
+    served on (``bench predict`` applies it to uint8 input too)."""
     x = raw.astype(np.float32) / 255.0
     return x[..., None] if x.ndim == 3 else x
 
@@ -126,16 +127,16 @@ def _load_mnist_sample() -> tuple[np.ndarray, ...]:
     sums = dict(reversed(line.split()) for line in (folder / "MD5SUMS").read_text().splitlines() if line.strip())
     images = read_idx(verified(Path(str(folder / "t10k-images-idx3-ubyte.gz")), sums["t10k-images-idx3-ubyte.gz"]))
     labels = read_idx(verified(Path(str(folder / "t10k-labels-idx1-ubyte.gz")), sums["t10k-labels-idx1-ubyte.gz"]))
-    return _split(_images(images), labels.astype(np.int64), n_test=2000)
+    return _split(scale_images(images), labels.astype(np.int64), n_test=2000)
 
 
 def _load_idx_pair(name: str, directory: Path) -> tuple[np.ndarray, ...]:
     folder = directory / name if (directory / name).is_dir() else directory
     files = {f: read_idx(verified(folder / f, digest)) for f, digest in IDX_FILES[name].items()}
     return (
-        _images(files["train-images-idx3-ubyte.gz"]),
+        scale_images(files["train-images-idx3-ubyte.gz"]),
         files["train-labels-idx1-ubyte.gz"].astype(np.int64),
-        _images(files["t10k-images-idx3-ubyte.gz"]),
+        scale_images(files["t10k-images-idx3-ubyte.gz"]),
         files["t10k-labels-idx1-ubyte.gz"].astype(np.int64),
     )
 
@@ -164,7 +165,7 @@ def _load_cifar10(directory: Path) -> tuple[np.ndarray, ...]:
     def decode(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
         records = np.frombuffer(blob, dtype=np.uint8).reshape(-1, CIFAR10_RECORD)
         images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # CHW planes -> NHWC
-        return _images(images), records[:, 0].astype(np.int64)
+        return scale_images(images), records[:, 0].astype(np.int64)
 
     batches = _cifar_batches(directory)
     train = [decode(batches[f"data_batch_{i}.bin"]) for i in range(1, 6)]

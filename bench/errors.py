@@ -15,3 +15,7 @@ class DatasetError(BenchError):
 
 class BackendUnavailable(BenchError):
     """A backend's framework is not installed or cannot be imported."""
+
+
+class SavedModelError(BenchError):
+    """A saved model is missing, corrupt, fails its checksum, or does not match its spec or input."""

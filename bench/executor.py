@@ -15,12 +15,14 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import backends
 from bench.data import load_dataset
 from bench.errors import BenchError
 from bench.harness import Cell, run_cell
 from bench.record import ResultRecord
+from bench.saved import save_trained_model
 
 STARTUP_TIMEOUT = 600.0
 POLL_SECONDS = 0.05
@@ -36,6 +38,8 @@ class WorkerSettings:
     train_size: int | None
     test_size: int | None
     peak_gflops: float | None
+    save_models_in: str | None = None
+    """Run folder under whose ``models/`` each ok cell's trained model is saved (``bench run --save``)."""
 
 
 def isolate(threads: int, cpu_set: tuple[int, ...]) -> None:
@@ -78,6 +82,10 @@ def _worker_main(conn, backend_name: str, settings: WorkerSettings) -> None:
                     cell.dataset, settings.data_dir, settings.val_split, settings.train_size, settings.test_size
                 )
             record = run_cell(backend, cell, datasets[cell.dataset], settings.peak_gflops)
+            if settings.save_models_in and record.status == "ok":  # after evaluation, off the clock
+                model = cell.model.resolve(cell.train.activation)
+                saved = save_trained_model(backend, record.to_json_dict() | facts, model, cell.train, Path(settings.save_models_in))
+                record = record.with_fields(**saved)
         except Exception as exc:
             record = ResultRecord.for_cell(cell, status="failed", error=f"{type(exc).__name__}: {exc}",
                                            traceback=traceback.format_exc())

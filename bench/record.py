@@ -144,6 +144,7 @@ class ResultRecord(BaseModel):
     peak_device_bytes: int | None = _field("Peak device memory while training (None on CPU)")
     memory_method: str | None = _field("How host and device memory were measured")
     duration_seconds: float | None = _field("Wall seconds the whole cell took, set-up to evaluation")
+    model_path: str | None = _field("Folder of the saved model (native and neutral files), relative to the run folder")
 
     @classmethod
     def build(cls, **fields: Any) -> ResultRecord:

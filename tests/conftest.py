@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import backends
+from backends.base import BackendInfo
 from bench.data import load_dataset
 from bench.shapes import param_specs
 from bench.spec import ModelSpec, TrainSpec
@@ -22,15 +23,23 @@ def mnist_small():
 
 
 _LOADED: dict[str, object] = {}
+_INFO: dict[str, BackendInfo] = {}
+THREADS = 2
 
 
 def loaded_backend(name: str):
     """One configured adapter per backend and test session (frameworks configure threads once)."""
     if name not in _LOADED:
         backend = backends.load(name)
-        backend.setup(threads=2, device="cpu")
+        _INFO[name] = backend.setup(threads=THREADS, device="cpu")
         _LOADED[name] = backend
     return _LOADED[name]
+
+
+def backend_info(name: str) -> BackendInfo:
+    """What ``setup`` reported for the session's adapter (framework versions, device, threads)."""
+    loaded_backend(name)
+    return _INFO[name]
 
 
 def perturbed_weights(model: ModelSpec, shape: tuple[int, ...], seed: int = 3) -> list[np.ndarray]:

@@ -172,7 +172,7 @@ def test_tf32_on_a_cpu_is_refused_as_unsupported(name):
 @pytest.mark.parametrize("name", FRAMEWORKS)
 def test_save_writes_the_framework_file(name, tmp_path):
     backend, _ = _build(name, "mlp", (28, 28, 1))
-    path = backend.save(tmp_path)
+    path = backend.save_native(tmp_path)
     assert path.exists() and path.stat().st_size > 100_000 * 4 * 0.9
 
 

@@ -234,7 +234,7 @@ def test_saved_model_reloads_with_the_same_logits(backend, tmp_path):
     import keras
 
     _built(backend, SEED_MODELS["mlp_bn"].resolve("leaky_relu"), TrainSpec())
-    path = backend.save(tmp_path)
+    path = backend.save_native(tmp_path)
     x = _images(MNIST)
     reloaded = keras.models.load_model(path)
     np.testing.assert_allclose(reloaded(x, training=False).numpy(), backend.logits(x), atol=1e-6)

@@ -258,7 +258,7 @@ def test_numpy_backend_trains_digits_and_saves_canonical_arrays(tmp_path):
     _, after = backend.evaluate(data.x_test, data.y_test, 128)
     assert len(losses) == len(data.x_train) // 32 and losses[-1] < losses[0]
     assert after > before + 0.5  # one epoch: ~6% -> ~70%
-    saved = np.load(backend.save(tmp_path))
+    saved = np.load(backend.save_native(tmp_path))
     assert [k for k in saved] == [f"{s.layer}.{s.name}" for s in backend.net.specs]
     assert all(w.dtype == np.float32 for w in backend.get_weights())
     assert backend.rules() == R.CANONICAL  # the oracle names no deviation
