@@ -171,7 +171,8 @@ def compare_runs(run_a: Path, run_b: Path, fail_on: float | None = None, out: Pa
     (Benjamini-Hochberg), gives q < 0.05, and (3) the change is at least ``noise_floor``.
     With ``fail_on`` (a fraction, 0.05 = 5%), the result fails when the train or inference
     throughput of some cell got slower that way by at least that fraction, or a cell that
-    finished in A no longer finishes in B.
+    finished in A no longer finishes in B. Runs that share no cell are a BenchError: with nothing
+    compared, no gate can pass.
     """
     first, second = load_run(Path(run_a)), load_run(Path(run_b))
     frame_a, frame_b = first.records, second.records
