@@ -10,7 +10,7 @@ import importlib
 import importlib.util
 from dataclasses import dataclass
 
-from bench.errors import BackendUnavailable
+from bench.errors import BackendUnavailable, unknown
 
 
 @dataclass(frozen=True)
@@ -21,13 +21,20 @@ class BackendEntry:
     requires: tuple[str, ...]  # top-level packages that must be importable
     extra: str  # pip extra that installs them
     description: str
+    modes: tuple[str, ...]
+    """The adapter class's ``modes``, repeated here so the CLI can check a requested execution mode
+    without importing a framework (a test keeps the two equal)."""
 
 
 REGISTRY: dict[str, BackendEntry] = {
-    "torch": BackendEntry("torch", "backends.torch_backend", "TorchBackend", ("torch",), "torch", "PyTorch"),
-    "tf": BackendEntry("tf", "backends.keras_backend", "KerasBackend", ("tensorflow", "keras"), "tf", "Keras 3 on TensorFlow"),
-    "jax": BackendEntry("jax", "backends.jax_backend", "JaxBackend", ("jax", "flax", "optax"), "jax", "JAX with Flax and Optax"),
-    "numpy": BackendEntry("numpy", "backends.numpy_backend", "NumpyBackend", ("numpy",), "", "the NumPy reference (oracle, slow)"),
+    "torch": BackendEntry("torch", "backends.torch_backend", "TorchBackend", ("torch",), "torch", "PyTorch",
+                          ("eager", "compiled")),
+    "tf": BackendEntry("tf", "backends.keras_backend", "KerasBackend", ("tensorflow", "keras"), "tf", "Keras 3 on TensorFlow",
+                       ("graph", "eager", "xla")),
+    "jax": BackendEntry("jax", "backends.jax_backend", "JaxBackend", ("jax", "flax", "optax"), "jax", "JAX with Flax and Optax",
+                        ("jit", "eager")),
+    "numpy": BackendEntry("numpy", "backends.numpy_backend", "NumpyBackend", ("numpy",), "",
+                          "the NumPy reference (oracle, slow)", ("eager",)),
 }
 ALIASES = {"pytorch": "torch", "tensorflow": "tf", "keras": "tf", "reference": "numpy"}
 FRAMEWORK_BACKENDS = ("torch", "tf", "jax")
@@ -37,8 +44,7 @@ FRAMEWORK_BACKENDS = ("torch", "tf", "jax")
 def canonical_name(name: str) -> str:
     key = ALIASES.get(name.strip().lower(), name.strip().lower())
     if key not in REGISTRY:
-        valid = ", ".join(list(REGISTRY) + ["all"])
-        raise BackendUnavailable(f"unknown backend {name!r}; valid: {valid}")
+        raise BackendUnavailable(unknown("backend", name, [*REGISTRY, "all"]))
     return key
 
 

@@ -1,20 +1,24 @@
 """Command line: ``python -m bench run | list | parity | report | compare | predict``.
 
-Every user error (unknown name, broken TOML, missing or corrupt dataset file, unwritable folder,
-framework not installed) is one line on stderr and exit status 2, never a traceback. Records
-already written stay: the store only appends.
+Every user error (unknown name, a value out of range or of the wrong type in a flag or the TOML
+file, broken TOML, missing or corrupt dataset file, unwritable folder, framework not installed) is
+one line on stderr and exit status 2, never a traceback, and is found before anything is written:
+records already in an ``--out`` folder stay as they were.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
+from typing import NoReturn
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -36,20 +40,17 @@ def _names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _batch_sizes(text: str) -> list[int]:
-    sizes = []
+def _batch_sizes(text: str) -> list[int | str]:
+    sizes: list[int | str] = []
     for part in _names(text):
-        if part == "full":
-            sizes.append(0)
-            continue
         try:
-            sizes.append(int(part))
+            sizes.append(part if part == "full" else int(part))
         except ValueError:
-            raise BenchError(f"bad batch size {part!r}: use positive integers or 'full' (comma-separated)") from None
+            raise BenchError(f"--batch-size {part!r}: not an integer; valid: positive integers or 'full', comma-separated") from None
     return sizes
 
 
-def resolve_backends(names: list[str]) -> list[str]:
+def resolve_backends(names: list[str], label: str = "--backend") -> list[str]:
     """'all' means every framework (missing ones are recorded as skipped); a backend named
     explicitly must be installed, else the run stops before it starts with the reason."""
     if any(n.strip().lower() == "all" for n in names):
@@ -58,12 +59,22 @@ def resolve_backends(names: list[str]) -> list[str]:
     for name in chosen:
         reason = backends.unavailable_reason(name)
         if reason:
-            raise BenchError(f"backend {name!r} is not available: {reason}; use --backend all to skip missing ones")
+            raise BenchError(f"{label}: backend {name!r} is not available: {reason}; use --backend all to skip missing ones")
     return chosen
 
 
+FLAGS = {
+    "backends": "--backend", "models": "--models", "optimizers": "--optimizers", "activations": "--activations",
+    "losses": "--losses", "precisions": "--precision", "modes": "--modes", "batch_sizes": "--batch-size",
+    "dataset": "--dataset", "data_dir": "--data-dir", "epochs": "--epochs", "learning_rate": "--learning-rate",
+    "train_size": "--train-size", "val_split": "--val-split", "repeats": "--repeats", "seed": "--seed",
+    "target_accuracy": "--target",
+}
+"""The sweep key each run flag sets; an error about the key names the flag."""
+
+
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="all", help="torch, tf, jax, numpy, a comma list, or all (default: all frameworks)")
+    p.add_argument("--backend", help="torch, tf, jax, numpy, a comma list, or all (default: all frameworks)")
     p.add_argument("--models", help=f"comma list (default: all seed models: {', '.join(SEED_MODELS)})")
     p.add_argument("--optimizers", help=f"comma list of {', '.join(OPTIMIZERS)} (default: all)")
     p.add_argument("--activations", help=f"comma list of {', '.join(ACTIVATIONS)} (default: all)")
@@ -92,30 +103,46 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep each ok cell's trained model in OUT/models/ (native file + safetensors/JSON any backend loads)")
 
 
-def build_sweep(args: argparse.Namespace) -> grid.Sweep:
+def _cores() -> set[int]:
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+
+
+def _check_run_flags(args: argparse.Namespace) -> None:
+    """The run flags that are not sweep settings."""
+    cores = len(_cores())
+    if args.threads is not None and not 1 <= args.threads <= cores:
+        raise BenchError(f"--threads {args.threads}: valid: 1 to {cores} (the cores this process may use)")
+    if args.cell_timeout is not None and not (math.isfinite(args.cell_timeout) and args.cell_timeout > 0):
+        raise BenchError(f"--cell-timeout {args.cell_timeout}: valid: a finite number of seconds > 0")
+
+
+def build_sweep(args: argparse.Namespace) -> tuple[grid.Sweep, dict[str, str]]:
+    """The sweep from profile < TOML file < flags, every value checked before anything is written,
+    and where each value came from (the flag or key), for errors found once the data is loaded."""
+    _check_run_flags(args)
     sweep = grid.from_profile(args.profile)
+    where = {key: f"profile {args.profile!r} {key}" for key in grid.PROFILES[args.profile]}
     if args.config:
-        sweep = grid.apply_toml(sweep, args.config)
-    flags = {
-        "models": _names(args.models) if args.models else None,
-        "optimizers": _names(args.optimizers) if args.optimizers else None,
-        "activations": _names(args.activations) if args.activations else None,
-        "losses": _names(args.losses) if args.losses else None,
-        "precisions": _names(args.precision) if args.precision else None,
-        "modes": _names(args.modes) if args.modes else None,
-        "batch_sizes": _batch_sizes(args.batch_size) if args.batch_size else None,
-        "dataset": args.dataset, "data_dir": args.data_dir, "epochs": args.epochs,
-        "learning_rate": args.learning_rate, "train_size": args.train_size, "val_split": args.val_split,
-        "repeats": args.repeats, "seed": args.seed, "target_accuracy": args.target,
-    }
-    sweep = replace(sweep, **{k: v for k, v in flags.items() if v is not None})
-    if args.models:
-        sweep.models_explicit = True
+        settings, custom = grid.read_toml(args.config)
+        where |= {key: f"config file {args.config}: [sweep] {key}" for key in settings}
+        sweep = grid.merge(sweep, settings | {"custom_models": sweep.custom_models | custom}, where)
+    lists = {"backends": args.backend, "models": args.models, "optimizers": args.optimizers,
+             "activations": args.activations, "losses": args.losses, "precisions": args.precision, "modes": args.modes}
+    flags = {key: _names(text) for key, text in lists.items() if text is not None}
+    flags |= {"batch_sizes": _batch_sizes(args.batch_size)} if args.batch_size is not None else {}
+    scalars = {"dataset": args.dataset, "data_dir": args.data_dir, "epochs": args.epochs,
+               "learning_rate": args.learning_rate, "train_size": args.train_size, "val_split": args.val_split,
+               "repeats": args.repeats, "seed": args.seed, "target_accuracy": args.target}
+    flags |= {key: value for key, value in scalars.items() if value is not None}
+    where |= {key: FLAGS[key] for key in flags}
+    sweep = grid.merge(sweep, flags, where)
     quick = grid.PROFILES["quick"]
     if sweep.dataset != "mnist-sample" and args.train_size is None and sweep.train_size == quick["train_size"]:
         sweep.train_size = sweep.test_size = None  # the quick slice is for the bundled sample only
-    grid.validate(sweep)
-    return sweep
+        where.pop("train_size", None)
+    sweep.backends = resolve_backends(sweep.backends, where.get("backends", "--backend"))
+    grid.validate(sweep, sweep.backends, where)
+    return sweep, where
 
 
 def _progress() -> Progress:
@@ -126,16 +153,15 @@ def _progress() -> Progress:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    sweep = build_sweep(args)
-    backend_names = resolve_backends(_names(args.backend))
+    sweep, where = build_sweep(args)
+    backend_names = sweep.backends
     data = load_dataset(sweep.dataset, sweep.data_dir, sweep.val_split, sweep.train_size, sweep.test_size)
+    grid.check_batches(sweep, len(data.x_train), where)
     models, refused = grid.refuse_misfits(sweep, data.input_shape, data.num_classes)
     out = args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     store = RunStore(out)
-    available = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    available = _cores()
     threads = args.threads or len(available)
-    if not 1 <= threads <= len(available):
-        raise BenchError(f"--threads must be between 1 and {len(available)} (the cores this process may use)")
     cpu_set = tuple(sorted(available)[:threads])
     argv = sys.argv[1:]
     env = environment.capture(argv, threads, list(cpu_set), _settings(sweep, backend_names), fairness_rules())
@@ -167,7 +193,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         def advance(record: ResultRecord) -> None:
             sink(record)
-            progress.update(task, advance=1, description=f"{record.backend} {record.model or ''}")
+            progress.update(task, advance=1, description=escape(f"{record.backend} {record.model or ''}"))
 
         try:
             run_sweep(cells, settings, advance, done, args.cell_timeout)
@@ -204,8 +230,6 @@ def _print_summary(store: RunStore, baseline: str | None) -> None:
 
     Under each value, the comparison with the baseline (green better, red worse, dim within noise).
     """
-    from rich.markup import escape
-
     from reports.headline import choose_baseline, headlines
     from reports.metrics import HEADLINE
     from reports.records import load_run
@@ -266,8 +290,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a usage error as one line, like every other bad input (the usage is under --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message}\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="bench", description="Compare Keras/TensorFlow, PyTorch and JAX fairly.")
+    root = _Parser(prog="bench", description="Compare Keras/TensorFlow, PyTorch and JAX fairly.")
     sub = root.add_subparsers(dest="command", required=True)
     add_run_arguments(sub.add_parser("run", help="run a sweep and write a run folder with its report"))
     sub.add_parser("list", help="what models, optimizers, activations, datasets and backends exist")

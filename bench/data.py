@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import re
 import tarfile
 from dataclasses import dataclass
 from importlib import resources
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.errors import DatasetError
+from bench.errors import DatasetError, unknown
 
 DATASETS = ("mnist-sample", "mnist", "fashion_mnist", "cifar10", "digits", "synthetic")
 DEFAULT_DATASET = "mnist-sample"
@@ -37,6 +38,10 @@ IDX_FILES = {
         "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
     },
 }
+SYNTHETIC_SAMPLES = 6000
+SYNTHETIC_BUDGET_BYTES = 2 * 2**30
+"""Largest synthetic image array (float32, all samples) a run may ask for."""
+SYNTHETIC_SHAPE = re.compile(r"(\d+)x(\d+)x(\d+)")
 CIFAR10_TARBALL = ("cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530")
 CIFAR10_RECORD = 1 + 32 * 32 * 3
 CIFAR10_BATCH_BYTES = 10000 * CIFAR10_RECORD
@@ -184,16 +189,42 @@ def _load_digits() -> tuple[np.ndarray, ...]:
 
 
 def parse_synthetic(name: str) -> tuple[int, int, int]:
-    """'synthetic' or 'synthetic:HxWxC' -> image shape (default 28x28x1)."""
+    """'synthetic' or 'synthetic:HxWxC' -> image shape (default 28x28x1).
+
+    A shape is three positive integers, and its images must fit the memory budget: the driver and
+    every worker hold the whole array, so a typo like 2240x2240x3 would otherwise swap or crash.
+    """
     _, _, shape = name.partition(":")
-    try:
-        h, w, c = (int(v) for v in (shape or "28x28x1").lower().split("x"))
-    except ValueError as exc:
-        raise DatasetError(f"bad synthetic shape {shape!r}; use synthetic:HxWxC, e.g. synthetic:32x32x3") from exc
+    match = SYNTHETIC_SHAPE.fullmatch((shape or "28x28x1").lower())
+    if not match:
+        raise DatasetError(f"bad synthetic shape {shape!r}; valid: synthetic:HxWxC with three positive integers, "
+                           "e.g. synthetic:32x32x3")
+    h, w, c = (int(v) for v in match.groups())
+    if min(h, w, c) < 1:
+        raise DatasetError(f"bad synthetic shape {shape!r}: a dimension is 0; valid: positive integers, "
+                           "e.g. synthetic:32x32x3")
+    need = SYNTHETIC_SAMPLES * h * w * c * 4
+    if need > SYNTHETIC_BUDGET_BYTES:
+        most = SYNTHETIC_BUDGET_BYTES // (4 * SYNTHETIC_SAMPLES)
+        raise DatasetError(
+            f"synthetic:{h}x{w}x{c} would need {need / 2**30:,.1f} GiB ({SYNTHETIC_SAMPLES} float32 images), over "
+            f"the {SYNTHETIC_BUDGET_BYTES / 2**30:g} GiB limit; valid: at most {most:,} values per image (H*W*C), "
+            "e.g. synthetic:160x160x3")
     return h, w, c
 
 
-def _load_synthetic(name: str, n: int = 6000, num_classes: int = 10) -> tuple[np.ndarray, ...]:
+def check_name(name: str) -> None:
+    """Reject an unknown dataset, a shape on a dataset other than synthetic, or a bad synthetic shape."""
+    base, colon, _ = name.partition(":")
+    if base not in DATASETS:
+        raise DatasetError(unknown("dataset", base, DATASETS) + " (synthetic:HxWxC for a shape)")
+    if base == "synthetic":
+        parse_synthetic(name)
+    elif colon:
+        raise DatasetError(f"bad dataset {name!r}: only synthetic takes a shape (synthetic:HxWxC); valid: {base}")
+
+
+def _load_synthetic(name: str, n: int = SYNTHETIC_SAMPLES, num_classes: int = 10) -> tuple[np.ndarray, ...]:
     """Random images labelled by a fixed random linear teacher: learnable, any shape, for speed runs."""
     shape = parse_synthetic(name)
     rng = np.random.default_rng(SPLIT_SEED)
@@ -215,9 +246,8 @@ def load_dataset(
     ``train_size``/``test_size`` keep the first rows of each split (quick profiles); the order is
     fixed, so every backend and every rerun sees the same rows.
     """
+    check_name(name)
     base = name.split(":")[0]
-    if base not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)} (synthetic:HxWxC for a shape)")
     if not 0.0 <= val_split < 1.0:
         raise DatasetError(f"validation split must be in [0, 1), got {val_split}")
     directory = Path(data_dir) if data_dir else default_cache_dir()

@@ -1,19 +1,27 @@
 """The sweep: settings from profiles, TOML and flags, expanded into the grid of cells.
 
 Precedence is profile < TOML file < command-line flags, so a saved sweep can be rerun and tweaked.
-Every value of the grid is explicit in each cell's TrainSpec and therefore in each record.
+Every value of the grid is explicit in each cell's TrainSpec and therefore in each record. Every
+value is checked as it is merged, by the Sweep's own field types, and an error names the flag or
+TOML key it came from, the value and what is valid, before the run writes anything.
 """
 
 from __future__ import annotations
 
 import itertools
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Mapping
+from dataclasses import field, fields, replace
 from pathlib import Path
+from typing import Annotated, Literal, get_args
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
+from pydantic.fields import FieldInfo
 
-from bench.errors import BenchError, SpecError
+import backends
+from bench.data import check_name
+from bench.errors import BenchError, DatasetError, SpecError, did_you_mean, unknown
 from bench.harness import Cell
 from bench.shapes import check_fits
 from bench.spec import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS, Layer, ModelSpec, TrainSpec
@@ -30,29 +38,72 @@ PROFILES: dict[str, dict] = {
 DEFAULT_PROFILE = "quick"
 
 
-@dataclass
-class Sweep:
-    """Everything a run sweeps over, after merging profile, TOML file and flags."""
+def _names_in(kind: str, valid: tuple[str, ...]) -> AfterValidator:
+    def check(names: list[str]) -> list[str]:
+        for name in names:
+            if name not in valid:
+                raise ValueError(unknown(kind, name, valid))
+        return names
 
-    backends: list[str] = field(default_factory=lambda: ["all"])
-    models: list[str] = field(default_factory=lambda: list(SEED_MODELS))
-    optimizers: list[str] = field(default_factory=lambda: list(OPTIMIZERS))
-    activations: list[str] = field(default_factory=lambda: list(ACTIVATIONS))
-    losses: list[str] = field(default_factory=lambda: ["cce"])
-    batch_sizes: list[int] = field(default_factory=lambda: [64])
-    precisions: list[str] = field(default_factory=lambda: ["fp32"])
-    modes: list[str] = field(default_factory=lambda: ["default"])
-    epochs: int = 1
-    learning_rate: float | None = None
-    repeats: int = 1
-    seed: int = 0
-    dataset: str = "mnist-sample"
-    data_dir: str | None = None
-    train_size: int | None = None
-    test_size: int | None = None
-    val_split: float = 0.1
-    target_accuracy: float = 0.9
-    probe_steps: int = 20
+    return AfterValidator(check)
+
+
+def _backend_names(names: list[str]) -> list[str]:
+    for name in names:
+        if name.strip().lower() != "all":
+            try:
+                backends.canonical_name(name)
+            except BenchError as exc:
+                raise ValueError(str(exc)) from None
+    return names
+
+
+def _dataset_name(name: str) -> str:
+    try:
+        check_name(name)
+    except DatasetError as exc:
+        raise ValueError(str(exc)) from None
+    return name
+
+
+def _names(what: str) -> FieldInfo:
+    return Field(min_length=1, description=f"a non-empty list of {what}")
+
+
+@dataclass(config=ConfigDict(strict=True, extra="forbid"))
+class Sweep:
+    """Everything a run sweeps over, after merging profile, TOML file and flags.
+
+    A pydantic dataclass in strict mode, so its field types are the one set of rules for a flag and
+    for the same key in a TOML [sweep] table: a string is never a number, a float never a count, a
+    list never a scalar. Every construction validates, ``dataclasses.replace`` included.
+    """
+
+    backends: Annotated[list[str], _names("backend names or 'all'"), AfterValidator(_backend_names)] = field(
+        default_factory=lambda: ["all"])
+    models: Annotated[list[str], _names("model names")] = field(default_factory=lambda: list(SEED_MODELS))
+    optimizers: Annotated[list[str], _names("optimizers"), _names_in("optimizer", OPTIMIZERS)] = field(
+        default_factory=lambda: list(OPTIMIZERS))
+    activations: Annotated[list[str], _names("activations"), _names_in("activation", ACTIVATIONS)] = field(
+        default_factory=lambda: list(ACTIVATIONS))
+    losses: Annotated[list[str], _names("losses"), _names_in("loss", LOSSES)] = field(default_factory=lambda: ["cce"])
+    batch_sizes: Annotated[list[Annotated[int, Field(ge=1)] | Literal["full"]],
+                           _names("positive integers or 'full'")] = field(default_factory=lambda: [64])
+    precisions: Annotated[list[str], _names("precisions"), _names_in("precision", PRECISIONS)] = field(
+        default_factory=lambda: ["fp32"])
+    modes: Annotated[list[str], _names("execution modes ('default' or a backend's own)")] = field(
+        default_factory=lambda: ["default"])
+    epochs: Annotated[int, Field(ge=1, description="an integer >= 1")] = 1
+    learning_rate: Annotated[float | None, Field(gt=0, allow_inf_nan=False, description="a finite number > 0, e.g. 0.001")] = None
+    repeats: Annotated[int, Field(ge=1, description="an integer >= 1")] = 1
+    seed: Annotated[int, Field(ge=0, lt=2**31, description="an integer from 0 to 2147483647")] = 0
+    dataset: Annotated[str, AfterValidator(_dataset_name)] = "mnist-sample"
+    data_dir: Annotated[str | None, Field(description="a folder path")] = None
+    train_size: Annotated[int | None, Field(ge=1, description="an integer >= 1 (samples before the validation split)")] = None
+    test_size: Annotated[int | None, Field(ge=1, description="an integer >= 1")] = None
+    val_split: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False, description="a fraction in [0, 1)")] = 0.1
+    target_accuracy: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False, description="a fraction in (0, 1]")] = 0.9
+    probe_steps: Annotated[int, Field(ge=0, description="an integer >= 0")] = 20
     custom_models: dict[str, ModelSpec] = field(default_factory=dict)
     models_explicit: bool = False
 
@@ -61,62 +112,137 @@ class Sweep:
 
 
 SWEEP_KEYS = {f.name for f in fields(Sweep)} - {"custom_models", "models_explicit"}
+LAYERS = TypeAdapter(Annotated[list[Layer], Field(min_length=1)])
+LAYER_CLASSES = {cls.model_fields["type"].default: cls for cls in get_args(get_args(Layer)[0])}
+MODEL_KEYS = ("layers", "description")
+LAYER_EXAMPLE = '{type = "Dense", units = 10}'
+
+
+def _explain(label: str, error: dict, description: str | None = None) -> str:
+    """One pydantic error as '<label> <value>: <what is wrong>; valid: <description>'."""
+    if error["type"] == "value_error":  # our own validators' messages already name the value and the valid ones
+        return f"{label}: {error['ctx']['error']}"
+    message = error["msg"][:1].lower() + error["msg"][1:]
+    return f"{label} {error['input']!r}: {message}" + (f"; valid: {description}" if description else "")
+
+
+def merge(sweep: Sweep, values: Mapping[str, object], where: Mapping[str, str]) -> Sweep:
+    """``sweep`` with ``values`` set, each checked by the Sweep's rules; an error names ``where[key]``,
+    the flag or TOML key the value came from (the caller checks the keys)."""
+    try:
+        merged = replace(sweep, **values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = str(error["loc"][0])
+        description = Sweep.__pydantic_fields__[key].description
+        raise BenchError(_explain(where.get(key, key), error, description)) from None
+    if "models" in values:
+        merged.models_explicit = True
+    specs = merged.model_specs()
+    for name in merged.models:
+        if name not in specs:
+            raise BenchError(f"{where.get('models', 'models')}: {unknown('model', name, list(specs))}")
+    return merged
 
 
 def from_profile(name: str) -> Sweep:
     if name not in PROFILES:
-        raise BenchError(f"unknown profile {name!r}; valid: {', '.join(PROFILES)}")
+        raise BenchError(f"--profile: {unknown('profile', name, list(PROFILES))}")
     return replace(Sweep(), **PROFILES[name])
 
 
-def apply_toml(sweep: Sweep, path: Path) -> Sweep:
-    """Merge a TOML file: a [sweep] table of Sweep keys and [models.NAME] tables with a layers list."""
+def _table(value: object, what: str, path: Path) -> dict:
+    if not isinstance(value, dict):
+        raise BenchError(f"config file {path}: {what} must be a table, got {value!r}")
+    return value
+
+
+def read_toml(path: Path) -> tuple[dict, dict[str, ModelSpec]]:
+    """A TOML file's [sweep] table (its keys checked; merge checks the values) and its [models.NAME] models."""
     try:
-        document = tomllib.loads(Path(path).read_text())
+        document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BenchError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise BenchError(f"config file {path} is a directory; valid: a TOML file") from None
+    except OSError as exc:
+        raise BenchError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise BenchError(f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise BenchError(f"config file {path} is not valid TOML: {exc}") from None
-    unknown_tables = set(document) - {"sweep", "models"}
-    if unknown_tables:
-        raise BenchError(f"config file {path}: unknown table(s) {sorted(unknown_tables)}; valid: [sweep], [models.NAME]")
-    settings = document.get("sweep", {})
-    unknown = set(settings) - SWEEP_KEYS
-    if unknown:
-        raise BenchError(f"config file {path}: unknown [sweep] key(s) {sorted(unknown)}; valid: {', '.join(sorted(SWEEP_KEYS))}")
-    custom = {}
-    for name, table in document.get("models", {}).items():
-        try:
-            layers = TypeAdapter(tuple[Layer, ...]).validate_python(table.get("layers", []))
-            custom[name] = ModelSpec(name=name, layers=layers, description=table.get("description", "from " + str(path)))
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise BenchError(f"config file {path}: model {name!r} layer {where}: {first['msg']}") from None
-    sweep = replace(sweep, **settings, custom_models=sweep.custom_models | custom)
-    if "models" in settings:
-        sweep.models_explicit = True
-    return sweep
+    for table in document:
+        if table not in ("sweep", "models"):
+            raise BenchError(f"config file {path}: {unknown('table', f'[{table}]', ('[sweep]', '[models.NAME]'))}")
+    settings = _table(document.get("sweep", {}), "[sweep]", path)
+    for key in settings:
+        if key not in SWEEP_KEYS:
+            raise BenchError(f"config file {path}: {unknown('[sweep] key', key, sorted(SWEEP_KEYS))}")
+    models = _table(document.get("models", {}), "[models]", path)
+    return settings, {name: _custom_model(name, table, path) for name, table in models.items()}
 
 
-def _check_names(kind: str, names: list[str], valid) -> None:
-    for name in names:
-        if name not in valid:
-            raise BenchError(f"unknown {kind} {name!r}; valid: {', '.join(valid)}")
+def _custom_model(name: str, table: object, path: Path) -> ModelSpec:
+    where = f"config file {path}: [models.{name}]"
+    if name in SEED_MODELS:
+        raise BenchError(f"{where} redefines the built-in model {name!r}; valid: a new name (built-in: {', '.join(SEED_MODELS)})")
+    table = _table(table, f"[models.{name}]", path)
+    for key in table:
+        if key not in MODEL_KEYS:
+            raise BenchError(f"{where}: {unknown('key', key, MODEL_KEYS)}")
+    if "layers" not in table:
+        raise BenchError(f"{where} has no layers list; valid: layers = [{LAYER_EXAMPLE}, ...]")
+    description = table.get("description", f"from {path}")
+    if not isinstance(description, str):
+        raise BenchError(f"{where} description {description!r}: valid: a string")
+    try:
+        layers = LAYERS.validate_python(table["layers"], strict=True)  # strict: "64" is not a unit count
+    except ValidationError as exc:
+        raise BenchError(_layer_problem(where, exc)) from None
+    return ModelSpec(name=name, layers=tuple(layers), description=description)
 
 
-def validate(sweep: Sweep) -> None:
-    """Reject unknown names with one line that lists the valid ones."""
-    _check_names("model", sweep.models, list(sweep.model_specs()))
-    _check_names("optimizer", sweep.optimizers, OPTIMIZERS)
-    _check_names("activation", sweep.activations, ACTIVATIONS)
-    _check_names("loss", sweep.losses, LOSSES)
-    _check_names("precision", sweep.precisions, PRECISIONS)
-    if sweep.repeats < 1 or sweep.epochs < 1:
-        raise BenchError("--repeats and --epochs must be at least 1")
+def _layer_problem(model: str, exc: ValidationError) -> str:
+    """The most useful of a layers list's errors; an unknown key (with a suggestion) before the missing one."""
+    errors = exc.errors()
+    error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    loc = error["loc"]
+    if not loc:  # the list itself
+        return _explain(f"{model} layers", error, "a non-empty list of layer tables")
+    where = f"{model} layer {loc[0]}"
+    if error["type"] == "union_tag_invalid":
+        return f"{where}: {unknown('layer type', error['ctx']['tag'], list(LAYER_CLASSES))}"
+    if error["type"] == "union_tag_not_found":
+        return f"{where} has no type; valid: type = one of {', '.join(LAYER_CLASSES)}"
+    if len(loc) < 3:  # not a table
+        return _explain(where, error, "a table such as " + LAYER_EXAMPLE)
+    kind, key = loc[1], loc[2]
+    if error["type"] == "extra_forbidden":
+        valid = [name for name in LAYER_CLASSES[kind].model_fields if name != "type"]
+        return f"{where} ({kind}): unknown key {key!r}{did_you_mean(key, valid)}; valid: {', '.join(valid) or 'none'}"
+    return _explain(f"{where} ({kind}) {key}", error)
+
+
+def validate(sweep: Sweep, backend_names: list[str], where: Mapping[str, str]) -> None:
+    """What no single value can say: every requested execution mode exists in a selected backend."""
+    offered = {backend: backends.REGISTRY[backend].modes for backend in backend_names}
+    valid = ["default", *dict.fromkeys(m for modes in offered.values() for m in modes)]
+    for mode in sweep.modes:
+        if mode not in valid:
+            raise BenchError(
+                f"{where.get('modes', '--modes')} {mode!r}: no selected backend ({', '.join(backend_names)}) has this "
+                f"execution mode{did_you_mean(mode, valid)}; valid: {', '.join(valid)}")
+
+
+def check_batches(sweep: Sweep, n_train: int, where: Mapping[str, str]) -> None:
+    """Every batch size fits the training samples left after the validation split (else no step runs)."""
     for size in sweep.batch_sizes:
-        if size < 1:
-            raise BenchError(f"batch size must be a positive integer (or 'full'), got {size}")
+        if size != "full" and size > n_train:
+            source = f"{where['train_size']} {sweep.train_size}" if sweep.train_size is not None else sweep.dataset
+            raise BenchError(
+                f"{where.get('batch_sizes', '--batch-size')} {size}: larger than the {n_train} training samples "
+                f"({source} less the {sweep.val_split:g} validation split); valid: a batch size up to {n_train}, "
+                "or more training samples")
 
 
 def refuse_misfits(sweep: Sweep, input_shape: tuple[int, ...], num_classes: int) -> tuple[list[str], dict[str, str]]:
@@ -148,7 +274,7 @@ def cells(sweep: Sweep, backends: list[str], models: list[str], n_train: int) ->
         ):
             train = TrainSpec(
                 optimizer=optimizer, activation=activation, loss=loss,
-                batch_size=n_train if batch == 0 else batch, epochs=sweep.epochs,
+                batch_size=n_train if batch == "full" else batch, epochs=sweep.epochs,
                 learning_rate=sweep.learning_rate, seed=sweep.seed + repeat, precision=precision, mode=mode,
             )
             grid.append(Cell(backend, specs[model], train, sweep.dataset, repeat, sweep.target_accuracy, sweep.probe_steps))

@@ -44,7 +44,7 @@ from backends.base import Backend, Unsupported
 from backends.numpy_backend import NumpyBackend
 from bench import equivalence, training
 from bench.data import epoch_batches, load_dataset
-from bench.errors import BackendUnavailable
+from bench.errors import BackendUnavailable, BenchError, unknown
 from bench.rules import CANONICAL, RULE_OPTIONS, Rules
 from bench.shapes import param_specs
 from bench.spec import (
@@ -568,9 +568,9 @@ def _choices(values: list[str] | None, valid: tuple[str, ...] | list[str], defau
     items = [v.strip() for value in values for v in value.split(",") if v.strip()]
     if "all" in items:
         return list(valid)
-    unknown = [v for v in items if v not in valid]
-    if unknown:
-        raise SystemExit(f"unknown value(s) {', '.join(unknown)}; valid: {', '.join(valid)}, all")
+    for item in items:
+        if item not in valid:
+            raise BenchError(unknown("value", item, [*valid, "all"]))
     return list(dict.fromkeys(items))
 
 

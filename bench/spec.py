@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bench.errors import unknown
+
 HIDDEN = "hidden"
 """Placeholder activation name; the sweep's hidden activation replaces it."""
 
@@ -36,7 +38,7 @@ class _Layer(BaseModel):
 
 def _check_activation(name: str) -> str:
     if name != HIDDEN and name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS + (HIDDEN,))}")
+        raise ValueError(unknown("activation", name, ACTIVATIONS + (HIDDEN,)))
     return name
 
 

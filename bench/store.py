@@ -74,13 +74,22 @@ class RunStore:
         return {(r.get("cell_id"), r.get("repeat")) for r in records if r.get("status") in FINISHED}
 
     def append(self, record: dict) -> None:
+        """Append one record durably; a full disk or failing device is a BenchError (exit 2, one line).
+
+        A write cut short leaves a partial last line, which readers skip and the next append
+        starts a fresh line after, so the records before it stay intact.
+        """
         line = json.dumps(_clean(record), sort_keys=False, allow_nan=False)
-        with open(self.results, "a", encoding="utf-8") as handle:
-            if handle.tell() and not self._ends_with_newline():
-                handle.write("\n")  # a previous crash left a partial line: never glue onto it
-            handle.write(line + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(self.results, "a", encoding="utf-8") as handle:
+                if handle.tell() and not self._ends_with_newline():
+                    handle.write("\n")  # a previous crash left a partial line: never glue onto it
+                handle.write(line + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            raise BenchError(f"cannot append to {self.results}: {exc.strerror or exc}; the records before are kept: "
+                             "make space and rerun into the same folder to resume") from None
 
     def _ends_with_newline(self) -> bool:
         with open(self.results, "rb") as handle:
@@ -96,4 +105,10 @@ class RunStore:
                 environment["previous"] = earlier.pop("previous", []) + [earlier]
             except json.JSONDecodeError:
                 pass
-        path.write_text(json.dumps(_clean(environment), indent=2))
+        partial = path.with_name(path.name + ".partial")  # a full disk must not cut the earlier sessions' file
+        try:
+            partial.write_text(json.dumps(_clean(environment), indent=2))
+            os.replace(partial, path)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise BenchError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reports.escape import write_csv
 from reports.figures import all_figures
 from reports.frameworks import evidence
 from reports.headline import choose_baseline, headlines
@@ -53,9 +54,9 @@ def build_report(run_dir: Path, baseline: str | None = None) -> ReportResult:
     result = ReportResult(folder, folder / "results.csv", folder / "curves.csv", folder / "summary.csv",
                           folder / "report.html", skipped_lines=run.skipped_lines, n_records=len(frame),
                           baseline=chosen)
-    results_table(frame).to_csv(result.results_csv, index=False)
-    curves.to_csv(result.curves_csv, index=False)
-    summary.to_csv(result.summary_csv, index=False)
+    write_csv(results_table(frame), result.results_csv)
+    write_csv(curves, result.curves_csv)
+    write_csv(summary, result.summary_csv)
     figure_dir = folder / "figures"
     figure_dir.mkdir(exist_ok=True)
     for figure in figures:

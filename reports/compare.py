@@ -19,8 +19,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from bench.errors import BenchError
 from bench.stats import Estimate, benjamini_hochberg, difference_interval, ratio_interval, welch_p
 from reports import fmt
+from reports.escape import write_csv
 from reports.metrics import BY_FIELD, COMPARED, Metric
 from reports.records import CONFIG_AXES, Run, config_keys, load_run
 
@@ -146,11 +148,15 @@ def compare_runs(run_a: Path, run_b: Path, fail_on: float | None = None, out: Pa
     (Benjamini-Hochberg), gives q < 0.05, and (3) the change is at least ``noise_floor``.
     With ``fail_on`` (a fraction, 0.05 = 5%), the result fails when the train or inference
     throughput of some cell got slower that way by at least that fraction, or a cell that
-    finished in A no longer finishes in B.
+    finished in A no longer finishes in B. Runs that share no cell are a BenchError: with nothing
+    compared, no gate can pass.
     """
     first, second = load_run(Path(run_a)), load_run(Path(run_b))
     frame_a, frame_b = first.records, second.records
     keys_a, keys_b = _keys(frame_a), _keys(frame_b)
+    if not set(keys_a) & set(keys_b):  # else every cell is "only in A/B" and a gate would say PASS
+        raise BenchError(f"{run_a} and {run_b} share no cell (cells match by cell_id: backend, model and "
+                         "hyperparameters): nothing to compare; valid: two runs of overlapping sweeps")
     rows = []
     for key in sorted(set(keys_a) | set(keys_b)):
         rows += _cell_rows(key, frame_a[keys_a == key], frame_b[keys_b == key])
@@ -261,6 +267,6 @@ def write_comparison(result: CompareResult, out: Path, first: Run, second: Run) 
     """compare.csv (every cell and metric) and compare.md (the changes, readable) in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     csv, md = out / "compare.csv", out / "compare.md"
-    result.rows.to_csv(csv, index=False)
+    write_csv(result.rows, csv)
     md.write_text(_markdown(result, first, second), encoding="utf-8")
     return [csv, md]

@@ -1,7 +1,7 @@
 """The report's figures, drawn with matplotlib's object API on the Agg canvas and kept as PNG bytes.
 
 ``matplotlib.figure.Figure`` is used without pyplot, so building a report never touches a GUI
-backend or global figure state. Every bar shows a median with its bootstrap interval as an error
+backend or global figure state. Every text from records or config passes through ``escape.plain``. Every bar shows a median with its bootstrap interval as an error
 bar; the same pooled records feed the headline table and the figures, so they always agree.
 """
 
@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogLocator, NullFormatter
 
 from reports import fmt
+from reports.escape import plain
 from reports.headline import ModelHeadline, pooled_estimate
 from reports.metrics import BY_FIELD
 from reports.records import CONFIG_AXES, config_keys
@@ -102,12 +103,12 @@ def throughput(heads: list[ModelHeadline], colours: dict) -> FigureOut | None:
             ests = [e for e in ests if e is not None and e.ok]
             if ests:
                 ax.bar(xs, [e.value for e in ests], width, yerr=_errors(ests), capsize=3,
-                       color=colours[variant], label=variant, edgecolor="white", linewidth=0.5)
+                       color=colours[variant], label=plain(variant), edgecolor="white", linewidth=0.5)
         if values and max(values) / max(min(values), 1e-12) > 30:
             ax.set_yscale("log")
             ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
             ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.set_xticks(range(len(heads)), [h.model for h in heads])
+        ax.set_xticks(range(len(heads)), [plain(h.model) for h in heads])
         ax.set_title(f"{metric.label} (samples/s, higher is better)")
         ax.yaxis.set_major_formatter(_tick)
         ax.grid(axis="x", visible=False)
@@ -157,11 +158,11 @@ def accuracy_heatmap(frame: pd.DataFrame, model: str, colours: dict) -> FigureOu
             for j in range(len(activations)):
                 value = grids[variant][i, j]
                 dark = np.isfinite(value) and (value - vmin) / (vmax - vmin) < 0.6
-                ax.text(j, i, labels[variant][i][j], ha="center", va="center", fontsize=8.5,
+                ax.text(j, i, plain(labels[variant][i][j]), ha="center", va="center", fontsize=8.5,
                         color="white" if dark else "#333333")
-        ax.set_title(variant, color=colours.get(variant, "black"), fontweight="bold")
-        ax.set_xticks(range(len(activations)), activations, rotation=30, ha="right")
-        ax.set_yticks(range(len(optimizers)), optimizers)
+        ax.set_title(plain(variant), color=colours.get(variant, "black"), fontweight="bold")
+        ax.set_xticks(range(len(activations)), [plain(a) for a in activations], rotation=30, ha="right")
+        ax.set_yticks(range(len(optimizers)), [plain(o) for o in optimizers])
         ax.grid(False)
     for ax in axes[len(variants):]:
         ax.set_visible(False)
@@ -212,7 +213,7 @@ def training_curves(curves: pd.DataFrame, model: str, colours: dict) -> FigureOu
             if median.notna().sum() == 0:
                 continue
             ax.plot(median.index, median.values, style, marker="o", markersize=2 + width, color=colour,
-                    linewidth=width, label=variant if column != "val_loss" else None)
+                    linewidth=width, label=plain(variant) if column != "val_loss" else None)
             if by_epoch[column].count().max() > 1:
                 ax.fill_between(median.index, by_epoch[column].min(), by_epoch[column].max(),
                                 color=colour, alpha=0.1, linewidth=0)
@@ -255,7 +256,7 @@ def compile_vs_steady(heads: list[ModelHeadline], colours: dict) -> FigureOut | 
         share = compile_s / (compile_s + steady) if compile_s + steady > 0 else 0
         text = f"  {fmt.seconds(compile_s)} + {fmt.seconds(steady)} ({100 * share:.0f}% compile)"
         ax.text(compile_s + steady, y, text, va="center", fontsize=8.5)
-    ax.set_yticks(ys, [b[0] for b in bars])
+    ax.set_yticks(ys, [plain(b[0]) for b in bars])
     ax.set_xlabel("seconds (hatched: compile / first-step overhead; solid: steady-state training, all epochs)")
     ax.set_xlim(0, max(c + s for _, _, c, s in bars) * 1.45)
     ax.grid(axis="y", visible=False)
@@ -289,7 +290,7 @@ def time_to_target(heads: list[ModelHeadline], colours: dict) -> FigureOut | Non
                     fontsize=8.5)
         else:
             ax.text(0, y, f"  not reached in {n} run(s)", va="center", fontsize=8.5, color="#b00020")
-    ax.set_yticks(ys, [b[0] for b in bars])
+    ax.set_yticks(ys, [plain(b[0]) for b in bars])
     ax.set_xlim(0, top * 1.5)
     ax.set_xlabel("training seconds until validation accuracy first reached the target")
     ax.grid(axis="y", visible=False)

@@ -10,7 +10,7 @@ import pytest
 import backends
 from backends.numpy_backend import NumpyBackend
 from bench import equivalence, parity
-from bench.errors import BackendUnavailable
+from bench.errors import BackendUnavailable, BenchError
 from bench.rules import CANONICAL, RULE_OPTIONS, Rules
 from bench.spec import SEED_MODELS, TrainSpec
 from tests.conftest import FRAMEWORKS, loaded_backend
@@ -194,7 +194,7 @@ def test_cli_runs_the_ladder_and_returns_its_status(capsys):
     assert parity.main_parity(args) == 0
     out = capsys.readouterr().out
     assert "forward" in out and "steps_20" in out and "every rung passes" in out
-    with pytest.raises(SystemExit):
+    with pytest.raises(BenchError, match="unknown value 'resnet'"):  # the CLI's one line and exit 2
         parity.main_parity(parser.parse_args(["--backend", "numpy", "--models", "resnet"]))
 
 
