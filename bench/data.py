@@ -2,7 +2,7 @@
 
 Every backend receives the same float32 NHWC arrays scaled to [0, 1], the same train/val/test
 split and the same per-epoch batch indices drawn in NumPy from the seed, with the last partial
-batch dropped (design.md, "Datasets"). Files are verified by checksum; nothing is downloaded.
+batch dropped (docs/architecture.md, "Data flow"). Files are verified by checksum; nothing is downloaded.
 """
 
 from __future__ import annotations

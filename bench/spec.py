@@ -2,7 +2,7 @@
 
 One spec, many frameworks: a model is a short list of declarative layers and a training run is a
 ``TrainSpec`` whose every hyperparameter is explicit, so no framework default leaks into a
-comparison (see design.md, "Fairness"). Pydantic validates specs coming from TOML files and gives
+comparison (see docs/architecture.md, "Framework rules"). Pydantic validates specs coming from TOML files and gives
 readable errors; the same objects pickle into worker processes unchanged.
 """
 

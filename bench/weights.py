@@ -1,7 +1,7 @@
 """Canonical initial weights, drawn once in NumPy and loaded into every backend.
 
 Frameworks initialise differently (Keras glorot_uniform, PyTorch kaiming_uniform, Flax
-lecun_normal); drawing once here removes that difference from every comparison (design.md).
+lecun_normal); drawing once here removes that difference from every comparison (docs/architecture.md).
 """
 
 from __future__ import annotations

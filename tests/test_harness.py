@@ -1,4 +1,4 @@
-"""The harness measures every figure design.md promises and records every outcome as a status."""
+"""The harness measures every figure docs/architecture.md promises and records every outcome as a status."""
 
 from __future__ import annotations
 

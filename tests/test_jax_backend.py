@@ -1,6 +1,6 @@
 """The JAX backend on real JAX/Flax/Optax at small sizes: same logits as PyTorch and a NumPy forward,
 one compilation per cell, jit == eager, dropout masks that move, the optimizer formulas as
-design.md fixes them, a functional ``loss_and_gradients``, and an MLP that learns MNIST."""
+docs/architecture.md fixes them, a functional ``loss_and_gradients``, and an MLP that learns MNIST."""
 
 from __future__ import annotations
 
@@ -154,7 +154,7 @@ def test_dropout_masks_change_every_step_and_restart_on_reset(backend, data):
 
 
 def first_step_expected(train: TrainSpec, w: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """design.md's formulas for the first step from zero state (momentum buffer = g, v = (1-rho) g^2,
+    """The oracle's formulas for the first step from zero state (momentum buffer = g, v = (1-rho) g^2,
     Adam's bias-corrected moments m = g and v = g^2), decoupled decay on w."""
     lr, eps = train.lr, train.epsilon
     direction = {
