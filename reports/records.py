@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.store import ENVIRONMENT, RESULTS, read_records
+from bench.store import ENVIRONMENT, RESULTS, latest, read_records
 
 TEXT_FIELDS = (
     "run_id", "cell_id", "status", "reason", "error", "backend", "framework", "model", "optimizer",
@@ -186,6 +186,11 @@ def load_run(folder: Path) -> Run:
     environment = _read_environment(folder / ENVIRONMENT, notes)
     if skipped:
         notes.append(f"{skipped} incomplete or unreadable line(s) of {RESULTS} were skipped.")
+    current = latest(records)
+    if len(current) < len(records):
+        notes.append(f"{len(records) - len(current)} record(s) of cells that were run again (after a failure or "
+                     "timeout) are superseded by their latest record and not counted.")
+    records = current
     unknown = Counter(r["status"] for r in records if r.get("status") not in (None, *STATUSES))
     if unknown:
         notes.append("Unknown statuses: " + ", ".join(f"{s} ({n})" for s, n in sorted(unknown.items())) + ".")
