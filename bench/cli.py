@@ -1,15 +1,20 @@
 """Command line: ``python -m bench run | list | parity | report | compare``.
 
 Every user error (unknown name, broken TOML, missing or corrupt dataset file, unwritable folder,
-framework not installed) is one line on stderr and exit status 2, never a traceback. Records
-already written stay: the store only appends.
+framework not installed, a run folder in use or recorded with other settings) is one line on
+stderr and exit status 2, never a traceback. Records already written stay: the store only appends.
+Ctrl-C (or SIGTERM, as Slurm sends at a time limit) stops the sweep, still writes the report of
+what finished and exits 130 (143).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
@@ -19,12 +24,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import backends
-from bench import environment, grid
+from bench import environment, fingerprint, grid
 from bench.data import DATASETS, load_dataset
 from bench.errors import BenchError
 from bench.executor import WorkerSettings, run_sweep
+from bench.runlock import RunLock
 from bench.spec import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS
-from bench.store import RunStore
+from bench.store import RunStore, latest
 
 console = Console(stderr=False)
 errors = Console(stderr=True)
@@ -82,8 +88,15 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", type=float, help="validation accuracy for time-to-accuracy (default 0.9)")
     p.add_argument("--threads", type=int, help="intra-op threads and CPU-set size for every backend (default: all cores)")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu", "auto"))
-    p.add_argument("--cell-timeout", type=float, help="seconds before a cell's worker is killed (default: none)")
+    p.add_argument("--cell-timeout", type=float,
+                   help="seconds a cell may run, from when it starts (worker start-up not counted) (default: none)")
     p.add_argument("--out", type=Path, help="run folder (default: runs/<date-time>); rerun into it to resume")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue RUN_DIR with its recorded settings (flags given as well override them)")
+    p.add_argument("--executor", choices=tuple(EXECUTORS), default="local",
+                   help="local: one worker process at a time on this machine (default); ray: one Ray task per cell")
+    p.add_argument("--ray-address", help="Ray cluster to join (e.g. auto, or HOST:6379); default: start a local Ray")
+    p.add_argument("--gpus-per-cell", type=float, default=0.0, help="GPUs each Ray task requests (--executor ray)")
     p.add_argument("--baseline", help="backend the report's ratios are relative to (default: first)")
     p.add_argument("--no-report", action="store_true", help="write only the records, not the HTML/CSV report")
 
@@ -121,21 +134,89 @@ def _progress() -> Progress:
     )
 
 
+def _local(cells: list, settings: WorkerSettings, sink, done: set, args: argparse.Namespace, lock: RunLock) -> None:
+    run_sweep(cells, settings, sink, done, args.cell_timeout, watch=lock.watch)
+
+
+def _ray(cells: list, settings: WorkerSettings, sink, done: set, args: argparse.Namespace, lock: RunLock) -> None:
+    from bench import ray_executor
+
+    ray_executor.run_sweep(cells, settings, sink, done, args.cell_timeout, args.ray_address, args.gpus_per_cell)
+
+
+EXECUTORS = {"local": _local, "ray": _ray}
+
+
+def _check_executor(args: argparse.Namespace) -> None:
+    """Executor flags that cannot work stop the run before anything is written."""
+    if args.executor == "ray":
+        from bench import ray_executor
+
+        ray_executor.require()
+    elif args.ray_address or args.gpus_per_cell:
+        raise BenchError("--ray-address and --gpus-per-cell apply to --executor ray only")
+    if args.gpus_per_cell < 0:
+        raise BenchError(f"--gpus-per-cell must be 0 or more, got {args.gpus_per_cell:g}")
+
+
+def _cpu_set(requested: int | None) -> tuple[int, ...]:
+    available = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    threads = requested or len(available)
+    if not 1 <= threads <= len(available):
+        raise BenchError(f"--threads must be between 1 and {len(available)} (the cores this process may use)")
+    return tuple(sorted(available)[:threads])
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled like Ctrl-C: stop the sweep, keep and report what finished."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    def handler(signum, _frame):
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     sweep = build_sweep(args)
     backend_names = resolve_backends(_names(args.backend))
     data = load_dataset(sweep.dataset, sweep.data_dir, sweep.val_split, sweep.train_size, sweep.test_size)
     models, refused = grid.refuse_misfits(sweep, data.input_shape, data.num_classes)
     out = args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    cpu_set = _cpu_set(args.threads)
+    threads = len(cpu_set)
+    _check_executor(args)
+    identity = fingerprint.describe(sweep, backend_names, data, threads, args.device)
     store = RunStore(out)
-    available = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-    threads = args.threads or len(available)
-    if not 1 <= threads <= len(available):
-        raise BenchError(f"--threads must be between 1 and {len(available)} (the cores this process may use)")
-    cpu_set = tuple(sorted(available)[:threads])
-    argv = sys.argv[1:]
-    env = environment.capture(argv, threads, list(cpu_set), _settings(sweep, backend_names), fairness_rules())
-    store.write_environment(env)
+    command = " ".join(["python -m bench"] + args.argv)
+    with RunLock(out, command) as lock:
+        fingerprint.check(store, identity)  # before anything is written: a refused rerun changes nothing
+        if lock.previous.get("pid"):
+            console.print(f"took over {out} from a driver that is gone (pid {lock.previous['pid']}); "
+                          f"stopped {lock.stopped_leftovers} leftover worker(s)")
+        fingerprint.record(store, identity, args)
+        env = environment.capture(args.argv, threads, list(cpu_set), _settings(sweep, backend_names), fairness_rules())
+        store.write_environment(env | {"executor": args.executor, "fingerprint": fingerprint.digest(identity)})
+        return _sweep(args, sweep, backend_names, data, models, refused, store, lock,
+                      WorkerSettings(threads, cpu_set, args.device, sweep.data_dir, sweep.val_split,
+                                     sweep.train_size, sweep.test_size, env["matmul_peak_gflops"]))
+
+
+def _sweep(args, sweep, backend_names, data, models, refused, store: RunStore, lock: RunLock,
+           settings: WorkerSettings) -> int:
+    """Run what is left of the sweep, then print the summary and write the report (also after Ctrl-C)."""
+    out = store.folder
     cells = grid.cells(sweep, backend_names, models, len(data.x_train))
     done = store.finished()
     run_id = out.name
@@ -151,14 +232,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             if (f"{backend}|{name}|refused", 0) not in done:
                 sink({"cell_id": f"{backend}|{name}|refused", "repeat": 0, "backend": backend, "model": name,
                       "dataset": sweep.dataset, "status": "skipped", "reason": reason})
-    settings = WorkerSettings(threads, cpu_set, args.device, sweep.data_dir, sweep.val_split,
-                              sweep.train_size, sweep.test_size, env["matmul_peak_gflops"])
     todo = [c for c in cells if (c.cell_id, c.repeat) not in done]
     console.print(
         f"[bold]bench run[/]: {len(todo)} cells to run ({len(cells) - len(todo)} already in {out}), "
         f"backends {', '.join(backend_names)}, profile {args.profile}, dataset {sweep.dataset} "
-        f"({len(data.x_train)} train / {len(data.x_val)} val / {len(data.x_test)} test), {threads} threads"
+        f"({len(data.x_train)} train / {len(data.x_val)} val / {len(data.x_test)} test), {settings.threads} threads, "
+        f"executor {args.executor}"
     )
+    interrupted = None
     with _progress() as progress:
         task = progress.add_task("sweep", total=len(todo))
 
@@ -167,15 +248,22 @@ def cmd_run(args: argparse.Namespace) -> int:
             progress.update(task, advance=1, description=f"{record['backend']} {record.get('model', '')}")
 
         try:
-            run_sweep(cells, settings, advance, done, args.cell_timeout)
-        except KeyboardInterrupt:
-            errors.print(f"interrupted: finished cells are kept in {out}; rerun the same command with --out {out} to resume")
-            return 130
+            with _stop_on_signals():
+                EXECUTORS[args.executor](cells, settings, advance, done, args, lock)
+        except KeyboardInterrupt as exc:
+            interrupted = exc
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    console.print(f"[bold]done[/]: {summary or 'nothing to run'}; records in {store.results}")
-    _print_summary(store, args.baseline)
-    if not args.no_report:
-        _write_report(out, args.baseline)
+    if interrupted is not None:
+        errors.print(f"interrupted: finished cells are kept in {out}; "
+                     f"resume with: python -m bench run --resume {out}", markup=False, highlight=False, soft_wrap=True)
+    else:
+        console.print(f"[bold]done[/]: {summary or 'nothing to run'}; records in {store.results}")
+    if store.has_records():
+        _print_summary(store, args.baseline)
+        if not args.no_report:
+            _write_report(out, args.baseline)
+    if interrupted is not None:
+        return 128 + getattr(interrupted, "signum", signal.SIGINT)
     return 1 if counts.get("failed") or counts.get("timeout") else 0
 
 
@@ -207,7 +295,7 @@ def _print_summary(store: RunStore, baseline: str | None) -> None:
     from bench.store import read_records
 
     records, _ = read_records(store.results)
-    frame = pd.DataFrame([r for r in records if r.get("status") == "ok"])
+    frame = pd.DataFrame([r for r in latest(records) if r.get("status") == "ok"])
     if frame.empty:
         console.print("no successful cells to summarise")
         return
@@ -268,10 +356,27 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+def resumed(args: argparse.Namespace, argv: list[str]) -> argparse.Namespace:
+    """``run --resume RUN_DIR``: the recorded arguments of RUN_DIR, overridden by the flags given now."""
+    if args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
+        raise BenchError("--resume RUN_DIR writes into RUN_DIR: leave out --out, or give the same folder")
+    run = argparse.ArgumentParser(prog="bench run")
+    add_run_arguments(run)
+    run.set_defaults(**fingerprint.recorded_arguments(args.resume))
+    merged = run.parse_args(argv[1:])
+    merged.command, merged.out = args.command, args.resume
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
+    args.argv = argv
     try:
         if args.command == "run":
+            if args.resume is not None:
+                args = resumed(args, argv)
+                args.argv = argv
             return cmd_run(args)
         if args.command == "list":
             return cmd_list(args)
