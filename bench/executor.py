@@ -101,6 +101,7 @@ def _worker_main(conn, backend_name: str, settings: WorkerSettings, parent_pid: 
         "framework_versions": info.versions,
         "worker_pid": os.getpid(),
         "host": socket.gethostname(),
+        "niceness": os.nice(0) if hasattr(os, "nice") else None,  # a deprioritised worker measures less
     }
     conn.send(("ready", facts))
     datasets = {}
@@ -168,8 +169,12 @@ class Worker:
 
         ``timeout`` counts from the worker's "started": loading the dataset is start-up, not the cell.
         """
-        self.conn.send(cell)
-        kind, payload = self._receive(STARTUP_TIMEOUT)
+        try:
+            self.conn.send(cell)
+            kind, payload = self._receive(STARTUP_TIMEOUT)
+        except OSError:  # the pipe broke: the worker died before it could take the cell
+            self.process.join(timeout=5)
+            kind, payload = "crashed", f"worker process died with exit code {self.process.exitcode}"
         if kind == "started":
             kind, payload = self._receive(timeout)
         if kind == "record":

@@ -13,7 +13,9 @@ cells finish (``ray.wait``) and the driver appends them to the run's one store. 
 ``--ray-address`` a local Ray is started with as many CPUs as the run's CPU set, so with the default
 thread count it runs one cell at a time on the same cores as the local executor would.
 
-Ray is an optional extra and is imported only here, only when this executor is chosen.
+Ray starts its workers at niceness 15, and a worker process inherits it: the local Ray is started
+with ``RAY_worker_niceness=0``, and a cluster's ``ray start`` needs the same (README), else every
+record says so (``niceness``). Ray is an optional extra, imported only here, only when chosen.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from bench.harness import Cell
 MAX_RETRIES = 2
 """Times Ray reruns a cell whose Ray worker process or node died (the cell's own failures are records)."""
 INSTALL = "pip install -e '.[ray]'"
+WORKER_NICENESS = "RAY_worker_niceness"
+"""Ray starts workers at niceness 15 (behind its own daemons); a measured cell must not run deprioritised."""
 CORE_LOCKS = Path(tempfile.gettempdir()) / "bench-cores"
 CLAIM_POLL = 0.2
 
@@ -56,11 +60,15 @@ def claim_cores(threads: int) -> Iterator[tuple[int, ...]]:
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     if threads > len(cores):
         raise BenchError(f"a cell asks for {threads} cores and this node has {len(cores)}")
-    CORE_LOCKS.mkdir(exist_ok=True)
+    try:
+        CORE_LOCKS.mkdir()
+        os.chmod(CORE_LOCKS, 0o1777)  # shared by every user's cells on this machine, like /tmp
+    except FileExistsError:
+        pass
     while True:
         held: list[tuple[int, int]] = []
         for core in cores:
-            fd = os.open(CORE_LOCKS / f"core-{core}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+            fd = os.open(CORE_LOCKS / f"core-{core}.lock", os.O_RDONLY | os.O_CREAT, 0o644)  # flock needs no write access
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -135,6 +143,7 @@ def run_sweep(
     if started_here and address:
         ray.init(address=address, logging_level=logging.WARNING)
     elif started_here:
+        os.environ.setdefault(WORKER_NICENESS, "0")  # read by the raylet this starts
         ray.init(num_cpus=len(settings.cpu_set), include_dashboard=False, logging_level=logging.WARNING)
     task = ray.remote(_run_cell_task).options(num_cpus=settings.threads, num_gpus=gpus_per_cell, max_retries=MAX_RETRIES)
     cells = {task.remote(cell, settings, cell_timeout): cell for cell in todo}

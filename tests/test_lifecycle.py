@@ -6,6 +6,7 @@ executor's start-up rules are checked in-process on the NumPy backend, whose wor
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import psutil
 import pytest
 
 from bench import executor
+from bench.cli import main
 from bench.errors import BenchError
 from bench.executor import WorkerSettings, run_sweep
 from bench.harness import Cell
@@ -211,3 +213,12 @@ def test_the_ray_executor_records_the_same_cells_and_statuses_as_the_local_one(t
         assert result.returncode == 0, result.stderr + result.stdout
         outcomes[name] = sorted((r["cell_id"], r["repeat"], r["status"]) for r in map(json.loads, lines(out)))
     assert outcomes["ray"] == outcomes["local"] and len(outcomes["local"]) == 2
+
+
+def test_the_ray_executor_without_ray_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real_find_spec(name, *a))
+    out = tmp_path / "run"
+    assert main(["run", *SWEEP, "--executor", "ray", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == "error: --executor ray needs Ray, which is not installed (pip install -e '.[ray]')"
+    assert not out.exists()
