@@ -118,9 +118,18 @@ def _run_cell_task(cell: Cell, settings: WorkerSettings, cell_timeout: float | N
         return record
 
 
+def _runtime_env() -> dict:
+    """Ray workers import the driver's copy of the suite wherever its folder exists (this machine, a
+    checkout on a shared file system), else the copy installed on their node."""
+    root = str(Path(__file__).resolve().parents[1])
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}}
+
+
 def _lost(cell: Cell, exc: Exception) -> dict:
-    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return cell.config() | {"status": "failed", "error": f"ray task lost after {MAX_RETRIES} retries: {type(exc).__name__}: {first_line}"}
+    """A failed record for a task Ray could not complete; the cause, not Ray's wrapper, names the problem."""
+    cause = getattr(exc, "cause", None) or exc
+    return cell.config() | {"status": "failed", "error": f"ray task failed: {type(cause).__name__}: {cause}",
+                            "traceback": str(exc)}
 
 
 def run_sweep(
@@ -141,10 +150,11 @@ def run_sweep(
         return
     started_here = not ray.is_initialized()
     if started_here and address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, runtime_env=_runtime_env(), logging_level=logging.WARNING)
     elif started_here:
         os.environ.setdefault(WORKER_NICENESS, "0")  # read by the raylet this starts
-        ray.init(num_cpus=len(settings.cpu_set), include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(num_cpus=len(settings.cpu_set), include_dashboard=False, runtime_env=_runtime_env(),
+                 logging_level=logging.WARNING)
     task = ray.remote(_run_cell_task).options(num_cpus=settings.threads, num_gpus=gpus_per_cell, max_retries=MAX_RETRIES)
     cells = {task.remote(cell, settings, cell_timeout): cell for cell in todo}
     pending = list(cells)
