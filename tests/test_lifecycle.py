@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench import executor
+from bench import executor, ray_executor
 from bench.cli import main
 from bench.errors import BenchError
 from bench.executor import WorkerSettings, run_sweep
@@ -202,6 +202,18 @@ def test_an_artifact_that_cannot_be_written_leaves_the_previous_one(tmp_path, mo
     with pytest.raises(BenchError, match="cannot write .*report.html: No space left on device"):
         write_atomic(page, "truncated")
     assert page.read_text() == "good" and [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+def test_cells_on_one_machine_claim_disjoint_cores(tmp_path, monkeypatch):
+    monkeypatch.setattr(ray_executor, "CORE_LOCKS", tmp_path / "cores")
+    cores = sorted(os.sched_getaffinity(0))
+    with ray_executor.claim_cores(1) as first:
+        assert len(first) == 1 and first[0] in cores
+        if len(cores) > 1:
+            with ray_executor.claim_cores(len(cores) - 1) as rest:
+                assert set(rest) == set(cores) - set(first)
+    with ray_executor.claim_cores(len(cores)) as everything:  # released: all are free again
+        assert set(everything) == set(cores)
 
 
 def test_the_ray_executor_records_the_same_cells_and_statuses_as_the_local_one(tmp_path):
