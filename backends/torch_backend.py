@@ -111,6 +111,10 @@ class TorchBackend(Backend):
         return torch.cuda.is_available()
 
     def _setup(self, threads: int) -> BackendInfo:
+        # torch.optim imports torch._dynamo on the first optimizer it builds (seconds): import it at
+        # start-up so it is not charged to the first cell's time and --cell-timeout.
+        import torch._dynamo  # noqa: F401
+
         torch.set_num_threads(threads)
         try:
             torch.set_num_interop_threads(1)

@@ -1,17 +1,20 @@
 """Command line: ``python -m bench run | list | parity | report | compare | predict``.
 
 Every user error (unknown name, a value out of range or of the wrong type in a flag or the TOML
-file, broken TOML, missing or corrupt dataset file, unwritable folder, framework not installed) is
-one line on stderr and exit status 2, never a traceback, and is found before anything is written:
-records already in an ``--out`` folder stay as they were.
+file, broken TOML, missing or corrupt dataset file, unwritable folder, framework not installed, a
+run folder in use or recorded with other settings) is one line on stderr and exit status 2, never a
+traceback, and is found before anything is written: records already in an ``--out`` folder stay as
+they were. Ctrl-C (or SIGTERM, as Slurm sends at a time limit) stops the sweep, still writes the
+report of what finished and exits 130 (143).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import os
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -23,126 +26,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import backends
-from bench import environment, grid, predict
+from bench import environment, fingerprint, grid, predict
 from bench.data import DATASETS, load_dataset
 from bench.errors import BenchError
 from bench.executor import WorkerSettings, run_sweep
 from bench.harness import Cell, refused_record
 from bench.record import ResultRecord
+from bench.run_flags import EXECUTOR_NAMES, add_run_arguments, build_sweep, resumed, usable_cores
+from bench.runlock import RunLock
 from bench.spec import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS, training_rules
 from bench.store import RunStore
 
 console = Console(stderr=False)
 errors = Console(stderr=True)
-
-
-def _names(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _batch_sizes(text: str) -> list[int | str]:
-    sizes: list[int | str] = []
-    for part in _names(text):
-        try:
-            sizes.append(part if part == "full" else int(part))
-        except ValueError:
-            raise BenchError(f"--batch-size {part!r}: not an integer; valid: positive integers or 'full', comma-separated") from None
-    return sizes
-
-
-def resolve_backends(names: list[str], label: str = "--backend") -> list[str]:
-    """'all' means every framework (missing ones are recorded as skipped); a backend named
-    explicitly must be installed, else the run stops before it starts with the reason."""
-    if any(n.strip().lower() == "all" for n in names):
-        return list(backends.FRAMEWORK_BACKENDS)
-    chosen = list(dict.fromkeys(backends.canonical_name(n) for n in names))
-    for name in chosen:
-        reason = backends.unavailable_reason(name)
-        if reason:
-            raise BenchError(f"{label}: backend {name!r} is not available: {reason}; use --backend all to skip missing ones")
-    return chosen
-
-
-FLAGS = {
-    "backends": "--backend", "models": "--models", "optimizers": "--optimizers", "activations": "--activations",
-    "losses": "--losses", "precisions": "--precision", "modes": "--modes", "batch_sizes": "--batch-size",
-    "dataset": "--dataset", "data_dir": "--data-dir", "epochs": "--epochs", "learning_rate": "--learning-rate",
-    "train_size": "--train-size", "val_split": "--val-split", "repeats": "--repeats", "seed": "--seed",
-    "target_accuracy": "--target",
-}
-"""The sweep key each run flag sets; an error about the key names the flag."""
-
-
-def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", help="torch, tf, jax, numpy, a comma list, or all (default: all frameworks)")
-    p.add_argument("--models", help=f"comma list (default: all seed models: {', '.join(SEED_MODELS)})")
-    p.add_argument("--optimizers", help=f"comma list of {', '.join(OPTIMIZERS)} (default: all)")
-    p.add_argument("--activations", help=f"comma list of {', '.join(ACTIVATIONS)} (default: all)")
-    p.add_argument("--losses", help=f"comma list of {', '.join(LOSSES)} (default: cce)")
-    p.add_argument("--dataset", help=f"{', '.join(DATASETS)} (default: mnist-sample, bundled)")
-    p.add_argument("--data-dir", help="folder with dataset files (mnist, fashion_mnist, cifar10)")
-    p.add_argument("--profile", default=grid.DEFAULT_PROFILE, help=f"{', '.join(grid.PROFILES)} (default: quick)")
-    p.add_argument("--config", type=Path, help="TOML file with a [sweep] table and [models.NAME] definitions")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", help="comma list of sizes; 'full' = full batch")
-    p.add_argument("--learning-rate", type=float, help="one rate for every optimizer (default: per optimizer)")
-    p.add_argument("--train-size", type=int, help="use the first N training samples (default: profile's)")
-    p.add_argument("--val-split", type=float, help="fraction of the training split held out for validation")
-    p.add_argument("--modes", help="execution modes: default, or backend modes (eager, compiled, graph, xla, jit)")
-    p.add_argument("--precision", help=f"comma list of {', '.join(PRECISIONS)} (default: fp32)")
-    p.add_argument("--repeats", type=int, help="runs of each cell (fresh model, seed + repeat); default 1")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--target", type=float, help="validation accuracy for time-to-accuracy (default 0.9)")
-    p.add_argument("--threads", type=int, help="intra-op threads and CPU-set size for every backend (default: all cores)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "gpu", "auto"))
-    p.add_argument("--cell-timeout", type=float, help="seconds before a cell's worker is killed (default: none)")
-    p.add_argument("--out", type=Path, help="run folder (default: runs/<date-time>); rerun into it to resume")
-    p.add_argument("--baseline", help="backend the report's ratios are relative to (default: first)")
-    p.add_argument("--no-report", action="store_true", help="write only the records, not the HTML/CSV report")
-    p.add_argument("--save", action="store_true",
-                   help="keep each ok cell's trained model in OUT/models/ (native file + safetensors/JSON any backend loads)")
-
-
-def _cores() -> set[int]:
-    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-
-
-def _check_run_flags(args: argparse.Namespace) -> None:
-    """The run flags that are not sweep settings."""
-    cores = len(_cores())
-    if args.threads is not None and not 1 <= args.threads <= cores:
-        raise BenchError(f"--threads {args.threads}: valid: 1 to {cores} (the cores this process may use)")
-    if args.cell_timeout is not None and not (math.isfinite(args.cell_timeout) and args.cell_timeout > 0):
-        raise BenchError(f"--cell-timeout {args.cell_timeout}: valid: a finite number of seconds > 0")
-
-
-def build_sweep(args: argparse.Namespace) -> tuple[grid.Sweep, dict[str, str]]:
-    """The sweep from profile < TOML file < flags, every value checked before anything is written,
-    and where each value came from (the flag or key), for errors found once the data is loaded."""
-    _check_run_flags(args)
-    sweep = grid.from_profile(args.profile)
-    where = {key: f"profile {args.profile!r} {key}" for key in grid.PROFILES[args.profile]}
-    if args.config:
-        settings, custom = grid.read_toml(args.config)
-        where |= {key: f"config file {args.config}: [sweep] {key}" for key in settings}
-        sweep = grid.merge(sweep, settings | {"custom_models": sweep.custom_models | custom}, where)
-    lists = {"backends": args.backend, "models": args.models, "optimizers": args.optimizers,
-             "activations": args.activations, "losses": args.losses, "precisions": args.precision, "modes": args.modes}
-    flags = {key: _names(text) for key, text in lists.items() if text is not None}
-    flags |= {"batch_sizes": _batch_sizes(args.batch_size)} if args.batch_size is not None else {}
-    scalars = {"dataset": args.dataset, "data_dir": args.data_dir, "epochs": args.epochs,
-               "learning_rate": args.learning_rate, "train_size": args.train_size, "val_split": args.val_split,
-               "repeats": args.repeats, "seed": args.seed, "target_accuracy": args.target}
-    flags |= {key: value for key, value in scalars.items() if value is not None}
-    where |= {key: FLAGS[key] for key in flags}
-    sweep = grid.merge(sweep, flags, where)
-    quick = grid.PROFILES["quick"]
-    if sweep.dataset != "mnist-sample" and args.train_size is None and sweep.train_size == quick["train_size"]:
-        sweep.train_size = sweep.test_size = None  # the quick slice is for the bundled sample only
-        where.pop("train_size", None)
-    sweep.backends = resolve_backends(sweep.backends, where.get("backends", "--backend"))
-    grid.validate(sweep, sweep.backends, where)
-    return sweep, where
 
 
 def _progress() -> Progress:
@@ -152,6 +48,58 @@ def _progress() -> Progress:
     )
 
 
+def _local(cells: list, settings: WorkerSettings, sink, done: set, args: argparse.Namespace, lock: RunLock) -> None:
+    run_sweep(cells, settings, sink, done, args.cell_timeout, watch=lock.watch)
+
+
+def _ray(cells: list, settings: WorkerSettings, sink, done: set, args: argparse.Namespace, lock: RunLock) -> None:
+    from bench import ray_executor
+
+    ray_executor.run_sweep(cells, settings, sink, done, args.cell_timeout, args.ray_address, args.gpus_per_cell)
+
+
+EXECUTORS = dict(zip(EXECUTOR_NAMES, (_local, _ray), strict=True))
+
+
+def _check_executor(args: argparse.Namespace) -> None:
+    """Executor flags that cannot work stop the run before anything is written."""
+    if args.executor == "ray":
+        from bench import ray_executor
+
+        ray_executor.require()
+    elif args.ray_address or args.gpus_per_cell:
+        raise BenchError("--ray-address and --gpus-per-cell apply to --executor ray only")
+    if args.gpus_per_cell < 0:
+        raise BenchError(f"--gpus-per-cell must be 0 or more, got {args.gpus_per_cell:g}")
+
+
+def _cpu_set(requested: int | None) -> tuple[int, ...]:
+    """The first ``requested`` cores this process may use (all by default; ``_check_run_flags`` bounds it)."""
+    available = sorted(usable_cores())
+    return tuple(available[: requested or len(available)])
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled like Ctrl-C: stop the sweep, keep and report what finished."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    def handler(signum, _frame):
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     sweep, where = build_sweep(args)
     backend_names = sweep.backends
@@ -159,13 +107,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     grid.check_batches(sweep, len(data.x_train), where)
     models, refused = grid.refuse_misfits(sweep, data.input_shape, data.num_classes)
     out = args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    cpu_set = _cpu_set(args.threads)
+    threads = len(cpu_set)
+    _check_executor(args)
+    identity = fingerprint.describe(sweep, backend_names, data, threads, args.device)
     store = RunStore(out)
-    available = _cores()
-    threads = args.threads or len(available)
-    cpu_set = tuple(sorted(available)[:threads])
-    argv = sys.argv[1:]
-    env = environment.capture(argv, threads, list(cpu_set), _settings(sweep, backend_names), fairness_rules())
-    store.write_environment(env)
+    command = " ".join(["python -m bench"] + args.argv)
+    with RunLock(out, command) as lock:
+        fingerprint.check(store, identity)  # before anything is written: a refused rerun changes nothing
+        if lock.previous.get("pid"):
+            console.print(f"took over {out} from a driver that is gone (pid {lock.previous['pid']}); "
+                          f"stopped {lock.stopped_leftovers} leftover worker(s)")
+        fingerprint.record(store, identity, args)
+        env = environment.capture(args.argv, threads, list(cpu_set), _settings(sweep, backend_names), fairness_rules())
+        store.write_environment(env | {"executor": args.executor, "fingerprint": fingerprint.digest(identity)})
+        return _sweep(args, sweep, backend_names, data, models, refused, store, lock,
+                      WorkerSettings(threads, cpu_set, args.device, sweep.data_dir, sweep.val_split,
+                                     sweep.train_size, sweep.test_size, env["matmul_peak_gflops"],
+                                     save_models_in=str(out) if args.save else None))
+
+
+def _sweep(args, sweep, backend_names, data, models, refused, store: RunStore, lock: RunLock,
+           settings: WorkerSettings) -> int:
+    """Run what is left of the sweep, then print the summary and write the report (also after Ctrl-C)."""
+    out = store.folder
     cells = grid.cells(sweep, backend_names, models, len(data.x_train))
     done = store.finished()
     run_id = out.name
@@ -179,15 +144,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         for backend in backend_names:
             if (Cell.refused_id(backend, name), 0) not in done:
                 sink(refused_record(backend, name, sweep.dataset, reason))
-    settings = WorkerSettings(threads, cpu_set, args.device, sweep.data_dir, sweep.val_split,
-                              sweep.train_size, sweep.test_size, env["matmul_peak_gflops"],
-                              save_models_in=str(out) if args.save else None)
     todo = [c for c in cells if (c.cell_id, c.repeat) not in done]
     console.print(
         f"[bold]bench run[/]: {len(todo)} cells to run ({len(cells) - len(todo)} already in {out}), "
         f"backends {', '.join(backend_names)}, profile {args.profile}, dataset {sweep.dataset} "
-        f"({len(data.x_train)} train / {len(data.x_val)} val / {len(data.x_test)} test), {threads} threads"
+        f"({len(data.x_train)} train / {len(data.x_val)} val / {len(data.x_test)} test), {settings.threads} threads, "
+        f"executor {args.executor}"
     )
+    interrupted = None
     with _progress() as progress:
         task = progress.add_task("sweep", total=len(todo))
 
@@ -196,15 +160,22 @@ def cmd_run(args: argparse.Namespace) -> int:
             progress.update(task, advance=1, description=escape(f"{record.backend} {record.model or ''}"))
 
         try:
-            run_sweep(cells, settings, advance, done, args.cell_timeout)
-        except KeyboardInterrupt:
-            errors.print(f"interrupted: finished cells are kept in {out}; rerun the same command with --out {out} to resume")
-            return 130
+            with _stop_on_signals():
+                EXECUTORS[args.executor](cells, settings, advance, done, args, lock)
+        except KeyboardInterrupt as exc:
+            interrupted = exc
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    console.print(f"[bold]done[/]: {summary or 'nothing to run'}; records in {store.results}")
-    _print_summary(store, args.baseline)
-    if not args.no_report:
-        _write_report(out, args.baseline)
+    if interrupted is not None:
+        errors.print(f"interrupted: finished cells are kept in {out}; "
+                     f"resume with: python -m bench run --resume {out}", markup=False, highlight=False, soft_wrap=True)
+    else:
+        console.print(f"[bold]done[/]: {summary or 'nothing to run'}; records in {store.results}")
+    if store.has_records():
+        _print_summary(store, args.baseline)
+        if not args.no_report:
+            _write_report(out, args.baseline)
+    if interrupted is not None:
+        return 128 + getattr(interrupted, "signum", signal.SIGINT)
     return 1 if counts.get("failed") or counts.get("timeout") else 0
 
 
@@ -313,9 +284,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
+    args.argv = argv
     try:
         if args.command == "run":
+            if args.resume is not None:
+                args = resumed(args, argv)
+                args.argv = argv
             return cmd_run(args)
         if args.command == "list":
             return cmd_list(args)

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-PACKAGES = ("numpy", "torch", "tensorflow", "tensorflow-cpu", "keras", "jax", "jaxlib", "flax", "optax",
-            "pandas", "matplotlib", "scipy", "pydantic")
+RESULT_PACKAGES = ("numpy", "torch", "tensorflow", "tensorflow-cpu", "keras", "jax", "jaxlib", "flax", "optax")
+"""Packages whose version can change a measured result (part of the run fingerprint)."""
+PACKAGES = RESULT_PACKAGES + ("pandas", "matplotlib", "scipy", "pydantic")
 
 
 def _cpu_name() -> str:
@@ -52,9 +53,9 @@ def _git_commit() -> str | None:
         return None
 
 
-def versions() -> dict[str, str]:
+def versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     found = {}
-    for name in PACKAGES:
+    for name in packages:
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

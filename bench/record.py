@@ -101,6 +101,8 @@ class ResultRecord(BaseModel):
     backend_threads: dict[str, int | str] | None = _field("Thread pools as the framework reports them")
     framework_versions: dict[str, str] | None = _field("Versions of the framework's packages in the worker")
     worker_pid: int | None = _field("Process id of the worker that ran the cell")
+    host: str | None = _field("Host name of the machine the worker ran on (a Ray cluster has several)")
+    niceness: int | None = _field("The worker's scheduling niceness (0 normal; a deprioritised worker measures less)")
     rules: dict[str, str] | None = _field("The framework rules the backend follows (bench/rules.py: one fixed key set)")
     mode_description: str | None = _field("What the execution mode runs (tf.function, jax.jit, ...)")
 

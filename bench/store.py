@@ -3,6 +3,10 @@
 Each record is appended and flushed to disk (fsync) the moment its cell ends, so a crash loses
 nothing finished and a rerun into the same folder resumes where it stopped. Reading parses JSON
 line by line and never unpickles; a truncated last line (a crash mid-write) is skipped and counted.
+A cell that failed or timed out is run again by a resume and recorded again: the latest record of
+each ``(cell_id, repeat)`` is the one that counts (``latest``). Every other file of the folder is
+written whole to a temporary name and renamed (``write_atomic``), so a crash or a full disk leaves
+the previous version in place, never a truncated one.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from bench.errors import BenchError
 
 RESULTS = "results.jsonl"
 ENVIRONMENT = "environment.json"
+RUN = "run.json"
 FINISHED = ("ok", "skipped", "diverged")
 """Statuses a rerun keeps; failed and timed-out cells are tried again."""
 
@@ -54,6 +59,55 @@ def read_records(path: Path) -> tuple[list[dict], int]:
     return records, skipped
 
 
+def latest(records: list[dict]) -> list[dict]:
+    """The last record of each (cell_id, repeat), in the order they were written.
+
+    A failed or timed-out cell that a resume ran again has two records; only the newer one counts.
+    Records without a cell id (none are written today) are all kept.
+    """
+    newest: dict[object, int] = {}
+    for index, record in enumerate(records):
+        key = (record["cell_id"], record.get("repeat")) if record.get("cell_id") is not None else index
+        newest[key] = index
+    keep = set(newest.values())
+    return [record for index, record in enumerate(records) if index in keep]
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write ``path`` whole or not at all: a temporary file in the same folder, fsync, then rename.
+
+    A crash, Ctrl-C or a full disk leaves the previous file as it was (and no temporary file);
+    an OSError becomes a BenchError naming the file.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise BenchError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def read_run(folder: Path) -> dict | None:
+    """run.json of a run folder (its fingerprint and arguments), or None where there is none."""
+    path = Path(folder) / RUN
+    if not path.exists():
+        return None
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BenchError(f"cannot read {path}: {exc}") from None
+    if not isinstance(recorded, dict):
+        raise BenchError(f"{path} does not hold a JSON object")
+    return recorded
+
+
 class RunStore:
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
@@ -67,11 +121,20 @@ class RunStore:
         self.results = self.folder / RESULTS
 
     def finished(self) -> set[tuple[str, int]]:
-        """(cell_id, repeat) pairs already recorded with a final status: a rerun skips them."""
+        """(cell_id, repeat) pairs whose latest record has a final status: a rerun skips them."""
         if not self.results.exists():
             return set()
         records, _ = read_records(self.results)
-        return {(r.get("cell_id"), r.get("repeat")) for r in records if r.get("status") in FINISHED}
+        return {(r.get("cell_id"), r.get("repeat")) for r in latest(records) if r.get("status") in FINISHED}
+
+    def has_records(self) -> bool:
+        return self.results.exists() and self.results.stat().st_size > 0
+
+    def read_run(self) -> dict | None:
+        return read_run(self.folder)
+
+    def write_run(self, run: dict) -> None:
+        write_atomic(self.folder / RUN, json.dumps(_clean(run), indent=2))
 
     def append(self, record: dict) -> None:
         """Append one record durably; a full disk or failing device is a BenchError (exit 2, one line).
@@ -105,10 +168,4 @@ class RunStore:
                 environment["previous"] = earlier.pop("previous", []) + [earlier]
             except json.JSONDecodeError:
                 pass
-        partial = path.with_name(path.name + ".partial")  # a full disk must not cut the earlier sessions' file
-        try:
-            partial.write_text(json.dumps(_clean(environment), indent=2))
-            os.replace(partial, path)
-        except OSError as exc:
-            partial.unlink(missing_ok=True)
-            raise BenchError(f"cannot write {path}: {exc.strerror or exc}") from None
+        write_atomic(path, json.dumps(_clean(environment), indent=2))

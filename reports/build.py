@@ -2,7 +2,8 @@
 
 This is what ``bench run`` calls at the end and ``bench report RUN_DIR`` calls again; it reads
 only the run folder, so a report can be rebuilt anywhere from the JSON files alone, identically
-(fixed bootstrap seed, no timestamps of its own).
+(fixed bootstrap seed, no timestamps of its own). Each file is written whole to a temporary name
+and renamed, so an interrupted or failed build leaves the previous report in place.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.store import write_atomic
 from reports.escape import write_csv
 from reports.figures import all_figures
 from reports.frameworks import evidence
@@ -61,9 +63,9 @@ def build_report(run_dir: Path, baseline: str | None = None) -> ReportResult:
     figure_dir.mkdir(exist_ok=True)
     for figure in figures:
         path = figure_dir / f"{figure.name}.png"
-        path.write_bytes(figure.png)
+        write_atomic(path, figure.png)
         result.figures.append(path)
     files = [p.name for p in (result.results_csv, result.curves_csv, result.summary_csv)] + ["figures/"]
     page = render(run, summary, heads, figures, evidence(frame), chosen, files)
-    result.html.write_text(page, encoding="utf-8")
+    write_atomic(result.html, page)
     return result

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.store import write_atomic
+
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 """First characters that make Excel, LibreOffice or Google Sheets treat a cell as a formula (OWASP)."""
 
@@ -39,4 +41,4 @@ def write_csv(frame: pd.DataFrame, path: Path) -> None:
     for name in safe.columns:
         if safe[name].dtype == object or pd.api.types.is_string_dtype(safe[name]):
             safe[name] = safe[name].map(csv_cell)
-    safe.to_csv(path, index=False)
+    write_atomic(path, safe.to_csv(index=False))  # a full disk or Ctrl-C leaves the previous file whole

@@ -19,7 +19,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.record import FIELD_KINDS, FIELDS, PER_EPOCH_FIELDS, SCHEMA_VERSION, STATUSES, stored_version
-from bench.store import ENVIRONMENT, RESULTS, read_records
+from bench.store import ENVIRONMENT, RESULTS, latest, read_records
 
 SCHEMA = FIELDS
 """Every field a record may hold (bench/record.py), in order: the leading columns of results.csv."""
@@ -183,6 +183,11 @@ def load_run(folder: Path) -> Run:
         notes.append(f"{sum(newer.values())} record(s) were written by a newer record schema "
                      f"(version {', '.join(map(str, sorted(newer)))}; this reader knows {SCHEMA_VERSION}): "
                      "fields it does not know are kept in results.csv but not shown.")
+    current = latest(records)
+    if len(current) < len(records):
+        notes.append(f"{len(records) - len(current)} record(s) of cells that were run again (after a failure or "
+                     "timeout) are superseded by their latest record and not counted.")
+    records = current
     unknown = Counter(r["status"] for r in records if r.get("status") not in (None, *STATUSES))
     if unknown:
         notes.append("Unknown statuses: " + ", ".join(f"{s} ({n})" for s, n in sorted(unknown.items())) + ".")

@@ -58,10 +58,14 @@ def test_a_run_writes_the_folder_records_every_outcome_and_resumes(tmp_path):
     assert again.returncode == 0 and "0 cells to run (4 already" in again.stdout
     assert len((out / "results.jsonl").read_text().splitlines()) == 4
 
-    diverging = bench(*args, "--learning-rate", "1e6", "--activations", "linear")
+    other = bench(*args, "--learning-rate", "1e6", "--activations", "linear")  # one folder holds one sweep
+    assert other.returncode == 2 and "learning_rate: 0.001 -> 1000000.0" in other.stderr
+    assert "activations" in other.stderr and len((out / "results.jsonl").read_text().splitlines()) == 4
+
+    diverging = bench(*args[:-1], str(tmp_path / "diverging"), "--learning-rate", "1e6", "--activations", "linear")
     assert diverging.returncode == 0, diverging.stderr
-    statuses = [json.loads(line)["status"] for line in (out / "results.jsonl").read_text().splitlines()]
-    assert statuses[:4] == ["ok"] * 4 and "diverged" in statuses[4:]
+    statuses = [json.loads(line)["status"] for line in (tmp_path / "diverging" / "results.jsonl").read_text().splitlines()]
+    assert "diverged" in statuses
 
 
 def test_a_default_model_that_cannot_fit_is_skipped_once_with_the_reason(tmp_path):

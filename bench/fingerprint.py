@@ -1,0 +1,142 @@
+"""The run fingerprint: a hash of everything that changes a run's results, kept in ``run.json``.
+
+A run folder holds one sweep. Resuming matches cells by ``(cell_id, repeat)``, and a cell id leaves
+out the seed, the data split, the model's layers and every fixed hyperparameter, so a rerun with
+any of those changed would serve old results under new settings and pool both in one report. The
+fingerprint closes that: a run into a folder whose fingerprint differs is refused before anything
+is written, with the settings that differ. Only ``repeats`` may grow (more samples of the same
+cells); where the run executes (``--executor``, ``--out``, timeouts, report options) is not part of it.
+
+``run.json`` also keeps the run's command-line arguments, so ``bench run --resume RUN_DIR``
+continues with the recorded settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from dataclasses import fields
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+from bench import environment
+from bench.data import Dataset
+from bench.errors import BenchError
+from bench.grid import Sweep
+from bench.spec import DEFAULT_LEARNING_RATES, TrainSpec
+from bench.store import RunStore, read_run
+
+NOT_RESULTS = {"repeats", "data_dir", "custom_models", "models_explicit", "backends"}
+"""Sweep fields left out: repeats may grow; the data folder's path does not change the (checksummed) data;
+models and backends enter as their definitions and resolved names."""
+NOT_RECORDED_ARGS = {"command", "out", "resume", "argv"}
+"""Arguments ``--resume`` does not take from run.json: where the run is, not what it runs."""
+PATH_ARGS = {"config", "data_dir"}
+"""Recorded as absolute paths, so a resume from another directory reads the same files."""
+
+
+class FingerprintMismatch(BenchError):
+    """The run folder was recorded with other settings."""
+
+
+def _suite_version() -> str:
+    try:
+        return metadata.version("bench")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _framework_versions(backend_names: list[str]) -> dict[str, str]:
+    """Versions of NumPy and of the chosen backends' packages (tensorflow-cpu counts as tensorflow,
+    jaxlib as jax): installing an unrelated framework does not change this run's fingerprint."""
+    import backends
+
+    wanted = {"numpy"} | {pkg for name in backend_names for pkg in backends.REGISTRY[name].requires}
+    return {pkg: version for pkg, version in environment.versions(environment.RESULT_PACKAGES).items()
+            if pkg.removesuffix("-cpu").removesuffix("lib") in wanted}
+
+
+def describe(sweep: Sweep, backend_names: list[str], data: Dataset, threads: int, device: str) -> dict:
+    """The settings that decide this run's results, as plain JSON values."""
+    specs = sweep.model_specs()
+    return {
+        "suite_version": _suite_version(),
+        "versions": _framework_versions(backend_names),
+        "backends": list(backend_names),
+        **{f.name: getattr(sweep, f.name) for f in fields(Sweep) if f.name not in NOT_RESULTS},
+        "data": {k: v for k, v in data.describe().items() if k != "data_source"},
+        "model_definitions": {name: specs[name].model_dump(mode="json", exclude={"description"}) for name in sweep.models},
+        "training_defaults": TrainSpec().model_dump(mode="json") | {"learning_rates": DEFAULT_LEARNING_RATES},
+        "threads": threads,
+        "device": device,
+    }
+
+
+def digest(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _flat(value, prefix: str = "") -> dict[str, object]:
+    if isinstance(value, dict) and value:
+        out = {}
+        for key, item in value.items():
+            out |= _flat(item, f"{prefix}.{key}" if prefix else str(key))
+        return out
+    return {prefix: value}
+
+
+def _short(value) -> str:
+    text = "(absent)" if value is _ABSENT else json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_ABSENT = object()
+
+
+def differences(recorded: dict, current: dict) -> list[str]:
+    """'seed: 0 -> 7' for each setting that differs, nested ones by dotted name."""
+    old, new = _flat(recorded), _flat(current)
+    keys = [k for k in dict.fromkeys([*old, *new]) if old.get(k, _ABSENT) != new.get(k, _ABSENT)]
+    return [f"{k}: {_short(old.get(k, _ABSENT))} -> {_short(new.get(k, _ABSENT))}" for k in keys]
+
+
+def check(store: RunStore, settings: dict) -> None:
+    """Refuse (FingerprintMismatch, exit 2) a folder recorded with other settings; nothing is written."""
+    recorded = store.read_run()
+    if recorded is None:
+        if store.has_records():
+            raise FingerprintMismatch(
+                f"run folder {store.folder} has results but no run.json (written by an older bench), so its "
+                "settings cannot be checked; choose another --out")
+        return
+    if recorded.get("fingerprint") == digest(settings):
+        return
+    changed = differences(recorded.get("settings", {}), settings)
+    raise FingerprintMismatch(
+        f"run folder {store.folder} was recorded with other settings ({'; '.join(changed) or 'fingerprint differs'}); "
+        f"resume it as recorded with `python -m bench run --resume {store.folder}`, or choose another --out")
+
+
+def record(store: RunStore, settings: dict, args: argparse.Namespace) -> None:
+    """Write run.json: the fingerprint, its settings and the arguments ``--resume`` reuses."""
+    earlier = store.read_run() or {}
+    recorded_args = {k: str(Path(v).resolve()) if k in PATH_ARGS and v else v
+                     for k, v in vars(args).items() if k not in NOT_RECORDED_ARGS}
+    store.write_run({
+        "fingerprint": digest(settings),
+        "created": earlier.get("created") or datetime.now(UTC).isoformat(timespec="seconds"),
+        "arguments": recorded_args,
+        "settings": settings,
+    })
+
+
+def recorded_arguments(folder: Path) -> dict:
+    """The arguments of the run in ``folder``, for ``--resume``; a folder without run.json is an error."""
+    if not Path(folder).is_dir():
+        raise BenchError(f"run folder {folder} does not exist; --resume continues a run folder written by `bench run`")
+    recorded = read_run(Path(folder))
+    if recorded is None or not isinstance(recorded.get("arguments"), dict):
+        raise BenchError(f"{folder} has no run.json with recorded arguments: is it a run folder written by `bench run`?")
+    return recorded["arguments"]

@@ -1,0 +1,175 @@
+"""``--executor ray``: fan the sweep's cells out over a Ray cluster, one Ray task per cell.
+
+Each task asks Ray for ``threads`` CPUs (and ``--gpus-per-cell`` GPUs), claims that many cores of
+its node (per-core lock files, so no two cells on one machine ever share a core, whoever started
+them), and runs its cell in a worker process exactly as the local executor does (bench/executor.py:
+the same affinity and thread settings applied before the framework loads, the same start-up
+retries, a timeout that starts with the cell, a worker that dies with its parent). A Ray worker
+keeps its last worker process warm for the next cell of the same backend, as the local executor
+keeps one per backend, so frameworks never share a process and are not imported once per cell.
+
+Ray retries a task whose Ray worker or node was lost (``MAX_RETRIES``); records come back as
+cells finish (``ray.wait``) and the driver appends them to the run's one store. Without
+``--ray-address`` a local Ray is started with as many CPUs as the run's CPU set, so with the default
+thread count it runs one cell at a time on the same cores as the local executor would.
+
+Ray starts its workers at niceness 15, and a worker process inherits it: the local Ray is started
+with ``RAY_worker_niceness=0``, and a cluster's ``ray start`` needs the same (README), else every
+record says so (``niceness``). Ray is an optional extra, imported only here, only when chosen.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+from bench.errors import BenchError
+from bench.executor import Worker, WorkerSettings, start_worker
+from bench.harness import Cell
+from bench.record import ResultRecord
+
+MAX_RETRIES = 2
+"""Times Ray reruns a cell whose Ray worker process or node died (the cell's own failures are records)."""
+INSTALL = "pip install -e '.[ray]'"
+WORKER_NICENESS = "RAY_worker_niceness"
+"""Ray starts workers at niceness 15 (behind its own daemons); a measured cell must not run deprioritised."""
+CORE_LOCKS = Path(tempfile.gettempdir()) / "bench-cores"
+CLAIM_POLL = 0.2
+
+
+def require() -> None:
+    """BenchError (one line, exit 2) when Ray is not installed: checked before a run writes anything."""
+    if importlib.util.find_spec("ray") is None:
+        raise BenchError(f"--executor ray needs Ray, which is not installed ({INSTALL})")
+
+
+@contextmanager
+def claim_cores(threads: int) -> Iterator[tuple[int, ...]]:
+    """``threads`` cores of this machine that no other bench cell holds, held for the block.
+
+    One lock file per core; a claim takes all it needs or none and tries again, so claims never
+    deadlock. Ray's CPU accounting is logical: this is what keeps concurrent cells on one node apart.
+    """
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    if threads > len(cores):
+        raise BenchError(f"a cell asks for {threads} cores and this node has {len(cores)}")
+    try:
+        CORE_LOCKS.mkdir()
+        os.chmod(CORE_LOCKS, 0o1777)  # shared by every user's cells on this machine, like /tmp
+    except FileExistsError:
+        pass
+    while True:
+        held: list[tuple[int, int]] = []
+        for core in cores:
+            fd = os.open(CORE_LOCKS / f"core-{core}.lock", os.O_RDONLY | os.O_CREAT, 0o644)  # flock needs no write access
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            held.append((core, fd))
+            if len(held) == threads:
+                break
+        if len(held) == threads:
+            break
+        for _, fd in held:
+            os.close(fd)
+        time.sleep(CLAIM_POLL)
+    try:
+        yield tuple(core for core, _ in held)
+    finally:
+        for _, fd in held:
+            os.close(fd)
+
+
+_warm: dict[tuple, Worker] = {}
+"""The last worker process of this Ray worker, by (backend, settings, GPU ids): reused by the next cell."""
+
+
+def _worker_for(key: tuple, settings: WorkerSettings) -> tuple[Worker | None, dict]:
+    for old_key, worker in list(_warm.items()):
+        del _warm[old_key]
+        if old_key == key and worker.process.is_alive():
+            return worker, {}
+        worker.stop()
+    return start_worker(key[0], settings)
+
+
+def _run_cell_task(cell: Cell, settings: WorkerSettings, cell_timeout: float | None) -> ResultRecord:
+    """One cell on whichever node Ray chose, on cores claimed there."""
+    import ray
+
+    with claim_cores(settings.threads) as cpu_set:
+        local = replace(settings, cpu_set=cpu_set)
+        key = (cell.backend, local, tuple(ray.get_gpu_ids()))
+        worker, failure = _worker_for(key, local)
+        if worker is None:
+            return ResultRecord.for_cell(cell, **failure)
+        record, alive = worker.run(cell, cell_timeout)
+        if alive:
+            _warm[key] = worker
+        return record
+
+
+def _runtime_env() -> dict:
+    """Ray workers import the driver's copy of the suite wherever its folder exists (this machine, a
+    checkout on a shared file system), else the copy installed on their node."""
+    root = str(Path(__file__).resolve().parents[1])
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}}
+
+
+def _lost(cell: Cell, exc: Exception) -> ResultRecord:
+    """A failed record for a task Ray could not complete; the cause, not Ray's wrapper, names the problem."""
+    cause = getattr(exc, "cause", None) or exc
+    return ResultRecord.for_cell(cell, status="failed", error=f"ray task failed: {type(cause).__name__}: {cause}",
+                                 traceback=str(exc))
+
+
+def run_sweep(
+    grid: list[Cell],
+    settings: WorkerSettings,
+    record_sink: Callable[[ResultRecord], None],
+    done: set[tuple[str, int]] = frozenset(),
+    cell_timeout: float | None = None,
+    address: str | None = None,
+    gpus_per_cell: float = 0.0,
+) -> None:
+    """Run every cell not in ``done`` as a Ray task and hand each record to ``record_sink`` as it arrives."""
+    require()
+    import ray
+
+    todo = [c for c in grid if (c.cell_id, c.repeat) not in done]
+    if not todo:
+        return
+    started_here = not ray.is_initialized()
+    if started_here and address:
+        ray.init(address=address, runtime_env=_runtime_env(), logging_level=logging.WARNING)
+    elif started_here:
+        os.environ.setdefault(WORKER_NICENESS, "0")  # read by the raylet this starts
+        ray.init(num_cpus=len(settings.cpu_set), include_dashboard=False, runtime_env=_runtime_env(),
+                 logging_level=logging.WARNING)
+    task = ray.remote(_run_cell_task).options(num_cpus=settings.threads, num_gpus=gpus_per_cell, max_retries=MAX_RETRIES)
+    cells = {task.remote(cell, settings, cell_timeout): cell for cell in todo}
+    pending = list(cells)
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            for ref in ready:
+                try:
+                    record = ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    record = _lost(cells[ref], exc)
+                record_sink(record)
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        if started_here:
+            ray.shutdown()

@@ -1,0 +1,148 @@
+"""The ``bench run`` flags and how they become a checked sweep: profile < TOML file < flags.
+
+Every value is checked here, before the run touches its folder, and each error names the flag or
+TOML key it came from (``where``). ``--resume`` reads the arguments a run folder recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+
+import backends
+from bench import fingerprint, grid
+from bench.data import DATASETS
+from bench.errors import BenchError
+from bench.spec import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS
+
+EXECUTOR_NAMES = ("local", "ray")
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _batch_sizes(text: str) -> list[int | str]:
+    sizes: list[int | str] = []
+    for part in _names(text):
+        try:
+            sizes.append(part if part == "full" else int(part))
+        except ValueError:
+            raise BenchError(f"--batch-size {part!r}: not an integer; valid: positive integers or 'full', comma-separated") from None
+    return sizes
+
+
+def resolve_backends(names: list[str], label: str = "--backend") -> list[str]:
+    """'all' means every framework (missing ones are recorded as skipped); a backend named
+    explicitly must be installed, else the run stops before it starts with the reason."""
+    if any(n.strip().lower() == "all" for n in names):
+        return list(backends.FRAMEWORK_BACKENDS)
+    chosen = list(dict.fromkeys(backends.canonical_name(n) for n in names))
+    for name in chosen:
+        reason = backends.unavailable_reason(name)
+        if reason:
+            raise BenchError(f"{label}: backend {name!r} is not available: {reason}; use --backend all to skip missing ones")
+    return chosen
+
+
+FLAGS = {
+    "backends": "--backend", "models": "--models", "optimizers": "--optimizers", "activations": "--activations",
+    "losses": "--losses", "precisions": "--precision", "modes": "--modes", "batch_sizes": "--batch-size",
+    "dataset": "--dataset", "data_dir": "--data-dir", "epochs": "--epochs", "learning_rate": "--learning-rate",
+    "train_size": "--train-size", "val_split": "--val-split", "repeats": "--repeats", "seed": "--seed",
+    "target_accuracy": "--target",
+}
+"""The sweep key each run flag sets; an error about the key names the flag."""
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", help="torch, tf, jax, numpy, a comma list, or all (default: all frameworks)")
+    p.add_argument("--models", help=f"comma list (default: all seed models: {', '.join(SEED_MODELS)})")
+    p.add_argument("--optimizers", help=f"comma list of {', '.join(OPTIMIZERS)} (default: all)")
+    p.add_argument("--activations", help=f"comma list of {', '.join(ACTIVATIONS)} (default: all)")
+    p.add_argument("--losses", help=f"comma list of {', '.join(LOSSES)} (default: cce)")
+    p.add_argument("--dataset", help=f"{', '.join(DATASETS)} (default: mnist-sample, bundled)")
+    p.add_argument("--data-dir", help="folder with dataset files (mnist, fashion_mnist, cifar10)")
+    p.add_argument("--profile", default=grid.DEFAULT_PROFILE, help=f"{', '.join(grid.PROFILES)} (default: quick)")
+    p.add_argument("--config", type=Path, help="TOML file with a [sweep] table and [models.NAME] definitions")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", help="comma list of sizes; 'full' = full batch")
+    p.add_argument("--learning-rate", type=float, help="one rate for every optimizer (default: per optimizer)")
+    p.add_argument("--train-size", type=int, help="use the first N training samples (default: profile's)")
+    p.add_argument("--val-split", type=float, help="fraction of the training split held out for validation")
+    p.add_argument("--modes", help="execution modes: default, or backend modes (eager, compiled, graph, xla, jit)")
+    p.add_argument("--precision", help=f"comma list of {', '.join(PRECISIONS)} (default: fp32)")
+    p.add_argument("--repeats", type=int, help="runs of each cell (fresh model, seed + repeat); default 1")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--target", type=float, help="validation accuracy for time-to-accuracy (default 0.9)")
+    p.add_argument("--threads", type=int, help="intra-op threads and CPU-set size for every backend (default: all cores)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "gpu", "auto"))
+    p.add_argument("--cell-timeout", type=float,
+                   help="seconds a cell may run, from when it starts (worker start-up not counted) (default: none)")
+    p.add_argument("--out", type=Path, help="run folder (default: runs/<date-time>); rerun into it to resume")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue RUN_DIR with its recorded settings (flags given as well override them)")
+    p.add_argument("--executor", choices=EXECUTOR_NAMES, default="local",
+                   help="local: one worker process at a time on this machine (default); ray: one Ray task per cell")
+    p.add_argument("--ray-address", help="Ray cluster to join (e.g. auto, or HOST:6379); default: start a local Ray")
+    p.add_argument("--gpus-per-cell", type=float, default=0.0, help="GPUs each Ray task requests (--executor ray)")
+    p.add_argument("--baseline", help="backend the report's ratios are relative to (default: first)")
+    p.add_argument("--no-report", action="store_true", help="write only the records, not the HTML/CSV report")
+    p.add_argument("--save", action="store_true",
+                   help="keep each ok cell's trained model in OUT/models/ (native file + safetensors/JSON any backend loads)")
+
+
+def usable_cores() -> set[int]:
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+
+
+def _check_run_flags(args: argparse.Namespace) -> None:
+    """The run flags that are not sweep settings."""
+    cores = len(usable_cores())
+    if args.threads is not None and not 1 <= args.threads <= cores:
+        raise BenchError(f"--threads {args.threads}: valid: 1 to {cores} (the cores this process may use)")
+    if args.cell_timeout is not None and not (math.isfinite(args.cell_timeout) and args.cell_timeout > 0):
+        raise BenchError(f"--cell-timeout {args.cell_timeout}: valid: a finite number of seconds > 0")
+
+
+def build_sweep(args: argparse.Namespace) -> tuple[grid.Sweep, dict[str, str]]:
+    """The sweep from profile < TOML file < flags, every value checked before anything is written,
+    and where each value came from (the flag or key), for errors found once the data is loaded."""
+    _check_run_flags(args)
+    sweep = grid.from_profile(args.profile)
+    where = {key: f"profile {args.profile!r} {key}" for key in grid.PROFILES[args.profile]}
+    if args.config:
+        settings, custom = grid.read_toml(args.config)
+        where |= {key: f"config file {args.config}: [sweep] {key}" for key in settings}
+        sweep = grid.merge(sweep, settings | {"custom_models": sweep.custom_models | custom}, where)
+    lists = {"backends": args.backend, "models": args.models, "optimizers": args.optimizers,
+             "activations": args.activations, "losses": args.losses, "precisions": args.precision, "modes": args.modes}
+    flags = {key: _names(text) for key, text in lists.items() if text is not None}
+    flags |= {"batch_sizes": _batch_sizes(args.batch_size)} if args.batch_size is not None else {}
+    scalars = {"dataset": args.dataset, "data_dir": args.data_dir, "epochs": args.epochs,
+               "learning_rate": args.learning_rate, "train_size": args.train_size, "val_split": args.val_split,
+               "repeats": args.repeats, "seed": args.seed, "target_accuracy": args.target}
+    flags |= {key: value for key, value in scalars.items() if value is not None}
+    where |= {key: FLAGS[key] for key in flags}
+    sweep = grid.merge(sweep, flags, where)
+    quick = grid.PROFILES["quick"]
+    if sweep.dataset != "mnist-sample" and args.train_size is None and sweep.train_size == quick["train_size"]:
+        sweep.train_size = sweep.test_size = None  # the quick slice is for the bundled sample only
+        where.pop("train_size", None)
+    sweep.backends = resolve_backends(sweep.backends, where.get("backends", "--backend"))
+    grid.validate(sweep, sweep.backends, where)
+    return sweep, where
+
+
+def resumed(args: argparse.Namespace, argv: list[str]) -> argparse.Namespace:
+    """``run --resume RUN_DIR``: the recorded arguments of RUN_DIR, overridden by the flags given now."""
+    if args.out is not None and Path(args.out).resolve() != Path(args.resume).resolve():
+        raise BenchError("--resume RUN_DIR writes into RUN_DIR: leave out --out, or give the same folder")
+    run = argparse.ArgumentParser(prog="bench run")
+    add_run_arguments(run)
+    run.set_defaults(**fingerprint.recorded_arguments(args.resume))
+    merged = run.parse_args(argv[1:])
+    merged.command, merged.out = args.command, args.resume
+    return merged

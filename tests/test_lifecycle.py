@@ -1,0 +1,236 @@
+"""The run lifecycle as a user meets it: killed drivers, concurrent runs, changed settings, Ctrl-C, Ray.
+
+Real ``python -m bench run`` processes on tiny sweeps (torch, mlp, 230 training samples); the
+executor's start-up rules are checked in-process on the NumPy backend, whose workers start fastest.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from bench import executor, ray_executor
+from bench.cli import main
+from bench.errors import BenchError
+from bench.executor import WorkerSettings, run_sweep
+from bench.harness import Cell
+from bench.runlock import LOCK, RunLock, RunLocked
+from bench.spec import SEED_MODELS, TrainSpec
+from bench.store import RunStore, write_atomic
+from reports.records import load_run
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = ["--backend", "torch", "--models", "mlp", "--optimizers", "sgd,adam", "--activations", "relu",
+         "--train-size", "256"]
+THREADS = str(min(2, len(os.sched_getaffinity(0))))
+NUMPY = WorkerSettings(threads=1, cpu_set=(sorted(os.sched_getaffinity(0))[0],), device="cpu", data_dir=None,
+                       val_split=0.1, train_size=256, test_size=100, peak_gflops=None)
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def start(tmp_path: Path, name: str, *args: str) -> tuple[subprocess.Popen, Path]:
+    """A driver in the background; its output goes to a file (a full pipe would stall it)."""
+    log = tmp_path / f"{name}.log"
+    with open(log, "w") as handle:
+        process = subprocess.Popen([sys.executable, "-m", "bench", *args], stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
+    return process, log
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def lines(out: Path) -> list[str]:
+    path = out / "results.jsonl"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def holder(out: Path) -> dict:
+    try:
+        return json.loads((out / LOCK).read_text() or "{}")
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def _torch():
+    pytest.importorskip("torch")
+
+
+def test_a_killed_driver_leaves_no_worker_and_its_resume_records_every_cell_once(tmp_path):
+    out = tmp_path / "run"
+    driver, log = start(tmp_path, "driver", "run", *SWEEP, "--repeats", "3", "--no-report", "--out", str(out))
+    try:
+        wait_until(lambda: lines(out) and holder(out).get("workers") or driver.poll() is not None, 180, "a first record")
+        workers = [w["pid"] for w in holder(out)["workers"]]
+        assert workers, log.read_text()
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    finally:
+        driver.kill()
+    wait_until(lambda: not any(running(pid) for pid in workers), 10, "the worker to die with its driver")
+    before = lines(out)
+    assert 1 <= len(before) < 6
+
+    resumed = bench("run", "--resume", str(out))
+    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
+    assert f"{6 - len(before)} cells to run ({len(before)} already" in resumed.stdout
+    assert "took over" in resumed.stdout
+    after = lines(out)
+    assert after[:len(before)] == before  # nothing that had finished was run or written again
+    keys = [(json.loads(line)["cell_id"], json.loads(line)["repeat"]) for line in after]
+    assert len(keys) == len(set(keys)) == 6
+    assert holder(out) == {}  # released cleanly: no holder, no workers
+
+    changed = bench("run", "--resume", str(out), "--seed", "7")
+    assert changed.returncode == 2 and "seed: 0 -> 7" in changed.stderr
+    assert len(changed.stderr.strip().splitlines()) == 1
+    assert lines(out) == after
+
+
+def test_a_second_run_into_a_folder_in_use_exits_2_and_ctrl_c_still_writes_the_report(tmp_path):
+    out = tmp_path / "run"
+    first, log = start(tmp_path, "first", "run", *SWEEP, "--repeats", "20", "--out", str(out))
+    try:
+        wait_until(lambda: lines(out) or first.poll() is not None, 180, "a first record")
+        second = bench("run", *SWEEP, "--repeats", "20", "--out", str(out))
+        first.send_signal(signal.SIGINT)
+        assert first.wait(timeout=120) == 130, log.read_text()
+    finally:
+        first.kill()
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines() == [second.stderr.strip()]
+    assert f"is in use by pid {first.pid}" in second.stderr
+    assert "resume with: python -m bench run --resume" in log.read_text()
+    records = [json.loads(line) for line in lines(out)]
+    assert records and all(r["run_id"] == "run" for r in records)  # the second run wrote nothing
+    assert (out / "report.html").is_file() and len(load_run(out).records) == len(records)
+
+
+def test_a_worker_killed_while_starting_is_started_again():
+    killed = []
+
+    def kill_first(pid: int, alive: bool) -> None:
+        if alive and not killed:
+            killed.append(pid)
+            os.kill(pid, signal.SIGKILL)
+
+    records = []
+    cells = [Cell("numpy", SEED_MODELS["mlp"], TrainSpec(batch_size=32), "mnist-sample")]
+    run_sweep(cells, NUMPY, records.append, watch=kill_first)
+    assert [r.status for r in records] == ["ok"] and records[0].worker_pid != killed[0]
+
+
+def test_a_worker_that_keeps_dying_at_start_up_fails_its_cells_never_skips_them():
+    records = []
+    cells = [Cell("numpy", SEED_MODELS["mlp"], TrainSpec(batch_size=32, seed=i), "mnist-sample", repeat=i) for i in range(2)]
+    run_sweep(cells, NUMPY, records.append, watch=lambda pid, alive: alive and os.kill(pid, signal.SIGKILL))
+    assert [r.status for r in records] == ["failed", "failed"]
+    assert f"did not start in {executor.STARTUP_ATTEMPTS} attempts" in records[0].error
+
+
+def test_the_cell_timeout_does_not_count_the_worker_start_up(tmp_path, monkeypatch):
+    slow_start = 4.0
+    (tmp_path / "sitecustomize.py").write_text(f"import time\ntime.sleep({slow_start})\n")  # every new interpreter
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    records = []
+    began = time.monotonic()
+    cells = [Cell("numpy", SEED_MODELS["mlp"], TrainSpec(batch_size=32), "mnist-sample")]
+    run_sweep(cells, NUMPY, records.append, cell_timeout=slow_start - 1)
+    assert time.monotonic() - began > slow_start
+    assert [r.status for r in records] == ["ok"], records[0].reason
+
+
+def test_a_stale_lock_is_taken_over_and_its_leftover_worker_stopped(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    leftover = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        worker = {"pid": leftover.pid, "create_time": psutil.Process(leftover.pid).create_time()}
+        (tmp_path / LOCK).write_text(json.dumps({"pid": gone.pid, "host": os.uname().nodename, "workers": [worker]}))
+        with RunLock(tmp_path, "test") as lock:
+            assert lock.previous["pid"] == gone.pid and lock.stopped_leftovers == 1
+            assert leftover.wait(timeout=10) == -signal.SIGKILL
+            assert holder(tmp_path)["pid"] == os.getpid()
+            with pytest.raises(RunLocked, match=f"in use by pid {os.getpid()}"):
+                RunLock(tmp_path, "second").acquire()
+    finally:
+        leftover.kill()
+
+
+def test_the_report_counts_the_latest_record_of_a_cell_that_was_run_again(tmp_path):
+    store = RunStore(tmp_path)
+    base = {"cell_id": "torch|mlp", "repeat": 0, "backend": "torch", "model": "mlp"}
+    store.append(base | {"status": "failed", "error": "worker process died with exit code -9"})
+    assert store.finished() == set()
+    store.append(base | {"status": "ok", "test_accuracy": 0.9, "train_samples_per_s": 1000.0})
+    assert store.finished() == {("torch|mlp", 0)}
+    run = load_run(tmp_path)
+    assert list(run.records["status"]) == ["ok"] and "superseded" in " ".join(run.notes)
+
+
+def test_an_artifact_that_cannot_be_written_leaves_the_previous_one(tmp_path, monkeypatch):
+    page = tmp_path / "report.html"
+    write_atomic(page, "good")
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(BenchError, match="cannot write .*report.html: No space left on device"):
+        write_atomic(page, "truncated")
+    assert page.read_text() == "good" and [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+def test_cells_on_one_machine_claim_disjoint_cores(tmp_path, monkeypatch):
+    monkeypatch.setattr(ray_executor, "CORE_LOCKS", tmp_path / "cores")
+    cores = sorted(os.sched_getaffinity(0))
+    with ray_executor.claim_cores(1) as first:
+        assert len(first) == 1 and first[0] in cores
+        if len(cores) > 1:
+            with ray_executor.claim_cores(len(cores) - 1) as rest:
+                assert set(rest) == set(cores) - set(first)
+    with ray_executor.claim_cores(len(cores)) as everything:  # released: all are free again
+        assert set(everything) == set(cores)
+
+
+def test_the_ray_executor_records_the_same_cells_and_statuses_as_the_local_one(tmp_path):
+    pytest.importorskip("ray")
+    outcomes = {}
+    for name in ("local", "ray"):
+        out = tmp_path / name
+        result = bench("run", *SWEEP, "--threads", THREADS, "--no-report", "--executor", name, "--out", str(out))
+        assert result.returncode == 0, result.stderr + result.stdout
+        outcomes[name] = sorted((r["cell_id"], r["repeat"], r["status"]) for r in map(json.loads, lines(out)))
+    assert outcomes["ray"] == outcomes["local"] and len(outcomes["local"]) == 2
+
+
+def test_the_ray_executor_without_ray_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real_find_spec(name, *a))
+    out = tmp_path / "run"
+    assert main(["run", *SWEEP, "--executor", "ray", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == "error: --executor ray needs Ray, which is not installed (pip install -e '.[ray]')"
+    assert not out.exists()
