@@ -15,6 +15,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import backends
 from bench.data import load_dataset
@@ -84,13 +85,18 @@ def _worker_main(conn, backend_name: str, settings: WorkerSettings) -> None:
 
 
 class Worker:
-    """A live worker process for one backend; replaced after a crash or timeout."""
+    """A live worker process for one backend; replaced after a crash or timeout.
 
-    def __init__(self, backend: str, settings: WorkerSettings) -> None:
+    ``main(conn, backend, settings)`` is what the process runs (default: the sweep's cell loop; the
+    parity ladder passes its own); it answers ("ready", facts) or ("error", why) first, then one
+    reply per message until it receives None.
+    """
+
+    def __init__(self, backend: str, settings: Any, main: Callable[[Any, str, Any], None] = _worker_main) -> None:
         self.backend = backend
         context = mp.get_context("spawn")  # a clean interpreter: no framework state inherited
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child, backend, settings), daemon=True)
+        self.process = context.Process(target=main, args=(child, backend, settings), daemon=True)
         self.process.start()
         child.close()
         self.facts: dict = {}
@@ -121,6 +127,15 @@ class Worker:
                 return "crashed", f"worker process died with exit code {self.process.exitcode}"
             if deadline is not None and time.monotonic() > deadline:
                 return "timeout", f"no result within {timeout:g} s"
+
+    def ask(self, message: object, timeout: float | None) -> tuple[str, object]:
+        """Send one message and wait for its reply: (kind, payload), or ("crashed" | "timeout", why)."""
+        try:
+            self.conn.send(message)
+        except OSError:  # the worker's end closed before the message went out: it died
+            self.process.join(timeout=5)
+            return "crashed", f"worker process died with exit code {self.process.exitcode}"
+        return self._receive(timeout)
 
     def run(self, cell: Cell, timeout: float | None) -> tuple[dict, bool]:
         """The cell's record, and whether this worker is still usable."""
