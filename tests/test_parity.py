@@ -14,7 +14,6 @@ import pytest
 import backends
 from backends.numpy_backend import NumpyBackend
 from bench import equivalence, parity
-from bench.errors import BackendUnavailable
 from bench.rules import CANONICAL, RULE_OPTIONS, Rules
 from bench.spec import SEED_MODELS, TrainSpec
 from tests.conftest import FRAMEWORKS, loaded_backend
