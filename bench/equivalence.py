@@ -2,7 +2,9 @@
 
 mlp/adam/relu on ``digits`` (small, bundled with scikit-learn), trained for a few epochs from each
 seed's canonical weights on the seed's batch order, so runs pair up by seed across backends. The
-loop uses only the ``Backend`` protocol, so it measures the backend, not a harness.
+loop uses only the ``Backend`` protocol and ``bench.training``, so it measures the backend, not a
+harness. Each backend trains in its own process (``bench.parity.worker``); only the per-seed
+accuracies come back, and the test runs on them here.
 
 The test is an equivalence test, TOST (two one-sided paired t-tests), not a difference test:
 with 5 seeds a Welch or Mann-Whitney test has little power, so "p > 0.01" would mostly mean "too
@@ -74,7 +76,7 @@ def paired_tost(a: str, b: str, acc_a: list[float], acc_b: list[float], margin: 
     return EquivalenceResult(a, b, [float(v) for v in acc_a], [float(v) for v in acc_b], mean, ci, p, p < ALPHA)
 
 
-def statistical_rung(instances: dict[str, Backend], seeds: int = SEEDS, epochs: int = EPOCHS) -> list[EquivalenceResult]:
-    """Every pair of the given backends (set up already) tested for equivalent final accuracy."""
-    accuracies = {name: [final_accuracy(b, seed, epochs) for seed in range(seeds)] for name, b in instances.items()}
+def statistical_rung(accuracies: dict[str, list[float]]) -> list[EquivalenceResult]:
+    """Every pair of backends tested for equivalent final accuracy, from each one's per-seed
+    ``final_accuracy`` (measured wherever the backend runs: its own worker process, as the ladder)."""
     return [paired_tost(a, b, accuracies[a], accuracies[b]) for a, b in itertools.combinations(accuracies, 2)]

@@ -26,6 +26,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import backends
 from backends.base import Unsupported
@@ -132,14 +133,20 @@ def _worker_main(conn, backend_name: str, settings: WorkerSettings, parent_pid: 
 
 
 class Worker:
-    """A live worker process for one backend; replaced after a crash or timeout."""
+    """A live worker process for one backend; replaced after a crash or timeout.
 
-    def __init__(self, backend: str, settings: WorkerSettings, watch: WorkerWatch | None = None) -> None:
+    ``main(conn, backend, settings, parent_pid)`` is what the process runs (default: the sweep's cell loop; the
+    parity ladder passes its own); it answers ("ready", facts) or ("error", why) first, then one
+    reply per message until it receives None.
+    """
+
+    def __init__(self, backend: str, settings: Any, watch: WorkerWatch | None = None,
+                 main: Callable[[Any, str, Any, int], None] = _worker_main) -> None:
         self.backend = backend
         self.watch = watch
         context = mp.get_context("spawn")  # a clean interpreter: no framework state inherited
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child, backend, settings, os.getpid()), daemon=True)
+        self.process = context.Process(target=main, args=(child, backend, settings, os.getpid()), daemon=True)
         self.process.start()
         child.close()
         if watch:
@@ -173,17 +180,21 @@ class Worker:
             if deadline is not None and time.monotonic() > deadline:
                 return "timeout", f"no result within {timeout:g} s"
 
+    def ask(self, message: object, timeout: float | None) -> tuple[str, object]:
+        """Send one message and wait for its reply: (kind, payload), or ("crashed" | "timeout", why)."""
+        try:
+            self.conn.send(message)
+        except OSError:  # the worker's end closed before the message went out: it died
+            self.process.join(timeout=5)
+            return "crashed", f"worker process died with exit code {self.process.exitcode}"
+        return self._receive(timeout)
+
     def run(self, cell: Cell, timeout: float | None) -> tuple[ResultRecord, bool]:
         """The cell's record, and whether this worker is still usable.
 
         ``timeout`` counts from the worker's "started": loading the dataset is start-up, not the cell.
         """
-        try:
-            self.conn.send(cell)
-            kind, payload = self._receive(STARTUP_TIMEOUT)
-        except OSError:  # the pipe broke: the worker died before it could take the cell
-            self.process.join(timeout=5)
-            kind, payload = "crashed", f"worker process died with exit code {self.process.exitcode}"
+        kind, payload = self.ask(cell, STARTUP_TIMEOUT)
         if kind == "started":
             kind, payload = self._receive(timeout)
         if kind == "record":

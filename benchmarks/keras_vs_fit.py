@@ -30,6 +30,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # before keras is imported
 import keras  # noqa: E402
 
 from backends.keras_backend import KerasBackend  # noqa: E402
+from bench import training  # noqa: E402
 from bench.data import epoch_batches, load_dataset  # noqa: E402
 from bench.spec import SEED_MODELS, TrainSpec  # noqa: E402
 from bench.weights import canonical_weights  # noqa: E402
@@ -42,20 +43,11 @@ FIT_MODES = {
 
 
 def backend_epochs(backend: KerasBackend, data, train: TrainSpec, epochs: int) -> list[float]:
-    """Seconds per epoch of the suite's own loop (first epoch included; the caller drops it)."""
-    model = SEED_MODELS["mlp"].resolve(train.activation)
-    backend.build(model, train, data.input_shape, data.num_classes)
-    backend.set_weights(canonical_weights(model, data.input_shape, data.num_classes, train.seed))
-    backend.load_data(data.x_train, data.y_train)
-    seconds = []
-    for epoch in range(epochs):
-        batches = epoch_batches(len(data.x_train), train.batch_size, train.seed, epoch)
-        start = time.perf_counter()
-        for rows in batches:
-            backend.train_step(rows)
-        backend.finish_epoch()
-        seconds.append(time.perf_counter() - start)
-    return seconds
+    """Seconds per epoch of the suite's own loop, ``bench.training`` as the harness runs it (first
+    epoch included; the caller drops it)."""
+    train = train.model_copy(update={"epochs": epochs})
+    training.prepare(backend, SEED_MODELS["mlp"], train, data.x_train, data.y_train, data.num_classes)
+    return [epoch.seconds for epoch in training.epochs(backend, len(data.x_train), train)]
 
 
 def fit_epochs(backend: KerasBackend, data, train: TrainSpec, epochs: int, mode: str) -> list[float]:
@@ -83,19 +75,13 @@ def fit_epochs(backend: KerasBackend, data, train: TrainSpec, epochs: int, mode:
 
 def cell_overhead(backend: KerasBackend, data, name: str, mode: str) -> dict[str, float]:
     """What one sweep cell pays before steady state: build (+ clear_session), weights, data, first step."""
-    model = SEED_MODELS[name].resolve("relu")
     train = TrainSpec(optimizer="adam", batch_size=128, mode=mode)
     start = time.perf_counter()
-    backend.build(model, train, data.input_shape, data.num_classes)
-    backend.set_weights(canonical_weights(model, data.input_shape, data.num_classes, 0))
-    backend.load_data(data.x_train, data.y_train)
-    built = time.perf_counter()
-    backend.train_step(epoch_batches(len(data.x_train), 128, 0, 0)[0])
-    backend.synchronize()
-    stepped = time.perf_counter()
-    backend.train_step(epoch_batches(len(data.x_train), 128, 0, 0)[1])
-    backend.synchronize()
-    return {"build_s": built - start, "first_step_s": stepped - built, "second_step_s": time.perf_counter() - stepped}
+    training.prepare(backend, SEED_MODELS[name], train, data.x_train, data.y_train, data.num_classes)
+    built = time.perf_counter() - start
+    first, second = epoch_batches(len(data.x_train), 128, 0, 0)[:2]
+    return {"build_s": built, "first_step_s": training.run_steps(backend, [first])[1],
+            "second_step_s": training.run_steps(backend, [second])[1]}
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from backends.base import Unsupported, Untranslatable
+from bench import training
 from bench.data import epoch_batches
 from bench.spec import (
     OPTIMIZERS,
@@ -119,16 +120,13 @@ def test_loss_and_gradients_leave_the_model_unchanged(name):
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_every_optimizer_steps_and_reset_replays_the_same_trajectory(name, optimizer, mnist_small):
     train = TrainSpec(optimizer=optimizer, batch_size=32)
-    backend, weights = _build(name, "mlp_bn", (28, 28, 1), train)
-    backend.load_data(mnist_small.x_train, mnist_small.y_train)
+    backend = loaded_backend(name)
+    weights = training.prepare(backend, SEED_MODELS["mlp_bn"], train, mnist_small.x_train, mnist_small.y_train, 10)
     batches = epoch_batches(len(mnist_small.x_train), 32, seed=0, epoch=0)[:5]
 
     def trajectory():
-        backend.set_weights(weights)
-        backend.reset_optimizer()
-        for b in batches:
-            backend.train_step(b)
-        return backend.finish_epoch().losses
+        training.restart(backend, weights)
+        return training.run_steps(backend, batches)[0].losses
 
     first, second = trajectory(), trajectory()
     assert first.shape == (5,) and np.all(np.isfinite(first))
@@ -149,13 +147,10 @@ def test_every_loss_matches_the_numpy_definition(name, loss):
 
 @pytest.mark.parametrize("name", FRAMEWORKS)
 def test_mlp_adam_learns_real_mnist(name, mnist_small):
-    train = TrainSpec(optimizer="adam", batch_size=32)
-    backend, _ = _build(name, "mlp", (28, 28, 1), train)
-    backend.load_data(mnist_small.x_train, mnist_small.y_train)
-    for epoch in range(2):
-        for b in epoch_batches(len(mnist_small.x_train), 32, seed=0, epoch=epoch):
-            backend.train_step(b)
-        losses = backend.finish_epoch().losses
+    train = TrainSpec(optimizer="adam", batch_size=32, epochs=2)
+    backend = loaded_backend(name)
+    training.prepare(backend, SEED_MODELS["mlp"], train, mnist_small.x_train, mnist_small.y_train, 10)
+    losses = training.fit(backend, len(mnist_small.x_train), train)[-1].result.losses
     _, accuracy = backend.evaluate(mnist_small.x_test, mnist_small.y_test, 250)
     assert losses[-5:].mean() < 1.0 and accuracy > 0.8
     probabilities = backend.predict(mnist_small.x_test[:10], 10)

@@ -17,6 +17,7 @@ import jax  # noqa: E402
 
 from backends.base import Unsupported  # noqa: E402
 from backends.jax_backend import JaxBackend  # noqa: E402
+from bench import training  # noqa: E402
 from bench.data import epoch_batches, load_dataset  # noqa: E402
 from bench.losses import loss_value as numpy_loss  # noqa: E402
 from bench.spec import (  # noqa: E402
@@ -29,7 +30,6 @@ from bench.spec import (  # noqa: E402
     ModelSpec,
     TrainSpec,
 )
-from bench.weights import canonical_weights  # noqa: E402
 from tests.conftest import perturbed_weights, reference_logits  # noqa: E402
 
 MNIST = (28, 28, 1)
@@ -55,6 +55,14 @@ def built(backend: JaxBackend, model: ModelSpec, train: TrainSpec, shape=MNIST, 
     model = model.resolve(train.activation)
     backend.build(model, train, shape, 10)
     backend.set_weights(weights if weights is not None else perturbed_weights(model, shape))
+    return backend
+
+
+def prepared(backend: JaxBackend, model: ModelSpec, train: TrainSpec, x: np.ndarray, y: np.ndarray, weights=None) -> JaxBackend:
+    """Ready to train through ``bench.training`` on (x, y), from perturbed weights unless given."""
+    model = model.resolve(train.activation)
+    weights = weights if weights is not None else perturbed_weights(model, tuple(x.shape[1:]))
+    training.prepare(backend, model, train, x, y, 10, weights)
     return backend
 
 
@@ -96,20 +104,14 @@ def count_step_compiles(run) -> int:
 
 
 def test_train_step_compiles_once_across_steps_reset_and_new_weights(backend, data):
-    b = built(backend, SEED_MODELS["mlp_bn"], TrainSpec(optimizer="adam", batch_size=32))
-    b.load_data(data.x_train[:1024], data.y_train[:1024])
+    b = prepared(backend, SEED_MODELS["mlp_bn"], TrainSpec(optimizer="adam", batch_size=32), data.x_train[:1024], data.y_train[:1024])
     batches = epoch_batches(1024, 32, seed=0, epoch=0)
 
     def run() -> None:
-        for batch in batches[:20]:
-            b.train_step(batch)
-        assert b.finish_epoch().losses.shape == (20,)
+        assert training.run_steps(b, batches[:20])[0].losses.shape == (20,)
         assert b.compile_count == 1
-        b.reset_optimizer()
-        b.set_weights(b.get_weights())
-        for batch in batches[20:25]:
-            b.train_step(batch)
-        b.synchronize()
+        training.restart(b, b.get_weights())
+        training.run_steps(b, batches[20:25])
 
     assert count_step_compiles(run) == 1
     assert b.compile_count == 1
@@ -122,11 +124,9 @@ def test_jit_and_eager_give_the_same_losses_and_weights(backend, data):
     Adam's g / (|g| + eps) would blow up to full-size steps that differ between the two modes."""
     runs = {}
     for mode in ("jit", "eager"):
-        b = built(backend, BN_DROPOUT, TrainSpec(optimizer="momentum", mode=mode, batch_size=32))
-        b.load_data(data.x_train[:256], data.y_train[:256])
-        for batch in epoch_batches(256, 32, seed=0, epoch=0)[:3]:
-            b.train_step(batch)
-        runs[mode] = (b.finish_epoch().losses, b.get_weights())
+        b = prepared(backend, BN_DROPOUT, TrainSpec(optimizer="momentum", mode=mode, batch_size=32), data.x_train[:256], data.y_train[:256])
+        result, _ = training.run_steps(b, epoch_batches(256, 32, seed=0, epoch=0)[:3])
+        runs[mode] = (result.losses, b.get_weights())
     assert backend.compile_count == 0  # eager never traces the jitted step
     np.testing.assert_allclose(runs["jit"][0], runs["eager"][0], rtol=0, atol=1e-5)
     for a, b in zip(runs["jit"][1], runs["eager"][1]):
@@ -136,15 +136,11 @@ def test_jit_and_eager_give_the_same_losses_and_weights(backend, data):
 def test_dropout_masks_change_every_step_and_restart_on_reset(backend, data):
     """The same batch with frozen weights (lr 1e-12): only the dropout mask can change the loss."""
     def losses(model: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
-        b = built(backend, model, TrainSpec(optimizer="sgd", learning_rate=1e-12, batch_size=64))
-        b.load_data(data.x_train[:64], data.y_train[:64])
+        b = prepared(backend, model, TrainSpec(optimizer="sgd", learning_rate=1e-12, batch_size=64), data.x_train[:64], data.y_train[:64])
         batch = np.arange(64)
-        for _ in range(3):
-            b.train_step(batch)
-        first = b.finish_epoch().losses
-        b.reset_optimizer()
-        b.train_step(batch)
-        return first, b.finish_epoch().losses
+        first = training.run_steps(b, [batch] * 3)[0].losses
+        b.reset_optimizer()  # what is tested: a reset restarts the dropout stream (the weights barely moved)
+        return first, training.run_steps(b, [batch])[0].losses
 
     steps, after_reset = losses(SEED_MODELS["mlp_dropout"])
     assert len(set(steps.tolist())) == 3
@@ -173,13 +169,10 @@ def first_step_expected(train: TrainSpec, w: np.ndarray, g: np.ndarray) -> np.nd
     ids=["sgd", "momentum", "rmsprop", "adam", "adam-wd"],
 )
 def test_one_step_of_each_optimizer_follows_its_formula(backend, data, train):
-    b = built(backend, SEED_MODELS["mlp"], train)
-    batch = np.arange(128)
-    b.load_data(data.x_train[:128], data.y_train[:128])
+    b = prepared(backend, SEED_MODELS["mlp"], train, data.x_train[:128], data.y_train[:128])
     before = b.get_weights()
     loss, grads = b.loss_and_gradients(data.x_train[:128], data.y_train[:128])
-    b.train_step(batch)
-    step_loss = b.finish_epoch().losses
+    step_loss = training.run_steps(b, [np.arange(128)])[0].losses
     assert np.isfinite(step_loss).all() and step_loss[0] == pytest.approx(loss, abs=1e-6)
     for w, g, after in zip(before, grads, b.get_weights()):
         assert not np.array_equal(w, after)
@@ -195,15 +188,14 @@ def test_losses_equal_the_spec_losses(backend, data, loss):
 
 
 def test_loss_and_gradients_leaves_weights_statistics_and_optimizer_unchanged(backend, data):
-    b = built(backend, SEED_MODELS["mlp_bn"], TrainSpec(optimizer="adam"))
-    b.load_data(data.x_train[:64], data.y_train[:64])
+    b = prepared(backend, SEED_MODELS["mlp_bn"], TrainSpec(optimizer="adam"), data.x_train[:64], data.y_train[:64])
     before = b.get_weights()
     loss, grads = b.loss_and_gradients(data.x_train[:64], data.y_train[:64])
     assert np.isfinite(loss) and len(grads) == sum(p.trainable for p in b.specs)
     for a, c in zip(before, b.get_weights()):
         np.testing.assert_array_equal(a, c)
-    b.train_step(np.arange(64))  # a first Adam step still sees zero moments: its loss is the same
-    assert b.finish_epoch().losses[0] == pytest.approx(loss, abs=1e-6)
+    # a first Adam step still sees zero moments: its loss is the same
+    assert training.run_steps(b, [np.arange(64)])[0].losses[0] == pytest.approx(loss, abs=1e-6)
     mean = [p.key for p in b.specs].index("2.moving_mean")
     assert not np.array_equal(before[mean], b.get_weights()[mean])  # the step, not the gradients, moves it
 
@@ -222,13 +214,11 @@ def test_bf16_computes_in_bf16_and_keeps_fp32_parameters(backend, data):
     x, y = data.x_train[:128], data.y_train[:128]
     weights = perturbed_weights(SEED_MODELS["mlp_bn"].resolve("relu"), MNIST)
     fp32 = built(backend, SEED_MODELS["mlp_bn"], TrainSpec(), weights=weights).logits(x)
-    b = built(backend, SEED_MODELS["mlp_bn"], TrainSpec(precision="bf16"), weights=weights)
+    b = prepared(backend, SEED_MODELS["mlp_bn"], TrainSpec(precision="bf16"), x, y, weights=weights)
     low = b.logits(x)
     assert low.dtype == np.float32
     assert 0 < np.abs(low - fp32).max() < 0.1  # bf16 rounding is visible, and small
-    b.load_data(x, y)
-    b.train_step(np.arange(128))
-    assert np.isfinite(b.finish_epoch().losses).all()
+    assert np.isfinite(training.run_steps(b, [np.arange(128)])[0].losses).all()
     assert all(w.dtype == np.float32 for w in b.get_weights())
 
 
@@ -258,12 +248,10 @@ def test_setup_and_facts_record_the_choices(backend):
 
 
 def test_mlp_adam_learns_mnist_in_one_epoch(backend, data):
-    b = built(backend, SEED_MODELS["mlp"], TrainSpec(optimizer="adam", batch_size=64),
-              weights=canonical_weights(SEED_MODELS["mlp"].resolve("relu"), MNIST, 10, seed=0))
-    b.load_data(data.x_train[:4000], data.y_train[:4000])
-    for batch in epoch_batches(4000, 64, seed=0, epoch=0):
-        b.train_step(batch)
-    losses = b.finish_epoch().losses
+    train = TrainSpec(optimizer="adam", batch_size=64, epochs=1, seed=0)
+    training.prepare(backend, SEED_MODELS["mlp"], train, data.x_train[:4000], data.y_train[:4000], 10)  # canonical weights
+    [epoch] = training.fit(backend, 4000, train)
+    losses = epoch.result.losses
     assert losses.shape == (62,) and losses[-10:].mean() < losses[:10].mean()
-    _, accuracy = b.evaluate(data.x_test, data.y_test, batch_size=500)
+    _, accuracy = backend.evaluate(data.x_test, data.y_test, batch_size=500)
     assert accuracy > 0.85

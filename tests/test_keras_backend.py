@@ -13,6 +13,7 @@ pytest.importorskip("keras")
 
 from backends.base import Unsupported  # noqa: E402
 from backends.keras_backend import KerasBackend  # noqa: E402
+from bench import training  # noqa: E402
 from bench.data import epoch_batches, load_dataset  # noqa: E402
 from bench.losses import loss_value as numpy_loss  # noqa: E402
 from bench.shapes import param_specs  # noqa: E402
@@ -24,7 +25,6 @@ from bench.spec import (  # noqa: E402
     ModelSpec,
     TrainSpec,
 )
-from bench.weights import canonical_weights  # noqa: E402
 from tests.conftest import perturbed_weights, reference_logits  # noqa: E402
 
 MNIST = (28, 28, 1)
@@ -44,6 +44,12 @@ def _built(backend: KerasBackend, model: ModelSpec, train: TrainSpec, input_shap
     weights = perturbed_weights(model, input_shape, seed)
     backend.set_weights(weights)
     return weights
+
+
+def _prepared(backend: KerasBackend, model: ModelSpec, train: TrainSpec, n: int, data_seed: int = 1) -> list[np.ndarray]:
+    """Ready to train (bench.training) on ``n`` random images with labels 0..9, from perturbed weights."""
+    weights = perturbed_weights(model.resolve(train.activation), MNIST, seed=0)
+    return training.prepare(backend, model, train, _images(MNIST, n, data_seed), np.arange(n) % 10, 10, weights)
 
 
 def _images(shape, n=8, seed=1) -> np.ndarray:
@@ -94,10 +100,8 @@ def test_losses_match_numpy_loss(backend, loss):
 def test_one_step_with_each_optimizer_changes_weights(backend, optimizer):
     train = TrainSpec(optimizer=optimizer, batch_size=16)
     model = SEED_MODELS["mlp"].resolve("relu")  # no BatchNorm: a bias before BatchNorm has zero gradient
-    before = _built(backend, model, train)
-    backend.load_data(_images(MNIST, n=64), np.arange(64) % 10)
-    backend.train_step(np.arange(16))
-    losses = backend.finish_epoch().losses
+    before = _prepared(backend, model, train, n=64)
+    losses = training.run_steps(backend, [np.arange(16)])[0].losses
     assert losses.shape == (1,) and np.isfinite(losses).all()
     after = backend.get_weights()
     for spec, w0, w1 in zip(param_specs(model, MNIST, 10), before, after):
@@ -108,12 +112,10 @@ def test_sgd_step_is_weights_minus_lr_times_gradients(backend):
     """train_step applies exactly the gradients loss_and_gradients reports, on the same rows."""
     train = TrainSpec(optimizer="sgd", learning_rate=0.1, batch_size=16)
     model = SEED_MODELS["mlp_bn"].resolve("sigmoid")
-    before = _built(backend, model, train)
     x, y = _images(MNIST, n=32), np.arange(32) % 10
+    before = training.prepare(backend, model, train, x, y, 10, perturbed_weights(model, MNIST, seed=0))
     loss, grads = backend.loss_and_gradients(x[:16], y[:16])
-    backend.load_data(x, y)
-    backend.train_step(np.arange(16))
-    assert backend.finish_epoch().losses[0] == pytest.approx(loss, abs=1e-6)
+    assert training.run_steps(backend, [np.arange(16)])[0].losses[0] == pytest.approx(loss, abs=1e-6)
     trainable = [p.trainable for p in param_specs(model, MNIST, 10)]
     after = [w for w, t in zip(backend.get_weights(), trainable) if t]
     for w0, w1, g in zip([w for w, t in zip(before, trainable) if t], after, grads):
@@ -141,11 +143,9 @@ def test_loss_and_gradients_leave_dropout_rng_alone(backend):
 def _three_steps(backend: KerasBackend, mode: str, model: ModelSpec) -> tuple[np.ndarray, list[np.ndarray]]:
     # Momentum, not Adam: Adam turns the rounding noise in the (zero) gradient of a bias before
     # BatchNorm into lr-sized steps, which would differ between modes without meaning anything.
-    _built(backend, model, TrainSpec(optimizer="momentum", learning_rate=0.05, batch_size=32, mode=mode))
-    backend.load_data(_images(MNIST, n=96, seed=3), np.arange(96) % 10)
-    for rows in epoch_batches(96, 32, seed=0, epoch=0):
-        backend.train_step(rows)
-    return backend.finish_epoch().losses, backend.get_weights()
+    _prepared(backend, model, TrainSpec(optimizer="momentum", learning_rate=0.05, batch_size=32, mode=mode), n=96, data_seed=3)
+    result, _ = training.run_steps(backend, epoch_batches(96, 32, seed=0, epoch=0))
+    return result.losses, backend.get_weights()
 
 
 def test_modes_give_the_same_losses(backend):
@@ -168,30 +168,24 @@ def test_default_mode_is_graph(backend):
 def test_reset_optimizer_restores_the_fresh_trajectory_without_retracing(backend):
     model = SEED_MODELS["mlp_bn"].resolve("relu")
     train = TrainSpec(optimizer="adam", batch_size=32)
-    weights = _built(backend, model, train)
-    backend.load_data(_images(MNIST, n=96, seed=4), np.arange(96) % 10)
+    weights = _prepared(backend, model, train, n=96, data_seed=4)
     batches = epoch_batches(96, 32, seed=0, epoch=0)
     runs = []
     for _ in range(2):
-        backend.set_weights(weights)
-        backend.reset_optimizer()
-        for rows in batches:
-            backend.train_step(rows)
-        runs.append(backend.finish_epoch().losses)
+        training.restart(backend, weights)
+        runs.append(training.run_steps(backend, batches)[0].losses)
     np.testing.assert_array_equal(runs[0], runs[1])
     assert backend.trace_count() == 1
 
 
 def test_bf16_keeps_float32_variables_and_logits(backend):
     model = SEED_MODELS["mlp"].resolve("relu")
-    weights = _built(backend, model, TrainSpec(precision="bf16", batch_size=16))
+    weights = _prepared(backend, model, TrainSpec(precision="bf16", batch_size=16), n=8)
     x = _images(MNIST)
     out = backend.logits(x)
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, reference_logits(model, TrainSpec(), MNIST, weights, x), atol=0.05)  # bf16: 8-bit mantissa
-    backend.load_data(x, np.arange(8) % 10)
-    backend.train_step(np.arange(8))
-    assert np.isfinite(backend.finish_epoch().losses).all()
+    assert np.isfinite(training.run_steps(backend, [np.arange(8)])[0].losses).all()
     assert all(w.dtype == np.float32 for w in backend.get_weights())
 
 
@@ -204,10 +198,8 @@ def test_cells_free_their_traced_graphs(backend):
     """A sweep builds ~80 cells in one process: each cell's step graph must die with the cell."""
 
     def cell() -> None:
-        _built(backend, SEED_MODELS["mlp"].resolve("relu"), TrainSpec(optimizer="adam", batch_size=16))
-        backend.load_data(_images(MNIST, n=16), np.arange(16) % 10)
-        backend.train_step(np.arange(16))
-        backend.finish_epoch()
+        _prepared(backend, SEED_MODELS["mlp"].resolve("relu"), TrainSpec(optimizer="adam", batch_size=16), n=16)
+        training.run_steps(backend, [np.arange(16)])
 
     cell()
     after_one = _live_graphs()
@@ -242,13 +234,10 @@ def test_saved_model_reloads_with_the_same_logits(backend, tmp_path):
 
 def test_mlp_adam_learns_mnist_sample(backend):
     data = load_dataset("mnist-sample", train_size=4000, val_split=0.0)
-    model = SEED_MODELS["mlp"].resolve("relu")
-    backend.build(model, TrainSpec(optimizer="adam", batch_size=64), data.input_shape, 10)
-    backend.set_weights(canonical_weights(model, data.input_shape, 10, seed=0))
-    backend.load_data(data.x_train, data.y_train)
-    for rows in epoch_batches(len(data.x_train), 64, seed=0, epoch=0):
-        backend.train_step(rows)
-    losses = backend.finish_epoch().losses
+    train = TrainSpec(optimizer="adam", batch_size=64, epochs=1, seed=0)
+    training.prepare(backend, SEED_MODELS["mlp"], train, data.x_train, data.y_train, 10)  # canonical weights of seed 0
+    [epoch] = training.fit(backend, len(data.x_train), train)
+    losses = epoch.result.losses
     assert len(losses) == 4000 // 64 and losses[-10:].mean() < losses[:10].mean()
     _, accuracy = backend.evaluate(data.x_test, data.y_test, batch_size=256)
     assert accuracy > 0.85

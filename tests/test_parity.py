@@ -1,8 +1,12 @@
 """The parity ladder: it passes every installed backend, names the frameworks' documented
-differences instead of absorbing them, and catches planted bugs at the rung that owns them.
+differences instead of absorbing them, catches planted bugs at the rung that owns them, runs each
+framework in its own worker process, and refuses bad input with exit status 2.
 """
 
 from __future__ import annotations
+
+import multiprocessing
+import os
 
 import numpy as np
 import pytest
@@ -10,7 +14,6 @@ import pytest
 import backends
 from backends.numpy_backend import NumpyBackend
 from bench import equivalence, parity
-from bench.errors import BackendUnavailable, BenchError
 from bench.rules import CANONICAL, RULE_OPTIONS, Rules
 from bench.spec import SEED_MODELS, TrainSpec
 from tests.conftest import FRAMEWORKS, loaded_backend
@@ -156,12 +159,43 @@ def test_every_installed_framework_passes_a_compact_ladder(name):
 
 
 def test_a_missing_framework_is_skipped_not_failed(monkeypatch):
-    def unavailable(name):
-        raise BackendUnavailable(f"backend {name!r} unavailable: not installed")
-
-    monkeypatch.setattr(backends, "load", unavailable)
+    monkeypatch.setattr(backends, "unavailable_reason", lambda name: "torch not installed (pip install -e '.[torch]')")
     report = parity.run_parity(["torch"], ["mlp"], ["sgd"], ["relu"], statistical=False)
-    assert report.ok and "torch" in report.skipped and not report.checks
+    assert report.ok and "torch not installed" in report.skipped["torch"] and not report.checks and not report.workers
+
+
+# -- each framework in its own worker process -------------------------------------------------------
+def _signature(report: parity.ParityReport) -> list[tuple]:
+    return [(c.job.label, c.rung, c.passed, c.deviations) for c in report.checks]
+
+
+@pytest.mark.skipif(not FRAMEWORKS, reason="no framework installed")
+def test_the_worker_path_gives_the_checks_of_the_in_process_path():
+    name = FRAMEWORKS[0]
+    args = (["mlp_bn"], ["adam"], ["relu"])
+    in_worker = parity.run_parity([name], *args, seeds=2, epochs=1)
+    in_process = _ladder(loaded_backend(name), *args)
+    assert in_worker.workers[name]["pid"] != os.getpid() and in_worker.workers[name]["versions"]
+    assert not in_process.workers
+    assert in_worker.ok and _signature(in_worker) == _signature(in_process)
+    assert {c.rung for c in in_worker.checks} == {r.name for r in parity.RUNGS}
+    for a, b in zip(in_worker.checks, in_process.checks):  # same arrays up to the thread count's rounding
+        assert a.rel_diff <= a.tolerance and b.rel_diff <= b.tolerance
+    [pair] = in_worker.statistical  # the worker's per-seed accuracies against the reference's, here
+    assert (pair.a, pair.b) == ("reference", name) and len(pair.accuracies_b) == 2 and pair.passed
+
+
+def test_a_worker_that_dies_fails_its_job_and_the_next_job_gets_a_fresh_worker():
+    def kill_the_worker_on_momentum(text: str) -> None:
+        if "/momentum/" in text:
+            for child in multiprocessing.active_children():  # the worker this run started
+                child.kill()
+
+    report = parity.run_parity(["numpy"], ["mlp"], ["sgd", "momentum", "adam"], ["relu"], statistical=False,
+                               progress=kill_the_worker_on_momentum)
+    [error] = report.failures
+    assert error.rung == "error" and error.job.optimizer == "momentum" and "worker process died" in error.note
+    assert {c.job.optimizer for c in report.checks if c.passed} == {"sgd", "adam"}  # adam ran in a new worker
 
 
 # -- the statistical rung and the command line -----------------------------------------------------
@@ -180,22 +214,40 @@ def test_statistical_rung_finds_the_oracle_and_a_framework_equivalent():
     instances = {"reference": _numpy()}
     if FRAMEWORKS:
         instances[FRAMEWORKS[0]] = loaded_backend(FRAMEWORKS[0])
-    results = equivalence.statistical_rung(instances, seeds=2, epochs=1)
+    accuracies = {name: [equivalence.final_accuracy(b, seed, epochs=1) for seed in range(2)] for name, b in instances.items()}
+    results = equivalence.statistical_rung(accuracies)
+    assert len(results) == len(instances) * (len(instances) - 1) // 2
     assert all(r.passed for r in results)
     assert all(acc > 0.5 for r in results for acc in r.accuracies_a + r.accuracies_b)
 
 
 def test_cli_runs_the_ladder_and_returns_its_status(capsys):
-    import argparse
+    from bench.cli import main
 
-    parser = argparse.ArgumentParser()
-    parity.add_parity_arguments(parser)
-    args = parser.parse_args(["--backend", "numpy", "--models", "mlp", "--optimizers", "sgd", "--activations", "relu", "--no-statistical"])
-    assert parity.main_parity(args) == 0
+    assert main(["parity", "--backend", "numpy", "--models", "mlp", "--optimizers", "sgd", "--activations", "relu", "--no-statistical"]) == 0
     out = capsys.readouterr().out
-    assert "forward" in out and "steps_20" in out and "every rung passes" in out
-    with pytest.raises(BenchError, match="unknown value 'resnet'"):  # the CLI's one line and exit 2
-        parity.main_parity(parser.parse_args(["--backend", "numpy", "--models", "resnet"]))
+    assert "forward" in out and "steps_20" in out and "every rung passes" in out and "its own worker process" in out
+
+
+@pytest.mark.parametrize(
+    "argv,named",
+    [
+        (["--models", "nosuch"], "mlp, mlp_bn, mlp_dropout, cnn, all"),
+        (["--backend", "nosuch"], "torch, tf, jax, numpy, all"),
+        (["--optimizers", "x"], "sgd, momentum, rmsprop, adam, all"),
+        (["--activations", "relu,x"], "relu, leaky_relu, tanh, sigmoid, linear, all"),
+        (["--losses", "x"], "cce, mse, mae, bce, hinge, all"),
+        (["--threads", "0", "--backend", "numpy"], "between 1 and"),
+        (["--epsilon", "0"], "--epsilon must be positive"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_status_2(capsys, argv, named):
+    from bench.cli import main
+
+    assert main(["parity", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1 and named in captured.err
+    assert "Traceback" not in captured.err and "Parity ladder" not in captured.out
 
 
 def test_every_rule_option_has_a_title_and_a_description():

@@ -250,9 +250,7 @@ def test_numpy_backend_trains_digits_and_saves_canonical_arrays(tmp_path):
     train = TrainSpec(optimizer="adam", activation="relu", batch_size=32, seed=0)
     backend = NumpyBackend()
     backend.setup(threads=1)
-    backend.build(model, train, data.input_shape, data.num_classes)
-    backend.set_weights(canonical_weights(model, data.input_shape, data.num_classes, 0))
-    backend.load_data(data.x_train, data.y_train)
+    training.prepare(backend, model, train, data.x_train, data.y_train, data.num_classes)  # canonical weights of seed 0
     _, before = backend.evaluate(data.x_test, data.y_test, 128)
     losses = training.run_steps(backend, epoch_batches(len(data.x_train), 32, 0, 0))[0].losses
     _, after = backend.evaluate(data.x_test, data.y_test, 128)

@@ -1,0 +1,86 @@
+"""``python -m bench parity``: its options, their validation, and the exit status.
+
+Every option value is checked before anything runs: an unknown name is a ``BenchError`` (one line
+naming the valid values, exit status 2, as for ``bench run``); a failing rung is exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+
+import backends
+from bench import equivalence
+from bench.errors import BenchError
+from bench.parity.ladder import PARITY_EPSILON
+from bench.parity.render import render
+from bench.parity.runner import run_parity
+from bench.spec import ACTIVATIONS, LOSSES, OPTIMIZERS, SEED_MODELS
+
+
+def _choices(flag: str, values: list[str] | None, valid: list[str], default: list[str]) -> list[str]:
+    """Comma-separated or repeated option values, 'all' for every valid one; an unknown name is an error."""
+    if not values:
+        return list(default)
+    items = [v.strip() for value in values for v in value.split(",") if v.strip()]
+    if "all" in items:
+        return list(valid)
+    unknown = [v for v in items if v not in valid]
+    if unknown or not items:
+        raise BenchError(f"unknown {flag} value(s) {', '.join(unknown) or repr('')}; valid: {', '.join(valid)}, all")
+    return list(dict.fromkeys(items))
+
+
+def _backend_names(values: list[str] | None) -> list[str]:
+    """Registry names from --backend values; 'all' means the compared frameworks (not the oracle)."""
+    items = [v.strip() for value in values or ["all"] for v in value.split(",") if v.strip()]
+    names = [n for item in items for n in (backends.FRAMEWORK_BACKENDS if item.lower() == "all" else [backends.canonical_name(item)])]
+    if not names:
+        raise BenchError(f"--backend names no backend; valid: {', '.join(list(backends.REGISTRY) + ['all'])}")
+    return list(dict.fromkeys(names))
+
+
+def _positive(flag: str, value: float) -> float:
+    if not value > 0:
+        raise BenchError(f"{flag} must be positive, got {value:g}")
+    return value
+
+
+def add_parity_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", action="append", help="backend(s) to check, comma-separated or repeated (default: "
+                        f"all = {', '.join(backends.FRAMEWORK_BACKENDS)}; 'numpy' checks the oracle against itself)")
+    parser.add_argument("--models", action="append", help=f"default: all ({', '.join(SEED_MODELS)})")
+    parser.add_argument("--optimizers", action="append", help=f"default: all ({', '.join(OPTIMIZERS)})")
+    parser.add_argument("--activations", action="append", help=f"default: all ({', '.join(ACTIVATIONS)})")
+    parser.add_argument("--losses", action="append", help=f"losses for the loss and gradient rungs (default: cce; all = {', '.join(LOSSES)})")
+    parser.add_argument("--epsilon", type=float, default=PARITY_EPSILON,
+                        help=f"RMSprop/Adam epsilon (default {PARITY_EPSILON:g}, why: bench/parity/ladder.py)")
+    parser.add_argument("--mode", default="default", help="execution mode of every backend (default: each backend's first)")
+    parser.add_argument("--threads", type=int, default=1, help="threads per backend worker (default 1)")
+    parser.add_argument("--no-statistical", action="store_true", help="skip the statistical rung (accuracy over seeds)")
+    parser.add_argument("--seeds", type=int, default=equivalence.SEEDS, help=f"seeds of the statistical rung (default {equivalence.SEEDS})")
+    parser.add_argument("--epochs", type=int, default=equivalence.EPOCHS, help=f"epochs of the statistical rung (default {equivalence.EPOCHS})")
+
+
+def main_parity(args: argparse.Namespace) -> int:
+    """Validate the options, run the ladder and print it; exit status 1 on any failure."""
+    selection = dict(
+        backend_names=_backend_names(args.backend),
+        models=_choices("--models", args.models, list(SEED_MODELS), list(SEED_MODELS)),
+        optimizers=_choices("--optimizers", args.optimizers, list(OPTIMIZERS), list(OPTIMIZERS)),
+        activations=_choices("--activations", args.activations, list(ACTIVATIONS), list(ACTIVATIONS)),
+        losses=_choices("--losses", args.losses, list(LOSSES), ["cce"]),
+        epsilon=_positive("--epsilon", args.epsilon),
+        seeds=int(_positive("--seeds", args.seeds)),
+        epochs=int(_positive("--epochs", args.epochs)),
+    )
+    console = Console() if sys.stdout.isatty() else Console(width=140)  # files and pipes get whole tables
+    with console.status("parity") as status:
+        report = run_parity(
+            **selection, mode=args.mode, threads=args.threads, statistical=not args.no_statistical,
+            progress=lambda text: status.update(f"parity: {text}"),
+        )
+    render(report, console)
+    return 0 if report.ok else 1

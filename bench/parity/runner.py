@@ -1,0 +1,128 @@
+"""Running the ladder: each backend in its own worker, the oracle and every verdict in this process.
+
+Backends run one at a time, as in ``bench run``. The parent plans the jobs, sends each to the
+backend's worker, computes the NumPy oracle's answer (cached per job and rules, shared by every
+backend) and compares; then it asks the worker for the statistical rung's per-seed accuracies and
+runs the TOST on them beside the NumPy reference's own accuracies.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import backends
+from backends.base import Backend, Unsupported
+from backends.numpy_backend import NumpyBackend
+from bench import equivalence
+from bench.errors import BenchError
+from bench.parity.compare import Check, compare, error_check
+from bench.parity.ladder import PARITY_EPSILON
+from bench.parity.measure import Oracle, fixed_batch
+from bench.parity.plan import Job, plan
+from bench.parity.worker import InProcess, InWorker, JobFailed, ParitySettings, Session
+
+
+@dataclass
+class ParityReport:
+    checks: list[Check] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # backend -> why it did not run
+    statistical: list[equivalence.EquivalenceResult] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)  # backend -> why its statistical rung has no answer
+    workers: dict[str, dict] = field(default_factory=dict)  # backend -> its worker process (pid, versions)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.errors and all(r.passed for r in self.statistical)
+
+
+def cpu_set(threads: int) -> tuple[int, ...]:
+    """The first ``threads`` cores this process may use, the CPU set every worker is pinned to."""
+    available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    if not 1 <= threads <= len(available):
+        raise BenchError(f"--threads must be between 1 and {len(available)} (the cores this process may use)")
+    return tuple(available[:threads])
+
+
+def _open(name: str, settings: ParitySettings, instances: dict[str, Backend], report: ParityReport) -> Session | None:
+    """A session for one backend: in-process if supplied, else a ready worker; None if it cannot run."""
+    if name in instances:
+        return InProcess(instances[name], settings)
+    session = InWorker(name, settings)
+    reason = backends.unavailable_reason(name) or session.start()
+    if reason is not None:
+        report.skipped[name] = reason
+        return None
+    report.workers[name] = session.facts
+    return session
+
+
+def _ladder(name: str, session: Session, jobs: list[Job], oracle: Oracle, report: ParityReport,
+            progress: Callable[[str], None]) -> None:
+    for job in jobs:
+        progress(f"{name}: {job.label}")
+        try:
+            got = session.measure(job)
+        except Unsupported as exc:
+            report.skipped[name] = str(exc)
+            return
+        except JobFailed as exc:
+            report.checks.append(error_check(name, job, str(exc)))
+            continue
+        report.checks += compare(name, job, got, oracle)
+
+
+def run_parity(
+    backend_names: list[str],
+    models: list[str],
+    optimizers: list[str],
+    activations: list[str],
+    losses: list[str] = ("cce",),
+    epsilon: float = PARITY_EPSILON,
+    mode: str = "default",
+    threads: int = 1,
+    statistical: bool = True,
+    seeds: int = equivalence.SEEDS,
+    epochs: int = equivalence.EPOCHS,
+    instances: dict[str, Backend] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ParityReport:
+    """Run the ladder (and the statistical rung) for each backend.
+
+    ``instances`` supplies backends by name, set up already, that run in this process (tests plant
+    bugs this way); the others run in their own worker. A backend whose framework is missing is
+    reported as skipped, not failed.
+    """
+    progress = progress or (lambda text: None)
+    instances = instances or {}
+    report = ParityReport()
+    batch = fixed_batch()
+    settings = ParitySettings(threads, cpu_set(threads), batch, epsilon, mode)
+    oracle = Oracle(batch, epsilon, threads)
+    jobs = plan(list(models), list(optimizers), list(activations), list(losses))
+    accuracies: dict[str, list[float]] = {}
+    for name in backend_names:
+        session = _open(name, settings, instances, report)
+        if session is None:
+            continue
+        try:
+            _ladder(name, session, jobs, oracle, report, progress)
+            if statistical and name not in report.skipped:
+                progress(f"{name}: statistical rung, {seeds} seeds of mlp/adam on digits")
+                accuracies[name] = [session.accuracy(seed, epochs) for seed in range(seeds)]
+        except (Unsupported, JobFailed) as exc:
+            report.errors[name] = f"statistical rung: {exc}"
+        finally:
+            session.close()
+    if accuracies:
+        progress(f"reference: statistical rung, {seeds} seeds")
+        anchor = NumpyBackend()
+        anchor.setup(threads)
+        reference = [equivalence.final_accuracy(anchor, seed, epochs) for seed in range(seeds)]
+        report.statistical = equivalence.statistical_rung({"reference": reference} | accuracies)
+    return report

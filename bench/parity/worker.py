@@ -1,0 +1,156 @@
+"""Where a backend answers the ladder: its own worker process, as in ``bench run``, or this one (tests).
+
+Frameworks never share a process: each loads in a fresh spawned interpreter, pinned to the CPU set
+and thread count before its import (``bench.executor``), and answers ``measure`` and the statistical
+rung's ``final_accuracy`` there. Only NumPy arrays, the typed ``Rules`` value and accuracies come
+back over the pipe; the oracle and every comparison stay in the parent. A worker that dies or goes
+silent fails the job it was on, with the reason, and the next job gets a fresh worker.
+
+Both kinds of session raise only ``Unsupported`` (the backend cannot run this configuration: the
+backend is skipped) and ``JobFailed`` (this job has no answer), so the runner treats them alike.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import backends
+from backends.base import Backend, Unsupported
+from bench import equivalence
+from bench.errors import BenchError
+from bench.executor import Worker, die_with_parent, isolate
+from bench.parity.measure import Batch, Measured, measure
+from bench.parity.plan import Job
+
+JOB_TIMEOUT = 900.0
+"""Seconds a worker may stay silent on one request: a job takes seconds, so silence this long is a hang."""
+
+
+class JobFailed(Exception):
+    """A job raised in the backend, or its worker died or hung; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ParitySettings:
+    """What a parity worker needs besides its backend's name: isolation and the ladder's inputs."""
+
+    threads: int
+    cpu_set: tuple[int, ...]
+    batch: Batch
+    epsilon: float
+    mode: str
+
+
+def _measure(backend: Backend, settings: ParitySettings, job: Job) -> Measured:
+    return measure(backend, job, settings.batch, settings.epsilon, settings.mode)
+
+
+def _accuracy(backend: Backend, settings: ParitySettings, seed: int, epochs: int) -> float:
+    return equivalence.final_accuracy(backend, seed, epochs)
+
+
+REQUESTS: dict[str, Callable[..., Any]] = {"measure": _measure, "accuracy": _accuracy}
+"""What a session can be asked, by request kind: the same functions in a worker and in-process."""
+
+
+def _error(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
+
+
+def _answer(backend: Backend, settings: ParitySettings, request: tuple) -> tuple[str, object]:
+    """One request's reply: ("answer", value), ("unsupported", why) or ("failed", error)."""
+    kind, *args = request
+    try:
+        return "answer", REQUESTS[kind](backend, settings, *args)
+    except Unsupported as exc:
+        return "unsupported", str(exc)
+    except Exception as exc:  # noqa: BLE001 - a crash fails this job; the ladder goes on with the next
+        return "failed", _error(exc)
+
+
+class Session(ABC):
+    """One backend answering the ladder's requests, wherever it runs."""
+
+    def measure(self, job: Job) -> Measured:
+        return self._ask(("measure", job))
+
+    def accuracy(self, seed: int, epochs: int) -> float:
+        return self._ask(("accuracy", seed, epochs))
+
+    @abstractmethod
+    def _ask(self, request: tuple) -> Any:
+        """The request's answer; Unsupported or JobFailed otherwise."""
+
+    def close(self) -> None:
+        """Release what the session holds."""
+
+    @staticmethod
+    def _unpack(kind: str, payload: Any) -> Any:
+        if kind == "answer":
+            return payload
+        raise Unsupported(payload) if kind == "unsupported" else JobFailed(payload)
+
+
+class InProcess(Session):
+    """A backend set up already in this process (tests plant buggy backends this way)."""
+
+    def __init__(self, backend: Backend, settings: ParitySettings) -> None:
+        self.backend, self.settings = backend, settings
+
+    def _ask(self, request: tuple) -> Any:
+        return self._unpack(*_answer(self.backend, self.settings, request))
+
+
+def serve(conn, backend_name: str, settings: ParitySettings, parent_pid: int) -> None:
+    """The worker process: isolate, load and set up the backend, then answer requests until None."""
+    die_with_parent(parent_pid)
+    isolate(settings.threads, settings.cpu_set)
+    try:
+        backend = backends.load(backend_name)
+        info = backend.setup(settings.threads, "cpu")
+    except Exception as exc:  # noqa: BLE001 - why this backend cannot run here, for the report
+        conn.send(("error", _error(exc)))
+        return
+    conn.send(("ready", {"pid": os.getpid(), "versions": info.versions, "threads": info.threads}))
+    while (request := conn.recv()) is not None:
+        conn.send(_answer(backend, settings, request))
+
+
+class InWorker(Session):
+    """A backend in its own spawned process; a fresh one replaces a worker that died or hung."""
+
+    def __init__(self, name: str, settings: ParitySettings) -> None:
+        self.name, self.settings = name, settings
+        self.worker: Worker | None = None
+        self.facts: dict = {}
+        self.broken: str | None = None  # why a replacement worker could not start
+
+    def start(self) -> str | None:
+        """Start the worker; None once ready, else why the backend cannot run here."""
+        self.worker = Worker(self.name, self.settings, main=serve)
+        kind, payload = self.worker.wait_ready()
+        if kind != "ready":
+            self.worker = None
+            return str(payload)
+        self.facts = self.worker.facts
+        return None
+
+    def _ask(self, request: tuple) -> Any:
+        if self.worker is None and self.broken is None:
+            self.broken = self.start()
+        if self.broken is not None:
+            raise JobFailed(f"no worker: {self.broken}")
+        kind, payload = self.worker.ask(request, JOB_TIMEOUT)
+        if kind in ("crashed", "timeout"):  # this worker is gone; the next request starts a fresh one
+            self.worker.stop()
+            self.worker = None
+        return self._unpack(kind, payload)
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
