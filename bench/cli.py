@@ -20,10 +20,11 @@ from rich.table import Table
 
 import backends
 from bench import environment, grid
+from bench.augment import check_image_input
 from bench.data import DATASETS, load_dataset
 from bench.errors import BenchError
 from bench.executor import WorkerSettings, run_sweep
-from bench.spec import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS
+from bench.spec import ACTIVATIONS, AUGMENT_DEFAULTS, AUGMENTATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS
 from bench.store import RunStore
 
 console = Console(stderr=False)
@@ -77,6 +78,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-split", type=float, help="fraction of the training split held out for validation")
     p.add_argument("--modes", help="execution modes: default, or backend modes (eager, compiled, graph, xla, jit)")
     p.add_argument("--precision", help=f"comma list of {', '.join(PRECISIONS)} (default: fp32)")
+    p.add_argument("--augment", action="append", metavar="SPEC",
+                   help="augmentation axis: e.g. flip,rotate=15,zoom=0.1,crop=4,brightness=0.2,noise=0.05; repeat the "
+                        "flag or separate with ';' for several; plain cells ('none') always run beside them")
     p.add_argument("--repeats", type=int, help="runs of each cell (fresh model, seed + repeat); default 1")
     p.add_argument("--seed", type=int)
     p.add_argument("--target", type=float, help="validation accuracy for time-to-accuracy (default 0.9)")
@@ -100,6 +104,7 @@ def build_sweep(args: argparse.Namespace) -> grid.Sweep:
         "precisions": _names(args.precision) if args.precision else None,
         "modes": _names(args.modes) if args.modes else None,
         "batch_sizes": _batch_sizes(args.batch_size) if args.batch_size else None,
+        "augment": grid.augment_axis(args.augment) if args.augment else None,
         "dataset": args.dataset, "data_dir": args.data_dir, "epochs": args.epochs,
         "learning_rate": args.learning_rate, "train_size": args.train_size, "val_split": args.val_split,
         "repeats": args.repeats, "seed": args.seed, "target_accuracy": args.target,
@@ -126,6 +131,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     backend_names = resolve_backends(_names(args.backend))
     data = load_dataset(sweep.dataset, sweep.data_dir, sweep.val_split, sweep.train_size, sweep.test_size)
     models, refused = grid.refuse_misfits(sweep, data.input_shape, data.num_classes)
+    for augment in sweep.augment:
+        check_image_input(augment, data.input_shape)
     out = args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     store = RunStore(out)
     available = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
@@ -182,6 +189,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _settings(sweep: grid.Sweep, backend_names: list[str]) -> dict:
     settings = asdict(sweep) | {"backends": backend_names}
     settings["custom_models"] = {k: v.model_dump() for k, v in sweep.custom_models.items()}
+    settings["augment"] = [a.label for a in sweep.augment]
     return settings
 
 
@@ -197,6 +205,9 @@ def fairness_rules() -> dict[str, str]:
         "threads": "one worker process per backend, same CPU set and intra-op thread count, one backend at a time",
         "precision": "fp32 with TF32 off by default; tf32 and bf16 are explicit axes",
         "timing": "warm-up (compile) timed apart; steady state over whole epochs with one sync; eval off the clock",
+        "augmentation": "random parameters drawn in NumPy from the seed before each epoch; each backend transforms "
+                        "natively inside its step; bilinear, constant-0 fill about the image centre; order "
+                        + ", ".join(AUGMENTATIONS) + "; brightness and noise clip to [0, 1]",
     }
 
 
@@ -211,6 +222,8 @@ def _print_summary(store: RunStore, baseline: str | None) -> None:
     if frame.empty:
         console.print("no successful cells to summarise")
         return
+    if "augment" in frame:  # augmented cells are their own rows
+        frame["model"] = [f"{m} (augment {a})" if isinstance(a, str) and a != "none" else m for m, a in zip(frame["model"], frame["augment"])]
     table = frame.groupby(["model", "backend"]).agg(
         cells=("cell_id", "count"), test_accuracy=("test_accuracy", "median"),
         train_samples_per_s=("train_samples_per_s", "median"), compile_seconds=("compile_seconds", "median"),
@@ -249,6 +262,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     console.print("activations: " + ", ".join(ACTIVATIONS))
     console.print("losses:      " + ", ".join(LOSSES))
     console.print("precisions:  " + ", ".join(PRECISIONS))
+    console.print("augment:     none, flip[=h|v|hv], " + ", ".join(
+        f"{n}[={AUGMENT_DEFAULTS[n]:g}]" if n in AUGMENT_DEFAULTS else n for n in AUGMENTATIONS))
     console.print("datasets:    " + ", ".join(DATASETS) + "  (synthetic:HxWxC for any image shape)")
     console.print("profiles:    " + ", ".join(f"{k} {v}" for k, v in grid.PROFILES.items()))
     return 0

@@ -16,7 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 from bench.errors import BenchError, SpecError
 from bench.harness import Cell
 from bench.shapes import check_fits
-from bench.spec import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS, Layer, ModelSpec, TrainSpec
+from bench.spec import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS, Augment, Layer, ModelSpec, TrainSpec
 
 PROFILES: dict[str, dict] = {
     # Every seed model x optimizer x activation on all backends in minutes on 2 cores: a smoke-sized
@@ -42,6 +42,7 @@ class Sweep:
     batch_sizes: list[int] = field(default_factory=lambda: [64])
     precisions: list[str] = field(default_factory=lambda: ["fp32"])
     modes: list[str] = field(default_factory=lambda: ["default"])
+    augment: list[Augment] = field(default_factory=lambda: [Augment()])
     epochs: int = 1
     learning_rate: float | None = None
     repeats: int = 1
@@ -93,10 +94,33 @@ def apply_toml(sweep: Sweep, path: Path) -> Sweep:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise BenchError(f"config file {path}: model {name!r} layer {where}: {first['msg']}") from None
+    if "augment" in settings:
+        try:
+            settings["augment"] = augment_axis(settings["augment"])
+        except SpecError as exc:
+            raise BenchError(f"config file {path}: [sweep] augment: {exc}") from None
     sweep = replace(sweep, **settings, custom_models=sweep.custom_models | custom)
     if "models" in settings:
         sweep.models_explicit = True
     return sweep
+
+
+def augment_axis(value: str | dict | list) -> list[Augment]:
+    """The augmentation axis from ``--augment`` flags or the TOML ``augment`` key.
+
+    A string is one augmentation (``flip,rotate=15``) or several separated by ``;``; a table is one
+    (``{flip = "h", rotate = 15}``); a list holds any of these. ``none`` (no augmentation) is always
+    on the axis, first: the report's cost of augmentation compares cells of the same run.
+    """
+    found = [Augment()]
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, dict):
+            found.append(Augment.from_table(item))
+        elif isinstance(item, str):
+            found += [Augment.parse(part) for part in item.split(";")]
+        else:
+            raise SpecError(f"augment: expected text such as 'flip,rotate=15' or a table, got {item!r}")
+    return list(dict.fromkeys(found))
 
 
 def _check_names(kind: str, names: list[str], valid) -> None:
@@ -143,13 +167,15 @@ def cells(sweep: Sweep, backends: list[str], models: list[str], n_train: int) ->
     specs = sweep.model_specs()
     grid = []
     for backend, repeat in itertools.product(backends, range(sweep.repeats)):
-        for model, optimizer, activation, loss, batch, precision, mode in itertools.product(
-            models, sweep.optimizers, sweep.activations, sweep.losses, sweep.batch_sizes, sweep.precisions, sweep.modes
+        for model, optimizer, activation, loss, batch, precision, mode, augment in itertools.product(
+            models, sweep.optimizers, sweep.activations, sweep.losses, sweep.batch_sizes, sweep.precisions, sweep.modes,
+            sweep.augment,
         ):
             train = TrainSpec(
                 optimizer=optimizer, activation=activation, loss=loss,
                 batch_size=n_train if batch == 0 else batch, epochs=sweep.epochs,
                 learning_rate=sweep.learning_rate, seed=sweep.seed + repeat, precision=precision, mode=mode,
+                augment=augment,
             )
             grid.append(Cell(backend, specs[model], train, sweep.dataset, repeat, sweep.target_accuracy, sweep.probe_steps))
     return grid
