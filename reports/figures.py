@@ -307,7 +307,7 @@ def augmentation_cost(rows: list[AugmentationRow], colours: dict) -> FigureOut |
     variants = sorted({r.variant for r in rows})
     fig = Figure(figsize=(WIDTH, 3.6), layout="constrained")
     ax = fig.subplots()
-    width = 0.8 / len(variants)
+    width = min(0.8 / len(variants), 0.2)
     for i, variant in enumerate(variants):
         mine = {(r.model, r.augment): r.cost for r in rows if r.variant == variant}
         xs = [j + (i - (len(variants) - 1) / 2) * width for j, g in enumerate(groups) if g in mine]

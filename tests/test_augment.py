@@ -258,3 +258,35 @@ def test_an_augmented_run_completes_every_cell_and_reports_the_cost_per_backend(
 
     table = pd.read_csv(out / "augmentation.csv")
     assert sorted(table["backend"]) == sorted(FRAMEWORKS) and (table["throughput_ratio"] > 0).all()
+
+
+# -- the report ----------------------------------------------------------------------------------------
+def test_the_report_gives_each_backend_its_augmentation_cost_against_its_plain_twins(tmp_path):
+    import pandas as pd
+
+    from reports import build_report
+    from reports.headline import headlines
+    from reports.records import load_run, plain_records
+    from tests.test_reports import make_record, write_run
+
+    rng, records, facts = np.random.default_rng(0), [], augment.record_fields(Augment(hflip=True))
+    for backend, mode, cost in (("torch", "eager", 0.8), ("jax", "jit", 0.4)):
+        for repeat in range(3):
+            plain = make_record(backend, mode, "mlp", "adam", "relu", repeat, rng, noise=0.01)
+            flipped = make_record(backend, mode, "mlp", "adam", "relu", repeat, rng, speed_factor=cost, noise=0.01)
+            records += [plain | augment.record_fields(Augment()),
+                        flipped | facts | {"cell_id": flipped["cell_id"] + "|aug=hflip", "test_accuracy": plain["test_accuracy"] - 0.02}]
+    result = build_report(write_run(tmp_path / "run", records))
+    table = pd.read_csv(result.augmentation_csv).set_index("backend")
+    assert table.loc["torch", "throughput_ratio"] == pytest.approx(0.8, rel=0.05)
+    assert table.loc["jax", "throughput_ratio"] == pytest.approx(0.4, rel=0.05)
+    assert table["test_accuracy_change"].to_list() == pytest.approx([-0.02, -0.02]) and set(table["augment"]) == {"hflip"}
+    html = result.html.read_text()
+    assert 'id="augmentation"' in html and "0.8" in html and "constant 0" in html
+    assert (tmp_path / "run" / "figures" / "augmentation_cost.png").is_file()
+    heads = headlines(plain_records(load_run(tmp_path / "run").records), "torch")  # the headline compares plain training
+    torch_row = next(r for r in heads[0].rows if r.variant == "torch")
+    assert torch_row.entries["train_samples_per_s"].value.value == pytest.approx(52_000, rel=0.05)
+
+    plain_only = build_report(write_run(tmp_path / "plain", [r for r in records if r["augment"] == "none"]))
+    assert 'id="augmentation"' not in plain_only.html.read_text() and pd.read_csv(plain_only.augmentation_csv).empty
