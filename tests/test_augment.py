@@ -235,6 +235,17 @@ def test_keras_traces_once_and_refuses_resampling_under_xla(mnist_small):
     _check_against_reference("tf", Augment(hflip=True, vflip=True, crop=2, brightness=0.2, noise=0.1), mode="xla")
 
 
+@pytest.mark.parametrize("value,message", [
+    ("blur", "unknown augmentation 'blur' in 'blur'; valid: none, flip[=h|v|hv], hflip"),
+    ("none;rotate=200", "augmentation rotate='200' in 'rotate=200': Input should be less than or equal to 180"),
+])
+def test_a_bad_augment_flag_is_one_line_and_exit_2(value, message):
+    result = subprocess.run([sys.executable, "-m", "bench", "run", "--augment", value], capture_output=True, text=True,
+                            cwd=ROOT, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and message in lines[0], result.stderr
+
+
 # -- a run, end to end ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("dataset,model,extra", [("digits", "mlp", []), ("mnist-sample", "cnn", ["--train-size", "512"])])
 def test_an_augmented_run_completes_every_cell_and_reports_the_cost_per_backend(tmp_path, dataset, model, extra):
