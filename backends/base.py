@@ -18,13 +18,14 @@ Lifecycle, per process: ``setup`` once (threads, device), then per cell ``build`
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
+from bench.augment import Params, check_image_input
 from bench.losses import loss_value, probabilities
 from bench.rules import CANONICAL, Rules
 from bench.shapes import ParamSpec, param_specs
@@ -77,7 +78,11 @@ class Backend(ABC):
     RULES: ClassVar[Rules] = CANONICAL
     """The formulas this framework follows where frameworks differ (bench.rules)."""
     TRANSLATIONS: ClassVar[Mapping[str, Mapping[str, Any]]]
-    """Per kind of spec name (layer, activation, loss, optimizer): name -> this framework's version."""
+    """Per kind of spec name (layer, activation, loss, optimizer, augment): name -> this framework's version.
+
+    An ``augment`` entry is ``(images, that transform's parameters, the Augment spec) -> images``, on
+    the framework's tensors in the adapter's own image layout, following bench/augment.py's reference.
+    """
 
     on_gpu: bool = False
     train: TrainSpec
@@ -116,6 +121,8 @@ class Backend(ABC):
         self.train, self.model = train, model.resolve(train.activation)
         self.input_shape, self.num_classes = tuple(input_shape), num_classes
         self.specs = param_specs(self.model, self.input_shape, num_classes)
+        check_image_input(train.augment, self.input_shape)
+        self._augmentations: list[tuple[str, Callable]] = [(n, self.translate("augment", n)) for n in train.augment.names]
         self._pending: list[Any] = []
         self._build()
 
@@ -167,17 +174,44 @@ class Backend(ABC):
     def load_data(self, x: np.ndarray, y: np.ndarray) -> None:
         """Place the training arrays where the steps read them (once, off the clock)."""
 
-    def train_step(self, batch: np.ndarray) -> None:
+    def train_step(self, batch: np.ndarray, augment: Params | None = None) -> None:
         """One optimizer step on rows ``batch`` of the loaded data, in training mode.
 
-        May return before the device finishes (asynchronous dispatch); the loss stays on the device
-        until ``finish_epoch``.
+        ``augment`` is this step's augmentation parameters (bench/augment.py), required exactly when
+        the train spec augments; the step transforms its images with them on the device, inside the
+        step. May return before the device finishes (asynchronous dispatch); the loss stays on the
+        device until ``finish_epoch``.
         """
-        self._pending.append(self._step(np.asarray(batch)))
+        if (augment is None) == bool(self._augmentations):
+            raise ValueError(f"train_step needs augmentation parameters exactly when the train spec augments "
+                             f"(augment={self.train.augment.label!r}, parameters {'missing' if augment is None else 'given'})")
+        self._pending.append(self._step(np.asarray(batch), augment))
 
     @abstractmethod
-    def _step(self, batch: np.ndarray) -> Any:
-        """Dispatch one step; return its loss as the framework holds it (not read back)."""
+    def _step(self, batch: np.ndarray, augment: Params | None) -> Any:
+        """Dispatch one step (augmenting its images with ``augment`` when given); return its loss as the
+        framework holds it (not read back)."""
+
+    def _augment(self, x: Any, params: Mapping[str, Any]) -> Any:
+        """The train spec's transforms, in order, through this adapter's ``augment`` table.
+
+        Plain Python over framework tensors: it runs inside an eager torch step, a tf.function trace
+        or a jax.jit trace alike, so each framework applies the transforms natively on its device.
+        """
+        for name, transform in self._augmentations:
+            x = transform(x, params[name], self.train.augment)
+        return x
+
+    def augmented(self, x: np.ndarray, params: Params) -> np.ndarray:
+        """Images ``x`` (float32 NHWC) augmented as a training step would with ``params``, back in NumPy:
+        what tests hold against bench/augment.py's reference."""
+        if not self._augmentations:
+            raise ValueError("the train spec has no augmentation")
+        return np.asarray(self._augmented(np.asarray(x, np.float32), params), dtype=np.float32)
+
+    @abstractmethod
+    def _augmented(self, x: np.ndarray, params: Params) -> Any:
+        """``_augment`` on ``x`` as the training step runs it (same compilation mode), as an array."""
 
     def begin_epoch(self) -> None:
         """Hook before the first step of a timed epoch (start device timers)."""

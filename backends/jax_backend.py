@@ -31,11 +31,13 @@ import jaxlib
 import numpy as np
 import optax
 from jax import lax
+from jax.scipy.ndimage import map_coordinates
 
 from backends.base import Backend, BackendInfo, MemoryReading
+from bench.augment import Params
 from bench.rules import Rules
 from bench.shapes import same_padding
-from bench.spec import TrainSpec
+from bench.spec import Augment, TrainSpec
 
 Tree = dict[str, dict[str, jax.Array]]
 
@@ -85,6 +87,43 @@ def _batchnorm(net: SpecNet, layer, name: str, x: jax.Array, training: bool) -> 
 
 def _sgd(t: TrainSpec, momentum: bool) -> list[optax.GradientTransformation]:
     return [optax.trace(decay=t.momentum, nesterov=False)] if momentum else []  # buf = m*buf + g: torch form
+
+
+# -- augmentation on NHWC arrays, traced into the jitted step (bench/augment.py is the reference) ---------
+def _flip(axis: int):
+    return lambda x, flip, a: jnp.where(flip[:, None, None, None], jnp.flip(x, axis), x)
+
+
+def _crop(x: jax.Array, offsets: jax.Array, a: Augment) -> jax.Array:
+    """Zero-pad, then per image the H x W window at its (row, column) offset (vmapped dynamic_slice)."""
+    _, h, w, c = x.shape
+    padded = jnp.pad(x, ((0, 0), (a.crop, a.crop), (a.crop, a.crop), (0, 0)))
+    return jax.vmap(lambda image, at: lax.dynamic_slice(image, (at[0], at[1], 0), (h, w, c)))(padded, offsets)
+
+
+def _resample(x: jax.Array, linear: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]) -> jax.Array:
+    """Each image sampled at ``centre + linear(row offsets, column offsets)``: map_coordinates, order 1
+    (bilinear), mode 'constant' (taps outside read 0), vmapped over images and channels."""
+    _, h, w, _ = x.shape
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    rows, cols = jnp.broadcast_arrays(*linear(jnp.arange(h, dtype=jnp.float32)[:, None] - cy,
+                                              jnp.arange(w, dtype=jnp.float32)[None, :] - cx))  # (B, H, W) offsets
+
+    def image(img: jax.Array, r: jax.Array, c: jax.Array) -> jax.Array:
+        channel = lambda plane: map_coordinates(plane, [r + cy, c + cx], order=1, mode="constant", cval=0.0)  # noqa: E731
+        return jax.vmap(channel, in_axes=2, out_axes=2)(img)
+
+    return jax.vmap(image)(x, rows, cols)
+
+
+def _rotate(x: jax.Array, angle: jax.Array, a: Augment) -> jax.Array:
+    c, s = jnp.cos(angle)[:, None, None], jnp.sin(angle)[:, None, None]
+    return _resample(x, lambda r, q: (c * r + s * q, c * q - s * r))
+
+
+def _zoom(x: jax.Array, scale: jax.Array, a: Augment) -> jax.Array:
+    inverse = 1.0 / scale[:, None, None]
+    return _resample(x, lambda r, q: (inverse * r, inverse * q))
 
 
 class SpecNet(nn.Module):
@@ -155,6 +194,15 @@ class JaxBackend(Backend):
             "rmsprop": lambda t: [optax.scale_by_rms(decay=t.rho, eps=t.epsilon, initial_scale=0.0, eps_in_sqrt=False, bias_correction=False)],
             "adam": lambda t: [optax.scale_by_adam(b1=t.beta1, b2=t.beta2, eps=t.epsilon, eps_root=0.0)],
         },
+        "augment": {
+            "hflip": _flip(2),
+            "vflip": _flip(1),
+            "crop": _crop,
+            "rotate": _rotate,
+            "zoom": _zoom,
+            "brightness": lambda x, delta, a: jnp.clip(x + delta[:, None, None, None], 0.0, 1.0),
+            "noise": lambda x, noise, a: jnp.clip(x + noise, 0.0, 1.0),
+        },
     }
     PRECISIONS = {  # (compute dtype, matmul/conv precision), passed to every Dense and Conv explicitly
         "fp32": (jnp.float32, lax.Precision.HIGHEST),
@@ -210,6 +258,7 @@ class JaxBackend(Backend):
         self._y: jax.Array | None = None
         self._jit_step = jax.jit(self._counted_step, donate_argnums=(0, 1, 2, 3))
         self._logits_fn = self._compiled_or_eager(self._eval_logits)
+        self._augment_fn = self._compiled_or_eager(self._augment)
         self._grads_fn = self._compiled_or_eager(self._loss_and_grads)
         self._set_weights([np.zeros(p.shape, np.float32) for p in self.specs])  # state exists; the caller loads weights
 
@@ -273,10 +322,12 @@ class JaxBackend(Backend):
 
     def _train_step(
         self, params: Tree, stats: Tree, opt_state: Any, step_no: jax.Array, key: jax.Array,
-        x_all: jax.Array, y_all: jax.Array, idx: jax.Array,
+        x_all: jax.Array, y_all: jax.Array, idx: jax.Array, augment: dict[str, jax.Array] | None,
     ) -> tuple[Tree, Tree, Any, jax.Array, jax.Array]:
+        """One step; ``augment`` is None or a dict of fixed-shape arrays, so either way it compiles once per cell."""
         rng = jax.random.fold_in(key, step_no)  # a new dropout stream every step
-        (loss, stats), grads = jax.value_and_grad(self._train_loss, has_aux=True)(params, stats, x_all[idx], y_all[idx], rng)
+        x = x_all[idx] if augment is None else self._augment(x_all[idx], augment)
+        (loss, stats), grads = jax.value_and_grad(self._train_loss, has_aux=True)(params, stats, x, y_all[idx], rng)
         updates, opt_state = self._tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), stats, opt_state, step_no + 1, loss
 
@@ -296,10 +347,10 @@ class JaxBackend(Backend):
         self._x = jax.device_put(np.asarray(x, np.float32), self.device)
         self._y = jax.device_put(np.asarray(y, np.int32), self.device)
 
-    def _step(self, batch: np.ndarray) -> jax.Array:
+    def _step(self, batch: np.ndarray, augment: Params | None) -> jax.Array:
         if self._x is None:
             raise RuntimeError("load_data() must run before train_step()")
-        args = (self._params, self._stats, self._opt_state, self._step_no, self._key, self._x, self._y, batch.astype(np.int32))
+        args = (self._params, self._stats, self._opt_state, self._step_no, self._key, self._x, self._y, batch.astype(np.int32), augment)
         if self.mode == "eager":
             with jax.disable_jit():
                 out = self._train_step(*args)
@@ -307,6 +358,9 @@ class JaxBackend(Backend):
             out = self._jit_step(*args)
         self._params, self._stats, self._opt_state, self._step_no, loss = out
         return loss
+
+    def _augmented(self, x: np.ndarray, params: Params) -> np.ndarray:
+        return np.asarray(self._augment_fn(jax.device_put(x, self.device), params))
 
     def _read_losses(self, pending: list[jax.Array]) -> np.ndarray:
         return np.asarray(jax.device_get(pending), dtype=np.float32)

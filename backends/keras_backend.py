@@ -39,8 +39,9 @@ import tensorflow as tf  # noqa: E402
 tf.get_logger().setLevel(logging.ERROR)
 
 from backends.base import Backend, BackendInfo, MemoryReading, Unsupported  # noqa: E402
+from bench.augment import Params, param_shapes  # noqa: E402
 from bench.rules import Rules  # noqa: E402
-from bench.spec import TrainSpec  # noqa: E402
+from bench.spec import Augment, TrainSpec  # noqa: E402
 
 if keras.backend.backend() != "tensorflow":  # keras was imported earlier with another backend
     raise ImportError(f"keras is already running on {keras.backend.backend()!r}; the tf backend needs a fresh process")
@@ -76,6 +77,43 @@ def _on_probabilities(fn: keras.losses.Loss) -> Callable[[tf.Tensor, tf.Tensor],
 
 def _sgd(train: TrainSpec, momentum: float) -> keras.optimizers.Optimizer:
     return keras.optimizers.SGD(learning_rate=float(train.lr), momentum=momentum, nesterov=False, weight_decay=train.weight_decay or None)
+
+
+# -- augmentation on NHWC tensors, inside the step's tf.function (bench/augment.py is the reference) ----
+def _flip(axis: int):
+    return lambda x, flip, a: tf.where(flip[:, None, None, None], tf.reverse(x, [axis]), x)
+
+
+def _crop(x: tf.Tensor, offsets: tf.Tensor, a: Augment) -> tf.Tensor:
+    """Zero-pad, then per image the H x W window at its (row, column) offset: two batched gathers."""
+    pad = [[0, 0], [a.crop, a.crop], [a.crop, a.crop], [0, 0]]
+    rows = offsets[:, :1] + tf.range(x.shape[1])
+    cols = offsets[:, 1:] + tf.range(x.shape[2])
+    return tf.gather(tf.gather(tf.pad(x, pad), rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
+
+
+def _project(x: tf.Tensor, a0, a1, b0, b1) -> tf.Tensor:
+    """Resample with output (col, row) -> input (a0 col + a1 row + a2, b0 col + b1 row + b2) about the centre
+    (a2, b2 keep the centre fixed), bilinear, 0 outside: TF's own op (Keras' affine_transform uses it too)."""
+    cy, cx = (x.shape[1] - 1) / 2, (x.shape[2] - 1) / 2
+    zero = tf.zeros_like(a0)
+    transforms = tf.stack([a0, a1, cx - a0 * cx - a1 * cy, b0, b1, cy - b0 * cx - b1 * cy, zero, zero], -1)
+    return tf.raw_ops.ImageProjectiveTransformV3(images=x, transforms=transforms, output_shape=list(x.shape[1:3]),
+                                                 fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
+
+
+def _rotate(x: tf.Tensor, angle: tf.Tensor, a: Augment) -> tf.Tensor:
+    c, s = tf.cos(angle), tf.sin(angle)
+    return _project(x, c, -s, s, c)
+
+
+def _zoom(x: tf.Tensor, scale: tf.Tensor, a: Augment) -> tf.Tensor:
+    inverse = 1.0 / scale
+    return _project(x, inverse, tf.zeros_like(inverse), tf.zeros_like(inverse), inverse)
+
+
+RESAMPLING = ("rotate", "zoom")
+"""Transforms built on ImageProjectiveTransformV3, which has no XLA kernel."""
 
 
 class KerasBackend(Backend):
@@ -122,6 +160,15 @@ class KerasBackend(Backend):
                                                           centered=False, weight_decay=t.weight_decay or None),
             "adam": lambda t: keras.optimizers.Adam(learning_rate=float(t.lr), beta_1=t.beta1, beta_2=t.beta2, epsilon=t.epsilon,
                                                     amsgrad=False, weight_decay=t.weight_decay or None),
+        },
+        "augment": {
+            "hflip": _flip(2),
+            "vflip": _flip(1),
+            "crop": _crop,
+            "rotate": _rotate,
+            "zoom": _zoom,
+            "brightness": lambda x, delta, a: tf.clip_by_value(x + delta[:, None, None, None], 0.0, 1.0),
+            "noise": lambda x, noise, a: tf.clip_by_value(x + noise, 0.0, 1.0),
         },
     }
 
@@ -201,9 +248,21 @@ class KerasBackend(Backend):
         loss = self.translate("loss", train.loss)()
         self._loss = lambda y, z: loss(y, tf.cast(z, tf.float32))
         images = tf.TensorSpec([None, *self.input_shape], tf.float32)
-        self._train_fn = self._compile(self._train_step_fn, [images, tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int32)])
+        augment = self._augment_signature()
+        self._train_fn = self._compile(self._train_step_fn, [images, tf.TensorSpec([None], tf.int64), tf.TensorSpec([None], tf.int32)] + augment)
+        self._augment_fn = self._compile(self._augment, [images] + augment) if augment else None
         self._forward = self._compile(self._forward_fn, [images])
         self._forward_rows = 0  # largest batch the forward ran on (XLA compiled shape)
+
+    def _augment_signature(self) -> list[dict[str, tf.TensorSpec]]:
+        """The step's extra argument when the spec augments: each transform's parameters, batch dimension open."""
+        if not self._augmentations:
+            return []
+        if self.mode == "xla" and set(self.train.augment.names) & set(RESAMPLING):
+            raise Unsupported("rotate/zoom use TensorFlow's ImageProjectiveTransformV3, which has no XLA kernel; "
+                              "use the graph or eager mode")
+        shapes = param_shapes(self.train.augment, self.input_shape)
+        return [{name: tf.TensorSpec([None, *shape], tf.as_dtype(dtype)) for name, (shape, dtype) in shapes.items()}]
 
     def _compile(self, fn: Callable, signature: list[tf.TensorSpec]) -> Callable:
         """The function as the execution mode runs it.
@@ -233,8 +292,10 @@ class KerasBackend(Backend):
             self._x = tf.identity(tf.convert_to_tensor(np.asarray(x, dtype=np.float32)))
             self._y = tf.identity(tf.convert_to_tensor(np.asarray(y, dtype=np.int64)))
 
-    def _train_step_fn(self, x_all: tf.Tensor, y_all: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
+    def _train_step_fn(self, x_all: tf.Tensor, y_all: tf.Tensor, rows: tf.Tensor, augment: dict | None = None) -> tf.Tensor:
         x, y = tf.gather(x_all, rows), tf.gather(y_all, rows)
+        if augment is not None:
+            x = self._augment(x, augment)
         with tf.GradientTape() as tape:
             loss = self._loss(y, self._model(x, training=True))
         grads = tape.gradient(loss, self._trainable)
@@ -247,8 +308,14 @@ class KerasBackend(Backend):
     def _forward_fn(self, x: tf.Tensor) -> tf.Tensor:
         return self._model(x, training=False)
 
-    def _step(self, batch: np.ndarray) -> tf.Tensor:
-        return self._train_fn(self._x, self._y, tf.convert_to_tensor(np.asarray(batch, dtype=np.int32)))
+    def _step(self, batch: np.ndarray, augment: Params | None) -> tf.Tensor:
+        rows = tf.convert_to_tensor(np.asarray(batch, dtype=np.int32))
+        if augment is None:
+            return self._train_fn(self._x, self._y, rows)
+        return self._train_fn(self._x, self._y, rows, augment)
+
+    def _augmented(self, x: np.ndarray, params: Params) -> np.ndarray:
+        return self._augment_fn(tf.convert_to_tensor(x), params).numpy()
 
     def _read_losses(self, pending: list[tf.Tensor]) -> np.ndarray:
         return tf.stack(pending).numpy()

@@ -14,7 +14,7 @@ import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from backends.base import Backend, BackendInfo, Unsupported
-from bench import reference
+from bench import augment, reference
 from bench.losses import LOSS_TABLE
 from bench.reference.network import LAYERS
 from bench.reference.ops import ACTIVATIONS
@@ -26,7 +26,8 @@ class NumpyBackend(Backend):
     name = "numpy"
     framework = "numpy"
     modes = {"eager": "eager: NumPy, float64 inside, float32 at the boundary"}
-    TRANSLATIONS = {"layer": LAYERS, "activation": ACTIVATIONS, "loss": LOSS_TABLE, "optimizer": UPDATES}
+    TRANSLATIONS = {"layer": LAYERS, "activation": ACTIVATIONS, "loss": LOSS_TABLE, "optimizer": UPDATES,
+                    "augment": augment.REFERENCE}
 
     def __init__(self, rules: Rules = CANONICAL) -> None:
         self.RULES = rules  # the oracle follows whichever rules it is given
@@ -65,8 +66,12 @@ class NumpyBackend(Backend):
     def _masks(self, n: int, rng: np.random.Generator) -> dict[int, np.ndarray]:
         return reference.draw_dropout_masks(self.model, self.input_shape, self.num_classes, n, rng)
 
-    def _step(self, batch: np.ndarray) -> float:
-        return reference.train_step(self.net, self.optimizer, self.x[batch], self.y[batch], self._masks(len(batch), self.rng))
+    def _step(self, batch: np.ndarray, params: augment.Params | None) -> float:
+        x = self.x[batch] if params is None else self._augment(self.x[batch], params)
+        return reference.train_step(self.net, self.optimizer, x, self.y[batch], self._masks(len(batch), self.rng))
+
+    def _augmented(self, x: np.ndarray, params: augment.Params) -> np.ndarray:
+        return self._augment(x, params)
 
     def _read_losses(self, pending: list[float]) -> np.ndarray:
         return np.asarray(pending, dtype=np.float64)

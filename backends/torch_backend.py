@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from backends.base import Backend, BackendInfo, MemoryReading
+from bench.augment import Params
 from bench.rules import Rules
 from bench.shapes import ParamSpec, layer_shapes, same_padding
-from bench.spec import TrainSpec
+from bench.spec import Augment, TrainSpec
 
 
 class _FlattenHWC(nn.Module):
@@ -55,6 +56,42 @@ def _sgd(params, t: TrainSpec, momentum: float) -> torch.optim.Optimizer:
 
 def _tensor(value: torch.Tensor) -> np.ndarray:
     return value.detach().cpu().numpy()
+
+
+# -- augmentation on NCHW tensors (bench/augment.py is the reference; rows/columns are dims 2/3) -------
+def _flip(dim: int):
+    return lambda x, flip, a: torch.where(flip[:, None, None, None], x.flip(dim), x)
+
+
+def _crop(x: torch.Tensor, offsets: torch.Tensor, a: Augment) -> torch.Tensor:
+    """Zero-pad, then per image the H x W window at its (row, column) offset: two take_along_dim gathers."""
+    h, w = x.shape[2:]
+    padded = F.pad(x, (a.crop,) * 4)
+    offsets = offsets.long()
+    rows = offsets[:, 0, None] + torch.arange(h, device=x.device)
+    cols = offsets[:, 1, None] + torch.arange(w, device=x.device)
+    padded = torch.take_along_dim(padded, rows[:, None, :, None], dim=2)
+    return torch.take_along_dim(padded, cols[:, None, None, :], dim=3)
+
+
+def _resample(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """affine_grid + grid_sample, bilinear, zeros outside. With align_corners=False the normalised
+    coordinate 0 is the image centre ((H-1)/2, (W-1)/2) and one unit is half the image, so ``theta``
+    is the reference's inverse map rescaled per axis."""
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _rotate(x: torch.Tensor, angle: torch.Tensor, a: Augment) -> torch.Tensor:
+    h, w = x.shape[2:]
+    c, s, zero = torch.cos(angle), torch.sin(angle), torch.zeros_like(angle)
+    # grid (u, v) = (column, row) normalised: u' = cos u - (H/W) sin v, v' = (W/H) sin u + cos v
+    return _resample(x, torch.stack([torch.stack([c, -(h / w) * s, zero], -1), torch.stack([(w / h) * s, c, zero], -1)], -2))
+
+
+def _zoom(x: torch.Tensor, scale: torch.Tensor, a: Augment) -> torch.Tensor:
+    inverse, zero = 1.0 / scale, torch.zeros_like(scale)
+    return _resample(x, torch.stack([torch.stack([inverse, zero, zero], -1), torch.stack([zero, inverse, zero], -1)], -2))
 
 
 _TORCH_PARAM = {"kernel": "weight", "bias": "bias", "gamma": "weight", "beta": "bias",
@@ -99,6 +136,15 @@ class TorchBackend(Backend):
             "momentum": lambda params, t: _sgd(params, t, t.momentum),
             "rmsprop": lambda params, t: torch.optim.RMSprop(params, lr=t.lr, alpha=t.rho, eps=t.epsilon, momentum=0.0, centered=False),
             "adam": lambda params, t: torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.epsilon),
+        },
+        "augment": {
+            "hflip": _flip(3),
+            "vflip": _flip(2),
+            "crop": _crop,
+            "rotate": _rotate,
+            "zoom": _zoom,
+            "brightness": lambda x, delta, a: (x + delta[:, None, None, None]).clamp(0.0, 1.0),
+            "noise": lambda x, noise, a: (x + noise.permute(0, 3, 1, 2)).clamp(0.0, 1.0),
         },
     }
 
@@ -191,14 +237,24 @@ class TorchBackend(Backend):
         with torch.autocast(self.device.type, dtype=self.autocast_dtype):
             return self._loss(self.forward(x).float(), labels)
 
-    def _step(self, batch: np.ndarray) -> torch.Tensor:
+    def _augment_tensors(self, params: Params) -> dict[str, torch.Tensor]:
+        return {name: torch.from_numpy(p).to(self.device, non_blocking=True) for name, p in params.items()}
+
+    def _augmented(self, x: np.ndarray, params: Params) -> np.ndarray:
+        with torch.no_grad():
+            return _tensor(self._augment(self._input(x), self._augment_tensors(params)).permute(0, 2, 3, 1))
+
+    def _step(self, batch: np.ndarray, augment: Params | None) -> torch.Tensor:
         index = torch.from_numpy(batch)
         if self.device.type != "cpu":
             index = index.to(self.device, non_blocking=True)
         if not self.net.training:  # a per-step .train() walks every module: only switch when needed
             self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self._forward_loss(self.x[index], self.y[index])
+        x = self.x[index]
+        if augment is not None:
+            x = self._augment(x, self._augment_tensors(augment))
+        loss = self._forward_loss(x, self.y[index])
         loss.backward()
         decay = self.train.weight_decay
         if decay:

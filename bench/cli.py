@@ -27,6 +27,7 @@ from rich.table import Table
 
 import backends
 from bench import environment, fingerprint, grid, predict
+from bench.augment import check_image_input
 from bench.data import DATASETS, load_dataset
 from bench.errors import BenchError
 from bench.executor import WorkerSettings, run_sweep
@@ -34,7 +35,7 @@ from bench.harness import Cell, refused_record
 from bench.record import ResultRecord
 from bench.run_flags import EXECUTOR_NAMES, add_run_arguments, build_sweep, resumed, usable_cores
 from bench.runlock import RunLock
-from bench.spec import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS, training_rules
+from bench.spec import ACTIVATIONS, AUGMENT_DEFAULTS, AUGMENTATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS, training_rules
 from bench.store import RunStore
 
 console = Console(stderr=False)
@@ -106,6 +107,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     data = load_dataset(sweep.dataset, sweep.data_dir, sweep.val_split, sweep.train_size, sweep.test_size)
     grid.check_batches(sweep, len(data.x_train), where)
     models, refused = grid.refuse_misfits(sweep, data.input_shape, data.num_classes)
+    for augment in sweep.augment:
+        check_image_input(augment, data.input_shape)
     out = args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
     cpu_set = _cpu_set(args.threads)
     threads = len(cpu_set)
@@ -182,6 +185,7 @@ def _sweep(args, sweep, backend_names, data, models, refused, store: RunStore, l
 def _settings(sweep: grid.Sweep, backend_names: list[str]) -> dict:
     settings = asdict(sweep) | {"backends": backend_names}
     settings["custom_models"] = {k: v.model_dump() for k, v in sweep.custom_models.items()}
+    settings["augment"] = [a.label for a in sweep.augment]
     return settings
 
 
@@ -193,6 +197,9 @@ def fairness_rules() -> dict[str, str]:
         "data": "same arrays, split, per-epoch batch order (NumPy, from the seed); last partial batch dropped",
         "threads": "one worker process per backend, same CPU set and intra-op thread count, one backend at a time",
         "timing": "warm-up (compile) timed apart; steady state over whole epochs with one sync; eval off the clock",
+        "augmentation": "random parameters drawn in NumPy from the seed before each epoch; each backend transforms "
+                        "natively inside its step; bilinear, constant-0 fill about the image centre; order "
+                        + ", ".join(AUGMENTATIONS) + "; brightness and noise clip to [0, 1]",
     }
 
 
@@ -256,6 +263,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     console.print("activations: " + ", ".join(ACTIVATIONS))
     console.print("losses:      " + ", ".join(LOSSES))
     console.print("precisions:  " + ", ".join(PRECISIONS))
+    console.print("augment:     none, flip[=h|v|hv], " + ", ".join(
+        f"{n}[={AUGMENT_DEFAULTS[n]:g}]" if n in AUGMENT_DEFAULTS else n for n in AUGMENTATIONS))
     console.print("datasets:    " + ", ".join(DATASETS) + "  (synthetic:HxWxC for any image shape)")
     console.print("profiles:    " + ", ".join(f"{k} {v}" for k, v in grid.PROFILES.items()))
     return 0

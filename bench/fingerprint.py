@@ -66,6 +66,7 @@ def describe(sweep: Sweep, backend_names: list[str], data: Dataset, threads: int
         "versions": _framework_versions(backend_names),
         "backends": list(backend_names),
         **{f.name: getattr(sweep, f.name) for f in fields(Sweep) if f.name not in NOT_RESULTS},
+        "augment": [a.label for a in sweep.augment],
         "data": {k: v for k, v in data.describe().items() if k != "data_source"},
         "model_definitions": {name: specs[name].model_dump(mode="json", exclude={"description"}) for name in sweep.models},
         "training_defaults": TrainSpec().model_dump(mode="json") | {"learning_rates": DEFAULT_LEARNING_RATES},

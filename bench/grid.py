@@ -15,7 +15,7 @@ from dataclasses import field, fields, replace
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
-from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
 from pydantic.fields import FieldInfo
 
@@ -24,7 +24,7 @@ from bench.data import check_name
 from bench.errors import BenchError, DatasetError, SpecError, did_you_mean, unknown
 from bench.harness import Cell
 from bench.shapes import check_fits
-from bench.spec import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS, Layer, ModelSpec, TrainSpec
+from bench.spec import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS, Augment, Layer, ModelSpec, TrainSpec
 
 PROFILES: dict[str, dict] = {
     # Every seed model x optimizer x activation on all backends in minutes on 2 cores: a smoke-sized
@@ -66,6 +66,13 @@ def _dataset_name(name: str) -> str:
     return name
 
 
+def _augment_axis(value: object) -> list[Augment]:
+    try:
+        return augment_axis(value)
+    except SpecError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _names(what: str) -> FieldInfo:
     return Field(min_length=1, description=f"a non-empty list of {what}")
 
@@ -93,6 +100,7 @@ class Sweep:
         default_factory=lambda: ["fp32"])
     modes: Annotated[list[str], _names("execution modes ('default' or a backend's own)")] = field(
         default_factory=lambda: ["default"])
+    augment: Annotated[list[Augment], BeforeValidator(_augment_axis)] = field(default_factory=lambda: [Augment()])
     epochs: Annotated[int, Field(ge=1, description="an integer >= 1")] = 1
     learning_rate: Annotated[float | None, Field(gt=0, allow_inf_nan=False, description="a finite number > 0, e.g. 0.001")] = None
     repeats: Annotated[int, Field(ge=1, description="an integer >= 1")] = 1
@@ -202,6 +210,26 @@ def _custom_model(name: str, table: object, path: Path) -> ModelSpec:
     return ModelSpec(name=name, layers=tuple(layers), description=description)
 
 
+def augment_axis(value: str | dict | list) -> list[Augment]:
+    """The augmentation axis from ``--augment`` flags or the TOML ``augment`` key.
+
+    A string is one augmentation (``flip,rotate=15``) or several separated by ``;``; a table is one
+    (``{flip = "h", rotate = 15}``); a list holds any of these. ``none`` (no augmentation) is always
+    on the axis, first: the report's cost of augmentation compares cells of the same run.
+    """
+    found = [Augment()]
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, Augment):
+            found.append(item)
+        elif isinstance(item, dict):
+            found.append(Augment.from_table(item))
+        elif isinstance(item, str):
+            found += [Augment.parse(part) for part in item.split(";")]
+        else:
+            raise SpecError(f"augment: expected text such as 'flip,rotate=15' or a table, got {item!r}")
+    return list(dict.fromkeys(found))
+
+
 def _layer_problem(model: str, exc: ValidationError) -> str:
     """The most useful of a layers list's errors; an unknown key (with a suggestion) before the missing one."""
     errors = exc.errors()
@@ -269,13 +297,15 @@ def cells(sweep: Sweep, backends: list[str], models: list[str], n_train: int) ->
     specs = sweep.model_specs()
     grid = []
     for backend, repeat in itertools.product(backends, range(sweep.repeats)):
-        for model, optimizer, activation, loss, batch, precision, mode in itertools.product(
-            models, sweep.optimizers, sweep.activations, sweep.losses, sweep.batch_sizes, sweep.precisions, sweep.modes
+        for model, optimizer, activation, loss, batch, precision, mode, augment in itertools.product(
+            models, sweep.optimizers, sweep.activations, sweep.losses, sweep.batch_sizes, sweep.precisions, sweep.modes,
+            sweep.augment,
         ):
             train = TrainSpec(
                 optimizer=optimizer, activation=activation, loss=loss,
                 batch_size=n_train if batch == "full" else batch, epochs=sweep.epochs,
                 learning_rate=sweep.learning_rate, seed=sweep.seed + repeat, precision=precision, mode=mode,
+                augment=augment,
             )
             grid.append(Cell(backend, specs[model], train, sweep.dataset, repeat, sweep.target_accuracy, sweep.probe_steps))
     return grid

@@ -27,8 +27,9 @@ import psutil
 
 from backends.base import Backend, Unsupported
 from bench import training
+from bench.augment import EpochAugment, record_fields
 from bench.cost import forward_flops, train_flops
-from bench.data import Dataset, epoch_batches
+from bench.data import Dataset
 from bench.errors import BenchError
 from bench.record import ResultRecord
 from bench.shapes import check_fits, parameter_count
@@ -54,11 +55,12 @@ class Cell:
 
     @property
     def cell_id(self) -> str:
-        """The cell's identity in the store: equal ids are repeats of one experiment, resumed by id."""
+        """Unaugmented cells keep the id they had before augmentation existed, so old runs still resume."""
         t = self.train
         return "|".join(
             [self.backend, self.model.name, t.optimizer, t.activation, t.loss, f"bs{t.batch_size}",
              f"ep{t.epochs}", f"lr{t.lr:g}", t.precision, t.mode, self.dataset]
+            + ([f"aug={t.augment.label}"] if t.augment.active else [])
         )
 
     @staticmethod
@@ -77,7 +79,7 @@ class Cell:
             "rho": t.rho, "beta1": t.beta1, "beta2": t.beta2, "epsilon": t.epsilon, "weight_decay": t.weight_decay,
             "bn_momentum": t.bn_momentum, "bn_epsilon": t.bn_epsilon, "leaky_relu_slope": t.leaky_relu_slope,
             "target_accuracy": self.target_accuracy,
-        }
+        } | record_fields(t.augment)
 
 
 def refused_record(backend: str, model: str, dataset: str, reason: str) -> ResultRecord:
@@ -129,9 +131,11 @@ class _Measurements:
     time_to_target: float | None = None
 
 
-def _timed_step(backend: Backend, batch: np.ndarray) -> float:
+def _timed_step(backend: Backend, batches: np.ndarray, augment: EpochAugment | None, step: int) -> float:
+    """Step ``step`` of an epoch (cycling), synchronised and timed."""
+    step %= len(batches)
     start = time.perf_counter()
-    backend.train_step(batch)
+    backend.train_step(batches[step], None if augment is None else augment[step])
     backend.synchronize()
     return time.perf_counter() - start
 
@@ -141,10 +145,9 @@ def _warm_up(backend: Backend, n_train: int, train: TrainSpec, probe_steps: int)
 
     The caller undoes these steps (canonical weights, fresh optimizer) before the timed epochs.
     """
-    batches = epoch_batches(n_train, train.batch_size, train.seed, 0)
-    first = _timed_step(backend, batches[0])
-    probe_batches = np.resize(batches, (probe_steps, batches.shape[1])) if probe_steps else batches[:0]
-    probe = np.asarray([_timed_step(backend, b) for b in probe_batches]) * 1e3
+    batches, augment = training.schedule(n_train, train, backend.input_shape, 0)
+    first = _timed_step(backend, batches, augment, 0)
+    probe = np.asarray([_timed_step(backend, batches, augment, step) for step in range(probe_steps)]) * 1e3
     backend.finish_epoch()
     p50, p90, p99 = percentiles(probe) if probe.size else (None, None, None)
     return {

@@ -146,6 +146,10 @@ class ResultRecord(BaseModel):
     peak_device_bytes: int | None = _field("Peak device memory while training (None on CPU)")
     memory_method: str | None = _field("How host and device memory were measured")
     duration_seconds: float | None = _field("Wall seconds the whole cell took, set-up to evaluation")
+    augment: str | None = _field("The augmentation's canonical label ('none' for plain cells; bench/augment.py)")
+    augment_interpolation: str | None = _field("Interpolation of rotate and zoom (None when not augmenting)")
+    augment_fill: str | None = _field("Fill of pixels that come from outside the image (None when not augmenting)")
+    augment_order: str | None = _field("The order the transforms are applied in and their clipping rules")
     model_path: str | None = _field("Folder of the saved model (native and neutral files), relative to the run folder")
 
     @classmethod

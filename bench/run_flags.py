@@ -52,7 +52,7 @@ FLAGS = {
     "losses": "--losses", "precisions": "--precision", "modes": "--modes", "batch_sizes": "--batch-size",
     "dataset": "--dataset", "data_dir": "--data-dir", "epochs": "--epochs", "learning_rate": "--learning-rate",
     "train_size": "--train-size", "val_split": "--val-split", "repeats": "--repeats", "seed": "--seed",
-    "target_accuracy": "--target",
+    "target_accuracy": "--target", "augment": "--augment",
 }
 """The sweep key each run flag sets; an error about the key names the flag."""
 
@@ -74,6 +74,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-split", type=float, help="fraction of the training split held out for validation")
     p.add_argument("--modes", help="execution modes: default, or backend modes (eager, compiled, graph, xla, jit)")
     p.add_argument("--precision", help=f"comma list of {', '.join(PRECISIONS)} (default: fp32)")
+    p.add_argument("--augment", action="append", metavar="SPEC",
+                   help="augmentation axis: e.g. flip,rotate=15,zoom=0.1,crop=4,brightness=0.2,noise=0.05; repeat the "
+                        "flag or separate with ';' for several; plain cells ('none') always run beside them")
     p.add_argument("--repeats", type=int, help="runs of each cell (fresh model, seed + repeat); default 1")
     p.add_argument("--seed", type=int)
     p.add_argument("--target", type=float, help="validation accuracy for time-to-accuracy (default 0.9)")
@@ -121,6 +124,7 @@ def build_sweep(args: argparse.Namespace) -> tuple[grid.Sweep, dict[str, str]]:
              "activations": args.activations, "losses": args.losses, "precisions": args.precision, "modes": args.modes}
     flags = {key: _names(text) for key, text in lists.items() if text is not None}
     flags |= {"batch_sizes": _batch_sizes(args.batch_size)} if args.batch_size is not None else {}
+    flags |= {"augment": args.augment} if args.augment is not None else {}
     scalars = {"dataset": args.dataset, "data_dir": args.data_dir, "epochs": args.epochs,
                "learning_rate": args.learning_rate, "train_size": args.train_size, "val_split": args.val_split,
                "repeats": args.repeats, "seed": args.seed, "target_accuracy": args.target}

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bench.errors import unknown
+from bench.errors import SpecError, unknown
 
 HIDDEN = "hidden"
 """Placeholder activation name; the sweep's hidden activation replaces it."""
@@ -167,8 +167,94 @@ def _seed_models() -> dict[str, ModelSpec]:
 SEED_MODELS: dict[str, ModelSpec] = _seed_models()
 
 
+AUGMENTATIONS = ("hflip", "vflip", "crop", "rotate", "zoom", "brightness", "noise")
+"""The image transforms a train spec can ask for, in the order every step applies them."""
+AUGMENT_DEFAULTS: dict[str, float | int] = {"rotate": 15.0, "zoom": 0.1, "crop": 4, "brightness": 0.2, "noise": 0.05}
+"""What a bare name (``--augment rotate``) means."""
+FLIP_MODES = {"h": ("hflip",), "v": ("vflip",), "hv": ("hflip", "vflip"), "vh": ("hflip", "vflip")}
+
+
+class Augment(BaseModel):
+    """Random image transforms applied inside every training step; all off (``none``) by default.
+
+    Each value is the range its per-image parameter is drawn from (bench/augment.py): a flip happens
+    with probability 1/2; ``rotate`` is the largest angle in degrees (uniform in [-r, r], positive is
+    counter-clockwise as displayed); ``zoom`` z scales the content by s uniform in [1-z, 1+z] (s > 1
+    magnifies); ``crop`` c zero-pads c pixels per side and takes the image-sized window at an offset
+    uniform in [0, 2c]; ``brightness`` b adds a delta uniform in [-b, b]; ``noise`` is the standard
+    deviation of added Gaussian noise. Brightness and noise clip the result to [0, 1], the data's range.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    hflip: bool = False
+    vflip: bool = False
+    crop: int = Field(default=0, ge=0)
+    rotate: float = Field(default=0.0, ge=0, le=180)
+    zoom: float = Field(default=0.0, ge=0, lt=1)
+    brightness: float = Field(default=0.0, ge=0, le=1)
+    noise: float = Field(default=0.0, ge=0)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The transforms switched on, in the order a step applies them."""
+        return tuple(name for name in AUGMENTATIONS if getattr(self, name))
+
+    @property
+    def active(self) -> bool:
+        return bool(self.names)
+
+    @property
+    def label(self) -> str:
+        """Canonical text (``hflip,rotate=15,noise=0.05`` or ``none``); ``Augment.parse`` reads it back."""
+        values = {name: getattr(self, name) for name in self.names}
+        return ",".join(name if v is True else f"{name}={v:g}" for name, v in values.items()) or "none"
+
+    @classmethod
+    def parse(cls, text: str) -> Augment:
+        """``none``, or comma-separated ``name`` / ``name=value``: hflip, vflip, flip (= hflip; flip=h|v|hv),
+        crop, rotate, zoom, brightness, noise; a bare name takes its default (AUGMENT_DEFAULTS)."""
+        text = text.strip()
+        if text.lower() in ("", "none"):
+            return cls()
+        items = [part.strip().partition("=") for part in text.split(",") if part.strip()]
+        return cls._from_items([(name.strip().lower(), value.strip() if sep else None) for name, sep, value in items], text)
+
+    @classmethod
+    def from_table(cls, table: dict) -> Augment:
+        """A TOML table: ``{flip = "hv", rotate = 15, noise = true}``; true means the default, false off."""
+        items = [(str(k).lower(), None if v is True else str(v)) for k, v in table.items() if v is not False]
+        return cls._from_items(items, str(table))
+
+    @classmethod
+    def _from_items(cls, items: list[tuple[str, str | None]], source: str) -> Augment:
+        valid = "none, flip[=h|v|hv], " + ", ".join(
+            f"{n}[={AUGMENT_DEFAULTS[n]:g}]" if n in AUGMENT_DEFAULTS else n for n in AUGMENTATIONS)
+        values: dict[str, object] = {}
+        for name, value in items:
+            if name == "flip":
+                if (value or "h").lower() not in FLIP_MODES:
+                    raise SpecError(f"bad flip mode {value!r} in augmentation {source!r}; valid: flip=h, flip=v, flip=hv")
+                targets = [(flip, None) for flip in FLIP_MODES[(value or "h").lower()]]
+            elif name in AUGMENTATIONS:
+                targets = [(name, value)]
+            else:
+                raise SpecError(f"unknown augmentation {name!r} in {source!r}; valid: {valid}")
+            for target, given in targets:
+                if target in values:
+                    raise SpecError(f"augmentation {target!r} is given twice in {source!r}")
+                if given is not None and target in ("hflip", "vflip"):
+                    raise SpecError(f"{target} takes no value (got {target}={given}); use flip=h|v|hv")
+                values[target] = True if target in ("hflip", "vflip") else AUGMENT_DEFAULTS[target] if given is None else given
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise SpecError(f"augmentation {first['loc'][0]}={first.get('input')!r} in {source!r}: {first['msg']}") from None
+
+
 VOCABULARY: dict[str, tuple[str, ...]] = {
     "layer": LAYER_TYPES, "activation": ACTIVATIONS, "loss": LOSSES, "optimizer": OPTIMIZERS,
+    "augment": AUGMENTATIONS,
 }
 """Every name a model or training spec can use, by kind: what each adapter's translation tables cover."""
 
@@ -200,6 +286,7 @@ class TrainSpec(BaseModel):
     bn_momentum: float = BN_MOMENTUM
     bn_epsilon: float = BN_EPSILON
     leaky_relu_slope: float = LEAKY_RELU_SLOPE
+    augment: Augment = Augment()
 
     @property
     def lr(self) -> float:

@@ -4,10 +4,13 @@ The harness, the parity ladder, the statistical rung, the tests and the benchmar
 these functions, so every one of them runs the same lifecycle (build -> canonical weights -> fresh
 optimizer -> data on the device -> epochs of ``begin_epoch``, steps, ``finish_epoch``) and times it
 the same way: wall clock around a whole epoch, whose one synchronisation is ``finish_epoch``.
+When the train spec augments, each epoch's augmentation parameters are drawn with its batch order,
+before its clock starts, and handed to the backend step by step.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from backends.base import Backend, EpochResult
+from bench.augment import EpochAugment, Params, draw_epoch
 from bench.data import epoch_batches
 from bench.spec import ModelSpec, TrainSpec
 from bench.weights import canonical_weights
@@ -50,12 +54,22 @@ def restart(backend: Backend, weights: list[np.ndarray]) -> None:
     backend.reset_optimizer()
 
 
-def run_steps(backend: Backend, batches: Iterable[np.ndarray]) -> tuple[EpochResult, float]:
-    """Train on each batch of row indices; the result and the wall time including the one sync."""
+def schedule(n_train: int, train: TrainSpec, input_shape: tuple[int, ...], epoch: int) -> tuple[np.ndarray, EpochAugment | None]:
+    """One epoch's batches of row indices and, when ``train`` augments, every step's augmentation
+    parameters (both from the seed alone: the same on every backend)."""
+    batches = epoch_batches(n_train, train.batch_size, train.seed, epoch)
+    if not train.augment.active:
+        return batches, None
+    return batches, draw_epoch(train.augment, input_shape, len(batches), train.batch_size, train.seed, epoch)
+
+
+def run_steps(backend: Backend, batches: Iterable[np.ndarray], augment: Iterable[Params] | None = None) -> tuple[EpochResult, float]:
+    """Train on each batch of row indices (with its step's augmentation parameters, when given); the
+    result and the wall time including the one sync."""
     backend.begin_epoch()
     start = time.perf_counter()
-    for rows in batches:
-        backend.train_step(rows)
+    for rows, params in zip(batches, itertools.repeat(None) if augment is None else augment):
+        backend.train_step(rows, params)
     result = backend.finish_epoch()
     return result, time.perf_counter() - start
 
@@ -63,7 +77,8 @@ def run_steps(backend: Backend, batches: Iterable[np.ndarray]) -> tuple[EpochRes
 def epochs(backend: Backend, n_train: int, train: TrainSpec) -> Iterator[Epoch]:
     """``train.epochs`` epochs over the seed's batch order (the same on every backend), one at a time."""
     for index in range(train.epochs):
-        result, seconds = run_steps(backend, epoch_batches(n_train, train.batch_size, train.seed, index))
+        batches, augment = schedule(n_train, train, backend.input_shape, index)
+        result, seconds = run_steps(backend, batches, augment)
         yield Epoch(index, result, seconds)
 
 

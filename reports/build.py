@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.store import write_atomic
+from reports.augmentation import augmentation_rows, augmentation_table
 from reports.escape import write_csv
 from reports.figures import all_figures
 from reports.frameworks import evidence
 from reports.headline import choose_baseline, headlines
 from reports.html import render
-from reports.records import curves_table, load_run, results_table
+from reports.records import curves_table, load_run, plain_records, results_table
 from reports.summary import summary_table
 
 
@@ -29,6 +30,7 @@ class ReportResult:
     results_csv: Path
     curves_csv: Path
     summary_csv: Path
+    augmentation_csv: Path
     html: Path
     figures: list[Path] = field(default_factory=list)
     skipped_lines: int = 0
@@ -49,23 +51,26 @@ def build_report(run_dir: Path, baseline: str | None = None) -> ReportResult:
         run.notes.append(f"The baseline {baseline} finished no cell, so the headline shows no ratios.")
     summary = summary_table(frame)
     curves = curves_table(frame)
-    heads = headlines(frame, chosen)
-    figures = all_figures(frame, curves, heads)
+    plain = plain_records(frame)  # the headline and its figures compare backends on unaugmented training
+    heads = headlines(plain, chosen)
+    augmentation = augmentation_rows(frame)
+    figures = all_figures(plain, curves[curves["augment"].isin(set(plain["augment"]))], heads, augmentation)
 
     folder = run.folder
     result = ReportResult(folder, folder / "results.csv", folder / "curves.csv", folder / "summary.csv",
-                          folder / "report.html", skipped_lines=run.skipped_lines, n_records=len(frame),
-                          baseline=chosen)
+                          folder / "augmentation.csv", folder / "report.html", skipped_lines=run.skipped_lines,
+                          n_records=len(frame), baseline=chosen)
     write_csv(results_table(frame), result.results_csv)
     write_csv(curves, result.curves_csv)
     write_csv(summary, result.summary_csv)
+    write_csv(augmentation_table(augmentation), result.augmentation_csv)
     figure_dir = folder / "figures"
     figure_dir.mkdir(exist_ok=True)
     for figure in figures:
         path = figure_dir / f"{figure.name}.png"
         write_atomic(path, figure.png)
         result.figures.append(path)
-    files = [p.name for p in (result.results_csv, result.curves_csv, result.summary_csv)] + ["figures/"]
-    page = render(run, summary, heads, figures, evidence(frame), chosen, files)
+    files = [p.name for p in (result.results_csv, result.curves_csv, result.summary_csv, result.augmentation_csv)]
+    page = render(run, summary, heads, figures, evidence(frame), chosen, files + ["figures/"], augmentation)
     write_atomic(result.html, page)
     return result

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogLocator, NullFormatter
 
 from reports import fmt
+from reports.augmentation import AugmentationRow
 from reports.escape import plain
 from reports.headline import ModelHeadline, pooled_estimate
 from reports.metrics import BY_FIELD
@@ -300,14 +301,40 @@ def time_to_target(heads: list[ModelHeadline], colours: dict) -> FigureOut | Non
                      "over the repeats that reached it; error bars are bootstrap 95% intervals.", _png(fig))
 
 
-def all_figures(frame: pd.DataFrame, curves: pd.DataFrame, heads: list[ModelHeadline]) -> list[FigureOut]:
+def augmentation_cost(rows: list[AugmentationRow], colours: dict) -> FigureOut | None:
+    """Bars: augmented / plain training throughput per model and augmentation, one bar per backend."""
+    rows = [r for r in rows if r.cost.ok]
+    if not rows:
+        return None
+    groups = list(dict.fromkeys((r.model, r.augment) for r in rows))
+    variants = sorted({r.variant for r in rows})
+    fig = Figure(figsize=(WIDTH, 3.6), layout="constrained")
+    ax = fig.subplots()
+    width = min(0.8 / len(variants), 0.2)
+    for i, variant in enumerate(variants):
+        mine = {(r.model, r.augment): r.cost for r in rows if r.variant == variant}
+        xs = [j + (i - (len(variants) - 1) / 2) * width for j, g in enumerate(groups) if g in mine]
+        ests = [mine[g] for g in groups if g in mine]
+        ax.bar(xs, [e.value for e in ests], width, yerr=_errors(ests), capsize=3, color=colours[variant],
+               label=variant, edgecolor="white", linewidth=0.5)
+    ax.axhline(1.0, color="#1d2433", linewidth=0.8)
+    ax.set_xticks(range(len(groups)), [f"{model}\n{augment}" for model, augment in groups], fontsize=8)
+    ax.set_title("Training throughput with augmentation / without (1 = free, lower costs more)")
+    ax.grid(axis="x", visible=False)
+    ax.legend(frameon=False, fontsize=9)
+    return FigureOut("augmentation_cost", "Throughput cost of augmentation",
+                     "Per backend: augmented over plain training samples/s of the same configurations in this run "
+                     "(median over configurations); error bars are bootstrap 95% intervals over repeats.", _png(fig))
+
+
+def all_figures(frame: pd.DataFrame, curves: pd.DataFrame, heads: list[ModelHeadline],
+                augmentation: list[AugmentationRow] = ()) -> list[FigureOut]:
     """Every figure the run's data supports, in reading order."""
-    variants = sorted(set(frame["variant"]))
-    backend_of = dict(zip(frame["variant"], frame["backend"]))
-    colours = variant_colours(variants, backend_of)
+    backend_of = dict(zip(frame["variant"], frame["backend"])) | {r.variant: r.backend for r in augmentation}
+    colours = variant_colours(sorted(backend_of), backend_of)
     models = [h.model for h in heads]
     figures = [throughput(heads, colours)]
     figures += [accuracy_heatmap(frame, m, colours) for m in models]
     figures += [training_curves(curves, m, colours) for m in models]
-    figures += [compile_vs_steady(heads, colours), time_to_target(heads, colours)]
+    figures += [compile_vs_steady(heads, colours), time_to_target(heads, colours), augmentation_cost(augmentation, colours)]
     return [f for f in figures if f is not None]

@@ -17,6 +17,7 @@ import pandas as pd
 from bench.rules import CANONICAL, RULE_TEXT, RULE_TITLES, Rules
 from bench.stats import Estimate
 from reports import fmt
+from reports.augmentation import AugmentationRow
 from reports.figures import FigureOut
 from reports.frameworks import Evidence
 from reports.headline import Entry, ModelHeadline
@@ -157,6 +158,30 @@ def _glance(run: Run) -> list[tuple[str, str]]:
     return tiles
 
 
+def _augmentation_view(rows: list[AugmentationRow]) -> list[dict]:
+    """Per model, augmentation and backend: plain and augmented throughput, their ratio, and the accuracy change."""
+    def ratio(est: Estimate) -> dict:
+        verdict = "same" if not est.excludes(1.0) else ("better" if est.value > 1.0 else "worse")
+        return {"text": fmt.ratio(est.value), "ci": fmt.interval(est, fmt.ratio), "cls": verdict}
+
+    return [{
+        "model": r.model, "augment": r.augment, "variant": r.variant, "configs": r.configs,
+        "plain": _value(r.plain_speed, fmt.rate), "augmented": _value(r.augmented_speed, fmt.rate), "cost": ratio(r.cost),
+        "plain_accuracy": _value(r.plain_accuracy, fmt.percent), "accuracy": _value(r.augmented_accuracy, fmt.percent),
+        "accuracy_change": {"text": fmt.points(r.accuracy_change.value), "ci": fmt.interval(r.accuracy_change, fmt.points)},
+    } for r in rows]
+
+
+def _augment_facts(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """The suite's fixed augmentation choices as the records state them (first augmented record)."""
+    fields = (("Interpolation", "augment_interpolation"), ("Fill", "augment_fill"), ("Order", "augment_order"))
+    augmented = frame[frame["augment_interpolation"].notna()]
+    if augmented.empty:
+        return []
+    first = augmented.iloc[0]
+    return [(label, _text(first[field])) for label, field in fields]
+
+
 def _cell_rows(summary: pd.DataFrame) -> list[dict]:
     def cell(row, metric: Metric) -> dict:
         name = metric.field
@@ -164,7 +189,7 @@ def _cell_rows(summary: pd.DataFrame) -> list[dict]:
         return _value(est, metric.format)
 
     return [{
-        "variant": r["variant"], "model": _text(r["model"]), "optimizer": _text(r["optimizer"]),
+        "variant": r["variant"], "model": _text(r["model"]), "augment": _text(r["augment"]), "optimizer": _text(r["optimizer"]),
         "activation": _text(r["activation"]), "status": r["status"], "n": int(r["n_records"]),
         "status_cls": "ok" if r["status"] == "ok" else next((s for s in PROBLEM_STATUSES if r[f"n_{s}"]), ""),
         "metrics": [cell(r, metric) for metric in CELL_TABLE],
@@ -172,7 +197,8 @@ def _cell_rows(summary: pd.DataFrame) -> list[dict]:
 
 
 def render(run: Run, summary: pd.DataFrame, heads: list[ModelHeadline], figures: list[FigureOut],
-           evidence: list[Evidence], baseline: str | None, files: list[str]) -> str:
+           evidence: list[Evidence], baseline: str | None, files: list[str],
+           augmentation: list[AugmentationRow] = ()) -> str:
     """The full page as a string."""
     context = {
         "run_name": run.name, "notes": run.notes, "glance": _glance(run), "baseline": baseline,
@@ -182,6 +208,7 @@ def render(run: Run, summary: pd.DataFrame, heads: list[ModelHeadline], figures:
         "problems": _problem_rows(run.records),
         "frameworks": evidence,
         "env": _environment_view(run), "semantics": _rules_view(run.records),
-        "cells": _cell_rows(summary), "files": files,
+        "cells": _cell_rows(summary), "files": files, "augmentation": _augmentation_view(augmentation),
+        "augment_facts": _augment_facts(run.records),
     }
     return _environment().get_template("report.html.j2").render(context)

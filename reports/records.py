@@ -32,7 +32,7 @@ DERIVED_FIELDS = ("variant", "peak_memory_bytes")
 """Columns the reader adds to every frame (see records_frame); not stored in results.csv."""
 
 CONFIG_AXES = ("model", "optimizer", "activation", "loss", "batch_size", "epochs", "learning_rate",
-               "precision", "dataset")
+               "precision", "dataset", "augment")
 """What makes two cells the same experiment on different backends (the seed varies per repeat)."""
 
 def config_keys(frame: pd.DataFrame, columns: tuple[str, ...] = CONFIG_AXES) -> pd.Series:
@@ -109,9 +109,17 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
     for name in TEXT_FIELDS:
         frame[name] = frame[name].astype(object).where(frame[name].notna(), None)
     frame["backend"] = frame["backend"].fillna("unknown")
+    frame["augment"] = frame["augment"].fillna("none")  # records from before augmentation existed trained plain
     frame["variant"] = _variant_labels(frame)
     frame["peak_memory_bytes"] = frame["peak_device_bytes"].fillna(frame["peak_rss_bytes"])
     return frame
+
+
+def plain_records(frame: pd.DataFrame) -> pd.DataFrame:
+    """The unaugmented records, for the headline and its figures (the augmentation section compares
+    the rest with them); all records when nothing ran plain."""
+    plain = frame[frame["augment"] == "none"]
+    return plain if (plain["status"] == "ok").any() else frame
 
 
 def _json_cell(value) -> str | None:

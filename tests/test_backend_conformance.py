@@ -18,6 +18,7 @@ from bench.spec import (
     SEED_MODELS,
     VOCABULARY,
     Activation,
+    Augment,
     AvgPool2D,
     BatchNorm,
     Conv2D,
@@ -183,8 +184,10 @@ def test_translation_tables_cover_exactly_the_spec_vocabulary(name):
 def _planted(kind: str) -> tuple[ModelSpec, TrainSpec]:
     """A valid mlp and train spec with one name replaced by one no adapter knows (validation bypassed)."""
     model, train = SEED_MODELS["mlp"].resolve("relu"), TrainSpec()
+    if kind == "augment":  # planted through Augment.names by the test: the model and train spec stay valid
+        return model, train
     if kind in ("optimizer", "loss"):
-        return model, TrainSpec.model_construct(**(train.model_dump() | {kind: "nosuch"}))
+        return model, train.model_copy(update={kind: "nosuch"})  # no validation, nested specs kept as models
     if kind == "activation":
         layers = (model.layers[0], Dense.model_construct(units=128, activation="nosuch", type="Dense"), model.layers[2])
     else:
@@ -199,16 +202,19 @@ def test_an_unknown_spec_name_is_a_clear_error_in_every_adapter(name, kind, monk
 
     # shapes knows the planted layer (as a pass-through), so the adapter's own table is what is tested
     monkeypatch.setitem(shapes.LAYER_RULES, "Nosuch", shapes.LAYER_RULES["Dropout"])
+    if kind == "augment":  # an augmentation the spec switches on that no adapter knows
+        monkeypatch.setattr(Augment, "names", property(lambda self: ("nosuch",)))
     model, train = _planted(kind)
     with pytest.raises(Untranslatable, match=rf"no translation for {kind} '(nosuch|Nosuch)'"):
         loaded_backend(name).build(model, train, (28, 28, 1), 10)
 
 
 def test_neutral_tables_cover_exactly_the_spec_vocabulary():
-    from bench import cost, losses, shapes
+    from bench import augment, cost, losses, shapes
     from bench.reference import network, ops, optimizer
 
     assert set(shapes.LAYER_RULES) == set(cost.FLOPS) == set(network.LAYERS) == set(VOCABULARY["layer"])
     assert set(ops.ACTIVATIONS) == set(VOCABULARY["activation"])
     assert set(losses.LOSS_TABLE) == set(VOCABULARY["loss"])
     assert set(optimizer.UPDATES) == set(VOCABULARY["optimizer"])
+    assert set(augment.REFERENCE) == set(augment.DRAWS) == set(VOCABULARY["augment"])

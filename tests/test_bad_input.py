@@ -161,7 +161,7 @@ CASES = {
     # the other subcommands
     "report of no folder": Case("report {tmp}/none", "does not exist"),
     "compare with nothing in common": Case("compare {tmp}/other {run} --fail-on 0.05", "share no cell", OTHER_RUN),
-    "parity unknown model": Case("parity --models nosuch", "unknown value 'nosuch'; valid: mlp, mlp_bn, mlp_dropout, cnn, all"),
+    "parity unknown model": Case("parity --models nosuch", "--models: unknown value 'nosuch'; valid: mlp, mlp_bn, mlp_dropout, cnn, all"),
     "parity unknown backend": Case("parity --backend nosuch", "unknown backend 'nosuch'"),
 }
 

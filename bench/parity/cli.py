@@ -13,7 +13,7 @@ from rich.console import Console
 
 import backends
 from bench import equivalence
-from bench.errors import BenchError
+from bench.errors import BenchError, unknown
 from bench.parity.ladder import PARITY_EPSILON
 from bench.parity.render import render
 from bench.parity.runner import run_parity
@@ -27,9 +27,9 @@ def _choices(flag: str, values: list[str] | None, valid: list[str], default: lis
     items = [v.strip() for value in values for v in value.split(",") if v.strip()]
     if "all" in items:
         return list(valid)
-    unknown = [v for v in items if v not in valid]
-    if unknown or not items:
-        raise BenchError(f"unknown {flag} value(s) {', '.join(unknown) or repr('')}; valid: {', '.join(valid)}, all")
+    wrong = [v for v in items if v not in valid] or ([""] if not items else [])
+    if wrong:
+        raise BenchError(f"{flag}: {unknown('value', wrong[0], [*valid, 'all'])}")
     return list(dict.fromkeys(items))
 
 
