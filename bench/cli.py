@@ -75,7 +75,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--learning-rate", type=float, help="one rate for every optimizer (default: per optimizer)")
     p.add_argument("--train-size", type=int, help="use the first N training samples (default: profile's)")
     p.add_argument("--val-split", type=float, help="fraction of the training split held out for validation")
-    p.add_argument("--modes", help="execution modes: default, or backend modes (eager, compiled, graph, xla, jit)")
+    p.add_argument("--modes", help="execution modes: default, best (every compiled mode of each backend), "
+                                   "or backend modes (eager, compiled, compiled-cudagraphs, graph, xla, jit)")
+    p.add_argument("--semantics", help="comma list of semantics policies: harmonised (one set of values and the same "
+                                       "initial weights everywhere, default), native (each framework's own defaults)")
     p.add_argument("--precision", help=f"comma list of {', '.join(PRECISIONS)} (default: fp32)")
     p.add_argument("--repeats", type=int, help="runs of each cell (fresh model, seed + repeat); default 1")
     p.add_argument("--seed", type=int)
@@ -99,6 +102,7 @@ def build_sweep(args: argparse.Namespace) -> grid.Sweep:
         "losses": _names(args.losses) if args.losses else None,
         "precisions": _names(args.precision) if args.precision else None,
         "modes": _names(args.modes) if args.modes else None,
+        "semantics": _names(args.semantics) if args.semantics else None,
         "batch_sizes": _batch_sizes(args.batch_size) if args.batch_size else None,
         "dataset": args.dataset, "data_dir": args.data_dir, "epochs": args.epochs,
         "learning_rate": args.learning_rate, "train_size": args.train_size, "val_split": args.val_split,
@@ -136,7 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     argv = sys.argv[1:]
     env = environment.capture(argv, threads, list(cpu_set), _settings(sweep, backend_names), fairness_rules())
     store.write_environment(env)
-    cells = grid.cells(sweep, backend_names, models, len(data.x_train))
+    cells = grid.cells(sweep, backend_names, models, len(data.x_train), on_gpu=args.device != "cpu")
     done = store.finished()
     run_id = out.name
     counts: dict[str, int] = {}
@@ -197,6 +201,8 @@ def fairness_rules() -> dict[str, str]:
         "threads": "one worker process per backend, same CPU set and intra-op thread count, one backend at a time",
         "precision": "fp32 with TF32 off by default; tf32 and bf16 are explicit axes",
         "timing": "warm-up (compile) timed apart; steady state over whole epochs with one sync; eval off the clock",
+        "semantics policy": "the values above are the harmonised policy; cells run with --semantics native use each "
+                            "framework's own defaults instead (each record lists the values it ran); parity runs harmonised only",
     }
 
 

@@ -13,8 +13,10 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
+import backends
 from bench.errors import BenchError, SpecError
 from bench.harness import Cell
+from bench.semantics import POLICIES
 from bench.shapes import check_fits
 from bench.spec import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS, Layer, ModelSpec, TrainSpec
 
@@ -42,6 +44,9 @@ class Sweep:
     batch_sizes: list[int] = field(default_factory=lambda: [64])
     precisions: list[str] = field(default_factory=lambda: ["fp32"])
     modes: list[str] = field(default_factory=lambda: ["default"])
+    """Execution modes; ``best`` expands per backend to every compiled mode it has (backends.expand_modes)."""
+    semantics: list[str] = field(default_factory=lambda: ["harmonised"])
+    """Semantics policies (bench.semantics): harmonised, native."""
     epochs: int = 1
     learning_rate: float | None = None
     repeats: int = 1
@@ -112,6 +117,7 @@ def validate(sweep: Sweep) -> None:
     _check_names("activation", sweep.activations, ACTIVATIONS)
     _check_names("loss", sweep.losses, LOSSES)
     _check_names("precision", sweep.precisions, PRECISIONS)
+    _check_names("semantics policy", sweep.semantics, POLICIES)
     if sweep.repeats < 1 or sweep.epochs < 1:
         raise BenchError("--repeats and --epochs must be at least 1")
     for size in sweep.batch_sizes:
@@ -137,19 +143,24 @@ def refuse_misfits(sweep: Sweep, input_shape: tuple[int, ...], num_classes: int)
     return fitting, refused
 
 
-def cells(sweep: Sweep, backends: list[str], models: list[str], n_train: int) -> list[Cell]:
+def cells(sweep: Sweep, backend_names: list[str], models: list[str], n_train: int, on_gpu: bool = False) -> list[Cell]:
     """Every combination, grouped by backend (one worker each) and repeat-major within a backend,
-    so a stopped run has whole repeats of the sweep rather than many repeats of a few cells."""
+    so a stopped run has whole repeats of the sweep rather than many repeats of a few cells.
+
+    ``on_gpu``: the run may use a GPU, so ``best`` includes GPU-only modes (CUDA graphs)."""
     specs = sweep.model_specs()
     grid = []
-    for backend, repeat in itertools.product(backends, range(sweep.repeats)):
-        for model, optimizer, activation, loss, batch, precision, mode in itertools.product(
-            models, sweep.optimizers, sweep.activations, sweep.losses, sweep.batch_sizes, sweep.precisions, sweep.modes
+    for backend, repeat in itertools.product(backend_names, range(sweep.repeats)):
+        modes = backends.expand_modes(backend, sweep.modes, on_gpu)
+        for model, optimizer, activation, loss, batch, precision, mode, policy in itertools.product(
+            models, sweep.optimizers, sweep.activations, sweep.losses, sweep.batch_sizes, sweep.precisions, modes,
+            sweep.semantics,
         ):
             train = TrainSpec(
                 optimizer=optimizer, activation=activation, loss=loss,
                 batch_size=n_train if batch == 0 else batch, epochs=sweep.epochs,
                 learning_rate=sweep.learning_rate, seed=sweep.seed + repeat, precision=precision, mode=mode,
+                semantics=policy,
             )
             grid.append(Cell(backend, specs[model], train, sweep.dataset, repeat, sweep.target_accuracy, sweep.probe_steps))
     return grid
