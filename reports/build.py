@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reports.fastest import fastest_headlines
 from reports.figures import all_figures
 from reports.frameworks import evidence
 from reports.headline import choose_baseline, headlines
 from reports.html import render
+from reports.policies import headline_policy, policy_comparisons, policy_curves
 from reports.records import curves_table, load_run, results_table
 from reports.summary import summary_table
 
@@ -41,13 +43,20 @@ def build_report(run_dir: Path, baseline: str | None = None) -> ReportResult:
     """
     run = load_run(Path(run_dir))
     frame = run.records
-    chosen = choose_baseline(frame, baseline)
+    policy = headline_policy(frame)  # one semantics policy in the headline: native and harmonised never pool
+    compared = frame[frame["semantics_policy"] == policy]
+    chosen = choose_baseline(compared, baseline)
     if baseline and chosen is None:
         run.notes.append(f"The baseline {baseline} finished no cell, so the headline shows no ratios.")
     summary = summary_table(frame)
     curves = curves_table(frame)
-    heads = headlines(frame, chosen)
-    figures = all_figures(frame, curves, heads)
+    heads = headlines(compared, chosen)
+    figures = all_figures(compared, curves[curves["semantics_policy"] == policy], heads)
+    shifts = policy_comparisons(frame)
+    if shifts:
+        run.notes.append(f"This run trained both semantics policies: the headline and the figures show {policy}; "
+                         "'Harmonised vs native' compares them.")
+    policy_figures = {s.model: f for s in shifts if (f := policy_curves(curves, s.model)) is not None}
 
     folder = run.folder
     result = ReportResult(folder, folder / "results.csv", folder / "curves.csv", folder / "summary.csv",
@@ -58,11 +67,12 @@ def build_report(run_dir: Path, baseline: str | None = None) -> ReportResult:
     summary.to_csv(result.summary_csv, index=False)
     figure_dir = folder / "figures"
     figure_dir.mkdir(exist_ok=True)
-    for figure in figures:
+    for figure in figures + list(policy_figures.values()):
         path = figure_dir / f"{figure.name}.png"
         path.write_bytes(figure.png)
         result.figures.append(path)
     files = [p.name for p in (result.results_csv, result.curves_csv, result.summary_csv)] + ["figures/"]
-    page = render(run, summary, heads, figures, evidence(frame), chosen, files)
+    page = render(run, summary, heads, figures, evidence(frame), chosen, files,
+                  fastest_headlines(heads), shifts, policy_figures)
     result.html.write_text(page, encoding="utf-8")
     return result

@@ -21,6 +21,7 @@ from bench.store import ENVIRONMENT, RESULTS, read_records
 TEXT_FIELDS = (
     "run_id", "cell_id", "status", "reason", "error", "backend", "framework", "model", "optimizer",
     "activation", "loss", "precision", "mode", "dataset", "timing_method", "memory_method", "started_at",
+    "semantics_policy", "init", "init_source",
 )
 NUMBER_FIELDS = (
     "repeat", "batch_size", "epochs", "learning_rate", "seed", "n_train", "n_val", "n_test",
@@ -30,7 +31,7 @@ NUMBER_FIELDS = (
     "compile_seconds", "first_step_seconds", "warmup_seconds", "inference_samples_per_s",
     "target_accuracy", "time_to_target_seconds", "device_seconds", "cpu_seconds_per_sample",
     "peak_rss_bytes", "peak_device_bytes", "param_count", "flops_per_sample_forward",
-    "flops_per_sample_train", "achieved_gflops", "peak_fraction", "duration_seconds",
+    "flops_per_sample_train", "achieved_gflops", "peak_fraction", "duration_seconds", "bn_momentum_framework",
 )
 CURVE_FIELDS = ("epoch_train_loss", "epoch_val_loss", "epoch_val_accuracy", "epoch_seconds")
 NESTED_FIELDS = ("input_shape", "semantics") + CURVE_FIELDS
@@ -40,8 +41,10 @@ SCHEMA = (TEXT_FIELDS[:3] + ("repeat",) + TEXT_FIELDS[3:] + tuple(f for f in NUM
           + NESTED_FIELDS)
 
 CONFIG_AXES = ("model", "optimizer", "activation", "loss", "batch_size", "epochs", "learning_rate",
-               "precision", "dataset")
+               "precision", "dataset", "semantics_policy")
 """What makes two cells the same experiment on different backends (the seed varies per repeat)."""
+HARMONISED = "harmonised"
+"""The semantics policy of records written before policies existed."""
 
 def config_keys(frame: pd.DataFrame, columns: tuple[str, ...] = CONFIG_AXES) -> pd.Series:
     """One string per row naming its configuration, so rows can be matched across backends and runs."""
@@ -87,17 +90,21 @@ def _status(record: dict) -> str:
 
 
 def _variant_labels(frame: pd.DataFrame) -> pd.Series:
-    """'torch' where a backend ran one execution mode, 'torch (compiled)' where it ran several.
+    """'torch' where a backend ran one execution mode, 'torch (compiled)' where it ran several, and
+    ', native' added for the native semantics policy ('torch (native)', 'torch (compiled, native)').
 
     Only modes that actually trained count: a cell skipped before its mode was resolved keeps the
     requested name ('default', or a mode the backend does not have), which is not a mode it ran.
     """
     real = frame[frame["status"].isin(("ok", "diverged")) & frame["mode"].notna()]
     several = {b for b, modes in real.groupby("backend")["mode"].unique().items() if len(modes) > 1}
-    return pd.Series(
-        [f"{b} ({m})" if b in several else str(b) for b, m in zip(frame["backend"], frame["mode"])],
-        index=frame.index, dtype=object,
-    )
+
+    def label(backend, mode, policy) -> str:
+        parts = ([str(mode)] if backend in several else []) + ([str(policy)] if policy != HARMONISED else [])
+        return f"{backend} ({', '.join(parts)})" if parts else str(backend)
+
+    return pd.Series([label(*values) for values in zip(frame["backend"], frame["mode"], frame["semantics_policy"])],
+                     index=frame.index, dtype=object)
 
 
 def records_frame(records: list[dict]) -> pd.DataFrame:
@@ -117,6 +124,7 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
     for name in TEXT_FIELDS:
         frame[name] = frame[name].astype(object).where(frame[name].notna(), None)
     frame["backend"] = frame["backend"].fillna("unknown")
+    frame["semantics_policy"] = frame["semantics_policy"].fillna(HARMONISED)  # older records ran harmonised
     frame["variant"] = _variant_labels(frame)
     frame["peak_memory_bytes"] = frame["peak_device_bytes"].fillna(frame["peak_rss_bytes"])
     return frame
