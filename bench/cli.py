@@ -217,7 +217,12 @@ def _print_summary(store: RunStore, baseline: str | None) -> None:
     if frame.empty:
         console.print("no successful cells to summarise")
         return
-    table = frame.groupby(["model", "backend"]).agg(
+    # a backend that ran several modes or both semantics policies gets one row per mode and policy
+    several = frame.groupby("backend")["mode"].transform("nunique") > 1
+    policies = frame["semantics_policy"] if "semantics_policy" in frame else pd.Series("harmonised", index=frame.index)
+    frame["variant"] = [" ".join([backend] + [mode] * many + [policy] * (policy == "native"))
+                        for backend, mode, many, policy in zip(frame["backend"], frame["mode"], several, policies)]
+    table = frame.groupby(["model", "backend", "variant"]).agg(
         cells=("cell_id", "count"), test_accuracy=("test_accuracy", "median"),
         train_samples_per_s=("train_samples_per_s", "median"), compile_seconds=("compile_seconds", "median"),
     ).reset_index()
@@ -229,7 +234,7 @@ def _print_summary(store: RunStore, baseline: str | None) -> None:
         ref = rows.loc[rows["backend"] == base, "train_samples_per_s"]
         for _, row in rows.iterrows():
             ratio = f"{row.train_samples_per_s / ref.iloc[0]:.2f}x" if len(ref) else "-"
-            out.add_row(model, row.backend, str(row.cells), f"{row.test_accuracy:.3f}",
+            out.add_row(model, row.variant, str(row.cells), f"{row.test_accuracy:.3f}",
                         f"{row.train_samples_per_s:,.0f}", ratio, f"{row.compile_seconds:.3f}")
     console.print(out)
 
