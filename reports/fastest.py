@@ -30,6 +30,8 @@ class ModeResult:
     variant: str
     speed: Estimate
     compile: Estimate
+    versus_best: Estimate = MISSING
+    """For a mode that lost: its throughput over the winning mode's (an interval including 1 is a tie)."""
 
 
 @dataclass
@@ -82,6 +84,9 @@ def fastest_modes(head: ModelHeadline) -> FastestHeadline:
     modes = _modes(head)
     base_pool = head.pools.get(head.baseline) if head.baseline else None
     base_backend = str(base_pool["backend"].iloc[0]) if base_pool is not None and not base_pool.empty else None
+    for ms in modes.values():
+        for loser, pool in ms[1:]:
+            loser.versus_best = _ratio(pool, ms[0][1])
     rows = [BackendBest(backend, ms[0][0], [m for m, _ in ms[1:]], is_baseline=backend == base_backend)
             for backend, ms in modes.items()]
     if base_backend in modes:

@@ -15,7 +15,7 @@ import jinja2
 import pandas as pd
 
 from reports import fmt
-from reports.fastest import FastestHeadline
+from reports.fastest import FastestHeadline, ModeResult
 from reports.figures import FigureOut
 from reports.frameworks import Evidence
 from reports.headline import HEADLINE_METRICS, Entry, Metric, ModelHeadline
@@ -172,13 +172,20 @@ def _cell_rows(summary: pd.DataFrame) -> list[dict]:
 
 
 # -- each framework at its fastest, and harmonised vs native (issue 12) ------------------------------
+def _beaten(mode: ModeResult) -> str:
+    """'eager (12.5k/s, 0.52×)', or '..., within noise' when the ratio's interval includes 1."""
+    ratio = f", {fmt.ratio(mode.versus_best.value)}" if mode.versus_best.ok else ""
+    tie = ", within noise" if mode.versus_best.ok and mode.versus_best.n >= 2 and not mode.versus_best.excludes(1.0) else ""
+    return f"{mode.mode} ({fmt.rate(mode.speed.value)}{ratio}{tie})"
+
+
 def _fastest_view(head: FastestHeadline) -> dict:
     rows = []
     for row in head.rows:
         versus = ({"text": fmt.ratio(row.versus.value), "ci": fmt.interval(row.versus, fmt.ratio),
                    "cls": "same" if not row.versus.excludes(1.0) else ("better" if row.versus.value > 1 else "worse")}
                   if row.versus.ok else {"text": "", "ci": "", "cls": ""})
-        won = (f"{row.best.mode} won over " + ", ".join(f"{m.mode} ({fmt.rate(m.speed.value)})" for m in row.beaten)
+        won = (f"{row.best.mode} won over " + ", ".join(_beaten(m) for m in row.beaten)
                if row.beaten else f"{row.best.mode} (the only mode run)")
         rows.append({
             "backend": row.backend, "mode": row.best.mode, "baseline": row.is_baseline, "fastest": row.is_fastest,

@@ -25,6 +25,8 @@ def test_the_fastest_mode_of_each_backend_is_picked_with_its_compile_cost():
     rows = {r.backend: r for r in fastest.rows}
     assert fastest.several_modes and fastest.baseline == "torch" and rows["torch"].is_baseline
     assert (rows["torch"].best.mode, [m.mode for m in rows["torch"].beaten]) == ("compiled", ["eager"])
+    assert rows["torch"].beaten[0].versus_best.value == pytest.approx(52 / 78, rel=0.05)  # a clear loss, not noise
+    assert rows["torch"].beaten[0].versus_best.excludes(1.0)
     assert (rows["tf"].best.mode, rows["jax"].best.mode) == ("graph", "jit")
     assert rows["torch"].is_fastest and not rows["jax"].is_fastest
     # compile cost is the winning mode's own (compiled ~4 s, eager ~0.02 s in the generator)
