@@ -14,6 +14,7 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
+from bench.rules import RULE_TITLES
 from reports import fmt
 from reports.fastest import FastestHeadline, ModeResult
 from reports.figures import FigureOut
@@ -204,6 +205,7 @@ def _policy_view(comparison: PolicyComparison, figure: FigureOut | None) -> dict
         "harmonised": _value(r.harmonised_accuracy, fmt.percent), "native": _value(r.native_accuracy, fmt.percent),
         "accuracy": _value(r.accuracy, fmt.points), "loss": _value(r.final_loss, signed),
         "values_harmonised": describe_values(r.values[HARMONISED]), "values_native": describe_values(r.values[NATIVE]),
+        "rules": "; ".join(f"{RULE_TITLES.get(k, k)}: {a} → {b}" for k, (a, b) in r.rules_changed.items()),
     } for r in comparison.rows]
     return {"model": comparison.model, "rows": rows, "figure": _figure_view(figure) if figure else None}
 

@@ -46,6 +46,8 @@ class PolicyShift:
     """Native minus harmonised final training loss, paired per configuration."""
     values: dict[str, dict[str, object]]
     """Per policy, the effective values its first record lists (VALUES)."""
+    rules_changed: dict[str, tuple[str, str]]
+    """Framework rules (bench.rules) whose formula differs between the policies: name -> (harmonised, native)."""
 
 
 @dataclass
@@ -57,6 +59,12 @@ class PolicyComparison:
 def _values(records: pd.DataFrame) -> dict[str, object]:
     first = records.iloc[0]
     return {name: first[name] for name in VALUES if name in records.columns and pd.notna(first[name])}
+
+
+def _rules_changed(harmonised: pd.DataFrame, native: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    before, after = (next((r for r in pool["rules"] if isinstance(r, dict)), {}) if "rules" in pool else {}
+                     for pool in (harmonised, native))
+    return {k: (before[k], after[k]) for k in before if k in after and before[k] != after[k]}
 
 
 def _shift(ok: pd.DataFrame, backend: str) -> PolicyShift | None:
@@ -80,7 +88,7 @@ def _shift(ok: pd.DataFrame, backend: str) -> PolicyShift | None:
         grouped_median_interval(groups(harmonised, "test_accuracy")),
         grouped_median_interval(groups(native, "test_accuracy")),
         change("test_accuracy"), change("final_train_loss"),
-        {HARMONISED: _values(harmonised), NATIVE: _values(native)},
+        {HARMONISED: _values(harmonised), NATIVE: _values(native)}, _rules_changed(harmonised, native),
     )
 
 

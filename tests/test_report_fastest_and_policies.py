@@ -51,13 +51,16 @@ def _with_native(records: list[dict], accuracy_shift: dict[str, float]) -> list[
     """Each ok record again under the native policy, its accuracy moved per backend."""
     native = []
     for record in records:
-        copy = record | {"semantics_policy": "native", "cell_id": record["cell_id"] + "|native",
+        rules = {"rmsprop_eps": "inside_sqrt" if record["backend"] in ("tf", "jax") else "outside_sqrt"}
+        copy = record | {"semantics_policy": "native", "cell_id": record["cell_id"] + "|native", "rules": rules,
                          "epsilon": 1e-8 if record["backend"] != "tf" else 1e-7, "init_source": "framework"}
         if copy["status"] == "ok":
             copy["test_accuracy"] = record["test_accuracy"] + accuracy_shift[record["backend"]]
             copy["final_train_loss"] = record["final_train_loss"] - accuracy_shift[record["backend"]]
         native.append(copy)
-    return [r | {"semantics_policy": "harmonised", "init_source": "canonical"} for r in records] + native
+    harmonised = [r | {"semantics_policy": "harmonised", "init_source": "canonical",
+                       "rules": {"rmsprop_eps": "inside_sqrt" if r["backend"] == "tf" else "outside_sqrt"}} for r in records]
+    return harmonised + native
 
 
 def test_native_minus_harmonised_is_paired_per_configuration():
@@ -69,6 +72,8 @@ def test_native_minus_harmonised_is_paired_per_configuration():
     assert shifts["mlp"]["jax"].accuracy.value == pytest.approx(0.01, abs=1e-9)
     assert shifts["mlp"]["torch"].accuracy.value == pytest.approx(0.0, abs=1e-9)
     assert tf.values["native"]["epsilon"] == 1e-7 and shifts["mlp"]["torch"].values["native"]["epsilon"] == 1e-8
+    assert shifts["mlp"]["jax"].rules_changed == {"rmsprop_eps": ("outside_sqrt", "inside_sqrt")}
+    assert tf.rules_changed == {}
     assert "jax" not in shifts["cnn"]  # skipped under both policies: nothing to pair
     assert policy_comparisons(records_frame(make_records())) == []  # one policy: no comparison
 
