@@ -24,21 +24,39 @@ class BackendEntry:
     modes: tuple[str, ...]
     """The adapter class's ``modes``, repeated here so the CLI can check a requested execution mode
     without importing a framework (a test keeps the two equal)."""
+    compiled_modes: tuple[str, ...] = ()
+    """The adapter's COMPILED_MODES, mirrored here so a sweep can expand ``best`` without importing it."""
+    gpu_only_modes: tuple[str, ...] = ()
+    """The adapter's GPU_ONLY_MODES (left out of ``best`` on a CPU run)."""
 
 
 REGISTRY: dict[str, BackendEntry] = {
     "torch": BackendEntry("torch", "backends.torch_backend", "TorchBackend", ("torch",), "torch", "PyTorch",
-                          ("eager", "compiled")),
+                          ("eager", "compiled", "compiled-cudagraphs"),
+                          compiled_modes=("compiled", "compiled-cudagraphs"), gpu_only_modes=("compiled-cudagraphs",)),
     "tf": BackendEntry("tf", "backends.keras_backend", "KerasBackend", ("tensorflow", "keras"), "tf", "Keras 3 on TensorFlow",
-                       ("graph", "eager", "xla")),
+                       ("graph", "eager", "xla"), compiled_modes=("graph", "xla")),
     "jax": BackendEntry("jax", "backends.jax_backend", "JaxBackend", ("jax", "flax", "optax"), "jax", "JAX with Flax and Optax",
-                        ("jit", "eager")),
+                        ("jit", "eager"), compiled_modes=("jit",)),
     "numpy": BackendEntry("numpy", "backends.numpy_backend", "NumpyBackend", ("numpy",), "",
                           "the NumPy reference (oracle, slow)", ("eager",)),
 }
 ALIASES = {"pytorch": "torch", "tensorflow": "tf", "keras": "tf", "reference": "numpy"}
 FRAMEWORK_BACKENDS = ("torch", "tf", "jax")
 """What ``--backend all`` means: the frameworks compared. The NumPy oracle is opt-in by name."""
+
+
+BEST = "best"
+"""The mode name that a sweep expands, per backend, to every compiled mode it has."""
+
+
+def expand_modes(name: str, modes: list[str], on_gpu: bool) -> list[str]:
+    """The modes to run on backend ``name``: ``best`` becomes each of its compiled modes (those
+    needing a GPU only when the run may use one; a backend that compiles nothing runs its default
+    mode), other names stay; order kept, duplicates dropped."""
+    entry = REGISTRY[canonical_name(name)]
+    best = [m for m in entry.compiled_modes if on_gpu or m not in entry.gpu_only_modes] or ["default"]
+    return list(dict.fromkeys(m for mode in modes for m in (best if mode == BEST else [mode])))
 
 
 def canonical_name(name: str) -> str:

@@ -8,11 +8,13 @@ The public methods are template methods (as Keras 3's ``backend/common``): they 
 (device policy, mode and precision checks, weight-list validation, the pending-loss buffer, loss
 and probabilities in NumPy) and call narrow hooks (``_setup``, ``_build``, ``_step``, ...) that an
 adapter implements. An adapter also declares, as class data, its translation tables keyed by the
-spec's vocabulary (``TRANSLATIONS``), its execution modes, and the framework rules it follows
-(``RULES``). See docs/architecture.md, "Adding a backend".
+spec's vocabulary (``TRANSLATIONS``), its execution modes and which of them compile
+(``COMPILED_MODES``), the framework rules it follows (``RULES``), and its own defaults for the
+``native`` semantics policy (``NATIVE``, bench.semantics). See docs/architecture.md, "Adding a backend".
 
 Lifecycle, per process: ``setup`` once (threads, device), then per cell ``build`` ->
-``set_weights`` -> ``load_data`` -> steps/epochs -> ``evaluate``/``predict``.
+``set_weights`` (or, under the native policy, ``initialise_natively``) -> ``load_data`` ->
+steps/epochs -> ``evaluate``/``predict``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 from bench.augment import Params, check_image_input
 from bench.losses import loss_value, probabilities
 from bench.rules import CANONICAL, Rules
+from bench.semantics import HARMONISED_INIT, Native
 from bench.shapes import ParamSpec, param_specs
 from bench.spec import ModelSpec, TrainSpec
 
@@ -75,6 +78,10 @@ class Backend(ABC):
     framework: ClassVar[str]
     modes: ClassVar[dict[str, str]]
     """Execution modes (name -> what it runs); the first is the default ('default' in a TrainSpec)."""
+    COMPILED_MODES: ClassVar[tuple[str, ...]] = ()
+    """The modes that compile the training step: what ``--modes best`` runs (backends.REGISTRY mirrors it)."""
+    GPU_ONLY_MODES: ClassVar[tuple[str, ...]] = ()
+    """Modes that exist only on a GPU (CUDA graphs): refused as Unsupported on the CPU."""
     RULES: ClassVar[Rules] = CANONICAL
     """The formulas this framework follows where frameworks differ (bench.rules)."""
     TRANSLATIONS: ClassVar[Mapping[str, Mapping[str, Any]]]
@@ -83,6 +90,8 @@ class Backend(ABC):
     An ``augment`` entry is ``(images, that transform's parameters, the Augment spec) -> images``, on
     the framework's tensors in the adapter's own image layout, following bench/augment.py's reference.
     """
+    NATIVE: ClassVar[Native | None] = None
+    """This framework's own defaults (the native semantics policy); None: it has none (the NumPy oracle)."""
 
     on_gpu: bool = False
     train: TrainSpec
@@ -112,12 +121,17 @@ class Backend(ABC):
     def build(self, model: ModelSpec, train: TrainSpec, input_shape: tuple[int, ...], num_classes: int) -> None:
         """Translate a model (its ``hidden`` placeholder resolved) and its training spec.
 
-        Raises Unsupported for a mode or precision this backend or device cannot run, and
-        Untranslatable for a spec name the adapter's tables lack.
+        Under ``train.semantics == "native"`` the backend trains ``native_train(train)``: its
+        framework's values replace the suite's (``self.train`` is what it runs). Raises Unsupported
+        for a mode, precision or policy this backend or device cannot run, and Untranslatable for a
+        spec name the adapter's tables lack.
         """
         self.mode = self.resolve_mode(train.mode)
+        if self.mode in self.GPU_ONLY_MODES and not self.on_gpu:
+            raise Unsupported(f"{self.name} mode {self.mode!r} needs a CUDA GPU; this run is on the CPU")
         if train.precision == "tf32" and not self.on_gpu:
             raise Unsupported("tf32 needs an NVIDIA GPU")
+        train = self.native_train(train) if train.semantics == "native" else train
         self.train, self.model = train, model.resolve(train.activation)
         self.input_shape, self.num_classes = tuple(input_shape), num_classes
         self.specs = param_specs(self.model, self.input_shape, num_classes)
@@ -147,6 +161,29 @@ class Backend(ABC):
         if mode not in cls.modes:
             raise Unsupported(f"{cls.name} has no execution mode {mode!r}; valid: {', '.join(cls.modes)}")
         return mode
+
+    def native_train(self, train: TrainSpec) -> TrainSpec:
+        """``train`` with this framework's own defaults where frameworks differ (the native policy).
+
+        Everything else (data, batches, model, learning rate, epochs, mode) stays the sweep's.
+        """
+        if self.NATIVE is None:
+            raise Unsupported(f"{self.name} has no framework defaults of its own: it runs the harmonised policy only")
+        return train.model_copy(update={**self.NATIVE.overrides, "semantics": "native"})
+
+    def initialise_natively(self) -> list[np.ndarray]:
+        """Redraw the built model's parameters with the framework's own default initialisers, seeded
+        by the train seed as a user would seed them; returns them in canonical order and layouts.
+
+        The native policy starts here instead of from the canonical weights, and undoes its warm-up
+        by loading the returned arrays back.
+        """
+        self._initialise_natively()
+        return self.get_weights()
+
+    def _initialise_natively(self) -> None:
+        """Draw the framework's default initial parameters and statistics (seeded by ``self.train.seed``)."""
+        raise Unsupported(f"{self.name} has no initialisers of its own: it starts from the canonical weights only")
 
     def set_weights(self, weights: list[np.ndarray]) -> None:
         """Load canonical weights (order and layouts of ``bench.shapes.param_specs``)."""
@@ -279,11 +316,27 @@ class Backend(ABC):
         Never unpickles (torch loads with ``weights_only=True``); the optimizer state is reset.
         """
 
+    @property
+    def native(self) -> bool:
+        """Whether the built model runs the native semantics policy."""
+        return getattr(self, "train", None) is not None and self.train.semantics == "native"
+
     def rules(self) -> Rules:
         """The framework rules of the built model (bench.rules), read by parity and the report."""
-        return self.RULES
+        return self.NATIVE.rules if self.native else self.RULES
+
+    def bn_momentum_parameter(self, bn_momentum: float) -> float:
+        """The spec's BatchNorm momentum (weight of the old statistic) as this framework's own argument."""
+        return bn_momentum
 
     def facts(self) -> dict[str, Any]:
-        """What a record says this backend ran: its typed rules and the execution mode's meaning."""
-        return {"rules": self.rules().as_dict(), "mode_description": self.modes[self.mode]}
+        """What a record says this backend ran: its typed rules, the execution mode's meaning, the
+        semantics policy and what it changed (initial weights, BatchNorm momentum as passed)."""
+        return {
+            "rules": self.rules().as_dict(), "mode_description": self.modes[self.mode],
+            "semantics_policy": self.train.semantics,
+            "init": self.NATIVE.init if self.native else HARMONISED_INIT,
+            "init_source": "framework" if self.native else "canonical",
+            "bn_momentum_framework": self.bn_momentum_parameter(self.train.bn_momentum),
+        }
 

@@ -36,6 +36,7 @@ from jax.scipy.ndimage import map_coordinates
 from backends.base import Backend, BackendInfo, MemoryReading
 from bench.augment import Params
 from bench.rules import Rules
+from bench.semantics import Native
 from bench.shapes import same_padding
 from bench.spec import Augment, TrainSpec
 
@@ -159,7 +160,15 @@ class JaxBackend(Backend):
     name = "jax"
     framework = "jax+flax+optax"
     modes = {"jit": "jit: jax.jit train step, state donated", "eager": "eager: jax.disable_jit, op by op"}
+    COMPILED_MODES = ("jit",)
     RULES = Rules(leaky_relu_grad_at_zero="one")  # jax.nn.leaky_relu is where(x >= 0, x, slope * x)
+    NATIVE = Native(
+        # optax.adam eps 1e-8; optax.rmsprop decay 0.9, eps 1e-8 inside the root (eps_in_sqrt=True);
+        # flax BatchNorm momentum 0.99, epsilon 1e-5; flax/jax leaky_relu slope 0.01
+        overrides={"epsilon": 1e-8, "rho": 0.9, "bn_momentum": 0.99, "bn_epsilon": 1e-5, "leaky_relu_slope": 0.01},
+        init="lecun_normal",
+        rules=Rules(leaky_relu_grad_at_zero="one", rmsprop_eps="inside_sqrt"),
+    )
     TRANSLATIONS = {
         # layer: (SpecNet, spec layer, scope name, x, training) -> x
         "layer": {
@@ -187,12 +196,13 @@ class JaxBackend(Backend):
             "bce": lambda z, y: optax.sigmoid_binary_cross_entropy(z, jax.nn.one_hot(y, z.shape[1])).mean(),
             "hinge": lambda z, y: jnp.mean(jnp.maximum(0.0, 1.0 - (2.0 * jax.nn.one_hot(y, z.shape[1]) - 1.0) * z)),
         },
-        # optimizer: train spec -> the direction transforms of an optax chain (see make_optimizer)
+        # optimizer: (train spec, rules) -> the direction transforms of an optax chain (see make_optimizer)
         "optimizer": {
-            "sgd": lambda t: _sgd(t, momentum=False),
-            "momentum": lambda t: _sgd(t, momentum=True),
-            "rmsprop": lambda t: [optax.scale_by_rms(decay=t.rho, eps=t.epsilon, initial_scale=0.0, eps_in_sqrt=False, bias_correction=False)],
-            "adam": lambda t: [optax.scale_by_adam(b1=t.beta1, b2=t.beta2, eps=t.epsilon, eps_root=0.0)],
+            "sgd": lambda t, rules: _sgd(t, momentum=False),
+            "momentum": lambda t, rules: _sgd(t, momentum=True),
+            "rmsprop": lambda t, rules: [optax.scale_by_rms(decay=t.rho, eps=t.epsilon, initial_scale=0.0, bias_correction=False,
+                                                            eps_in_sqrt=rules.rmsprop_eps == "inside_sqrt")],
+            "adam": lambda t, rules: [optax.scale_by_adam(b1=t.beta1, b2=t.beta2, eps=t.epsilon, eps_root=0.0)],
         },
         "augment": {
             "hflip": _flip(2),
@@ -251,7 +261,7 @@ class JaxBackend(Backend):
         self._check_layout()
         self._has_bn = self.model.has_batchnorm
         self._loss = self.translate("loss", train.loss)
-        self._tx = make_optimizer(train, self.translate("optimizer", train.optimizer)(train))
+        self._tx = make_optimizer(train, self.translate("optimizer", train.optimizer)(train, self.rules()))
         self._key = jax.device_put(jax.random.key(train.seed), self.device)
         self.compile_count = 0
         self._x: jax.Array | None = None
@@ -289,6 +299,14 @@ class JaxBackend(Backend):
             collection, leaf = _LEAVES[p.name]
             trees[collection].setdefault(layer_scope(p.layer), {})[leaf] = jax.device_put(w, self.device)
         self._params, self._stats = trees["params"], trees["batch_stats"]
+        self.reset_optimizer()
+
+    def _initialise_natively(self) -> None:
+        """``SpecNet.init`` with ``jax.random.key(seed)``: Flax's lecun_normal kernels, zero biases,
+        BatchNorm scale 1, bias 0, mean 0, variance 1."""
+        x = jnp.zeros((1, *self.input_shape), jnp.float32)
+        variables = jax.device_put(self._net.init(jax.random.key(self.train.seed), x, training=False), self.device)
+        self._params, self._stats = variables["params"], variables.get("batch_stats", {})
         self.reset_optimizer()
 
     def get_weights(self) -> list[np.ndarray]:

@@ -41,6 +41,7 @@ tf.get_logger().setLevel(logging.ERROR)
 from backends.base import Backend, BackendInfo, MemoryReading, Unsupported  # noqa: E402
 from bench.augment import Params, param_shapes  # noqa: E402
 from bench.rules import Rules  # noqa: E402
+from bench.semantics import Native  # noqa: E402
 from bench.spec import Augment, TrainSpec  # noqa: E402
 
 if keras.backend.backend() != "tensorflow":  # keras was imported earlier with another backend
@@ -124,7 +125,17 @@ class KerasBackend(Backend):
         "eager": "eager: op by op (run_eagerly)",
         "xla": "xla: tf.function(jit_compile=True)",
     }
+    COMPILED_MODES = ("graph", "xla")
     RULES = Rules(rmsprop_eps="inside_sqrt", adam_eps="uncorrected", momentum_form="velocity")
+    NATIVE = Native(
+        # Adam and RMSprop epsilon 1e-7, RMSprop rho 0.9, BatchNorm momentum 0.99 and epsilon 1e-3: Keras'
+        # defaults, equal to the suite's. LeakyReLU 0.3: the adapter builds leaky_relu as a
+        # ``keras.layers.LeakyReLU`` layer, and ``LeakyReLU()`` defaults to 0.3 (the string
+        # activation "leaky_relu" would be the op's 0.2).
+        overrides={"epsilon": 1e-7, "rho": 0.9, "bn_momentum": 0.99, "bn_epsilon": 1e-3, "leaky_relu_slope": 0.3},
+        init="glorot_uniform",
+        rules=RULES,
+    )
     TRANSLATIONS = {
         # layer: (spec layer, index, train spec, dtype policy) -> Keras layers, the first holding the parameters
         "layer": {
@@ -226,6 +237,8 @@ class KerasBackend(Backend):
         if self.on_gpu:  # fp32 means full fp32: TF enables TF32 on Ampere+ by default
             tf.config.experimental.enable_tensor_float_32_execution(train.precision == "tf32")
         keras.backend.clear_session()  # drop the previous cell's model, layers and kernel caches
+        if self.native:  # as a user seeds Keras: initialisers take their seeds when the layers are made
+            keras.utils.set_random_seed(train.seed)
         policy = "mixed_bfloat16" if train.precision == "bf16" else "float32"
         holders: list[keras.layers.Layer | None] = []  # per spec layer: the Keras layer holding its parameters
         layers: list[keras.layers.Layer] = []
@@ -238,6 +251,7 @@ class KerasBackend(Backend):
         self._model = keras.Sequential([keras.Input(shape=self.input_shape), *layers], name=self.model.name)
         # Named explicitly per canonical role (kernel, bias, gamma, ...), never by Keras' variable order.
         self._params = [getattr(holders[p.layer], p.name) for p in self.specs]
+        self._initializers = [getattr(holders[p.layer], f"{p.name}_initializer") for p in self.specs]
         for p, v in zip(self.specs, self._params):
             if tuple(v.shape) != p.shape:
                 raise AssertionError(f"Keras variable {v.path} has shape {tuple(v.shape)}, canonical {p.shape}")
@@ -277,6 +291,13 @@ class KerasBackend(Backend):
     def _set_weights(self, weights: list[np.ndarray]) -> None:
         for v, w in zip(self._params, weights):
             v.assign(w)
+
+    def _initialise_natively(self) -> None:
+        """Each layer's own initialiser (Dense/Conv2D glorot_uniform kernels and zero biases, BatchNorm
+        ones and zeros). Their seeds were drawn when ``_build`` made the layers after
+        ``keras.utils.set_random_seed(seed)``, so this redraws what Keras built, on demand."""
+        for v, initializer in zip(self._params, self._initializers):
+            v.assign(initializer(v.shape, dtype=v.dtype))
 
     def get_weights(self) -> list[np.ndarray]:
         return [np.array(v.value.numpy(), dtype=np.float32) for v in self._params]

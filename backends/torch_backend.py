@@ -5,6 +5,11 @@ explicitly: NCHW activations inside, canonical NHWC/HWIO at the boundary; Flatte
 C order; BatchNorm momentum 0.01 (torch's "weight of new" for the suite's 0.99) and epsilon 1e-3;
 LeakyReLU slope 0.01; TF-style 'same' padding with the extra pixel after; decoupled weight decay.
 Torch's unbiased running variance cannot be switched off and is declared in ``RULES``.
+
+The compiled modes compile the whole training step (row gather, forward, loss, backward, weight
+decay and optimizer step) with ``torch.compile``, as torch's "Compiling the optimizer" recipe
+does, and keep one optimizer whose state is reset in place, so warm-up compiles and the timed
+epochs never recompile.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from torch import nn
 from backends.base import Backend, BackendInfo, MemoryReading
 from bench.augment import Params
 from bench.rules import Rules
+from bench.semantics import Native
 from bench.shapes import ParamSpec, layer_shapes, same_padding
 from bench.spec import Augment, TrainSpec
 
@@ -41,9 +47,15 @@ def _conv(layer, before, act) -> tuple[nn.Module, list[nn.Module]]:
     return conv, [nn.ZeroPad2d((left, right, top, bottom)), conv, act(layer.activation)]
 
 
+def _torch_momentum(bn_momentum: float) -> float:
+    """The spec's BatchNorm momentum (weight of the old statistic) as torch's (weight of the new one),
+    rounded so torch's own 0.1 stays 0.1 rather than 1 - 0.9 = 0.09999999999999998."""
+    return round(1.0 - bn_momentum, 12)
+
+
 def _batchnorm(layer, before, train: TrainSpec) -> nn.Module:
     norm = nn.BatchNorm2d if len(before) == 3 else nn.BatchNorm1d
-    return norm(before[-1], eps=train.bn_epsilon, momentum=1.0 - train.bn_momentum)  # torch weighs the new statistic
+    return norm(before[-1], eps=train.bn_epsilon, momentum=_torch_momentum(train.bn_momentum))
 
 
 def _one_hot(labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -52,6 +64,17 @@ def _one_hot(labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 
 def _sgd(params, t: TrainSpec, momentum: float) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=t.lr, momentum=momentum, dampening=0.0, nesterov=False)
+
+
+def _replayed(step):
+    """A compiled step run as CUDA graphs: each call starts a new replay, and the loss is copied out
+    of the graph's static output buffer, which the next replay overwrites."""
+
+    def run(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        torch.compiler.cudagraph_mark_step_begin()
+        return step(x, labels).clone()
+
+    return run
 
 
 def _tensor(value: torch.Tensor) -> np.ndarray:
@@ -103,8 +126,23 @@ _TO_CANONICAL = {2: (1, 0), 4: (2, 3, 1, 0)}  # OIHW->HWIO
 class TorchBackend(Backend):
     name = "torch"
     framework = "pytorch"
-    modes = {"eager": "eager: nn.Module op by op", "compiled": "compiled: torch.compile of the model; optimizer eager"}
+    modes = {
+        "eager": "eager: nn.Module op by op",
+        "compiled": "compiled: torch.compile of the whole train step (gather, forward, loss, backward, optimizer step)",
+        "compiled-cudagraphs": "compiled-cudagraphs: the compiled train step replayed as CUDA graphs "
+                               "(torch.compile mode='reduce-overhead'; GPU only)",
+    }
+    COMPILED_MODES = ("compiled", "compiled-cudagraphs")
+    GPU_ONLY_MODES = ("compiled-cudagraphs",)
+    COMPILE_OPTIONS = {"compiled": {}, "compiled-cudagraphs": {"mode": "reduce-overhead"}}
+    """torch.compile arguments per compiled mode."""
     RULES = Rules(bn_running_variance="unbiased")
+    NATIVE = Native(
+        # Adam and RMSprop eps 1e-8, RMSprop alpha 0.99, BatchNorm momentum 0.1 (torch sense) and eps 1e-5, LeakyReLU 0.01
+        overrides={"epsilon": 1e-8, "rho": 0.99, "bn_momentum": 0.9, "bn_epsilon": 1e-5, "leaky_relu_slope": 0.01},
+        init="kaiming_uniform",
+        rules=RULES,
+    )
     TRANSLATIONS = {
         # layer: (spec layer, input shape, activation factory, train spec) -> (parameter owner or None, modules)
         "layer": {
@@ -131,11 +169,14 @@ class TorchBackend(Backend):
             "bce": lambda z, y: F.binary_cross_entropy_with_logits(z, _one_hot(y, z)),
             "hinge": lambda z, y: torch.clamp(1.0 - (2.0 * _one_hot(y, z) - 1.0) * z, min=0.0).mean(),
         },
+        # optimizer: (parameters, train spec, capturable: state on the GPU for a compiled step) -> optimizer
         "optimizer": {
-            "sgd": lambda params, t: _sgd(params, t, 0.0),
-            "momentum": lambda params, t: _sgd(params, t, t.momentum),
-            "rmsprop": lambda params, t: torch.optim.RMSprop(params, lr=t.lr, alpha=t.rho, eps=t.epsilon, momentum=0.0, centered=False),
-            "adam": lambda params, t: torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.epsilon),
+            "sgd": lambda params, t, capturable: _sgd(params, t, 0.0),
+            "momentum": lambda params, t, capturable: _sgd(params, t, t.momentum),
+            "rmsprop": lambda params, t, capturable: torch.optim.RMSprop(
+                params, lr=t.lr, alpha=t.rho, eps=t.epsilon, momentum=0.0, centered=False, capturable=capturable),
+            "adam": lambda params, t, capturable: torch.optim.Adam(
+                params, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.epsilon, capturable=capturable),
         },
         "augment": {
             "hflip": _flip(3),
@@ -180,6 +221,9 @@ class TorchBackend(Backend):
         if self.on_gpu:  # fp32 means full fp32: no TF32 unless asked for
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = t.precision == "tf32"
         self.autocast_dtype = torch.bfloat16 if t.precision == "bf16" else None
+        compile_options = self.COMPILE_OPTIONS.get(self.mode)
+        if compile_options is not None:
+            torch._dynamo.reset()  # the previous cell's compiled code: its cache would fill and fall back to eager
         torch.manual_seed(t.seed)  # dropout masks: reproducible within torch (never equal across frameworks)
         befores = [self.input_shape] + layer_shapes(self.model, self.input_shape, self.num_classes)
         act = self._activation
@@ -192,10 +236,18 @@ class TorchBackend(Backend):
             modules += translated
         self.net = nn.Sequential(*modules).to(self.device)
         self.images = len(self.input_shape) == 3
-        self.forward = torch.compile(self.net) if self.mode == "compiled" else self.net
         self._loss = self.translate("loss", t.loss)
-        self._make_optimizer = self.translate("optimizer", t.optimizer)
-        self.reset_optimizer()
+        self.decayed = [self._lookup(s) for s in self.specs if s.trainable]
+        # One optimizer per cell, reset in place: a new one would make the compiled step recompile.
+        self.optimizer = self.translate("optimizer", t.optimizer)(self.decayed, t, self.on_gpu and compile_options is not None)
+        if compile_options is None:
+            self.forward, self._train_fn = self.net, self._train_step
+        else:
+            self.forward = torch.compile(self.net, **compile_options)  # inference and parity's gradients
+            self._train_fn = torch.compile(self._train_step, **compile_options)
+            if compile_options.get("mode") == "reduce-overhead":
+                self._train_fn = _replayed(self._train_fn)
+        self._pending = []
 
     def _activation(self, name: str) -> nn.Module:
         return self.translate("activation", name)(self.train.leaky_relu_slope)
@@ -217,9 +269,26 @@ class TorchBackend(Backend):
     def get_weights(self) -> list[np.ndarray]:
         return [self._canonical(s, self._lookup(s)) for s in self.specs]
 
+    def _initialise_natively(self) -> None:
+        """What ``nn.Linear``, ``nn.Conv2d`` and ``nn.BatchNorm`` draw at construction (kaiming_uniform
+        with a=sqrt(5), biases U(+-1/sqrt(fan_in)); BatchNorm 1, 0 and fresh statistics), after
+        ``torch.manual_seed(seed)`` as a user seeds torch."""
+        torch.manual_seed(self.train.seed)
+        for owner in self.owners.values():
+            owner.reset_parameters()
+
+    def bn_momentum_parameter(self, bn_momentum: float) -> float:
+        return _torch_momentum(bn_momentum)
+
     def reset_optimizer(self) -> None:
-        self.decayed = [self._lookup(s) for s in self.specs if s.trainable]
-        self.optimizer = self._make_optimizer(self.decayed, self.train)
+        """Zero the optimizer's state in place: step 0 and zero moments are a fresh optimizer's values,
+        and SGD's zeroed momentum buffer takes the first gradient as a fresh one does. The tensors
+        stay the same objects, so a compiled step's guards still hold and nothing recompiles."""
+        with torch.no_grad():
+            for state in self.optimizer.state.values():
+                for value in state.values():
+                    if torch.is_tensor(value):
+                        value.zero_()
         self._pending = []
 
     # -- training --------------------------------------------------------------------------------
@@ -231,11 +300,11 @@ class TorchBackend(Backend):
         self.x = self._input(x)
         self.y = torch.from_numpy(y.astype(np.int64)).to(self.device)
 
-    def _forward_loss(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _forward_loss(self, forward: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.autocast_dtype is None:
-            return self._loss(self.forward(x).float(), labels)
+            return self._loss(forward(x).float(), labels)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-            return self._loss(self.forward(x).float(), labels)
+            return self._loss(forward(x).float(), labels)
 
     def _augment_tensors(self, params: Params) -> dict[str, torch.Tensor]:
         return {name: torch.from_numpy(p).to(self.device, non_blocking=True) for name, p in params.items()}
@@ -244,17 +313,9 @@ class TorchBackend(Backend):
         with torch.no_grad():
             return _tensor(self._augment(self._input(x), self._augment_tensors(params)).permute(0, 2, 3, 1))
 
-    def _step(self, batch: np.ndarray, augment: Params | None) -> torch.Tensor:
-        index = torch.from_numpy(batch)
-        if self.device.type != "cpu":
-            index = index.to(self.device, non_blocking=True)
-        if not self.net.training:  # a per-step .train() walks every module: only switch when needed
-            self.net.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        x = self.x[index]
-        if augment is not None:
-            x = self._augment(x, self._augment_tensors(augment))
-        loss = self._forward_loss(x, self.y[index])
+    def _train_step(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Forward, loss, backward, weight decay and optimizer step: what the compiled modes compile."""
+        loss = self._forward_loss(self.net, x, labels)
         loss.backward()
         decay = self.train.weight_decay
         if decay:
@@ -262,6 +323,18 @@ class TorchBackend(Backend):
                 torch._foreach_mul_(self.decayed, 1.0 - self.train.lr * decay)
         self.optimizer.step()
         return loss.detach()
+
+    def _step(self, batch: np.ndarray, augment: Params | None) -> torch.Tensor:
+        index = torch.from_numpy(batch)
+        if self.device.type != "cpu":
+            index = index.to(self.device, non_blocking=True)
+        if not self.net.training:  # a per-step .train() walks every module: only switch when needed
+            self.net.train()
+        self.optimizer.zero_grad(set_to_none=True)  # outside the compiled step: dynamo never traces zero_grad
+        x = self.x[index]  # the gather and the augmentation run eagerly, as a user's data pipeline does
+        if augment is not None:
+            x = self._augment(x, self._augment_tensors(augment))
+        return self._train_fn(x, self.y[index])
 
     def begin_epoch(self) -> None:
         if self.on_gpu:
@@ -295,7 +368,7 @@ class TorchBackend(Backend):
         self.net.train()
         self.net.zero_grad(set_to_none=True)
         labels = torch.from_numpy(y.astype(np.int64)).to(self.device)
-        loss = self._forward_loss(self._input(x), labels)
+        loss = self._forward_loss(self.forward, self._input(x), labels)
         loss.backward()
         grads = [self._canonical(s, self._lookup(s).grad) for s in self.specs if s.trainable]
         self.net.zero_grad(set_to_none=True)

@@ -134,7 +134,7 @@ def _sweep(args, sweep, backend_names, data, models, refused, store: RunStore, l
            settings: WorkerSettings) -> int:
     """Run what is left of the sweep, then print the summary and write the report (also after Ctrl-C)."""
     out = store.folder
-    cells = grid.cells(sweep, backend_names, models, len(data.x_train))
+    cells = grid.cells(sweep, backend_names, models, len(data.x_train), on_gpu=args.device != "cpu")
     done = store.finished()
     run_id = out.name
     counts: dict[str, int] = {}
@@ -200,6 +200,8 @@ def fairness_rules() -> dict[str, str]:
         "augmentation": "random parameters drawn in NumPy from the seed before each epoch; each backend transforms "
                         "natively inside its step; bilinear, constant-0 fill about the image centre; order "
                         + ", ".join(AUGMENTATIONS) + "; brightness and noise clip to [0, 1]",
+        "semantics policy": "the values above are the harmonised policy; cells run with --semantics native use each "
+                            "framework's own defaults instead (each record lists the values it ran); parity runs harmonised only",
     }
 
 

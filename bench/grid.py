@@ -23,6 +23,7 @@ import backends
 from bench.data import check_name
 from bench.errors import BenchError, DatasetError, SpecError, did_you_mean, unknown
 from bench.harness import Cell
+from bench.semantics import POLICIES
 from bench.shapes import check_fits
 from bench.spec import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS, Augment, Layer, ModelSpec, TrainSpec
 
@@ -100,6 +101,8 @@ class Sweep:
         default_factory=lambda: ["fp32"])
     modes: Annotated[list[str], _names("execution modes ('default' or a backend's own)")] = field(
         default_factory=lambda: ["default"])
+    semantics: Annotated[list[str], _names("semantics policies"), _names_in("semantics policy", POLICIES)] = field(
+        default_factory=lambda: ["harmonised"])
     augment: Annotated[list[Augment], BeforeValidator(_augment_axis)] = field(default_factory=lambda: [Augment()])
     epochs: Annotated[int, Field(ge=1, description="an integer >= 1")] = 1
     learning_rate: Annotated[float | None, Field(gt=0, allow_inf_nan=False, description="a finite number > 0, e.g. 0.001")] = None
@@ -254,7 +257,7 @@ def _layer_problem(model: str, exc: ValidationError) -> str:
 def validate(sweep: Sweep, backend_names: list[str], where: Mapping[str, str]) -> None:
     """What no single value can say: every requested execution mode exists in a selected backend."""
     offered = {backend: backends.REGISTRY[backend].modes for backend in backend_names}
-    valid = ["default", *dict.fromkeys(m for modes in offered.values() for m in modes)]
+    valid = ["default", "best", *dict.fromkeys(m for modes in offered.values() for m in modes)]
     for mode in sweep.modes:
         if mode not in valid:
             raise BenchError(
@@ -291,21 +294,24 @@ def refuse_misfits(sweep: Sweep, input_shape: tuple[int, ...], num_classes: int)
     return fitting, refused
 
 
-def cells(sweep: Sweep, backends: list[str], models: list[str], n_train: int) -> list[Cell]:
+def cells(sweep: Sweep, backend_names: list[str], models: list[str], n_train: int, on_gpu: bool = False) -> list[Cell]:
     """Every combination, grouped by backend (one worker each) and repeat-major within a backend,
-    so a stopped run has whole repeats of the sweep rather than many repeats of a few cells."""
+    so a stopped run has whole repeats of the sweep rather than many repeats of a few cells.
+
+    ``on_gpu``: the run may use a GPU, so ``best`` includes GPU-only modes (CUDA graphs)."""
     specs = sweep.model_specs()
     grid = []
-    for backend, repeat in itertools.product(backends, range(sweep.repeats)):
-        for model, optimizer, activation, loss, batch, precision, mode, augment in itertools.product(
-            models, sweep.optimizers, sweep.activations, sweep.losses, sweep.batch_sizes, sweep.precisions, sweep.modes,
-            sweep.augment,
+    for backend, repeat in itertools.product(backend_names, range(sweep.repeats)):
+        modes = backends.expand_modes(backend, sweep.modes, on_gpu)
+        for model, optimizer, activation, loss, batch, precision, mode, augment, policy in itertools.product(
+            models, sweep.optimizers, sweep.activations, sweep.losses, sweep.batch_sizes, sweep.precisions, modes,
+            sweep.augment, sweep.semantics,
         ):
             train = TrainSpec(
                 optimizer=optimizer, activation=activation, loss=loss,
                 batch_size=n_train if batch == "full" else batch, epochs=sweep.epochs,
                 learning_rate=sweep.learning_rate, seed=sweep.seed + repeat, precision=precision, mode=mode,
-                augment=augment,
+                augment=augment, semantics=policy,
             )
             grid.append(Cell(backend, specs[model], train, sweep.dataset, repeat, sweep.target_accuracy, sweep.probe_steps))
     return grid

@@ -1,12 +1,13 @@
 """Run one cell (backend x model x training spec x repeat) and measure it the same way on every backend.
 
 The protocol (docs/architecture.md, "Measuring"):
-1. canonical NumPy weights are loaded, the training arrays placed once (off the clock);
+1. canonical NumPy weights are loaded (native policy: the framework draws its own, once), the
+   training arrays placed once (off the clock);
 2. warm-up: the first step runs alone, synchronised and timed -- it carries tracing and
    compilation, reported as ``compile_seconds`` (its excess over a steady-state step), never inside
    the steady state;
 3. a probe of individually synchronised steps gives step-time percentiles (optional: quick runs skip it);
-4. the model is reset to the canonical weights and a fresh optimizer (compiled code is kept), so
+4. the model is reset to those initial weights and a fresh optimizer (compiled code is kept), so
    warm-up never changes what is trained;
 5. steady state: whole epochs of the seed's batch order, one synchronisation per epoch (reading the
    losses back); validation after each epoch is off the clock;
@@ -57,9 +58,10 @@ class Cell:
     def cell_id(self) -> str:
         """Unaugmented cells keep the id they had before augmentation existed, so old runs still resume."""
         t = self.train
+        policy = [] if t.semantics == "harmonised" else [t.semantics]  # harmonised ids stay as they were
         return "|".join(
             [self.backend, self.model.name, t.optimizer, t.activation, t.loss, f"bs{t.batch_size}",
-             f"ep{t.epochs}", f"lr{t.lr:g}", t.precision, t.mode, self.dataset]
+             f"ep{t.epochs}", f"lr{t.lr:g}", t.precision, t.mode, self.dataset, *policy]
             + ([f"aug={t.augment.label}"] if t.augment.active else [])
         )
 
@@ -75,11 +77,17 @@ class Cell:
             "cell_id": self.cell_id, "repeat": self.repeat, "backend": self.backend, "model": self.model.name,
             "optimizer": t.optimizer, "activation": t.activation, "loss": t.loss, "batch_size": t.batch_size,
             "epochs": t.epochs, "learning_rate": t.lr, "seed": t.seed, "precision": t.precision,
-            "requested_mode": t.mode, "mode": t.mode, "momentum": t.momentum if t.optimizer == "momentum" else 0.0,
-            "rho": t.rho, "beta1": t.beta1, "beta2": t.beta2, "epsilon": t.epsilon, "weight_decay": t.weight_decay,
-            "bn_momentum": t.bn_momentum, "bn_epsilon": t.bn_epsilon, "leaky_relu_slope": t.leaky_relu_slope,
-            "target_accuracy": self.target_accuracy,
-        } | record_fields(t.augment)
+            "requested_mode": t.mode, "mode": t.mode, "semantics_policy": t.semantics,
+        } | hyperparameters(t) | {"target_accuracy": self.target_accuracy} | record_fields(t.augment)
+
+
+def hyperparameters(t: TrainSpec) -> dict:
+    """The values a semantics policy may change, as a record states them (the effective ones once built)."""
+    return {
+        "momentum": t.momentum if t.optimizer == "momentum" else 0.0,
+        "rho": t.rho, "beta1": t.beta1, "beta2": t.beta2, "epsilon": t.epsilon, "weight_decay": t.weight_decay,
+        "bn_momentum": t.bn_momentum, "bn_epsilon": t.bn_epsilon, "leaky_relu_slope": t.leaky_relu_slope,
+    }
 
 
 def refused_record(backend: str, model: str, dataset: str, reason: str) -> ResultRecord:
@@ -207,7 +215,7 @@ def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | N
         }
         weights = training.prepare(backend, model, cell.train, data.x_train, data.y_train, k)
         record["mode"] = backend.mode
-        record |= backend.facts()
+        record |= hyperparameters(backend.train) | backend.facts()  # the values it runs (native: its framework's)
         record |= _warm_up(backend, len(data.x_train), cell.train, cell.probe_steps)
         training.restart(backend, weights)
         backend.reset_peak_memory()

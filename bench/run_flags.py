@@ -52,7 +52,7 @@ FLAGS = {
     "losses": "--losses", "precisions": "--precision", "modes": "--modes", "batch_sizes": "--batch-size",
     "dataset": "--dataset", "data_dir": "--data-dir", "epochs": "--epochs", "learning_rate": "--learning-rate",
     "train_size": "--train-size", "val_split": "--val-split", "repeats": "--repeats", "seed": "--seed",
-    "target_accuracy": "--target", "augment": "--augment",
+    "target_accuracy": "--target", "augment": "--augment", "semantics": "--semantics",
 }
 """The sweep key each run flag sets; an error about the key names the flag."""
 
@@ -72,7 +72,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--learning-rate", type=float, help="one rate for every optimizer (default: per optimizer)")
     p.add_argument("--train-size", type=int, help="use the first N training samples (default: profile's)")
     p.add_argument("--val-split", type=float, help="fraction of the training split held out for validation")
-    p.add_argument("--modes", help="execution modes: default, or backend modes (eager, compiled, graph, xla, jit)")
+    p.add_argument("--modes", help="execution modes: default, best (every compiled mode of each backend), "
+                                   "or backend modes (eager, compiled, compiled-cudagraphs, graph, xla, jit)")
+    p.add_argument("--semantics", help="comma list of semantics policies: harmonised (one set of values and the same "
+                                       "initial weights everywhere, default), native (each framework's own defaults)")
     p.add_argument("--precision", help=f"comma list of {', '.join(PRECISIONS)} (default: fp32)")
     p.add_argument("--augment", action="append", metavar="SPEC",
                    help="augmentation axis: e.g. flip,rotate=15,zoom=0.1,crop=4,brightness=0.2,noise=0.05; repeat the "
@@ -121,7 +124,8 @@ def build_sweep(args: argparse.Namespace) -> tuple[grid.Sweep, dict[str, str]]:
         where |= {key: f"config file {args.config}: [sweep] {key}" for key in settings}
         sweep = grid.merge(sweep, settings | {"custom_models": sweep.custom_models | custom}, where)
     lists = {"backends": args.backend, "models": args.models, "optimizers": args.optimizers,
-             "activations": args.activations, "losses": args.losses, "precisions": args.precision, "modes": args.modes}
+             "activations": args.activations, "losses": args.losses, "precisions": args.precision, "modes": args.modes,
+             "semantics": args.semantics}
     flags = {key: _names(text) for key, text in lists.items() if text is not None}
     flags |= {"batch_sizes": _batch_sizes(args.batch_size)} if args.batch_size is not None else {}
     flags |= {"augment": args.augment} if args.augment is not None else {}

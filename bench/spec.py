@@ -287,6 +287,9 @@ class TrainSpec(BaseModel):
     bn_epsilon: float = BN_EPSILON
     leaky_relu_slope: float = LEAKY_RELU_SLOPE
     augment: Augment = Augment()
+    semantics: Literal["harmonised", "native"] = "harmonised"
+    """Semantics policy (bench.semantics): 'native' lets the backend replace the values above that its
+    framework defaults differently (epsilon, rho, BatchNorm, leaky-ReLU slope) and the initial weights."""
 
     @property
     def lr(self) -> float:

@@ -1,7 +1,7 @@
 """The training loop, written once: how any backend is prepared and trained on the suite's batches.
 
 The harness, the parity ladder, the statistical rung, the tests and the benchmarks all train through
-these functions, so every one of them runs the same lifecycle (build -> canonical weights -> fresh
+these functions, so every one of them runs the same lifecycle (build -> initial weights -> fresh
 optimizer -> data on the device -> epochs of ``begin_epoch``, steps, ``finish_epoch``) and times it
 the same way: wall clock around a whole epoch, whose one synchronisation is ``finish_epoch``.
 When the train spec augments, each epoch's augmentation parameters are drawn with its batch order,
@@ -37,12 +37,18 @@ def prepare(
     backend: Backend, model: ModelSpec, train: TrainSpec, x: np.ndarray, y: np.ndarray,
     num_classes: int, weights: list[np.ndarray] | None = None,
 ) -> list[np.ndarray]:
-    """Build ``model`` for ``train``, load ``weights`` (default: the canonical ones of the train seed),
-    start a fresh optimizer and place the training arrays; returns the weights loaded."""
+    """Build ``model`` for ``train``, load ``weights``, start a fresh optimizer and place the training
+    arrays; returns the weights loaded, which ``restart`` takes to undo a warm-up.
+
+    Default weights: the canonical ones of the train seed, or under the native policy the ones the
+    framework's own initialisers draw (so native runs of two frameworks never start alike).
+    """
     model = model.resolve(train.activation)
     input_shape = tuple(x.shape[1:])
     backend.build(model, train, input_shape, num_classes)
-    weights = canonical_weights(model, input_shape, num_classes, train.seed) if weights is None else weights
+    if weights is None:
+        native = train.semantics == "native"
+        weights = backend.initialise_natively() if native else canonical_weights(model, input_shape, num_classes, train.seed)
     restart(backend, weights)
     backend.load_data(x, y)
     return weights

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from reports.records import CONFIG_AXES, config_keys
 from bench.stats import Estimate, grouped_comparison, grouped_median_interval
+from reports.records import CONFIG_AXES, config_keys
 
 TWIN_AXES = tuple(axis for axis in CONFIG_AXES if axis != "augment")
 """What an augmented cell and its plain twin share."""

@@ -14,10 +14,12 @@ from pathlib import Path
 from bench.store import write_atomic
 from reports.augmentation import augmentation_rows, augmentation_table
 from reports.escape import write_csv
+from reports.fastest import fastest_headlines
 from reports.figures import all_figures
 from reports.frameworks import evidence
 from reports.headline import choose_baseline, headlines
 from reports.html import render
+from reports.policies import headline_policy, policy_comparisons, policy_curves
 from reports.records import curves_table, load_run, plain_records, results_table
 from reports.summary import summary_table
 
@@ -46,15 +48,23 @@ def build_report(run_dir: Path, baseline: str | None = None) -> ReportResult:
     """
     run = load_run(Path(run_dir))
     frame = run.records
-    chosen = choose_baseline(frame, baseline)
+    policy = headline_policy(frame)  # one semantics policy in the headline: native and harmonised never pool
+    compared = frame[frame["semantics_policy"] == policy]
+    chosen = choose_baseline(compared, baseline)
     if baseline and chosen is None:
         run.notes.append(f"The baseline {baseline} finished no cell, so the headline shows no ratios.")
     summary = summary_table(frame)
     curves = curves_table(frame)
-    plain = plain_records(frame)  # the headline and its figures compare backends on unaugmented training
+    plain = plain_records(compared)  # the headline and its figures compare backends on unaugmented training
     heads = headlines(plain, chosen)
     augmentation = augmentation_rows(frame)
-    figures = all_figures(plain, curves[curves["augment"].isin(set(plain["augment"]))], heads, augmentation)
+    shown = curves[(curves["semantics_policy"] == policy) & curves["augment"].isin(set(plain["augment"]))]
+    figures = all_figures(plain, shown, heads, augmentation)
+    shifts = policy_comparisons(frame)
+    if shifts:
+        run.notes.append(f"This run trained both semantics policies: the headline and the figures show {policy}; "
+                         "'Harmonised vs native' compares them.")
+    policy_figures = {s.model: f for s in shifts if (f := policy_curves(curves, s.model)) is not None}
 
     folder = run.folder
     result = ReportResult(folder, folder / "results.csv", folder / "curves.csv", folder / "summary.csv",
@@ -66,11 +76,12 @@ def build_report(run_dir: Path, baseline: str | None = None) -> ReportResult:
     write_csv(augmentation_table(augmentation), result.augmentation_csv)
     figure_dir = folder / "figures"
     figure_dir.mkdir(exist_ok=True)
-    for figure in figures:
+    for figure in figures + list(policy_figures.values()):
         path = figure_dir / f"{figure.name}.png"
         write_atomic(path, figure.png)
         result.figures.append(path)
     files = [p.name for p in (result.results_csv, result.curves_csv, result.summary_csv, result.augmentation_csv)]
-    page = render(run, summary, heads, figures, evidence(frame), chosen, files + ["figures/"], augmentation)
+    page = render(run, summary, heads, figures, evidence(frame), chosen, files + ["figures/"], augmentation,
+                  fastest_headlines(heads), shifts, policy_figures)
     write_atomic(result.html, page)
     return result

@@ -18,10 +18,12 @@ from bench.rules import CANONICAL, RULE_TEXT, RULE_TITLES, Rules
 from bench.stats import Estimate
 from reports import fmt
 from reports.augmentation import AugmentationRow
+from reports.fastest import FastestHeadline, ModeResult
 from reports.figures import FigureOut
 from reports.frameworks import Evidence
 from reports.headline import Entry, ModelHeadline
 from reports.metrics import CELL_TABLE, HEADLINE, Metric
+from reports.policies import CAVEAT, HARMONISED, NATIVE, PolicyComparison, describe_values
 from reports.records import PROBLEM_STATUSES, Run
 from reports.summary import first_line
 
@@ -196,9 +198,48 @@ def _cell_rows(summary: pd.DataFrame) -> list[dict]:
     } for r in summary.to_dict("records")]
 
 
+# -- each framework at its fastest, and harmonised vs native (issue 12) ------------------------------
+def _beaten(mode: ModeResult) -> str:
+    """'eager (12.5k/s, 0.52×)', or '..., within noise' when the ratio's interval includes 1."""
+    ratio = f", {fmt.ratio(mode.versus_best.value)}" if mode.versus_best.ok else ""
+    tie = ", within noise" if mode.versus_best.ok and mode.versus_best.n >= 2 and not mode.versus_best.excludes(1.0) else ""
+    return f"{mode.mode} ({fmt.rate(mode.speed.value)}{ratio}{tie})"
+
+
+def _fastest_view(head: FastestHeadline) -> dict:
+    rows = []
+    for row in head.rows:
+        versus = ({"text": fmt.ratio(row.versus.value), "ci": fmt.interval(row.versus, fmt.ratio),
+                   "cls": "same" if not row.versus.excludes(1.0) else ("better" if row.versus.value > 1 else "worse")}
+                  if row.versus.ok else {"text": "", "ci": "", "cls": ""})
+        won = (f"{row.best.mode} won over " + ", ".join(_beaten(m) for m in row.beaten)
+               if row.beaten else f"{row.best.mode} (the only mode run)")
+        rows.append({
+            "backend": row.backend, "mode": row.best.mode, "baseline": row.is_baseline, "fastest": row.is_fastest,
+            "speed": _value(row.best.speed, fmt.rate), "versus": versus,
+            "compile": _value(row.best.compile, fmt.seconds), "won": won,
+        })
+    return {"model": head.model, "rows": rows, "baseline": head.baseline}
+
+
+def _policy_view(comparison: PolicyComparison, figure: FigureOut | None) -> dict:
+    def signed(x: float) -> str:
+        return fmt.DASH if x != x else f"{x:+.3g}"
+
+    rows = [{
+        "backend": r.backend, "configs": r.n_configs,
+        "harmonised": _value(r.harmonised_accuracy, fmt.percent), "native": _value(r.native_accuracy, fmt.percent),
+        "accuracy": _value(r.accuracy, fmt.points), "loss": _value(r.final_loss, signed),
+        "values_harmonised": describe_values(r.values[HARMONISED]), "values_native": describe_values(r.values[NATIVE]),
+        "rules": "; ".join(f"{RULE_TITLES.get(k, k)}: {a} → {b}" for k, (a, b) in r.rules_changed.items()),
+    } for r in comparison.rows]
+    return {"model": comparison.model, "rows": rows, "figure": _figure_view(figure) if figure else None}
+
+
 def render(run: Run, summary: pd.DataFrame, heads: list[ModelHeadline], figures: list[FigureOut],
            evidence: list[Evidence], baseline: str | None, files: list[str],
-           augmentation: list[AugmentationRow] = ()) -> str:
+           augmentation: list[AugmentationRow] = (), fastest: list[FastestHeadline] = (),
+           policies: list[PolicyComparison] = (), policy_figures: dict[str, FigureOut] | None = None) -> str:
     """The full page as a string."""
     context = {
         "run_name": run.name, "notes": run.notes, "glance": _glance(run), "baseline": baseline,
@@ -210,5 +251,7 @@ def render(run: Run, summary: pd.DataFrame, heads: list[ModelHeadline], figures:
         "env": _environment_view(run), "semantics": _rules_view(run.records),
         "cells": _cell_rows(summary), "files": files, "augmentation": _augmentation_view(augmentation),
         "augment_facts": _augment_facts(run.records),
+        "fastest": [_fastest_view(f) for f in fastest if f.several_modes],
+        "policies": [_policy_view(p, (policy_figures or {}).get(p.model)) for p in policies], "policy_caveat": CAVEAT,
     }
     return _environment().get_template("report.html.j2").render(context)

@@ -32,8 +32,10 @@ DERIVED_FIELDS = ("variant", "peak_memory_bytes")
 """Columns the reader adds to every frame (see records_frame); not stored in results.csv."""
 
 CONFIG_AXES = ("model", "optimizer", "activation", "loss", "batch_size", "epochs", "learning_rate",
-               "precision", "dataset", "augment")
+               "precision", "dataset", "augment", "semantics_policy")
 """What makes two cells the same experiment on different backends (the seed varies per repeat)."""
+HARMONISED = "harmonised"
+"""The semantics policy of records written before policies existed."""
 
 def config_keys(frame: pd.DataFrame, columns: tuple[str, ...] = CONFIG_AXES) -> pd.Series:
     """One string per row naming its configuration, so rows can be matched across backends and runs."""
@@ -78,17 +80,21 @@ def _status(record: dict) -> str:
 
 
 def _variant_labels(frame: pd.DataFrame) -> pd.Series:
-    """'torch' where a backend ran one execution mode, 'torch (compiled)' where it ran several.
+    """'torch' where a backend ran one execution mode, 'torch (compiled)' where it ran several, and
+    ', native' added for the native semantics policy ('torch (native)', 'torch (compiled, native)').
 
     Only modes that actually trained count: a cell skipped before its mode was resolved keeps the
     requested name ('default', or a mode the backend does not have), which is not a mode it ran.
     """
     real = frame[frame["status"].isin(("ok", "diverged")) & frame["mode"].notna()]
     several = {b for b, modes in real.groupby("backend")["mode"].unique().items() if len(modes) > 1}
-    return pd.Series(
-        [f"{b} ({m})" if b in several else str(b) for b, m in zip(frame["backend"], frame["mode"])],
-        index=frame.index, dtype=object,
-    )
+
+    def label(backend, mode, policy) -> str:
+        parts = ([str(mode)] if backend in several else []) + ([str(policy)] if policy != HARMONISED else [])
+        return f"{backend} ({', '.join(parts)})" if parts else str(backend)
+
+    return pd.Series([label(*values) for values in zip(frame["backend"], frame["mode"], frame["semantics_policy"])],
+                     index=frame.index, dtype=object)
 
 
 def records_frame(records: list[dict]) -> pd.DataFrame:
@@ -110,6 +116,7 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
         frame[name] = frame[name].astype(object).where(frame[name].notna(), None)
     frame["backend"] = frame["backend"].fillna("unknown")
     frame["augment"] = frame["augment"].fillna("none")  # records from before augmentation existed trained plain
+    frame["semantics_policy"] = frame["semantics_policy"].fillna(HARMONISED)  # older records ran harmonised
     frame["variant"] = _variant_labels(frame)
     frame["peak_memory_bytes"] = frame["peak_device_bytes"].fillna(frame["peak_rss_bytes"])
     return frame

@@ -78,8 +78,8 @@ CASES = {
     "profile typo": Case(f"{SMALL} --profile quik", "--profile: unknown profile 'quik' (did you mean 'quick'?)"),
     "empty list": Case(f"{SMALL} --models ,", "--models []: list should have at least 1 item"),
     "mode no backend has": Case(f"{SMALL} --backend numpy --modes compiled",
-                                "--modes 'compiled': no selected backend (numpy) has this execution mode; valid: default, eager"),
-    "mode typo": Case(f"{SMALL} --backend torch --modes compile", "(did you mean 'compiled'?); valid: default, eager, compiled"),
+                                "--modes 'compiled': no selected backend (numpy) has this execution mode; valid: default, best, eager"),
+    "mode typo": Case(f"{SMALL} --backend torch --modes compile", "(did you mean 'compiled'?); valid: default, best, eager, compiled"),
     # numbers out of range: the flag, the value and what is valid
     "negative learning rate": Case(f"{SMALL} --learning-rate -0.1", "--learning-rate -0.1: input should be greater than 0; valid: a finite number > 0"),
     "zero learning rate": Case(f"{SMALL} --learning-rate 0", "--learning-rate 0.0: input should be greater than 0"),

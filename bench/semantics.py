@@ -1,0 +1,61 @@
+"""Semantics policies: one set of values for every framework, or each framework's own defaults.
+
+``harmonised`` (the default) is the suite's fairness rule: every value where frameworks differ is
+decided once and passed explicitly to every backend, and every backend starts from the same NumPy
+weights, so the frameworks compute the same thing and the parity ladder can prove it.
+
+``native`` answers what a framework's defaults cost: each backend runs as the obvious user code
+gets it, with its own initialisers (drawn by the framework from the cell's seed), optimizer
+epsilon and its placement, RMSprop decay, BatchNorm momentum and epsilon and leaky-ReLU slope.
+Data, batches, model shape, learning rate and epochs stay identical. Native runs cannot start from
+identical weights, so they are never parity-checked. Each adapter declares its ``Native`` value
+as class data (docs/architecture.md, "Semantics policies"); nothing here knows a framework.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from bench.rules import Rules
+
+Policy = Literal["harmonised", "native"]
+POLICIES: tuple[str, ...] = ("harmonised", "native")
+
+InitScheme = Literal["glorot_uniform", "kaiming_uniform", "lecun_normal"]
+INIT_TEXT: dict[str, str] = {
+    "glorot_uniform": "glorot_uniform kernels, zero biases",
+    "kaiming_uniform": "kaiming_uniform(a=sqrt(5)) weights, biases U(-1/sqrt(fan_in), 1/sqrt(fan_in))",
+    "lecun_normal": "lecun_normal kernels, zero biases",
+}
+"""Each initialiser scheme in words (BatchNorm starts at gamma 1, beta 0, mean 0, variance 1 in every one)."""
+
+HARMONISED_INIT: InitScheme = "glorot_uniform"
+"""The scheme of the canonical weights (bench.weights), drawn once in NumPy and loaded everywhere."""
+
+InitSource = Literal["canonical", "framework"]
+"""'canonical': the suite's NumPy arrays, identical in every backend; 'framework': the framework's
+own initialisers, drawn by the framework from the cell's seed."""
+
+NATIVE_FIELDS = ("epsilon", "rho", "bn_momentum", "bn_epsilon", "leaky_relu_slope")
+"""The TrainSpec fields a framework's defaults may change; every other field stays the sweep's."""
+
+
+@dataclass(frozen=True)
+class Native:
+    """A framework's own defaults, as a user who writes the obvious code gets them.
+
+    ``overrides`` are TrainSpec values in the spec's conventions (``bn_momentum`` is the weight of
+    the old statistic, as in Keras and Flax; the torch adapter converts), ``init`` the scheme of the
+    framework's default initialisers, ``rules`` the formulas it then follows (bench.rules).
+    """
+
+    overrides: Mapping[str, float]
+    init: InitScheme
+    rules: Rules
+
+    def __post_init__(self) -> None:
+        unknown = set(self.overrides) - set(NATIVE_FIELDS)
+        if unknown:
+            raise ValueError(f"native overrides may only set {', '.join(NATIVE_FIELDS)}; got {sorted(unknown)}")
