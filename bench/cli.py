@@ -80,6 +80,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, help="runs of each cell (fresh model, seed + repeat); default 1")
     p.add_argument("--seed", type=int)
     p.add_argument("--target", type=float, help="validation accuracy for time-to-accuracy (default 0.9)")
+    p.add_argument("--min-window", type=float, help="seconds a throughput window lasts at least (default 0.25)")
+    p.add_argument("--window-budget", type=float,
+                   help="seconds a cell's throughput windows may take before no more are added (at least 2 are taken)")
     p.add_argument("--threads", type=int, help="intra-op threads and CPU-set size for every backend (default: all cores)")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu", "auto"))
     p.add_argument("--cell-timeout", type=float, help="seconds before a cell's worker is killed (default: none)")
@@ -103,6 +106,7 @@ def build_sweep(args: argparse.Namespace) -> grid.Sweep:
         "dataset": args.dataset, "data_dir": args.data_dir, "epochs": args.epochs,
         "learning_rate": args.learning_rate, "train_size": args.train_size, "val_split": args.val_split,
         "repeats": args.repeats, "seed": args.seed, "target_accuracy": args.target,
+        "min_window": args.min_window, "window_budget": args.window_budget,
     }
     sweep = replace(sweep, **{k: v for k, v in flags.items() if v is not None})
     if args.models:
@@ -197,6 +201,9 @@ def fairness_rules() -> dict[str, str]:
         "threads": "one worker process per backend, same CPU set and intra-op thread count, one backend at a time",
         "precision": "fp32 with TF32 off by default; tf32 and bf16 are explicit axes",
         "timing": "warm-up (compile) timed apart; steady state over whole epochs with one sync; eval off the clock",
+        "throughput": "median of auto-ranged windows of whole epochs (at least --min-window s each); a window during "
+                      "which other processes used the cores is re-measured, else the record is marked noisy",
+        "divergence": "a training loss that is not finite, above 1e6, or above 1000x its first step's is diverged",
     }
 
 

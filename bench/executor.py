@@ -51,6 +51,7 @@ def isolate(threads: int, cpu_set: tuple[int, ...]) -> None:
 
 def _worker_main(conn, backend_name: str, settings: WorkerSettings) -> None:
     isolate(settings.threads, settings.cpu_set)
+    started = time.perf_counter()
     try:
         backend = backends.load(backend_name)
         info = backend.setup(settings.threads, settings.device)
@@ -64,6 +65,7 @@ def _worker_main(conn, backend_name: str, settings: WorkerSettings) -> None:
         "backend_threads": info.threads,
         "framework_versions": info.versions,
         "worker_pid": os.getpid(),
+        "worker_setup_seconds": time.perf_counter() - started,  # framework import and setup, once per worker
     }
     conn.send(("ready", facts))
     datasets = {}

@@ -17,6 +17,7 @@ from bench.errors import BenchError, SpecError
 from bench.harness import Cell
 from bench.shapes import check_fits
 from bench.spec import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS, Layer, ModelSpec, TrainSpec
+from bench.throughput import MIN_WINDOWS, WindowPlan
 
 PROFILES: dict[str, dict] = {
     # Every seed model x optimizer x activation on all backends in minutes on 2 cores: a smoke-sized
@@ -53,6 +54,13 @@ class Sweep:
     val_split: float = 0.1
     target_accuracy: float = 0.9
     probe_steps: int = 20
+    min_window: float = 0.25
+    """Seconds a throughput window lasts at least (bench.throughput)."""
+    window_budget: float = 1.0
+    """Seconds all of a cell's throughput windows may take before no further window is added."""
+    max_windows: int = 5
+    model_sizes: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per model, rows of the splits it uses ({"train": n, "val": n, "test": n}, each optional)."""
     custom_models: dict[str, ModelSpec] = field(default_factory=dict)
     models_explicit: bool = False
 
@@ -114,9 +122,22 @@ def validate(sweep: Sweep) -> None:
     _check_names("precision", sweep.precisions, PRECISIONS)
     if sweep.repeats < 1 or sweep.epochs < 1:
         raise BenchError("--repeats and --epochs must be at least 1")
+    if not sweep.min_window > 0 or sweep.window_budget < 0:
+        raise BenchError(f"--min-window must be positive and --window-budget at least 0, got {sweep.min_window} "
+                         f"and {sweep.window_budget}")
+    if sweep.max_windows < MIN_WINDOWS:
+        raise BenchError(f"max_windows must be at least {MIN_WINDOWS}, got {sweep.max_windows}")
+    for model, sizes in sweep.model_sizes.items():
+        if not isinstance(sizes, dict) or set(sizes) - set(SPLITS) or not all(
+                isinstance(n, int) and n > 0 for n in sizes.values()):
+            raise BenchError(f"model_sizes for {model!r} must map {', '.join(SPLITS)} to positive row counts, "
+                             f"got {sizes!r}")
     for size in sweep.batch_sizes:
         if size < 1:
             raise BenchError(f"batch size must be a positive integer (or 'full'), got {size}")
+
+
+SPLITS = ("train", "val", "test")
 
 
 def refuse_misfits(sweep: Sweep, input_shape: tuple[int, ...], num_classes: int) -> tuple[list[str], dict[str, str]]:
@@ -141,15 +162,19 @@ def cells(sweep: Sweep, backends: list[str], models: list[str], n_train: int) ->
     """Every combination, grouped by backend (one worker each) and repeat-major within a backend,
     so a stopped run has whole repeats of the sweep rather than many repeats of a few cells."""
     specs = sweep.model_specs()
+    plan = WindowPlan(sweep.min_window, sweep.max_windows, sweep.window_budget)
     grid = []
     for backend, repeat in itertools.product(backends, range(sweep.repeats)):
         for model, optimizer, activation, loss, batch, precision, mode in itertools.product(
             models, sweep.optimizers, sweep.activations, sweep.losses, sweep.batch_sizes, sweep.precisions, sweep.modes
         ):
+            sizes = sweep.model_sizes.get(model, {})
+            rows = min(n_train, sizes.get("train", n_train))
             train = TrainSpec(
                 optimizer=optimizer, activation=activation, loss=loss,
-                batch_size=n_train if batch == 0 else batch, epochs=sweep.epochs,
+                batch_size=rows if batch == 0 else batch, epochs=sweep.epochs,
                 learning_rate=sweep.learning_rate, seed=sweep.seed + repeat, precision=precision, mode=mode,
             )
-            grid.append(Cell(backend, specs[model], train, sweep.dataset, repeat, sweep.target_accuracy, sweep.probe_steps))
+            grid.append(Cell(backend, specs[model], train, sweep.dataset, repeat, sweep.target_accuracy,
+                             sweep.probe_steps, plan, tuple(sizes.get(split) for split in SPLITS)))
     return grid
