@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reports.costs import time_breakdown
 from reports.figures import all_figures
 from reports.frameworks import evidence
 from reports.headline import choose_baseline, headlines
@@ -47,7 +48,8 @@ def build_report(run_dir: Path, baseline: str | None = None) -> ReportResult:
     summary = summary_table(frame)
     curves = curves_table(frame)
     heads = headlines(frame, chosen)
-    figures = all_figures(frame, curves, heads)
+    costs = time_breakdown(frame)
+    figures = all_figures(frame, curves, heads, costs)
 
     folder = run.folder
     result = ReportResult(folder, folder / "results.csv", folder / "curves.csv", folder / "summary.csv",
@@ -63,6 +65,6 @@ def build_report(run_dir: Path, baseline: str | None = None) -> ReportResult:
         path.write_bytes(figure.png)
         result.figures.append(path)
     files = [p.name for p in (result.results_csv, result.curves_csv, result.summary_csv)] + ["figures/"]
-    page = render(run, summary, heads, figures, evidence(frame), chosen, files)
+    page = render(run, summary, heads, figures, evidence(frame), chosen, files, costs)
     result.html.write_text(page, encoding="utf-8")
     return result

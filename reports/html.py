@@ -15,6 +15,7 @@ import jinja2
 import pandas as pd
 
 from reports import fmt
+from reports.costs import PHASE_COLUMNS
 from reports.figures import FigureOut
 from reports.frameworks import Evidence
 from reports.headline import HEADLINE_METRICS, Entry, Metric, ModelHeadline
@@ -37,7 +38,7 @@ def _environment() -> jinja2.Environment:
 
 
 def _value(est: Estimate, formatter: fmt.Formatter) -> dict:
-    return {"text": formatter(est.value), "ci": fmt.interval(est, formatter)}
+    return {"text": formatter(est.value), "ci": fmt.interval(est, formatter), "cls": "", "sub": ""}
 
 
 def _versus(entry: Entry, metric: Metric) -> dict:
@@ -48,13 +49,33 @@ def _versus(entry: Entry, metric: Metric) -> dict:
             "cls": entry.verdict(metric)}
 
 
+NOT_CONVERGED = "†"
+NOT_CONVERGED_NOTE = ("† Not converged: no cell of this row trained long enough for its accuracy to be a result "
+                      "(validation accuracy still rising fast, a single epoch, or below halfway from chance to "
+                      "perfect), so it is shown greyed and is not compared.")
+NOISY_NOTE = ("⚠ noisy: other processes used the cores while these throughputs were measured, and re-measuring did "
+              "not get a quiet window.")
+
+
+def _metric_cell(row, metric: Metric) -> dict:
+    """One headline cell: value, interval and comparison, greyed where no cell converged, noisy marked."""
+    entry = row.entries[metric.field]
+    cell = _value(entry.value, FORMATS[metric.field]) | {"versus": _versus(entry, metric)}
+    if metric.converged_only and row.unconverged:
+        if entry.value.ok:
+            cell["sub"] = f"{row.unconverged} not converged, left out"
+        elif row.unconverged_accuracy.ok:
+            cell |= {"text": FORMATS[metric.field](row.unconverged_accuracy.value) + NOT_CONVERGED, "ci": "",
+                     "cls": "unconverged"}
+    if metric.field == "train_samples_per_s" and row.noisy:
+        cell["sub"] = f"⚠ {row.noisy} noisy"
+    return cell
+
+
 def _headline_view(head: ModelHeadline) -> dict:
     rows = []
     for row in head.rows:
-        cells = []
-        for metric in HEADLINE_METRICS:
-            entry = row.entries[metric.field]
-            cells.append(_value(entry.value, FORMATS[metric.field]) | {"versus": _versus(entry, metric)})
+        cells = [_metric_cell(row, metric) for metric in HEADLINE_METRICS]
         problems = ", ".join(f"{n} {s}" for s, n in row.problems.items())
         rows.append({
             "variant": row.variant, "framework": row.framework or "", "baseline": row.is_baseline,
@@ -62,7 +83,7 @@ def _headline_view(head: ModelHeadline) -> dict:
             "problems": problems, "cells": cells,
         })
     if not any(row.n_records for row in head.rows):
-        return {"model": head.model, "rows": rows, "matched": False,
+        return {"model": head.model, "rows": rows, "matched": False, "footnotes": [],
                 "note": "Nothing finished for this model: see the skipped, failed and diverged cells below."}
     if head.matched and head.configs:
         note = (f"Each value is the median over the {len(head.configs)} configuration(s) every backend finished, "
@@ -74,7 +95,9 @@ def _headline_view(head: ModelHeadline) -> dict:
                 "so ratios compare different configurations.")
     if head.baseline is None:
         note += " The baseline did not finish this model, so there are no ratios."
-    return {"model": head.model, "rows": rows, "note": note, "matched": head.matched}
+    footnotes = [NOT_CONVERGED_NOTE] if any(c["cls"] == "unconverged" for r in rows for c in r["cells"]) else []
+    footnotes += [NOISY_NOTE] if any(row.noisy for row in head.rows) else []
+    return {"model": head.model, "rows": rows, "note": note, "matched": head.matched, "footnotes": footnotes}
 
 
 def _figure_view(figure: FigureOut) -> dict:
@@ -158,19 +181,37 @@ def _cell_rows(summary: pd.DataFrame) -> list[dict]:
         est = Estimate(row[f"{metric}_median"], row[f"{metric}_ci_low"], row[f"{metric}_ci_high"], int(row["n_ok"]))
         return _value(est, formatter)
 
+    def marked(row, view: dict) -> dict:
+        if row["n_ok"] and row["n_unconverged"] == row["n_ok"]:
+            return view | {"text": view["text"] + NOT_CONVERGED, "cls": "unconverged"}
+        return view
+
     return [{
         "variant": r["variant"], "model": _text(r["model"]), "optimizer": _text(r["optimizer"]),
         "activation": _text(r["activation"]), "status": r["status"], "n": int(r["n_records"]),
         "status_cls": "ok" if r["status"] == "ok" else next((s for s in PROBLEM_STATUSES if r[f"n_{s}"]), ""),
-        "accuracy": cell(r, "test_accuracy", fmt.percent), "train": cell(r, "train_samples_per_s", fmt.rate),
+        "accuracy": marked(r, cell(r, "test_accuracy", fmt.percent)),
+        "train": cell(r, "train_samples_per_s", fmt.rate) | {"sub": "⚠ noisy" if r["n_noisy"] else ""},
         "inference": cell(r, "inference_samples_per_s", fmt.rate),
         "step": cell(r, "step_time_ms_p50", fmt.milliseconds),
         "compile": cell(r, "compile_seconds", fmt.seconds),
     } for r in summary.to_dict("records")]
 
 
+def _costs_view(costs: pd.DataFrame) -> dict:
+    """The "where the time went" table: seconds per backend and phase, each with its share of the total."""
+    columns = ["worker start-up", *PHASE_COLUMNS.values(), "other"]
+    rows = []
+    for row in costs.to_dict("records"):
+        total = row["total"] or 1.0
+        rows.append({"backend": row["backend"], "cells": fmt.count(row["cells"]), "total": fmt.seconds(row["total"]),
+                     "per_cell": fmt.seconds(row["total"] / max(row["cells"], 1)), "cache": row["compile cache"],
+                     "parts": [(fmt.seconds(row[c]), f"{100 * row[c] / total:.0f}%") for c in columns]})
+    return {"columns": columns, "rows": rows}
+
+
 def render(run: Run, summary: pd.DataFrame, heads: list[ModelHeadline], figures: list[FigureOut],
-           evidence: list[Evidence], baseline: str | None, files: list[str]) -> str:
+           evidence: list[Evidence], baseline: str | None, files: list[str], costs: pd.DataFrame) -> str:
     """The full page as a string."""
     context = {
         "run_name": run.name, "notes": run.notes, "glance": _glance(run), "baseline": baseline,
@@ -180,6 +221,7 @@ def render(run: Run, summary: pd.DataFrame, heads: list[ModelHeadline], figures:
         "problems": _problem_rows(run.records),
         "frameworks": evidence,
         "env": _environment_view(run), "semantics": _semantics_view(run.records),
-        "cells": _cell_rows(summary), "files": files,
+        "cells": _cell_rows(summary), "files": files, "costs": _costs_view(costs),
+        "not_converged_note": NOT_CONVERGED_NOTE,
     }
     return _environment().get_template("report.html.j2").render(context)

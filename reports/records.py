@@ -21,6 +21,7 @@ from bench.store import ENVIRONMENT, RESULTS, read_records
 TEXT_FIELDS = (
     "run_id", "cell_id", "status", "reason", "error", "backend", "framework", "model", "optimizer",
     "activation", "loss", "precision", "mode", "dataset", "timing_method", "memory_method", "started_at",
+    "noise_reason", "compile_cache", "convergence_note",
 )
 NUMBER_FIELDS = (
     "repeat", "batch_size", "epochs", "learning_rate", "seed", "n_train", "n_val", "n_test",
@@ -31,13 +32,19 @@ NUMBER_FIELDS = (
     "target_accuracy", "time_to_target_seconds", "device_seconds", "cpu_seconds_per_sample",
     "peak_rss_bytes", "peak_device_bytes", "param_count", "flops_per_sample_forward",
     "flops_per_sample_train", "achieved_gflops", "peak_fraction", "duration_seconds",
+    "throughput_window_seconds", "throughput_window_epochs", "throughput_windows", "throughput_spread",
+    "throughput_remeasured", "foreign_cpu_fraction", "steal_fraction", "load_average", "min_window_seconds",
+    "window_budget_seconds", "time_build_seconds", "time_compile_seconds", "time_train_seconds",
+    "time_eval_seconds", "time_window_seconds", "worker_setup_seconds",
 )
+FLAG_FIELDS = ("noisy", "converged")
+"""True/False, or None where a record (an older one, or one that did not finish) does not say."""
 CURVE_FIELDS = ("epoch_train_loss", "epoch_val_loss", "epoch_val_accuracy", "epoch_seconds")
-NESTED_FIELDS = ("input_shape", "semantics") + CURVE_FIELDS
+NESTED_FIELDS = ("input_shape", "semantics", "throughput_window_samples_per_s") + CURVE_FIELDS
 """Lists and dicts: kept as Python objects in memory, written to CSV as JSON text."""
 
 SCHEMA = (TEXT_FIELDS[:3] + ("repeat",) + TEXT_FIELDS[3:] + tuple(f for f in NUMBER_FIELDS if f != "repeat")
-          + NESTED_FIELDS)
+          + FLAG_FIELDS + NESTED_FIELDS)
 
 CONFIG_AXES = ("model", "optimizer", "activation", "loss", "batch_size", "epochs", "learning_rate",
                "precision", "dataset")
@@ -116,10 +123,18 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
         frame[name] = pd.to_numeric(frame[name], errors="coerce").astype("float64")
     for name in TEXT_FIELDS:
         frame[name] = frame[name].astype(object).where(frame[name].notna(), None)
+    for name in FLAG_FIELDS:
+        frame[name] = pd.Series([v if isinstance(v, bool) else None for v in frame[name]], index=frame.index, dtype=object)
     frame["backend"] = frame["backend"].fillna("unknown")
     frame["variant"] = _variant_labels(frame)
     frame["peak_memory_bytes"] = frame["peak_device_bytes"].fillna(frame["peak_rss_bytes"])
     return frame
+
+
+def unconverged(frame: pd.DataFrame) -> pd.Series:
+    """Rows whose record says its training budget was too short to converge (bench.harness.convergence).
+    Records that do not say (older ones) count as converged: nothing marks them."""
+    return frame["converged"].map(lambda v: v is False).astype(bool)
 
 
 def _json_cell(value) -> str | None:

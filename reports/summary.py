@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from reports.records import CONFIG_AXES, STATUSES
+from reports.records import CONFIG_AXES, STATUSES, unconverged
 from reports.stats import median_interval
 
 METRICS = (
@@ -19,7 +19,9 @@ METRICS = (
     "time_to_target_seconds", "device_seconds", "cpu_seconds_per_sample",
     "peak_rss_bytes", "peak_device_bytes", "peak_memory_bytes", "param_count",
     "flops_per_sample_forward", "flops_per_sample_train", "achieved_gflops", "peak_fraction",
-    "duration_seconds",
+    "duration_seconds", "throughput_window_seconds", "throughput_windows", "throughput_spread",
+    "foreign_cpu_fraction", "time_build_seconds", "time_compile_seconds", "time_train_seconds",
+    "time_eval_seconds", "time_window_seconds",
 )
 CELL_KEYS = ("variant", "backend", "mode") + CONFIG_AXES
 
@@ -56,7 +58,8 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
         row = dict(zip(CELL_KEYS, keys))
         row["framework"] = next(iter(group["framework"].dropna()), None)
         row |= {"n_records": len(group)} | {f"n_{s}": c for s, c in counts.items()}
-        row |= {"status": _status_text(counts, len(group)), "reason": _why(group)}
+        row |= {"status": _status_text(counts, len(group)), "reason": _why(group),
+                "n_unconverged": int(unconverged(ok).sum()), "n_noisy": int(ok["noisy"].map(lambda v: v is True).sum())}
         for metric in METRICS:
             est = median_interval(ok[metric])
             row |= {f"{metric}_median": est.value, f"{metric}_ci_low": est.low, f"{metric}_ci_high": est.high}
