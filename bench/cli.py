@@ -111,9 +111,6 @@ def build_sweep(args: argparse.Namespace) -> grid.Sweep:
     sweep = replace(sweep, **{k: v for k, v in flags.items() if v is not None})
     if args.models:
         sweep.models_explicit = True
-    quick = grid.PROFILES["quick"]
-    if sweep.dataset != "mnist-sample" and args.train_size is None and sweep.train_size == quick["train_size"]:
-        sweep.train_size = sweep.test_size = None  # the quick slice is for the bundled sample only
     grid.validate(sweep)
     return sweep
 
@@ -207,32 +204,58 @@ def fairness_rules() -> dict[str, str]:
     }
 
 
-def _print_summary(store: RunStore, baseline: str | None) -> None:
-    """Median test accuracy and train throughput per backend x model, with throughput ratios."""
-    import pandas as pd
+SEED_CONFIG = {"optimizer": "adam", "activation": "relu"}
+"""The seed document's own example (Keras MNIST MLP: Adam, ReLU), shown on its own in the summary."""
 
+
+def _print_summary(store: RunStore, baseline: str | None) -> None:
+    """Per backend x model: accuracy over the cells that converged, the seed configuration's accuracy,
+    train throughput (median of cell medians) with ratios, compile time, noisy cells; then where the
+    time went per backend."""
     from bench.store import read_records
+    from reports.costs import time_breakdown
+    from reports.records import records_frame, unconverged
 
     records, _ = read_records(store.results)
-    frame = pd.DataFrame([r for r in records if r.get("status") == "ok"])
+    frame = records_frame(records)
+    frame = frame[frame["status"] == "ok"]
     if frame.empty:
         console.print("no successful cells to summarise")
         return
-    table = frame.groupby(["model", "backend"]).agg(
-        cells=("cell_id", "count"), test_accuracy=("test_accuracy", "median"),
+    frame = frame.assign(converged_accuracy=frame["test_accuracy"].where(~unconverged(frame)),
+                         is_converged=~unconverged(frame), is_noisy=frame["noisy"].map(lambda v: v is True))
+    table = frame.groupby(["model", "backend"], sort=False).agg(
+        cells=("cell_id", "count"), converged=("is_converged", "sum"), test_accuracy=("converged_accuracy", "median"),
         train_samples_per_s=("train_samples_per_s", "median"), compile_seconds=("compile_seconds", "median"),
+        noisy=("is_noisy", "sum"),
     ).reset_index()
+    seed = frame[(frame["optimizer"] == SEED_CONFIG["optimizer"]) & (frame["activation"] == SEED_CONFIG["activation"])]
     base = baseline or ("torch" if "torch" in set(table["backend"]) else table["backend"].iloc[0])
-    out = Table(title=f"median over cells; throughput ratio vs {base}")
-    for column in ("model", "backend", "cells", "test acc", "train samples/s", "vs " + base, "compile s"):
+    out = Table(title=f"median over cells; accuracy over converged cells only; throughput ratio vs {base}")
+    columns = ("model", "backend", "cells", "converged", "test acc", "adam/relu acc", "train samples/s", "vs " + base,
+               "compile s", "noisy")
+    for column in columns:
         out.add_column(column, justify="left" if column in ("model", "backend") else "right")
     for model, rows in table.groupby("model", sort=False):
         ref = rows.loc[rows["backend"] == base, "train_samples_per_s"]
         for _, row in rows.iterrows():
             ratio = f"{row.train_samples_per_s / ref.iloc[0]:.2f}x" if len(ref) else "-"
-            out.add_row(model, row.backend, str(row.cells), f"{row.test_accuracy:.3f}",
-                        f"{row.train_samples_per_s:,.0f}", ratio, f"{row.compile_seconds:.3f}")
+            mine = seed[(seed["model"] == model) & (seed["backend"] == row.backend)]
+            seed_acc = "-" if mine.empty else f"{mine['test_accuracy'].median():.3f}" + (
+                "" if mine["is_converged"].all() else " (not converged)")
+            accuracy = "-" if row.test_accuracy != row.test_accuracy else f"{row.test_accuracy:.3f}"
+            out.add_row(model, row.backend, str(row.cells), f"{row.converged}/{row.cells}", accuracy, seed_acc,
+                        f"{row.train_samples_per_s:,.0f}", ratio, f"{row.compile_seconds:.3f}", str(row.noisy or ""))
     console.print(out)
+    costs = time_breakdown(records_frame(records))
+    if not costs.empty:
+        timing = Table(title="where the time went (seconds)")
+        parts = [c for c in costs.columns if c not in ("backend", "cells", "compile cache")]
+        for column in ["backend", "cells", *parts, "compile cache"]:
+            timing.add_column(column, justify="left" if column in ("backend", "compile cache") else "right")
+        for row in costs.to_dict("records"):
+            timing.add_row(str(row["backend"]), str(row["cells"]), *(f"{row[c]:.1f}" for c in parts), row["compile cache"])
+        console.print(timing)
 
 
 def _write_report(out: Path, baseline: str | None) -> None:
