@@ -97,10 +97,6 @@ class Windows:
         spent = sum(w.seconds for w in self.kept + self.replaced) + sum(s for s, _, _ in self._open)
         return spent + statistics.median(w.seconds for w in self.kept) <= self.plan.budget_seconds
 
-    @property
-    def open_seconds(self) -> float:
-        return sum(s for s, _, _ in self._open)
-
     def record(self) -> dict:
         """The record's throughput fields (bench.harness documents them)."""
         rates = [w.samples_per_s for w in self.kept]
