@@ -139,10 +139,11 @@ class Diverged(Exception):
     """The training loss became NaN or infinite, or exploded (``check_losses``)."""
 
 
-def check_losses(losses: np.ndarray, first: float, epoch: int) -> None:
+def check_losses(losses: np.ndarray, first: float | None, epoch: int) -> None:
     """Raise Diverged when a step's loss is not finite, exceeds ``LOSS_BOUND``, or exceeds
     ``EXPLOSION_FACTOR`` times ``first`` (the first step's loss); one rule for every backend."""
-    limit = min(LOSS_BOUND, EXPLOSION_FACTOR * first) if math.isfinite(first) and first > 0 else LOSS_BOUND
+    usable = first is not None and math.isfinite(first) and first > 0
+    limit = min(LOSS_BOUND, EXPLOSION_FACTOR * first) if usable else LOSS_BOUND
     bad = np.flatnonzero(~np.isfinite(losses) | (losses > limit))
     if not bad.size:
         return
@@ -196,6 +197,10 @@ class PhaseClock:
         finally:
             self.seconds[name] += time.perf_counter() - start
 
+    def add(self, name: str, seconds: float) -> None:
+        """Time measured elsewhere (an epoch's own clock)."""
+        self.seconds[name] += seconds
+
     def record(self) -> dict[str, float]:
         return {f"time_{name}_seconds": value for name, value in self.seconds.items()}
 
@@ -243,7 +248,7 @@ def _train(backend: Backend, cell: Cell, data: Dataset, clock: PhaseClock, monit
     m = _Measurements()
     elapsed = 0.0
     for epoch in training.epochs(backend, len(data.x_train), cell.train, monitor):
-        clock.seconds["train"] += epoch.seconds
+        clock.add("train", epoch.seconds)
         result = epoch.result
         elapsed += epoch.seconds
         m.epoch_seconds.append(epoch.seconds)
@@ -270,7 +275,7 @@ def _more_windows(backend: Backend, cell: Cell, n_train: int, monitor: LoadMonit
     index = cell.train.epochs
     while windows.wants_more():
         epoch = training.epoch(backend, n_train, cell.train, index, monitor)
-        check_losses(epoch.result.losses, first_loss if first_loss is not None else float("nan"), index)
+        check_losses(epoch.result.losses, first_loss, index)
         windows.add(epoch.seconds, epoch.samples, epoch.load)
         index += 1
 
