@@ -14,6 +14,7 @@ from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -231,9 +232,10 @@ def _print_summary(store: RunStore, baseline: str | None) -> None:
     ).reset_index()
     seed = frame[(frame["optimizer"] == SEED_CONFIG["optimizer"]) & (frame["activation"] == SEED_CONFIG["activation"])]
     base = baseline or ("torch" if "torch" in set(table["backend"]) else table["backend"].iloc[0])
-    out = Table(title=f"median over cells; accuracy over converged cells only; throughput ratio vs {base}")
-    columns = ("model", "backend", "cells", "converged", "test acc", "adam/relu acc", "train samples/s", "vs " + base,
-               "compile s", "noisy")
+    out = Table(title=f"median over cells; conv: cells converged; acc: over converged cells only; adam/relu: "
+                      f"the seed's configuration (†: not converged); train samples/s vs {base}",
+                box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False)
+    columns = ("model", "backend", "conv", "acc", "adam/relu", "samples/s", "vs " + base, "compile s", "noisy")
     for column in columns:
         out.add_column(column, justify="left" if column in ("model", "backend") else "right")
     for model, rows in table.groupby("model", sort=False):
@@ -242,19 +244,21 @@ def _print_summary(store: RunStore, baseline: str | None) -> None:
             ratio = f"{row.train_samples_per_s / ref.iloc[0]:.2f}x" if len(ref) else "-"
             mine = seed[(seed["model"] == model) & (seed["backend"] == row.backend)]
             seed_acc = "-" if mine.empty else f"{mine['test_accuracy'].median():.3f}" + (
-                "" if mine["is_converged"].all() else " (not converged)")
+                "" if mine["is_converged"].all() else "†")
             accuracy = "-" if row.test_accuracy != row.test_accuracy else f"{row.test_accuracy:.3f}"
-            out.add_row(model, row.backend, str(row.cells), f"{row.converged}/{row.cells}", accuracy, seed_acc,
+            out.add_row(model, row.backend, f"{row.converged}/{row.cells}", accuracy, seed_acc,
                         f"{row.train_samples_per_s:,.0f}", ratio, f"{row.compile_seconds:.3f}", str(row.noisy or ""))
     console.print(out)
     costs = time_breakdown(records_frame(records))
     if not costs.empty:
-        timing = Table(title="where the time went (seconds)")
+        timing = Table(title="where the time went (seconds): worker start-up, then the cells' build, compile/warm-up, "
+                             "accuracy epochs, throughput windows, evaluation, rest", box=box.SIMPLE_HEAD,
+                       padding=(0, 0), pad_edge=False)
         parts = [c for c in costs.columns if c not in ("backend", "cells", "compile cache")]
-        for column in ["backend", "cells", *parts, "compile cache"]:
-            timing.add_column(column, justify="left" if column in ("backend", "compile cache") else "right")
+        for column in ["backend", "start", "build", "compile", "train", "windows", "eval", "other", "total", "cache"]:
+            timing.add_column(column, justify="left" if column in ("backend", "cache") else "right")
         for row in costs.to_dict("records"):
-            timing.add_row(str(row["backend"]), str(row["cells"]), *(f"{row[c]:.1f}" for c in parts), row["compile cache"])
+            timing.add_row(str(row["backend"]), *(f"{row[c]:.1f}" for c in parts), row["compile cache"])
         console.print(timing)
 
 
