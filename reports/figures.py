@@ -311,7 +311,7 @@ def time_breakdown(costs: pd.DataFrame) -> FigureOut | None:
         return None
     parts = ["worker start-up", *PHASE_COLUMNS.values(), "other"]
     shades = ("#6c757d", "#b8c1d1", "#f4a261", "#2a9d8f", "#8ecae6", "#e9c46a", "#dddddd")
-    fig = Figure(figsize=(WIDTH, 0.5 * len(costs) + 1.4), layout="constrained")
+    fig = Figure(figsize=(WIDTH, 0.5 * len(costs) + 1.6), layout="constrained")
     ax = fig.subplots()
     ys = np.arange(len(costs))[::-1]
     for y, row in zip(ys, costs.to_dict("records")):
@@ -324,7 +324,7 @@ def time_breakdown(costs: pd.DataFrame) -> FigureOut | None:
     ax.set_xlim(0, float(costs["total"].max()) * 1.25)
     ax.set_xlabel("seconds")
     ax.grid(axis="y", visible=False)
-    ax.legend(frameon=False, fontsize=8, ncols=4, loc="lower right")
+    fig.legend(frameon=False, fontsize=8, ncols=len(parts), loc="outside upper center")
     return FigureOut("time_breakdown", "Where the time went",
                      "Seconds per backend: worker start-up (framework import, once per worker) and, summed over "
                      "its cells, building, compilation and warm-up, the accuracy epochs, the extra epochs timed "
