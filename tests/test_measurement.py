@@ -51,6 +51,19 @@ def test_an_exploding_loss_is_diverged_on_every_installed_backend(backend, mnist
     assert "exploded" in record["reason"] or "became nan" in record["reason"]
 
 
+def test_jax_records_a_cold_then_a_warm_persistent_compilation_cache(mnist_small):
+    """A network no earlier run compiled is 'cold' (compiled, stored); the same cell again is 'warm'."""
+    pytest.importorskip("jax")
+    from bench.spec import Dense, Flatten, ModelSpec
+
+    units = 17 + int(time.time_ns() % 4000)  # a width this cache has not seen
+    model = ModelSpec(name="fresh", layers=(Flatten(), Dense(units=units, activation="hidden"), Dense(units=10)))
+    cell = Cell("jax", model, TrainSpec(batch_size=32, epochs=2), "mnist-sample", window=SMALL_WINDOWS)
+    first, second = (run_cell(loaded_backend("jax"), cell, mnist_small) for _ in range(2))
+    assert (first["compile_cache"], second["compile_cache"]) == ("cold", "warm")
+    assert second["time_compile_seconds"] < first["time_compile_seconds"]
+
+
 def test_the_divergence_rule():
     check_losses(np.array([2.3, 2.0, 1.5]), 2.3, 0)  # a falling loss is fine
     check_losses(np.array([2.3, 2000.0]), 2.3, 0)  # below 1000x the first
