@@ -93,6 +93,10 @@ class Backend(ABC):
     NATIVE: ClassVar[Native | None] = None
     """This framework's own defaults (the native semantics policy); None: it has none (the NumPy oracle)."""
 
+    PAD_EVAL_BATCHES: ClassVar[bool] = False
+    """Pad the last partial batch of a multi-batch evaluation to the full batch size, so a compiled
+    forward pass sees one shape per cell instead of compiling again for the remainder."""
+
     on_gpu: bool = False
     train: TrainSpec
     model: ModelSpec
@@ -279,7 +283,14 @@ class Backend(ABC):
         """Eval-mode logits for one batch."""
 
     def _all_logits(self, x: np.ndarray, batch_size: int) -> np.ndarray:
-        return np.concatenate([self.logits(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        outs = []
+        for i in range(0, len(x), batch_size):
+            chunk = x[i : i + batch_size]
+            rows = len(chunk)
+            if self.PAD_EVAL_BATCHES and i and rows < batch_size:  # eval mode: padding rows change no real row
+                chunk = np.concatenate([chunk, np.zeros((batch_size - rows, *chunk.shape[1:]), chunk.dtype)])
+            outs.append(self.logits(chunk)[:rows])
+        return np.concatenate(outs)
 
     def predict(self, x: np.ndarray, batch_size: int) -> np.ndarray:
         """Eval-mode class probabilities (softmax of the logits; sigmoid for the bce loss)."""
@@ -320,6 +331,11 @@ class Backend(ABC):
     def native(self) -> bool:
         """Whether the built model runs the native semantics policy."""
         return getattr(self, "train", None) is not None and self.train.semantics == "native"
+
+    def compile_cache(self) -> str:
+        """Where this cell's compiled code came from: 'off' (no persistent compilation cache),
+        'cold' (compiled here and stored in the cache) or 'warm' (all of it loaded from the cache)."""
+        return "off"
 
     def rules(self) -> Rules:
         """The framework rules of the built model (bench.rules), read by parity and the report."""

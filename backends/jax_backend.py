@@ -52,6 +52,59 @@ _LEAVES = {
     "moving_variance": ("batch_stats", "var"),
 }
 WEIGHTS_FILE = "model.msgpack"
+COMPILE_CACHE_ENV = "BENCH_COMPILE_CACHE"
+"""Folder of JAX's persistent compilation cache (default ~/.cache/bench/jax-compilation); 'off' disables it."""
+
+
+class _CacheEvents:
+    """Counts JAX's persistent-cache events: a hit loads an executable, a miss compiles and stores one."""
+
+    hits = 0
+    misses = 0
+
+    @classmethod
+    def listen(cls, event: str, **_: Any) -> None:
+        if event == "/jax/compilation_cache/cache_hits":
+            cls.hits += 1
+        elif event == "/jax/compilation_cache/cache_misses":
+            cls.misses += 1
+
+
+def compile_cache_dir() -> Path | None:
+    """Where the persistent compilation cache lives, or None when the user turned it off."""
+    value = os.environ.get(COMPILE_CACHE_ENV, "")
+    if value.lower() == "off":
+        return None
+    return Path(value) if value else Path.home() / ".cache" / "bench" / "jax-compilation"
+
+
+def enable_compile_cache() -> Path | None:
+    """Turn on JAX's persistent compilation cache for every computation, however small or quick to
+    compile: the sweep compiles many small steps, and a second run loads them instead (records say
+    'cold' or 'warm', so a compile time is never compared across the two unlabelled)."""
+    folder = compile_cache_dir()
+    if folder is None:
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    return folder
+
+
+jax.monitoring.register_event_listener(_CacheEvents.listen)
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_logits(net: SpecNet, has_bn: bool) -> Callable:
+    """One compiled eval forward per distinct network (model, activation, precision): cells that
+    differ only in optimizer or learning rate reuse it rather than tracing and compiling it again."""
+
+    def logits(params: Tree, stats: Tree, x: jax.Array) -> jax.Array:
+        return net.apply({"params": params, "batch_stats": stats} if has_bn else {"params": params}, x, training=False)
+
+    return jax.jit(logits)
 
 
 def layer_scope(index: int) -> str:
@@ -169,6 +222,7 @@ class JaxBackend(Backend):
         init="lecun_normal",
         rules=Rules(leaky_relu_grad_at_zero="one", rmsprop_eps="inside_sqrt"),
     )
+    PAD_EVAL_BATCHES = True
     TRANSLATIONS = {
         # layer: (SpecNet, spec layer, scope name, x, training) -> x
         "layer": {
@@ -222,6 +276,7 @@ class JaxBackend(Backend):
 
     def __init__(self) -> None:
         self._device: jax.Device | None = None
+        self._cache_dir: Path | None = None
         self.compile_count = 0
         """Times the train step was traced (its Python body runs only then): 1 per cell in jit mode."""
 
@@ -239,6 +294,7 @@ class JaxBackend(Backend):
         jax.config.update("jax_default_matmul_precision", "highest")
         self._device = pick_device(self.on_gpu)
         jax.config.update("jax_default_device", self._device)
+        self._cache_dir = enable_compile_cache()
         return BackendInfo(
             framework=self.framework,
             versions={"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__, "optax": optax.__version__},
@@ -264,10 +320,11 @@ class JaxBackend(Backend):
         self._tx = make_optimizer(train, self.translate("optimizer", train.optimizer)(train, self.rules()))
         self._key = jax.device_put(jax.random.key(train.seed), self.device)
         self.compile_count = 0
+        self._cache_events = (_CacheEvents.hits, _CacheEvents.misses)
         self._x: jax.Array | None = None
         self._y: jax.Array | None = None
         self._jit_step = jax.jit(self._counted_step, donate_argnums=(0, 1, 2, 3))
-        self._logits_fn = self._compiled_or_eager(self._eval_logits)
+        self._logits_fn = _jitted_logits(self._net, self._has_bn) if self.mode == "jit" else self._compiled_or_eager(self._eval_logits)
         self._augment_fn = self._compiled_or_eager(self._augment)
         self._grads_fn = self._compiled_or_eager(self._loss_and_grads)
         self._set_weights([np.zeros(p.shape, np.float32) for p in self.specs])  # state exists; the caller loads weights
@@ -404,6 +461,11 @@ class JaxBackend(Backend):
         return float(loss), [np.asarray(grads[scope][leaf], dtype=np.float32) for scope, leaf in zip(scopes, leaves)]
 
     # -- measurement and artifacts ---------------------------------------------------------------
+    def compile_cache(self) -> str:
+        if self._cache_dir is None:
+            return "off"
+        return "cold" if _CacheEvents.misses > self._cache_events[1] else "warm"
+
     def peak_memory(self) -> MemoryReading:
         if not self.on_gpu:
             return super().peak_memory()

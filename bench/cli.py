@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import NoReturn
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -200,6 +201,9 @@ def fairness_rules() -> dict[str, str]:
         "augmentation": "random parameters drawn in NumPy from the seed before each epoch; each backend transforms "
                         "natively inside its step; bilinear, constant-0 fill about the image centre; order "
                         + ", ".join(AUGMENTATIONS) + "; brightness and noise clip to [0, 1]",
+        "throughput": "median of auto-ranged windows of whole epochs (at least --min-window s each); a window during "
+                      "which other processes used the cores is re-measured, else the record is marked noisy",
+        "divergence": "a training loss that is not finite, above 1e6, or above 1000x its first step's is diverged",
         "semantics policy": "the values above are the harmonised policy; cells run with --semantics native use each "
                             "framework's own defaults instead (each record lists the values it ran); parity runs harmonised only",
     }
@@ -210,6 +214,7 @@ def _print_summary(store: RunStore, baseline: str | None) -> None:
 
     Under each value, the comparison with the baseline (green better, red worse, dim within noise).
     """
+    from reports.costs import time_breakdown
     from reports.headline import choose_baseline, headlines
     from reports.metrics import HEADLINE
     from reports.records import load_run
@@ -242,6 +247,17 @@ def _print_summary(store: RunStore, baseline: str | None) -> None:
             name += f"\n[red]{problems}[/]" if problems else ""
             out.add_row(escape(head.model), name, *cells)
     console.print(out)
+    costs = time_breakdown(frame)
+    if not costs.empty:
+        timing = Table(title="where the time went (seconds): worker start-up, then the cells' build, compile/warm-up, "
+                             "accuracy epochs, throughput windows, evaluation, rest", box=box.SIMPLE_HEAD,
+                       padding=(0, 0), pad_edge=False)
+        parts = [c for c in costs.columns if c not in ("backend", "cells", "compile cache")]
+        for column in ["backend", "start", "build", "compile", "train", "windows", "eval", "other", "total", "cache"]:
+            timing.add_column(column, justify="left" if column in ("backend", "cache") else "right")
+        for row in costs.to_dict("records"):
+            timing.add_row(str(row["backend"]), *(f"{row[c]:.1f}" for c in parts), row["compile cache"])
+        console.print(timing)
 
 
 def _write_report(out: Path, baseline: str | None) -> None:

@@ -90,6 +90,7 @@ def die_with_parent(parent_pid: int) -> None:
 def _worker_main(conn, backend_name: str, settings: WorkerSettings, parent_pid: int) -> None:
     die_with_parent(parent_pid)
     isolate(settings.threads, settings.cpu_set)
+    started = time.perf_counter()
     try:
         backend = backends.load(backend_name)
         info = backend.setup(settings.threads, settings.device)
@@ -108,6 +109,7 @@ def _worker_main(conn, backend_name: str, settings: WorkerSettings, parent_pid: 
         "worker_pid": os.getpid(),
         "host": socket.gethostname(),
         "niceness": os.nice(0) if hasattr(os, "nice") else None,  # a deprioritised worker measures less
+        "worker_setup_seconds": time.perf_counter() - started,  # framework import and setup, once per worker
     }
     conn.send(("ready", facts))
     datasets = {}

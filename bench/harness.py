@@ -1,17 +1,26 @@
 """Run one cell (backend x model x training spec x repeat) and measure it the same way on every backend.
 
-The protocol (docs/architecture.md, "Measuring"):
-1. canonical NumPy weights are loaded (native policy: the framework draws its own, once), the
-   training arrays placed once (off the clock);
-2. warm-up: the first step runs alone, synchronised and timed -- it carries tracing and
-   compilation, reported as ``compile_seconds`` (its excess over a steady-state step), never inside
-   the steady state;
-3. a probe of individually synchronised steps gives step-time percentiles (optional: quick runs skip it);
-4. the model is reset to those initial weights and a fresh optimizer (compiled code is kept), so
+The protocol (docs/architecture.md, "Measuring"), each phase timed into a ``time_*_seconds`` field:
+1. build (``time_build_seconds``): the model is translated, canonical NumPy weights loaded (native
+   policy: the framework draws its own, once) and the training arrays placed once;
+2. warm-up (``time_compile_seconds``): the first step runs alone, synchronised and timed -- it
+   carries tracing and compilation, reported as ``compile_seconds`` (its excess over a steady-state
+   step) -- then an optional probe of individually synchronised steps gives step-time percentiles;
+   the model is reset to those initial weights and a fresh optimizer (compiled code is kept), so
    warm-up never changes what is trained;
-5. steady state: whole epochs of the seed's batch order, one synchronisation per epoch (reading the
-   losses back); validation after each epoch is off the clock;
-6. test loss/accuracy and inference throughput, off the training clock.
+3. accuracy epochs (``time_train_seconds``): ``train.epochs`` whole epochs of the seed's batch order,
+   one synchronisation each; validation after each epoch is off the clock (``time_eval_seconds``);
+4. test loss/accuracy and inference throughput on the model exactly as the accuracy epochs left it;
+5. throughput windows (bench.throughput): the accuracy epochs are steady state, so they are the first
+   windows; when they do not give enough windows of at least the minimum length, training goes on
+   for further epochs of the same batch order, timed only for throughput
+   (``time_window_seconds``). These epochs come after the test evaluation, so they never change an
+   accuracy. While every epoch is timed, other load on the cores is read (bench.load); disturbed
+   windows are re-measured or the record is marked ``noisy``.
+
+Every epoch's losses go through one divergence rule (``check_losses``), so a loss that explodes is
+``diverged`` the same way on every backend, and the accuracy curve goes through one convergence
+rule (``convergence``), so a cell trained too briefly is marked rather than presented as a result.
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ import math
 import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -32,13 +43,30 @@ from bench.augment import EpochAugment, record_fields
 from bench.cost import forward_flops, train_flops
 from bench.data import Dataset
 from bench.errors import BenchError
+from bench.load import LoadMonitor
 from bench.record import ResultRecord
 from bench.shapes import check_fits, parameter_count
 from bench.spec import ModelSpec, TrainSpec
 from bench.stats import percentiles
+from bench.throughput import WindowPlan, Windows
 
 EVAL_BATCH = 500
-TIMING_METHOD = "wall clock (perf_counter) over whole epochs, one synchronisation per epoch"
+TIMING_METHOD = ("wall clock (perf_counter) over whole epochs, one synchronisation per epoch; throughput is the "
+                 "median of auto-ranged windows of whole epochs")
+PHASES = ("build", "compile", "train", "eval", "window")
+"""Where a cell's time goes: ``time_<phase>_seconds`` in every record that got that far."""
+
+EXPLOSION_FACTOR = 1e3
+"""A training loss above this multiple of the first step's loss has exploded."""
+LOSS_BOUND = 1e6
+"""A training loss above this has exploded, whatever it started at."""
+
+CONVERGENCE_FLOOR = 0.5
+"""A final accuracy below this fraction of the way from chance to perfect is not a trained model."""
+RISING_GAIN = 0.05
+"""Validation accuracy that rose more than this (5 pp) in the last epoch was still rising fast."""
+RISING_LOSS_DROP = 0.2
+"""Without a validation split: a mean training loss that fell more than 20% in the last epoch."""
 
 
 @dataclass(frozen=True)
@@ -53,12 +81,16 @@ class Cell:
     target_accuracy: float = 0.9
     probe_steps: int = 20
     """Individually synchronised steps timed after warm-up for step-time percentiles (0: none)."""
+    window: WindowPlan = WindowPlan()
+    sizes: tuple[int | None, int | None, int | None] = (None, None, None)
+    """Rows of the train, validation and test splits this cell uses (None: all), for a model that
+    costs far more per sample than the others (``Sweep.model_sizes``)."""
 
     @property
     def cell_id(self) -> str:
-        """Unaugmented cells keep the id they had before augmentation existed, so old runs still resume."""
+        """Unaugmented, harmonised cells keep the id they had before those axes existed, so old runs still resume."""
         t = self.train
-        policy = [] if t.semantics == "harmonised" else [t.semantics]  # harmonised ids stay as they were
+        policy = [] if t.semantics == "harmonised" else [t.semantics]
         return "|".join(
             [self.backend, self.model.name, t.optimizer, t.activation, t.loss, f"bs{t.batch_size}",
              f"ep{t.epochs}", f"lr{t.lr:g}", t.precision, t.mode, self.dataset, *policy]
@@ -78,7 +110,10 @@ class Cell:
             "optimizer": t.optimizer, "activation": t.activation, "loss": t.loss, "batch_size": t.batch_size,
             "epochs": t.epochs, "learning_rate": t.lr, "seed": t.seed, "precision": t.precision,
             "requested_mode": t.mode, "mode": t.mode, "semantics_policy": t.semantics,
-        } | hyperparameters(t) | {"target_accuracy": self.target_accuracy} | record_fields(t.augment)
+        } | hyperparameters(t) | {
+            "target_accuracy": self.target_accuracy, "min_window_seconds": self.window.min_seconds,
+            "window_budget_seconds": self.window.budget_seconds,
+        } | record_fields(t.augment)
 
 
 def hyperparameters(t: TrainSpec) -> dict:
@@ -126,7 +161,73 @@ class PeakRssSampler:
 
 
 class Diverged(Exception):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite, or exploded (``check_losses``)."""
+
+
+def check_losses(losses: np.ndarray, first: float | None, epoch: int) -> None:
+    """Raise Diverged when a step's loss is not finite, exceeds ``LOSS_BOUND``, or exceeds
+    ``EXPLOSION_FACTOR`` times ``first`` (the first step's loss); one rule for every backend."""
+    usable = first is not None and math.isfinite(first) and first > 0
+    limit = min(LOSS_BOUND, EXPLOSION_FACTOR * first) if usable else LOSS_BOUND
+    bad = np.flatnonzero(~np.isfinite(losses) | (losses > limit))
+    if not bad.size:
+        return
+    value = losses[bad[0]]
+    why = (f"training loss became {value}" if not np.isfinite(value) else
+           f"training loss exploded to {value:.3g} (limit {limit:.3g}: {EXPLOSION_FACTOR:g} x the first step's "
+           f"{first:.3g}, at most {LOSS_BOUND:g})")
+    raise Diverged(f"{why} at epoch {epoch + 1}, step {bad[0] + 1}")
+
+
+def convergence(val_accuracy: list[float], train_loss: list[float], test_accuracy: float,
+                num_classes: int) -> tuple[bool, str]:
+    """Whether the training budget was long enough for the accuracy to be a result, and why.
+
+    Not converged when (1) the final accuracy (validation, else test) is below ``CONVERGENCE_FLOOR``
+    of the way from chance to perfect, (2) validation accuracy rose more than ``RISING_GAIN`` in the
+    last epoch (without a validation split: the mean training loss fell more than
+    ``RISING_LOSS_DROP``), or (3) there is a single epoch, which cannot show accuracy stopped rising.
+    """
+    chance = 1.0 / num_classes
+    floor = chance + CONVERGENCE_FLOOR * (1.0 - chance)
+    final = val_accuracy[-1] if val_accuracy else test_accuracy
+    if final < floor:
+        return False, (f"accuracy {final:.3f} is below {floor:.2f} (halfway from chance to perfect): "
+                       "training too short, or this configuration does not learn")
+    if len(train_loss) < 2:
+        return False, "a single epoch cannot show that accuracy stopped rising"
+    if val_accuracy:
+        gain = val_accuracy[-1] - val_accuracy[-2]
+        if gain > RISING_GAIN:
+            return False, (f"validation accuracy still rising fast: +{100 * gain:.1f} pp in the last epoch "
+                           f"(limit {100 * RISING_GAIN:g} pp)")
+        return True, f"validation accuracy changed {100 * gain:+.1f} pp in the last epoch"
+    drop = 1.0 - train_loss[-1] / train_loss[-2] if train_loss[-2] > 0 else 0.0
+    if drop > RISING_LOSS_DROP:
+        return False, f"training loss still falling fast: -{100 * drop:.0f}% in the last epoch"
+    return True, f"training loss changed {-100 * drop:+.0f}% in the last epoch"
+
+
+class PhaseClock:
+    """Wall seconds per phase of a cell (``PHASES``)."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+    def add(self, name: str, seconds: float) -> None:
+        """Time measured elsewhere (an epoch's own clock)."""
+        self.seconds[name] += seconds
+
+    def record(self) -> dict[str, float]:
+        return {f"time_{name}_seconds": value for name, value in self.seconds.items()}
 
 
 @dataclass
@@ -137,6 +238,7 @@ class _Measurements:
     epoch_seconds: list[float] = field(default_factory=list)
     device_seconds: list[float] = field(default_factory=list)
     time_to_target: float | None = None
+    first_loss: float | None = None
 
 
 def _timed_step(backend: Backend, batches: np.ndarray, augment: EpochAugment | None, step: int) -> float:
@@ -166,22 +268,26 @@ def _warm_up(backend: Backend, n_train: int, train: TrainSpec, probe_steps: int)
     }
 
 
-def _train(backend: Backend, cell: Cell, data: Dataset) -> _Measurements:
+def _train(backend: Backend, cell: Cell, data: Dataset, clock: PhaseClock, monitor: LoadMonitor,
+           windows: Windows) -> _Measurements:
+    """The accuracy epochs: each timed, checked for divergence, fed to the windows, then validated."""
     m = _Measurements()
     elapsed = 0.0
-    for epoch in training.epochs(backend, len(data.x_train), cell.train):
+    for epoch in training.epochs(backend, len(data.x_train), cell.train, monitor):
+        clock.add("train", epoch.seconds)
         result = epoch.result
         elapsed += epoch.seconds
         m.epoch_seconds.append(epoch.seconds)
         if result.device_seconds is not None:
             m.device_seconds.append(result.device_seconds)
-        bad = np.flatnonzero(~np.isfinite(result.losses))
-        if bad.size:
-            m.epoch_train_loss.append(float("nan"))
-            raise Diverged(f"training loss became {result.losses[bad[0]]} at epoch {epoch.index + 1}, step {bad[0] + 1}")
-        m.epoch_train_loss.append(float(result.losses.mean()))
+        if m.first_loss is None and result.losses.size:
+            m.first_loss = float(result.losses[0])
+        m.epoch_train_loss.append(float(result.losses.mean()) if np.isfinite(result.losses).all() else float("nan"))
+        check_losses(result.losses, m.first_loss, epoch.index)
+        windows.add(epoch.seconds, epoch.samples, epoch.load)
         if len(data.x_val):
-            val_loss, val_acc = backend.evaluate(data.x_val, data.y_val, EVAL_BATCH)
+            with clock.phase("eval"):
+                val_loss, val_acc = backend.evaluate(data.x_val, data.y_val, EVAL_BATCH)
             m.epoch_val_loss.append(val_loss)
             m.epoch_val_accuracy.append(val_acc)
             if m.time_to_target is None and val_acc >= cell.target_accuracy:
@@ -189,20 +295,40 @@ def _train(backend: Backend, cell: Cell, data: Dataset) -> _Measurements:
     return m
 
 
+def _more_windows(backend: Backend, cell: Cell, n_train: int, monitor: LoadMonitor, windows: Windows,
+                  first_loss: float | None) -> None:
+    """Further epochs of the seed's batch order, timed only for throughput, until the windows suffice."""
+    index = cell.train.epochs
+    while windows.wants_more():
+        epoch = training.epoch(backend, n_train, cell.train, index, monitor)
+        check_losses(epoch.result.losses, first_loss, index)
+        windows.add(epoch.seconds, epoch.samples, epoch.load)
+        index += 1
+
+
 def _inference_throughput(backend: Backend, x: np.ndarray) -> float:
-    backend.predict(x[:EVAL_BATCH], EVAL_BATCH)  # compile/warm the inference path off the clock
+    """Samples/s of ``predict`` over ``x``; the caller has just evaluated ``x`` in the same batches,
+    so the inference path is compiled and warm."""
     start = time.perf_counter()
     backend.predict(x, EVAL_BATCH)
     return len(x) / (time.perf_counter() - start)
 
 
 def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | None = None) -> ResultRecord:
-    """Train and measure one cell; always returns a record (status ok, skipped, failed or diverged)."""
+    """Train and measure one cell; always returns a record (status ok, skipped, failed or diverged).
+
+    Besides the configuration and the figures of earlier versions, a record holds: the throughput
+    window fields of ``bench.throughput.Windows.record`` (``train_samples_per_s`` is their median),
+    the phase times ``time_{build,compile,train,eval,window}_seconds``, ``compile_cache`` (whether a
+    persistent compilation cache was off, cold or warm), and ``converged``/``convergence_note``.
+    """
+    data = data.head(*cell.sizes)
     record = data.describe() | {
         "framework": backend.framework, "status": "ok", "reason": None, "error": None,
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"), "timing_method": TIMING_METHOD,
     }
     began = time.perf_counter()
+    clock = PhaseClock()
     model = cell.model.resolve(cell.train.activation)
     shape, k = data.input_shape, data.num_classes
     try:
@@ -213,42 +339,53 @@ def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | N
             "flops_per_sample_forward": fwd,
             "flops_per_sample_train": train_flops(model, shape, k),
         }
-        weights = training.prepare(backend, model, cell.train, data.x_train, data.y_train, k)
+        with clock.phase("build"):
+            weights = training.prepare(backend, model, cell.train, data.x_train, data.y_train, k)
         record["mode"] = backend.mode
         record |= hyperparameters(backend.train) | backend.facts()  # the values it runs (native: its framework's)
-        record |= _warm_up(backend, len(data.x_train), cell.train, cell.probe_steps)
-        training.restart(backend, weights)
+        with clock.phase("compile"):
+            record |= _warm_up(backend, len(data.x_train), cell.train, cell.probe_steps)
+            training.restart(backend, weights)
         backend.reset_peak_memory()
+        monitor, windows = LoadMonitor(), Windows(cell.window)
         cpu_start = time.process_time()
         with PeakRssSampler() as rss:
             try:
-                m = _train(backend, cell, data)
+                m = _train(backend, cell, data, clock, monitor, windows)
             finally:
                 cpu_seconds = time.process_time() - cpu_start
                 record["peak_rss_bytes"] = rss.peak
         steps = len(data.x_train) // cell.train.batch_size * cell.train.epochs
         samples = steps * cell.train.batch_size
         train_seconds = float(sum(m.epoch_seconds))
-        # Compilation = what the first step cost beyond a steady-state step (mean over all timed steps).
-        record["compile_seconds"] = max(record["first_step_seconds"] - train_seconds / steps, 0.0)
         record |= {
             "epoch_train_loss": m.epoch_train_loss, "epoch_val_loss": m.epoch_val_loss,
             "epoch_val_accuracy": m.epoch_val_accuracy, "epoch_seconds": m.epoch_seconds,
             "final_train_loss": m.epoch_train_loss[-1],
             "val_accuracy": m.epoch_val_accuracy[-1] if m.epoch_val_accuracy else None,
-            "train_seconds": train_seconds, "train_samples_per_s": samples / train_seconds,
+            "train_seconds": train_seconds,
             "cpu_seconds_per_sample": cpu_seconds / samples,
             "time_to_target_seconds": m.time_to_target,
             "device_seconds": float(sum(m.device_seconds)) if m.device_seconds else None,
             "device_time_method": "cuda events around each epoch" if m.device_seconds else None,
         }
+        with clock.phase("eval"):
+            record["test_loss"], record["test_accuracy"] = backend.evaluate(data.x_test, data.y_test, EVAL_BATCH)
+            if not math.isfinite(record["test_loss"]):
+                raise Diverged(f"test loss is {record['test_loss']}")
+            record["inference_samples_per_s"] = _inference_throughput(backend, data.x_test)
+        record["converged"], record["convergence_note"] = convergence(
+            m.epoch_val_accuracy, m.epoch_train_loss, record["test_accuracy"], k)
+        with clock.phase("window"):
+            _more_windows(backend, cell, len(data.x_train), monitor, windows, m.first_loss)
+        record |= windows.record()
+        # Compilation = what the first step cost beyond a steady-state step (from the windows' median).
+        steady_step = cell.train.batch_size / record["train_samples_per_s"]
+        record["compile_seconds"] = max(record["first_step_seconds"] - steady_step, 0.0)
+        record["compile_cache"] = backend.compile_cache()
         record["achieved_gflops"] = record["flops_per_sample_train"] * record["train_samples_per_s"] / 1e9
         if peak_gflops:
             record["peak_fraction"] = record["achieved_gflops"] / peak_gflops
-        record["test_loss"], record["test_accuracy"] = backend.evaluate(data.x_test, data.y_test, EVAL_BATCH)
-        if not math.isfinite(record["test_loss"]):
-            raise Diverged(f"test loss is {record['test_loss']}")
-        record["inference_samples_per_s"] = _inference_throughput(backend, data.x_test)
         memory = backend.peak_memory()
         record["peak_device_bytes"], record["memory_method"] = memory.device_peak_bytes, (
             f"host: psutil RSS sampled every 20 ms; device: {memory.method}"
@@ -259,5 +396,6 @@ def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | N
         record |= {"status": "skipped", "reason": str(exc)}
     except Exception as exc:  # a backend bug must not stop the sweep: record it and go on
         record |= {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+    record |= clock.record()
     record["duration_seconds"] = time.perf_counter() - began
     return ResultRecord.for_cell(cell, **record)

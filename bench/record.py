@@ -146,6 +146,29 @@ class ResultRecord(BaseModel):
     peak_device_bytes: int | None = _field("Peak device memory while training (None on CPU)")
     memory_method: str | None = _field("How host and device memory were measured")
     duration_seconds: float | None = _field("Wall seconds the whole cell took, set-up to evaluation")
+    # measurement windows, load and phases (bench/throughput.py, bench/load.py, bench/harness.py)
+    min_window_seconds: float | None = _field("The shortest throughput window asked for (--min-window)")
+    window_budget_seconds: float | None = _field("Seconds a cell may spend on extra throughput windows (--window-budget)")
+    throughput_window_seconds: float | None = _field("Length of the shortest kept throughput window (>= the minimum)")
+    throughput_window_epochs: int | None = _field("Whole epochs in one throughput window")
+    throughput_windows: int | None = _field("How many windows the throughput median is taken over")
+    throughput_window_samples_per_s: list[float] | None = _field("Samples/s of each kept window")
+    throughput_spread: float | None = _field("(max - min) / median of the windows' samples/s")
+    throughput_remeasured: int | None = _field("Windows measured again because other load disturbed them")
+    noisy: bool | None = _field("True when a window stayed disturbed by other load after re-measuring")
+    noise_reason: str | None = _field("The figure that tripped the noise check (foreign CPU, steal, load)")
+    foreign_cpu_fraction: float | None = _field("Other processes' CPU time over the worst window, per core of the set")
+    steal_fraction: float | None = _field("CPU steal over the worst window, where the kernel reports it")
+    load_average: float | None = _field("1-minute load average after the last window")
+    time_build_seconds: float | None = _field("Seconds building the model and loading weights and data")
+    time_compile_seconds: float | None = _field("Seconds of warm-up: the first (compiling) step and the probe")
+    time_train_seconds: float | None = _field("Seconds of the accuracy epochs")
+    time_eval_seconds: float | None = _field("Seconds of validation, test evaluation and inference throughput")
+    time_window_seconds: float | None = _field("Seconds of extra epochs timed only for throughput")
+    compile_cache: str | None = _field("Persistent compilation cache: off, cold or warm")
+    converged: bool | None = _field("False when the training budget was too short to converge (bench/harness.py)")
+    convergence_note: str | None = _field("Why a cell counts as not converged")
+    worker_setup_seconds: float | None = _field("Seconds the worker took to import and set up its framework")
     semantics_policy: str | None = _field("harmonised (the suite's values, canonical weights) or native (the framework's own defaults)")
     init: str | None = _field("How the initial weights were drawn (canonical NumPy glorot, or the framework's own initialisers)")
     init_source: str | None = _field("canonical (loaded by the suite) or framework (drawn by the framework itself)")
@@ -194,12 +217,14 @@ def stored_version(stored: dict) -> int:
 
 
 def _kind(annotation: Any) -> str:
-    """'text', 'number' or 'nested' (lists and dicts), from a field's type."""
+    """'text', 'number', 'flag' (True/False) or 'nested' (lists and dicts), from a field's type."""
     args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
     base = next((a for a in args if a is not type(None)), annotation)
     origin = typing.get_origin(base) or base
     if origin in (list, dict):
         return "nested"
+    if origin is bool:
+        return "flag"
     if origin in (int, float):
         return "number"
     if origin in (str, Literal):

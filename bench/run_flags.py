@@ -53,6 +53,7 @@ FLAGS = {
     "dataset": "--dataset", "data_dir": "--data-dir", "epochs": "--epochs", "learning_rate": "--learning-rate",
     "train_size": "--train-size", "val_split": "--val-split", "repeats": "--repeats", "seed": "--seed",
     "target_accuracy": "--target", "augment": "--augment", "semantics": "--semantics",
+    "min_window": "--min-window", "window_budget": "--window-budget",
 }
 """The sweep key each run flag sets; an error about the key names the flag."""
 
@@ -83,6 +84,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, help="runs of each cell (fresh model, seed + repeat); default 1")
     p.add_argument("--seed", type=int)
     p.add_argument("--target", type=float, help="validation accuracy for time-to-accuracy (default 0.9)")
+    p.add_argument("--min-window", type=float, help="seconds a throughput window lasts at least (default 0.25)")
+    p.add_argument("--window-budget", type=float,
+                   help="seconds a cell's throughput windows may take before no more are added (at least 2 are taken)")
     p.add_argument("--threads", type=int, help="intra-op threads and CPU-set size for every backend (default: all cores)")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu", "auto"))
     p.add_argument("--cell-timeout", type=float,
@@ -131,7 +135,8 @@ def build_sweep(args: argparse.Namespace) -> tuple[grid.Sweep, dict[str, str]]:
     flags |= {"augment": args.augment} if args.augment is not None else {}
     scalars = {"dataset": args.dataset, "data_dir": args.data_dir, "epochs": args.epochs,
                "learning_rate": args.learning_rate, "train_size": args.train_size, "val_split": args.val_split,
-               "repeats": args.repeats, "seed": args.seed, "target_accuracy": args.target}
+               "repeats": args.repeats, "seed": args.seed, "target_accuracy": args.target,
+               "min_window": args.min_window, "window_budget": args.window_budget}
     flags |= {key: value for key, value in scalars.items() if value is not None}
     where |= {key: FLAGS[key] for key in flags}
     sweep = grid.merge(sweep, flags, where)

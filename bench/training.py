@@ -3,7 +3,8 @@
 The harness, the parity ladder, the statistical rung, the tests and the benchmarks all train through
 these functions, so every one of them runs the same lifecycle (build -> initial weights -> fresh
 optimizer -> data on the device -> epochs of ``begin_epoch``, steps, ``finish_epoch``) and times it
-the same way: wall clock around a whole epoch, whose one synchronisation is ``finish_epoch``.
+the same way: wall clock around a whole epoch, whose one synchronisation is ``finish_epoch``;
+given a ``bench.load.LoadMonitor``, other processes' use of the cores is read over the same span.
 When the train spec augments, each epoch's augmentation parameters are drawn with its batch order,
 before its clock starts, and handed to the backend step by step.
 """
@@ -20,17 +21,26 @@ import numpy as np
 from backends.base import Backend, EpochResult
 from bench.augment import EpochAugment, Params, draw_epoch
 from bench.data import epoch_batches
+from bench.load import LoadMonitor, LoadReading
 from bench.spec import ModelSpec, TrainSpec
 from bench.weights import canonical_weights
 
 
 @dataclass
 class Epoch:
-    """One trained epoch: its index, the backend's per-step losses and device time, its wall time."""
+    """One trained epoch: its index, the backend's per-step losses and device time, its wall time,
+    and the other load on the cores meanwhile (when a monitor was given)."""
 
     index: int
     result: EpochResult
     seconds: float
+    load: LoadReading | None = None
+    batch_size: int = 0
+
+    @property
+    def samples(self) -> int:
+        """Samples trained: one loss per step, ``batch_size`` rows each."""
+        return self.batch_size * int(self.result.losses.size)
 
 
 def prepare(
@@ -80,12 +90,18 @@ def run_steps(backend: Backend, batches: Iterable[np.ndarray], augment: Iterable
     return result, time.perf_counter() - start
 
 
-def epochs(backend: Backend, n_train: int, train: TrainSpec) -> Iterator[Epoch]:
-    """``train.epochs`` epochs over the seed's batch order (the same on every backend), one at a time."""
+def epoch(backend: Backend, n_train: int, train: TrainSpec, index: int, monitor: LoadMonitor | None = None) -> Epoch:
+    """Epoch ``index`` of the seed's batch order (the same on every backend), with its augmentation, timed."""
+    batches, augment = schedule(n_train, train, backend.input_shape, index)
+    start = monitor.snapshot() if monitor else None
+    result, seconds = run_steps(backend, batches, augment)
+    return Epoch(index, result, seconds, monitor.since(start) if monitor else None, train.batch_size)
+
+
+def epochs(backend: Backend, n_train: int, train: TrainSpec, monitor: LoadMonitor | None = None) -> Iterator[Epoch]:
+    """``train.epochs`` epochs, one at a time."""
     for index in range(train.epochs):
-        batches, augment = schedule(n_train, train, backend.input_shape, index)
-        result, seconds = run_steps(backend, batches, augment)
-        yield Epoch(index, result, seconds)
+        yield epoch(backend, n_train, train, index, monitor)
 
 
 def fit(backend: Backend, n_train: int, train: TrainSpec) -> list[Epoch]:

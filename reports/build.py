@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bench.store import write_atomic
 from reports.augmentation import augmentation_rows, augmentation_table
+from reports.costs import time_breakdown
 from reports.escape import write_csv
 from reports.fastest import fastest_headlines
 from reports.figures import all_figures
@@ -59,7 +60,8 @@ def build_report(run_dir: Path, baseline: str | None = None) -> ReportResult:
     heads = headlines(plain, chosen)
     augmentation = augmentation_rows(frame)
     shown = curves[(curves["semantics_policy"] == policy) & curves["augment"].isin(set(plain["augment"]))]
-    figures = all_figures(plain, shown, heads, augmentation)
+    costs = time_breakdown(frame)
+    figures = all_figures(plain, shown, heads, augmentation, costs)
     shifts = policy_comparisons(frame)
     if shifts:
         run.notes.append(f"This run trained both semantics policies: the headline and the figures show {policy}; "
@@ -81,7 +83,7 @@ def build_report(run_dir: Path, baseline: str | None = None) -> ReportResult:
         write_atomic(path, figure.png)
         result.figures.append(path)
     files = [p.name for p in (result.results_csv, result.curves_csv, result.summary_csv, result.augmentation_csv)]
-    page = render(run, summary, heads, figures, evidence(frame), chosen, files + ["figures/"], augmentation,
+    page = render(run, summary, heads, figures, evidence(frame), chosen, files + ["figures/"], augmentation, costs,
                   fastest_headlines(heads), shifts, policy_figures)
     write_atomic(result.html, page)
     return result

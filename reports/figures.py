@@ -21,10 +21,11 @@ from matplotlib.ticker import LogLocator, NullFormatter
 
 from reports import fmt
 from reports.augmentation import AugmentationRow
+from reports.costs import PHASE_COLUMNS
 from reports.escape import plain
 from reports.headline import ModelHeadline, pooled_estimate
 from reports.metrics import BY_FIELD
-from reports.records import CONFIG_AXES, config_keys
+from reports.records import CONFIG_AXES, config_keys, unconverged
 
 matplotlib.rcParams.update({
     "font.size": 10, "axes.titlesize": 11, "axes.spines.top": False, "axes.spines.right": False,
@@ -135,13 +136,18 @@ def accuracy_heatmap(frame: pd.DataFrame, model: str, colours: dict) -> FigureOu
         for i, opt in enumerate(optimizers):
             for j, act in enumerate(activations):
                 cell = rows[(rows["variant"] == variant) & (rows["optimizer"] == opt) & (rows["activation"] == act)]
-                est = pooled_estimate(cell[cell["status"] == "ok"], "test_accuracy")
-                if est.ok:
+                ok_cell = cell[cell["status"] == "ok"]
+                est = pooled_estimate(ok_cell, "test_accuracy")
+                if est.ok and unconverged(ok_cell).all():  # not a result: greyed, value in brackets
+                    text[i][j] = f"({100 * est.value:.1f})†"
+                elif est.ok:
                     grid[i, j], text[i][j] = est.value, f"{100 * est.value:.1f}"
                 else:
                     text[i][j] = cell["status"].value_counts().index[0] if len(cell) else "not run"
         grids[variant], labels[variant] = grid, text
     finite = np.concatenate([g[np.isfinite(g)] for g in grids.values()])
+    if not finite.size:
+        finite = ok["test_accuracy"].dropna().to_numpy()
     vmin, vmax = float(finite.min()), float(finite.max())
     if vmax - vmin < 1e-3:
         vmin, vmax = vmin - 0.01, vmax + 0.01
@@ -159,8 +165,9 @@ def accuracy_heatmap(frame: pd.DataFrame, model: str, colours: dict) -> FigureOu
             for j in range(len(activations)):
                 value = grids[variant][i, j]
                 dark = np.isfinite(value) and (value - vmin) / (vmax - vmin) < 0.6
-                ax.text(j, i, plain(labels[variant][i][j]), ha="center", va="center", fontsize=8.5,
-                        color="white" if dark else "#333333")
+                label = plain(labels[variant][i][j])
+                ax.text(j, i, label, ha="center", va="center", fontsize=8.5, color="white" if dark else "#333333",
+                        fontstyle="italic" if label.endswith("†") else "normal")
         ax.set_title(plain(variant), color=colours.get(variant, "black"), fontweight="bold")
         ax.set_xticks(range(len(activations)), [plain(a) for a in activations], rotation=30, ha="right")
         ax.set_yticks(range(len(optimizers)), [plain(o) for o in optimizers])
@@ -171,7 +178,8 @@ def accuracy_heatmap(frame: pd.DataFrame, model: str, colours: dict) -> FigureOu
                  format=lambda y, _: f"{100 * y:.0f}%")
     return FigureOut(f"accuracy_{_slug(model)}", f"Accuracy: {model}, optimizer × activation",
                      "Median test accuracy (%) over repeats for each optimizer and hidden activation; grey "
-                     "cells did not finish and name their status.", _png(fig))
+                     "cells did not finish and name their status. † (greyed, in brackets): training did not "
+                     "converge in its budget, so the accuracy is not a result.", _png(fig))
 
 
 def _plain_value(value) -> str:
@@ -327,8 +335,34 @@ def augmentation_cost(rows: list[AugmentationRow], colours: dict) -> FigureOut |
                      "(median over configurations); error bars are bootstrap 95% intervals over repeats.", _png(fig))
 
 
+def time_breakdown(costs: pd.DataFrame) -> FigureOut | None:
+    """Stacked bars per backend: worker start-up and each phase of its cells, in seconds."""
+    if costs.empty:
+        return None
+    parts = ["worker start-up", *PHASE_COLUMNS.values(), "other"]
+    shades = ("#6c757d", "#b8c1d1", "#f4a261", "#2a9d8f", "#8ecae6", "#e9c46a", "#dddddd")
+    fig = Figure(figsize=(WIDTH, 0.5 * len(costs) + 1.6), layout="constrained")
+    ax = fig.subplots()
+    ys = np.arange(len(costs))[::-1]
+    for y, row in zip(ys, costs.to_dict("records")):
+        left = 0.0
+        for part, shade in zip(parts, shades):
+            ax.barh(y, row[part], left=left, color=shade, edgecolor="white", label=part if y == ys[0] else None)
+            left += row[part]
+        ax.text(left, y, f"  {fmt.seconds(row['total'])} ({row['cells']:.0f} cells)", va="center", fontsize=8.5)
+    ax.set_yticks(ys, list(costs["backend"]))
+    ax.set_xlim(0, float(costs["total"].max()) * 1.25)
+    ax.set_xlabel("seconds")
+    ax.grid(axis="y", visible=False)
+    fig.legend(frameon=False, fontsize=8, ncols=len(parts), loc="outside upper center")
+    return FigureOut("time_breakdown", "Where the time went",
+                     "Seconds per backend: worker start-up (framework import, once per worker) and, summed over "
+                     "its cells, building, compilation and warm-up, the accuracy epochs, the extra epochs timed "
+                     "only for throughput, evaluation, and the rest.", _png(fig))
+
+
 def all_figures(frame: pd.DataFrame, curves: pd.DataFrame, heads: list[ModelHeadline],
-                augmentation: list[AugmentationRow] = ()) -> list[FigureOut]:
+                augmentation: list[AugmentationRow] = (), costs: pd.DataFrame | None = None) -> list[FigureOut]:
     """Every figure the run's data supports, in reading order."""
     backend_of = dict(zip(frame["variant"], frame["backend"])) | {r.variant: r.backend for r in augmentation}
     colours = variant_colours(sorted(backend_of), backend_of)
@@ -337,4 +371,5 @@ def all_figures(frame: pd.DataFrame, curves: pd.DataFrame, heads: list[ModelHead
     figures += [accuracy_heatmap(frame, m, colours) for m in models]
     figures += [training_curves(curves, m, colours) for m in models]
     figures += [compile_vs_steady(heads, colours), time_to_target(heads, colours), augmentation_cost(augmentation, colours)]
+    figures += [time_breakdown(costs)] if costs is not None else []
     return [f for f in figures if f is not None]

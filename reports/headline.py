@@ -4,6 +4,10 @@ A fair headline compares like with like: for each model, only the configurations
 activation, loss, batch size, ...) that every compared backend finished are pooled, so a backend
 that skipped the slow configurations does not look fast. When no configuration is shared the
 pooling falls back to everything each backend finished, and the table says so.
+
+An accuracy is a result only where training converged (the record's ``converged``): accuracies of
+cells whose training budget was too short are left out of the headline accuracy, counted, and
+shown apart (greyed, with a footnote) when no cell of a row converged.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import pandas as pd
 from bench.errors import BenchError
 from bench.stats import MISSING, Estimate, grouped_comparison, grouped_median_interval
 from reports.metrics import HEADLINE, Metric
-from reports.records import CONFIG_AXES, PROBLEM_STATUSES, config_keys
+from reports.records import CONFIG_AXES, PROBLEM_STATUSES, config_keys, unconverged
 
 
 @dataclass
@@ -44,6 +48,12 @@ class Row:
     problems: dict[str, int]
     entries: dict[str, Entry]
     is_baseline: bool = False
+    unconverged: int = 0
+    """Pooled records whose training did not converge (left out of the accuracy)."""
+    unconverged_accuracy: Estimate = MISSING
+    """The accuracy over every pooled record, shown (greyed) only when none of them converged."""
+    noisy: int = 0
+    """Pooled records measured while other load disturbed the machine (bench.load)."""
 
 
 @dataclass
@@ -83,10 +93,12 @@ def choose_baseline(frame: pd.DataFrame, requested: str | None) -> str | None:
     return None if requested else (candidates[0] if candidates else None)
 
 
-def by_config(pool: pd.DataFrame, field: str, keys: list[str]) -> list[pd.Series]:
-    """``field`` of ``pool`` split into one group per configuration key, in the order of ``keys``."""
+def by_config(pool: pd.DataFrame, field: str, keys: list[str], converged_only: bool = False) -> list[pd.Series]:
+    """``field`` of ``pool`` split into one group per configuration key, in the order of ``keys``
+    (``converged_only``: values of unconverged records dropped)."""
     own = config_keys(pool)
-    return [pool.loc[own == key, field] for key in keys]
+    values = pool[field].where(~unconverged(pool)) if converged_only else pool[field]
+    return [values[own == key] for key in keys]
 
 
 def pooled_estimate(pool: pd.DataFrame, field: str) -> Estimate:
@@ -117,11 +129,11 @@ def model_headline(frame: pd.DataFrame, model: str, baseline: str | None) -> Mod
         everything = rows_of_model[rows_of_model["variant"] == variant]
         entries = {}
         for metric in HEADLINE:
-            groups = by_config(pool, metric.field, order)
+            groups = by_config(pool, metric.field, order, metric.converged_only)
             entry = Entry(grouped_median_interval(groups))
             if base is not None and variant != base and entry.value.ok:
                 combine = np.divide if metric.relative else np.subtract
-                base_groups = by_config(pools[base], metric.field, config_order[base])
+                base_groups = by_config(pools[base], metric.field, config_order[base], metric.converged_only)
                 entry.versus = grouped_comparison(groups, base_groups, combine, paired=bool(shared))
             entries[metric.field] = entry
         rows.append(Row(
@@ -133,6 +145,9 @@ def model_headline(frame: pd.DataFrame, model: str, baseline: str | None) -> Mod
                       if (everything["status"] == s).any()},
             entries=entries,
             is_baseline=variant == base,
+            unconverged=int(unconverged(pool).sum()),
+            unconverged_accuracy=grouped_median_interval(by_config(pool, "test_accuracy", order)),
+            noisy=int(pool["noisy"].map(lambda v: v is True).sum()),
         ))
     configs = ok[keys.isin(shared)][list(CONFIG_AXES)].drop_duplicates().to_dict("records") if shared else []
     return ModelHeadline(model, rows, base, matched, configs, pools)

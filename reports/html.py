@@ -18,6 +18,7 @@ from bench.rules import CANONICAL, RULE_TEXT, RULE_TITLES, Rules
 from bench.stats import Estimate
 from reports import fmt
 from reports.augmentation import AugmentationRow
+from reports.costs import PHASE_COLUMNS
 from reports.fastest import FastestHeadline, ModeResult
 from reports.figures import FigureOut
 from reports.frameworks import Evidence
@@ -38,7 +39,7 @@ def _environment() -> jinja2.Environment:
 
 
 def _value(est: Estimate, formatter: fmt.Formatter) -> dict:
-    return {"text": formatter(est.value), "ci": fmt.interval(est, formatter)}
+    return {"text": formatter(est.value), "ci": fmt.interval(est, formatter), "cls": "", "sub": ""}
 
 
 def _versus(entry: Entry, metric: Metric) -> dict:
@@ -49,13 +50,33 @@ def _versus(entry: Entry, metric: Metric) -> dict:
             "cls": entry.verdict(metric)}
 
 
+NOT_CONVERGED = "†"
+NOT_CONVERGED_NOTE = ("† Not converged: no cell of this row trained long enough for its accuracy to be a result "
+                      "(validation accuracy still rising fast, a single epoch, or below halfway from chance to "
+                      "perfect), so it is shown greyed and is not compared.")
+NOISY_NOTE = ("⚠ noisy: other processes used the cores while these throughputs were measured, and re-measuring did "
+              "not get a quiet window.")
+
+
+def _metric_cell(row, metric: Metric) -> dict:
+    """One headline cell: value, interval and comparison, greyed where no cell converged, noisy marked."""
+    entry = row.entries[metric.field]
+    cell = _value(entry.value, metric.format) | {"versus": _versus(entry, metric)}
+    if metric.converged_only and row.unconverged:
+        if entry.value.ok:
+            cell["sub"] = f"{row.unconverged} not converged, left out"
+        elif row.unconverged_accuracy.ok:
+            cell |= {"text": metric.format(row.unconverged_accuracy.value) + NOT_CONVERGED, "ci": "",
+                     "cls": "unconverged"}
+    if metric.field == "train_samples_per_s" and row.noisy:
+        cell["sub"] = f"⚠ {row.noisy} noisy"
+    return cell
+
+
 def _headline_view(head: ModelHeadline) -> dict:
     rows = []
     for row in head.rows:
-        cells = []
-        for metric in HEADLINE:
-            entry = row.entries[metric.field]
-            cells.append(_value(entry.value, metric.format) | {"versus": _versus(entry, metric)})
+        cells = [_metric_cell(row, metric) for metric in HEADLINE]
         problems = ", ".join(f"{n} {s}" for s, n in row.problems.items())
         rows.append({
             "variant": row.variant, "framework": row.framework or "", "baseline": row.is_baseline,
@@ -63,7 +84,7 @@ def _headline_view(head: ModelHeadline) -> dict:
             "problems": problems, "cells": cells,
         })
     if not any(row.n_records for row in head.rows):
-        return {"model": head.model, "rows": rows, "matched": False,
+        return {"model": head.model, "rows": rows, "matched": False, "footnotes": [],
                 "note": "Nothing finished for this model: see the skipped, failed and diverged cells below."}
     if head.matched and head.configs:
         note = (f"Each value is the median over the {len(head.configs)} configuration(s) every backend finished, "
@@ -75,7 +96,9 @@ def _headline_view(head: ModelHeadline) -> dict:
                 "so ratios compare different configurations.")
     if head.baseline is None:
         note += " The baseline did not finish this model, so there are no ratios."
-    return {"model": head.model, "rows": rows, "note": note, "matched": head.matched}
+    footnotes = [NOT_CONVERGED_NOTE] if any(c["cls"] == "unconverged" for r in rows for c in r["cells"]) else []
+    footnotes += [NOISY_NOTE] if any(row.noisy for row in head.rows) else []
+    return {"model": head.model, "rows": rows, "note": note, "matched": head.matched, "footnotes": footnotes}
 
 
 def _figure_view(figure: FigureOut) -> dict:
@@ -166,6 +189,11 @@ def _augmentation_view(rows: list[AugmentationRow]) -> list[dict]:
         verdict = "same" if not est.excludes(1.0) else ("better" if est.value > 1.0 else "worse")
         return {"text": fmt.ratio(est.value), "ci": fmt.interval(est, fmt.ratio), "cls": verdict}
 
+    def marked(row, view: dict) -> dict:
+        if row["n_ok"] and row["n_unconverged"] == row["n_ok"]:
+            return view | {"text": view["text"] + NOT_CONVERGED, "cls": "unconverged"}
+        return view
+
     return [{
         "model": r.model, "augment": r.augment, "variant": r.variant, "configs": r.configs,
         "plain": _value(r.plain_speed, fmt.rate), "augmented": _value(r.augmented_speed, fmt.rate), "cost": ratio(r.cost),
@@ -236,10 +264,23 @@ def _policy_view(comparison: PolicyComparison, figure: FigureOut | None) -> dict
     return {"model": comparison.model, "rows": rows, "figure": _figure_view(figure) if figure else None}
 
 
+def _costs_view(costs: pd.DataFrame) -> dict:
+    """The "where the time went" table: seconds per backend and phase, each with its share of the total."""
+    columns = ["worker start-up", *PHASE_COLUMNS.values(), "other"]
+    rows = []
+    for row in costs.to_dict("records"):
+        total = row["total"] or 1.0
+        rows.append({"backend": row["backend"], "cells": fmt.count(row["cells"]), "total": fmt.seconds(row["total"]),
+                     "per_cell": fmt.seconds(row["total"] / max(row["cells"], 1)), "cache": row["compile cache"],
+                     "parts": [(fmt.seconds(row[c]), f"{100 * row[c] / total:.0f}%") for c in columns]})
+    return {"columns": columns, "rows": rows}
+
+
 def render(run: Run, summary: pd.DataFrame, heads: list[ModelHeadline], figures: list[FigureOut],
            evidence: list[Evidence], baseline: str | None, files: list[str],
-           augmentation: list[AugmentationRow] = (), fastest: list[FastestHeadline] = (),
-           policies: list[PolicyComparison] = (), policy_figures: dict[str, FigureOut] | None = None) -> str:
+           augmentation: list[AugmentationRow] = (), costs: pd.DataFrame | None = None,
+           fastest: list[FastestHeadline] = (), policies: list[PolicyComparison] = (),
+           policy_figures: dict[str, FigureOut] | None = None) -> str:
     """The full page as a string."""
     context = {
         "run_name": run.name, "notes": run.notes, "glance": _glance(run), "baseline": baseline,
@@ -250,7 +291,8 @@ def render(run: Run, summary: pd.DataFrame, heads: list[ModelHeadline], figures:
         "frameworks": evidence,
         "env": _environment_view(run), "semantics": _rules_view(run.records),
         "cells": _cell_rows(summary), "files": files, "augmentation": _augmentation_view(augmentation),
-        "augment_facts": _augment_facts(run.records),
+        "augment_facts": _augment_facts(run.records), "costs": _costs_view(costs) if costs is not None else {"columns": [], "rows": []},
+        "not_converged_note": NOT_CONVERGED_NOTE,
         "fastest": [_fastest_view(f) for f in fastest if f.several_modes],
         "policies": [_policy_view(p, (policy_figures or {}).get(p.model)) for p in policies], "policy_caveat": CAVEAT,
     }

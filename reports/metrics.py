@@ -32,6 +32,8 @@ class Metric:
     """A significant loss past ``--fail-on`` fails ``bench compare``."""
     cell_table: bool = False
     """A column of the page's table of every cell."""
+    converged_only: bool = False
+    """Only records whose training converged count (an unconverged accuracy is not a result)."""
 
     @property
     def change_format(self) -> fmt.Formatter:
@@ -46,7 +48,7 @@ class Metric:
 
 METRICS = (
     Metric("test_accuracy", "Test accuracy", fmt.percent, True, relative=False, headline=True, compared=True,
-           cell_table=True),
+           cell_table=True, converged_only=True),
     Metric("test_loss", "Test loss", fmt.sig, False),
     Metric("final_train_loss", "Final train loss", fmt.sig, False),
     Metric("val_accuracy", "Validation accuracy", fmt.percent, True, relative=False),

@@ -26,6 +26,8 @@ SCHEMA = FIELDS
 TEXT_FIELDS = tuple(name for name in SCHEMA if FIELD_KINDS[name] == "text")
 NUMBER_FIELDS = tuple(name for name in SCHEMA if FIELD_KINDS[name] == "number")
 NESTED_FIELDS = tuple(name for name in SCHEMA if FIELD_KINDS[name] == "nested")
+FLAG_FIELDS = tuple(name for name in SCHEMA if FIELD_KINDS[name] == "flag")
+"""True/False, or None where a record (an older one, or one that did not finish) does not say."""
 """Lists and dicts: kept as Python objects in memory, written to CSV as JSON text."""
 CURVE_FIELDS = PER_EPOCH_FIELDS
 DERIVED_FIELDS = ("variant", "peak_memory_bytes")
@@ -105,15 +107,15 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
     """
     frame = pd.DataFrame.from_records([{**r, "status": _status(r), "schema_version": stored_version(r)}
                                        for r in records])
-    for name in SCHEMA:
-        if name not in frame.columns:
-            frame[name] = None
     extras = [c for c in frame.columns if c not in SCHEMA]
-    frame = frame[list(SCHEMA) + extras]
+    frame = frame.reindex(columns=list(SCHEMA) + extras)  # missing fields become empty columns, in one step
     for name in NUMBER_FIELDS:
         frame[name] = pd.to_numeric(frame[name], errors="coerce").astype("float64")
     for name in TEXT_FIELDS:
         frame[name] = frame[name].astype(object).where(frame[name].notna(), None)
+    for name in FLAG_FIELDS:
+        frame[name] = pd.Series([v if isinstance(v, bool) else None for v in frame[name]], index=frame.index, dtype=object)
+    frame = frame.copy()  # one block per dtype again after the per-column conversions (pandas' advice)
     frame["backend"] = frame["backend"].fillna("unknown")
     frame["augment"] = frame["augment"].fillna("none")  # records from before augmentation existed trained plain
     frame["semantics_policy"] = frame["semantics_policy"].fillna(HARMONISED)  # older records ran harmonised
@@ -127,6 +129,12 @@ def plain_records(frame: pd.DataFrame) -> pd.DataFrame:
     the rest with them); all records when nothing ran plain."""
     plain = frame[frame["augment"] == "none"]
     return plain if (plain["status"] == "ok").any() else frame
+
+
+def unconverged(frame: pd.DataFrame) -> pd.Series:
+    """Rows whose record says its training budget was too short to converge (bench.harness.convergence).
+    Records that do not say (older ones) count as converged: nothing marks them."""
+    return frame["converged"].map(lambda v: v is False).astype(bool)
 
 
 def _json_cell(value) -> str | None:

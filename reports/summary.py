@@ -11,7 +11,7 @@ import pandas as pd
 
 from bench.stats import median_interval
 from reports.metrics import METRICS
-from reports.records import CONFIG_AXES, STATUSES
+from reports.records import CONFIG_AXES, STATUSES, unconverged
 
 CELL_KEYS = ("variant", "backend", "mode") + CONFIG_AXES
 
@@ -48,7 +48,8 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
         row = dict(zip(CELL_KEYS, keys))
         row["framework"] = next(iter(group["framework"].dropna()), None)
         row |= {"n_records": len(group)} | {f"n_{s}": c for s, c in counts.items()}
-        row |= {"status": _status_text(counts, len(group)), "reason": _why(group)}
+        row |= {"status": _status_text(counts, len(group)), "reason": _why(group),
+                "n_unconverged": int(unconverged(ok).sum()), "n_noisy": int(ok["noisy"].map(lambda v: v is True).sum())}
         for metric in METRICS:
             est = median_interval(ok[metric.field])
             name = metric.field

@@ -94,8 +94,8 @@ CASES = {
     "train size under one batch": Case(f"{SMALL} --train-size 40",
                                        "profile 'quick' batch_sizes 64: larger than the 36 training samples (--train-size 40 less "
                                        "the 0.1 validation split); valid: a batch size up to 36"),
-    "batch larger than the training set": Case(f"{SMALL} --batch-size 64,1000",
-                                               "--batch-size 1000: larger than the 576 training samples"),
+    "batch larger than the training set": Case(f"{SMALL} --batch-size 64,10000",
+                                               "--batch-size 10000: larger than the 7200 training samples"),
     "zero batch size": Case(f"{SMALL} --batch-size 0", "--batch-size 0: input should be greater than or equal to 1"),
     "text batch size": Case(f"{SMALL} --batch-size many", "--batch-size 'many': not an integer; valid: positive integers or 'full'"),
     "target zero": Case(f"{SMALL} --target 0", "--target 0.0: input should be greater than 0; valid: a fraction in (0, 1]"),

@@ -11,16 +11,18 @@ import backends
 from bench.executor import WorkerSettings, run_sweep
 from bench.harness import Cell
 from bench.spec import SEED_MODELS, TrainSpec
+from bench.throughput import WindowPlan
 
 pytest.importorskip("torch")
 
+QUICK_WINDOWS = WindowPlan(min_seconds=0.05, budget_seconds=0.1)  # a cell well inside the 3 s timeout
 SETTINGS = WorkerSettings(threads=1, cpu_set=(sorted(os.sched_getaffinity(0))[0],), device="cpu", data_dir=None,
                           val_split=0.1, train_size=600, test_size=200, peak_gflops=None)
 
 
 def _cells(n: int, model: str = "mlp") -> list[Cell]:
-    return [Cell("torch", SEED_MODELS[model], TrainSpec(batch_size=32, seed=i, epochs=2), "mnist-sample", repeat=i)
-            for i in range(n)]
+    return [Cell("torch", SEED_MODELS[model], TrainSpec(batch_size=32, seed=i, epochs=2), "mnist-sample", repeat=i,
+                 window=QUICK_WINDOWS) for i in range(n)]
 
 
 def test_a_worker_killed_mid_cell_fails_that_cell_and_the_sweep_finishes():

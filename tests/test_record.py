@@ -22,7 +22,7 @@ from bench.spec import SEED_MODELS, TrainSpec, training_rules
 from bench.store import RunStore, read_records
 from reports import build_report
 from reports.metrics import METRICS
-from reports.records import DERIVED_FIELDS, NESTED_FIELDS, NUMBER_FIELDS, SCHEMA, TEXT_FIELDS, load_run
+from reports.records import DERIVED_FIELDS, FLAG_FIELDS, NESTED_FIELDS, NUMBER_FIELDS, SCHEMA, TEXT_FIELDS, load_run
 from tests.conftest import loaded_backend
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,11 +130,12 @@ def test_a_run_written_before_the_schema_version_still_reports(tmp_path):
 
 
 def test_the_reports_columns_and_metrics_come_from_the_schema():
-    kinds = (TEXT_FIELDS, NUMBER_FIELDS, NESTED_FIELDS)
+    kinds = (TEXT_FIELDS, NUMBER_FIELDS, NESTED_FIELDS, FLAG_FIELDS)
     assert sorted(sum(kinds, ())) == sorted(SCHEMA) == sorted(FIELDS)
     assert {"rules", "framework_versions", "backend_threads", "cpu_set", "input_shape"} <= set(NESTED_FIELDS)
     assert {"device", "data_source", "requested_mode", "traceback", "memory_method"} <= set(TEXT_FIELDS)
     assert FIELD_KINDS["step_time_samples"] == FIELD_KINDS["worker_pid"] == "number"
+    assert FIELD_KINDS["noisy"] == FIELD_KINDS["converged"] == "flag"
     for metric in METRICS:
         assert metric.field in FIELDS or metric.field in DERIVED_FIELDS, metric.field
         if metric.field in FIELDS:

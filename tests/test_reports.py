@@ -26,8 +26,9 @@ from bench.record import ResultRecord
 from bench.rules import CANONICAL, RULE_TITLES, Rules
 from bench.spec import SEED_MODELS, TrainSpec
 from reports import add_compare_arguments, add_report_arguments, build_report, compare_runs, main_compare, main_report
+from reports.costs import time_breakdown
 from reports.metrics import METRICS
-from reports.records import SCHEMA
+from reports.records import SCHEMA, records_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_NAME = "<script>alert('x')</script>"
@@ -194,8 +195,8 @@ def test_page_is_self_contained_with_embedded_figures(built):
     result, _ = built
     page = result.html.read_text(encoding="utf-8")
     images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    # throughput, 2 accuracy heatmaps, 2 training curves, compile vs steady, time to target
-    assert len(images) == len(result.figures) == 7
+    # throughput, 2 accuracy heatmaps, 2 training curves, compile vs steady, time to target, time breakdown
+    assert len(images) == len(result.figures) == 8
     assert all(img.startswith("iVBORw0KGgo") for img in images)  # the PNG signature, base64-encoded
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page)
     assert not re.search(r"url\(|@import|<link|<iframe", page)
@@ -272,6 +273,39 @@ def test_old_records_without_optional_fields(tmp_path):
     summary = pd.read_csv(result.summary_csv)
     assert len(summary) == 1 and summary["n_ok"].iloc[0] == 3  # no status field: no error means ok
     assert len(result.figures) == 1  # only throughput has data
+
+
+def test_unconverged_accuracy_is_no_result_noisy_throughput_is_marked_and_the_time_is_broken_down(tmp_path):
+    rng = np.random.default_rng(3)
+    records = []
+    for backend, mode in (("torch", "eager"), ("jax", "jit")):
+        for optimizer in ("sgd", "adam"):
+            for repeat in range(2):
+                record = make_record(backend, mode, "mlp", optimizer, "relu", repeat, rng)
+                phases = {"time_build_seconds": 0.1, "time_compile_seconds": 0.5 if backend == "jax" else 0.0,
+                          "time_train_seconds": 1.0, "time_window_seconds": 0.2, "time_eval_seconds": 0.05}
+                record |= phases | {"duration_seconds": sum(phases.values()) + 0.01, "worker_pid": 7 + (backend == "jax"),
+                                    "worker_setup_seconds": 3.0, "compile_cache": "cold" if backend == "jax" else "off",
+                                    "converged": optimizer == "adam", "noisy": backend == "jax" and repeat == 0,
+                                    "noise_reason": "foreign CPU 0.90 of each of 2 core(s) (limit 0.25)"}
+                record["test_accuracy"] = 0.93 if optimizer == "adam" else 0.40
+                records.append(record)
+    records += [r | {"model": "cnn", "cell_id": r["cell_id"].replace("mlp", "cnn"), "converged": False}
+                for r in records]
+    result = build_report(write_run(tmp_path / "run", records))
+    page = result.html.read_text(encoding="utf-8")
+    mlp = page[page.index("<h3>mlp</h3>"):page.index("<h3>cnn</h3>")]
+    assert "93.0%" in mlp and "40.0%" not in mlp  # the sgd cells did not converge: left out, counted
+    assert "2 not converged, left out" in mlp and "⚠ 2 noisy" in mlp
+    cnn = page[page.index("<h3>cnn</h3>"):page.index('id="time"')]
+    assert 'class="num unconverged">66.5%†' in cnn and "† Not converged" in cnn  # nothing converged: greyed
+    time_table = page[page.index('id="time"'):page.index('id="figures"')]
+    assert "<b>torch</b>" in time_table and "8 cold" in time_table and "16 off" not in time_table
+    costs = time_breakdown(records_frame(records))
+    jax = costs[costs["backend"] == "jax"].iloc[0]
+    assert jax["worker start-up"] == 3.0 and jax["compile / warm-up"] == pytest.approx(8 * 0.5)
+    assert jax["total"] == pytest.approx(3.0 + 8 * 1.86) and jax["other"] == pytest.approx(8 * 0.01)
+    assert any(f.stem == "time_breakdown" for f in result.figures)
 
 
 def test_unknown_baseline_is_an_error(built):

@@ -1,0 +1,121 @@
+"""Steady-state throughput from auto-ranged windows of whole epochs, each checked for other load.
+
+A throughput figure from a handful of steps (an 8 ms window) means nothing; timeit and
+pytest-benchmark grow the measured block until it lasts long enough. Here a *window* is a run of
+consecutive whole training epochs (each timed with its one synchronisation, evaluation off the
+clock) that lasts at least ``min_seconds``. The first window grows one epoch at a time until it is
+long enough, and its epoch count becomes the least size of every later window (so windows do equal
+work unless a window runs faster than the first and must grow to reach the minimum). Growing by
+one epoch rather than doubling overshoots the minimum by less than an epoch: each epoch is already
+timed on its own, so nothing is lost by checking after each one (timeit doubles because it can only
+time a block of loops as a whole).
+
+Windows come first from the accuracy epochs (they are steady state: compilation happened in the
+warm-up) and then, if more are needed, from further epochs the harness trains only for this.
+Several windows are taken: at least ``MIN_WINDOWS``, and more (up to ``max_windows``) while all
+windows so far plus one more fit in ``budget_seconds``. The figure is the median; the per-window
+figures are recorded, so the spread is visible.
+
+A window during which other processes used the cores (bench.load) is re-measured: a new window
+replaces it, at most ``MAX_REMEASURES`` times per cell. When that bound is reached, a disturbed
+window is kept and the record says ``noisy`` with the figure that tripped it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+from bench.load import LoadReading
+
+MIN_WINDOWS = 2
+MAX_REMEASURES = 3
+DEFAULT_MIN_SECONDS = 0.25
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    """How long one window must last, how many windows a cell may take, and their time budget."""
+
+    min_seconds: float = DEFAULT_MIN_SECONDS
+    max_windows: int = 5
+    budget_seconds: float = 1.0
+    """Windows beyond ``MIN_WINDOWS`` are taken while all windows would still fit in this time."""
+
+
+@dataclass(frozen=True)
+class Window:
+    epochs: int
+    seconds: float
+    samples: int
+    load: LoadReading | None
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.seconds
+
+    @property
+    def disturbance(self) -> str | None:
+        return self.load.disturbance if self.load is not None else None
+
+
+@dataclass
+class Windows:
+    """Collects timed epochs into windows; says when enough clean windows have been measured."""
+
+    plan: WindowPlan
+    kept: list[Window] = field(default_factory=list)
+    replaced: list[Window] = field(default_factory=list)
+    _open: list[tuple[float, int, LoadReading | None]] = field(default_factory=list)
+
+    @property
+    def epochs_per_window(self) -> int:
+        return self.kept[0].epochs if self.kept else (self.replaced[0].epochs if self.replaced else 1)
+
+    def add(self, seconds: float, samples: int, load: LoadReading | None) -> None:
+        """One timed epoch; closes the open window once it is long enough."""
+        self._open.append((seconds, samples, load))
+        total = sum(s for s, _, _ in self._open)
+        sized = self.kept or self.replaced
+        if total < self.plan.min_seconds or (sized and len(self._open) < self.epochs_per_window):
+            return
+        loads = [reading for _, _, reading in self._open]
+        combined = None if None in loads else sum(loads[1:], loads[0])
+        window = Window(len(self._open), total, sum(n for _, n, _ in self._open), combined)
+        self._open = []
+        if window.disturbance and len(self.replaced) < MAX_REMEASURES:
+            self.replaced.append(window)
+        else:
+            self.kept.append(window)
+
+    def wants_more(self) -> bool:
+        n = len(self.kept)
+        if n < MIN_WINDOWS:
+            return True
+        if n >= self.plan.max_windows:
+            return False
+        spent = sum(w.seconds for w in self.kept + self.replaced) + sum(s for s, _, _ in self._open)
+        return spent + statistics.median(w.seconds for w in self.kept) <= self.plan.budget_seconds
+
+    def record(self) -> dict:
+        """The record's throughput fields (bench.harness documents them)."""
+        rates = [w.samples_per_s for w in self.kept]
+        median = statistics.median(rates)
+        noisy = [w for w in self.kept if w.disturbance]
+        readings = [w.load for w in self.kept if w.load is not None]
+        steals = [r.steal_fraction for r in readings if r.steal_fraction is not None]
+        worst = max(readings, key=lambda r: r.foreign_cpu_fraction, default=None)
+        return {
+            "train_samples_per_s": median,
+            "throughput_window_seconds": min(w.seconds for w in self.kept),
+            "throughput_window_epochs": self.epochs_per_window,
+            "throughput_windows": len(self.kept),
+            "throughput_window_samples_per_s": rates,
+            "throughput_spread": (max(rates) - min(rates)) / median,
+            "throughput_remeasured": len(self.replaced),
+            "noisy": bool(noisy),
+            "noise_reason": noisy[0].disturbance if noisy else None,
+            "foreign_cpu_fraction": worst.foreign_cpu_fraction if worst else None,
+            "steal_fraction": max(steals) if steals else None,
+            "load_average": readings[-1].load_average if readings else None,
+        }
