@@ -31,14 +31,14 @@ import jaxlib
 import numpy as np
 import optax
 from jax import lax
-from jax.scipy.ndimage import map_coordinates
 
+from backends import jax_augment, jax_compile_cache
 from backends.base import Backend, BackendInfo, MemoryReading
 from bench.augment import Params
 from bench.rules import Rules
 from bench.semantics import Native
 from bench.shapes import same_padding
-from bench.spec import Augment, TrainSpec
+from bench.spec import TrainSpec
 
 Tree = dict[str, dict[str, jax.Array]]
 
@@ -52,50 +52,6 @@ _LEAVES = {
     "moving_variance": ("batch_stats", "var"),
 }
 WEIGHTS_FILE = "model.msgpack"
-COMPILE_CACHE_ENV = "BENCH_COMPILE_CACHE"
-"""Folder of JAX's persistent compilation cache (default ~/.cache/bench/jax-compilation); 'off' disables it."""
-
-
-class _CacheEvents:
-    """Counts JAX's persistent-cache events: a hit loads an executable, a miss compiles and stores one."""
-
-    hits = 0
-    misses = 0
-
-    @classmethod
-    def listen(cls, event: str, **_: Any) -> None:
-        if event == "/jax/compilation_cache/cache_hits":
-            cls.hits += 1
-        elif event == "/jax/compilation_cache/cache_misses":
-            cls.misses += 1
-
-
-def compile_cache_dir() -> Path | None:
-    """Where the persistent compilation cache lives, or None when the user turned it off."""
-    value = os.environ.get(COMPILE_CACHE_ENV, "")
-    if value.lower() == "off":
-        return None
-    return Path(value) if value else Path.home() / ".cache" / "bench" / "jax-compilation"
-
-
-def enable_compile_cache() -> Path | None:
-    """Turn on JAX's persistent compilation cache for every computation, however small or quick to
-    compile: the sweep compiles many small steps, and a second run loads them instead (records say
-    'cold' or 'warm', so a compile time is never compared across the two unlabelled)."""
-    folder = compile_cache_dir()
-    if folder is None:
-        jax.config.update("jax_enable_compilation_cache", False)
-        return None
-    folder.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(folder))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-    return folder
-
-
-jax.monitoring.register_event_listener(_CacheEvents.listen)
-
-
 @functools.lru_cache(maxsize=64)
 def _jitted_logits(net: SpecNet, has_bn: bool) -> Callable:
     """One compiled eval forward per distinct network (model, activation, precision): cells that
@@ -141,43 +97,6 @@ def _batchnorm(net: SpecNet, layer, name: str, x: jax.Array, training: bool) -> 
 
 def _sgd(t: TrainSpec, momentum: bool) -> list[optax.GradientTransformation]:
     return [optax.trace(decay=t.momentum, nesterov=False)] if momentum else []  # buf = m*buf + g: torch form
-
-
-# -- augmentation on NHWC arrays, traced into the jitted step (bench/augment.py is the reference) ---------
-def _flip(axis: int):
-    return lambda x, flip, a: jnp.where(flip[:, None, None, None], jnp.flip(x, axis), x)
-
-
-def _crop(x: jax.Array, offsets: jax.Array, a: Augment) -> jax.Array:
-    """Zero-pad, then per image the H x W window at its (row, column) offset (vmapped dynamic_slice)."""
-    _, h, w, c = x.shape
-    padded = jnp.pad(x, ((0, 0), (a.crop, a.crop), (a.crop, a.crop), (0, 0)))
-    return jax.vmap(lambda image, at: lax.dynamic_slice(image, (at[0], at[1], 0), (h, w, c)))(padded, offsets)
-
-
-def _resample(x: jax.Array, linear: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]) -> jax.Array:
-    """Each image sampled at ``centre + linear(row offsets, column offsets)``: map_coordinates, order 1
-    (bilinear), mode 'constant' (taps outside read 0), vmapped over images and channels."""
-    _, h, w, _ = x.shape
-    cy, cx = (h - 1) / 2, (w - 1) / 2
-    rows, cols = jnp.broadcast_arrays(*linear(jnp.arange(h, dtype=jnp.float32)[:, None] - cy,
-                                              jnp.arange(w, dtype=jnp.float32)[None, :] - cx))  # (B, H, W) offsets
-
-    def image(img: jax.Array, r: jax.Array, c: jax.Array) -> jax.Array:
-        channel = lambda plane: map_coordinates(plane, [r + cy, c + cx], order=1, mode="constant", cval=0.0)  # noqa: E731
-        return jax.vmap(channel, in_axes=2, out_axes=2)(img)
-
-    return jax.vmap(image)(x, rows, cols)
-
-
-def _rotate(x: jax.Array, angle: jax.Array, a: Augment) -> jax.Array:
-    c, s = jnp.cos(angle)[:, None, None], jnp.sin(angle)[:, None, None]
-    return _resample(x, lambda r, q: (c * r + s * q, c * q - s * r))
-
-
-def _zoom(x: jax.Array, scale: jax.Array, a: Augment) -> jax.Array:
-    inverse = 1.0 / scale[:, None, None]
-    return _resample(x, lambda r, q: (inverse * r, inverse * q))
 
 
 class SpecNet(nn.Module):
@@ -259,11 +178,11 @@ class JaxBackend(Backend):
             "adam": lambda t, rules: [optax.scale_by_adam(b1=t.beta1, b2=t.beta2, eps=t.epsilon, eps_root=0.0)],
         },
         "augment": {
-            "hflip": _flip(2),
-            "vflip": _flip(1),
-            "crop": _crop,
-            "rotate": _rotate,
-            "zoom": _zoom,
+            "hflip": jax_augment.flip(2),
+            "vflip": jax_augment.flip(1),
+            "crop": jax_augment.crop,
+            "rotate": jax_augment.rotate,
+            "zoom": jax_augment.zoom,
             "brightness": lambda x, delta, a: jnp.clip(x + delta[:, None, None, None], 0.0, 1.0),
             "noise": lambda x, noise, a: jnp.clip(x + noise, 0.0, 1.0),
         },
@@ -294,7 +213,7 @@ class JaxBackend(Backend):
         jax.config.update("jax_default_matmul_precision", "highest")
         self._device = pick_device(self.on_gpu)
         jax.config.update("jax_default_device", self._device)
-        self._cache_dir = enable_compile_cache()
+        self._cache_dir = jax_compile_cache.enable()
         return BackendInfo(
             framework=self.framework,
             versions={"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__, "optax": optax.__version__},
@@ -320,7 +239,7 @@ class JaxBackend(Backend):
         self._tx = make_optimizer(train, self.translate("optimizer", train.optimizer)(train, self.rules()))
         self._key = jax.device_put(jax.random.key(train.seed), self.device)
         self.compile_count = 0
-        self._cache_events = (_CacheEvents.hits, _CacheEvents.misses)
+        self._cache_events = (jax_compile_cache.CacheEvents.hits, jax_compile_cache.CacheEvents.misses)
         self._x: jax.Array | None = None
         self._y: jax.Array | None = None
         self._jit_step = jax.jit(self._counted_step, donate_argnums=(0, 1, 2, 3))
@@ -464,7 +383,7 @@ class JaxBackend(Backend):
     def compile_cache(self) -> str:
         if self._cache_dir is None:
             return "off"
-        return "cold" if _CacheEvents.misses > self._cache_events[1] else "warm"
+        return "cold" if jax_compile_cache.CacheEvents.misses > self._cache_events[1] else "warm"
 
     def peak_memory(self) -> MemoryReading:
         if not self.on_gpu:
