@@ -296,14 +296,16 @@ def _train(backend: Backend, cell: Cell, data: Dataset, clock: PhaseClock, monit
 
 
 def _more_windows(backend: Backend, cell: Cell, n_train: int, monitor: LoadMonitor, windows: Windows,
-                  first_loss: float | None) -> None:
-    """Further epochs of the seed's batch order, timed only for throughput, until the windows suffice."""
+                  first_loss: float | None) -> int:
+    """Further epochs of the seed's batch order, timed only for throughput, until the windows suffice;
+    returns how many were trained."""
     index = cell.train.epochs
     while windows.wants_more():
         epoch = training.epoch(backend, n_train, cell.train, index, monitor)
         check_losses(epoch.result.losses, first_loss, index)
         windows.add(epoch.seconds, epoch.samples, epoch.load)
         index += 1
+    return index - cell.train.epochs
 
 
 def _inference_throughput(backend: Backend, x: np.ndarray) -> float:
@@ -377,7 +379,9 @@ def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | N
         record["converged"], record["convergence_note"] = convergence(
             m.epoch_val_accuracy, m.epoch_train_loss, record["test_accuracy"], k)
         with clock.phase("window"):
-            _more_windows(backend, cell, len(data.x_train), monitor, windows, m.first_loss)
+            evaluated = backend.get_weights()  # the model the accuracy figures describe (and --save keeps)
+            if _more_windows(backend, cell, len(data.x_train), monitor, windows, m.first_loss):
+                training.restart(backend, evaluated)
         record |= windows.record()
         # Compilation = what the first step cost beyond a steady-state step (from the windows' median).
         steady_step = cell.train.batch_size / record["train_samples_per_s"]
