@@ -40,7 +40,8 @@ def time_breakdown(frame: pd.DataFrame) -> pd.DataFrame:
         row["other"] = max(cells - phases, 0.0)
         row["total"] = cells + row["worker start-up"]
         states = _column(timed, "compile_cache").dropna().value_counts()
-        row["compile cache"] = ", ".join(f"{n} {state}" for state, n in states.items()) or "—"
+        row["compile cache"] = (str(states.index[0]) if len(states) == 1
+                                else ", ".join(f"{state} ({n} cells)" for state, n in states.items()) or "—")
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -183,6 +183,12 @@ def _glance(run: Run) -> list[tuple[str, str]]:
     return tiles
 
 
+def _repeats(frame: pd.DataFrame) -> int:
+    """Most repeats any configuration has: with one, no ratio rests on a spread, so none is coloured."""
+    ok = frame[frame["status"] == "ok"]
+    return int(ok.groupby("cell_id", dropna=True).size().max()) if ok["cell_id"].notna().any() else 0
+
+
 def _augmentation_view(rows: list[AugmentationRow]) -> list[dict]:
     """Per model, augmentation and backend: plain and augmented throughput, their ratio, and the accuracy change."""
     def ratio(est: Estimate) -> dict:
@@ -284,6 +290,7 @@ def render(run: Run, summary: pd.DataFrame, heads: list[ModelHeadline], figures:
     """The full page as a string."""
     context = {
         "run_name": run.name, "notes": run.notes, "glance": _glance(run), "baseline": baseline,
+        "repeats": _repeats(run.records),
         "metrics": [m.label for m in HEADLINE], "cell_metrics": [m.label for m in CELL_TABLE],
         "headlines": [_headline_view(h) for h in heads],
         "figures": [_figure_view(f) for f in figures],

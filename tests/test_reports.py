@@ -300,12 +300,17 @@ def test_unconverged_accuracy_is_no_result_noisy_throughput_is_marked_and_the_ti
     cnn = page[page.index("<h3>cnn</h3>"):page.index('id="time"')]
     assert 'class="num unconverged">66.5%†' in cnn and "† Not converged" in cnn  # nothing converged: greyed
     time_table = page[page.index('id="time"'):page.index('id="figures"')]
-    assert "<b>torch</b>" in time_table and "8 cold" in time_table and "16 off" not in time_table
+    assert "<b>torch</b>" in time_table and "<td>cold</td>" in time_table and "<td>off</td>" in time_table
+    assert "one repeat per configuration" not in page  # two repeats: the ratios' colours rest on a spread
+    mixed = [r | {"compile_cache": "warm"} if r["backend"] == "jax" and r["repeat"] == 1 else r for r in records]
+    assert time_breakdown(records_frame(mixed)).set_index("backend").loc["jax", "compile cache"] == "cold (4 cells), warm (4 cells)"
     costs = time_breakdown(records_frame(records))
     jax = costs[costs["backend"] == "jax"].iloc[0]
     assert jax["worker start-up"] == 3.0 and jax["compile / warm-up"] == pytest.approx(8 * 0.5)
     assert jax["total"] == pytest.approx(3.0 + 8 * 1.86) and jax["other"] == pytest.approx(8 * 0.01)
     assert any(f.stem == "time_breakdown" for f in result.figures)
+    once = build_report(write_run(tmp_path / "once", [r for r in records if r["repeat"] == 0])).html.read_text(encoding="utf-8")
+    assert "one repeat per configuration" in once  # no spread: every ratio grey, and the page says why
 
 
 def test_unknown_baseline_is_an_error(built):
@@ -375,7 +380,7 @@ def test_page_renders_with_figures_in_headless_chromium(built, tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "screenshot_report.py"), str(result.html),
                            "--out", str(shot)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert shot.stat().st_size > 50_000 and "7 embedded figure(s)" in done.stdout
+    assert shot.stat().st_size > 50_000 and f"{len(result.figures)} embedded figure(s)" in done.stdout
     # the check is not vacuous: the same page with undecodable images is text on white and fails it
     broken = tmp_path / "broken.html"
     broken.write_text(re.sub(r"base64,[A-Za-z0-9+/=]+", "base64,AAAA", result.html.read_text(encoding="utf-8")))
