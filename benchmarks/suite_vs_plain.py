@@ -9,11 +9,12 @@ pinned and thread-capped like a worker (``bench.executor.isolate``), and are mea
 way: one warm-up step (``model.fit``: one warm-up epoch), then windows of whole epochs of at least
 ``--min-window`` seconds (``bench.throughput``), the median of the windows.
 
-Rounds alternate suite and plain for every backend, so slow drift of the machine hits both;
-figures are medians over rounds with their range, and the ratio suite/plain per round. Other load
-disturbs both sides: check ``uptime`` first, and read the noisy counts printed with the figures.
+Rounds alternate suite and plain for every backend, and the order flips every round (suite first,
+then plain first), so slow drift of the machine hits both sides alike; figures are medians over
+rounds with their range, and the ratio suite/plain per round. Other load disturbs both sides: check
+``uptime`` first, and read the noisy counts printed with the figures.
 
-    python benchmarks/suite_vs_plain.py --rounds 5
+    python benchmarks/suite_vs_plain.py --rounds 6
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def _summary(values: list[float]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=6, help="an even number runs each order equally often")
     parser.add_argument("--backends", default="torch,tf,jax")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
@@ -147,8 +148,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for round_no in range(args.rounds):
             for backend in backends:
-                for name, measure in [("suite " + backend, lambda b=backend: suite(b, args, Path(tmp)))] + [
-                        (p, lambda p=p: _child(p, args)) for p in PLAINS[backend]]:
+                sides = [("suite " + backend, lambda b=backend: suite(b, args, Path(tmp)))] + [
+                    (p, lambda p=p: _child(p, args)) for p in PLAINS[backend]]
+                for name, measure in sides if round_no % 2 == 0 else sides[::-1]:
                     fields = measure()
                     rates[name].append(fields["train_samples_per_s"])
                     noisy[name] += bool(fields["noisy"])
