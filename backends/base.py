@@ -142,6 +142,7 @@ class Backend(ABC):
         check_image_input(train.augment, self.input_shape)
         self._augmentations: list[tuple[str, Callable]] = [(n, self.translate("augment", n)) for n in train.augment.names]
         self._pending: list[Any] = []
+        self._data_placed = False
         self._build()
 
     @abstractmethod
@@ -211,9 +212,14 @@ class Backend(ABC):
         """Fresh optimizer state (step count 0), reusing compiled code: warm-up must not leak into training."""
 
     # -- training --------------------------------------------------------------------------------
-    @abstractmethod
     def load_data(self, x: np.ndarray, y: np.ndarray) -> None:
-        """Place the training arrays where the steps read them (once, off the clock)."""
+        """Place the training arrays where the steps read them (once per build, off the clock)."""
+        self._place_data(x, y)
+        self._data_placed = True
+
+    @abstractmethod
+    def _place_data(self, x: np.ndarray, y: np.ndarray) -> None:
+        """The training arrays on the device, as this framework's steps read them."""
 
     def train_step(self, batch: np.ndarray, augment: Params | None = None) -> None:
         """One optimizer step on rows ``batch`` of the loaded data, in training mode.
@@ -223,6 +229,8 @@ class Backend(ABC):
         step. May return before the device finishes (asynchronous dispatch); the loss stays on the
         device until ``finish_epoch``.
         """
+        if not self._data_placed:
+            raise RuntimeError("load_data() must run after build() and before train_step()")
         if (augment is None) == bool(self._augmentations):
             raise ValueError(f"train_step needs augmentation parameters exactly when the train spec augments "
                              f"(augment={self.train.augment.label!r}, parameters {'missing' if augment is None else 'given'})")

@@ -337,13 +337,11 @@ class JaxBackend(Backend):
         return loss, grads
 
     # -- training --------------------------------------------------------------------------------
-    def load_data(self, x: np.ndarray, y: np.ndarray) -> None:
+    def _place_data(self, x: np.ndarray, y: np.ndarray) -> None:
         self._x = jax.device_put(np.asarray(x, np.float32), self.device)
         self._y = jax.device_put(np.asarray(y, np.int32), self.device)
 
     def _step(self, batch: np.ndarray, augment: Params | None) -> jax.Array:
-        if self._x is None:
-            raise RuntimeError("load_data() must run before train_step()")
         args = (self._params, self._stats, self._opt_state, self._step_no, self._key, self._x, self._y, batch.astype(np.int32), augment)
         if self.mode == "eager":
             with jax.disable_jit():

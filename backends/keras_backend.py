@@ -313,7 +313,7 @@ class KerasBackend(Backend):
             v.assign(value)
 
     # -- training --------------------------------------------------------------------------------
-    def load_data(self, x: np.ndarray, y: np.ndarray) -> None:
+    def _place_data(self, x: np.ndarray, y: np.ndarray) -> None:
         with tf.device("/GPU:0" if self.on_gpu else "/CPU:0"):  # tf.identity copies onto the device once
             self._x = tf.identity(tf.convert_to_tensor(np.asarray(x, dtype=np.float32)))
             self._y = tf.identity(tf.convert_to_tensor(np.asarray(y, dtype=np.int64)))
@@ -339,8 +339,6 @@ class KerasBackend(Backend):
         return self._model(x, training=False)
 
     def _step(self, batch: np.ndarray, augment: Params | None) -> tf.Tensor:
-        if self._train_fn is None:
-            raise RuntimeError("load_data() must run before train_step()")
         rows = tf.convert_to_tensor(np.asarray(batch, dtype=np.int32))
         if augment is None:
             return self._train_fn(rows)

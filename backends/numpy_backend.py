@@ -60,7 +60,7 @@ class NumpyBackend(Backend):
         self.optimizer.reset()
         self._pending = []
 
-    def load_data(self, x: np.ndarray, y: np.ndarray) -> None:
+    def _place_data(self, x: np.ndarray, y: np.ndarray) -> None:
         self.x, self.y = np.asarray(x, np.float32), np.asarray(y, np.int64)
 
     def _masks(self, n: int, rng: np.random.Generator) -> dict[int, np.ndarray]:

@@ -296,7 +296,7 @@ class TorchBackend(Backend):
         tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
         return tensor.permute(0, 3, 1, 2).contiguous() if self.images else tensor
 
-    def load_data(self, x: np.ndarray, y: np.ndarray) -> None:
+    def _place_data(self, x: np.ndarray, y: np.ndarray) -> None:
         self.x = self._input(x)
         self.y = torch.from_numpy(y.astype(np.int64)).to(self.device)
 

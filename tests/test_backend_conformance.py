@@ -135,6 +135,16 @@ def test_every_optimizer_steps_and_reset_replays_the_same_trajectory(name, optim
     assert not np.allclose(backend.get_weights()[0], weights[0])
 
 
+@pytest.mark.parametrize("name", INSTALLED)
+def test_a_step_before_the_data_of_this_build_is_placed_is_a_clear_error(name, mnist_small):
+    backend = loaded_backend(name)
+    training.prepare(backend, SEED_MODELS["mlp"], TrainSpec(batch_size=32), mnist_small.x_train, mnist_small.y_train, 10)
+    backend.train_step(np.arange(32))  # placed by prepare: steps
+    backend.build(SEED_MODELS["mlp"].resolve("relu"), TrainSpec(batch_size=32), mnist_small.input_shape, 10)
+    with pytest.raises(RuntimeError, match=r"load_data\(\) must run after build\(\) and before train_step\(\)"):
+        backend.train_step(np.arange(32))  # a new build: the last build's arrays are not this model's
+
+
 @pytest.mark.parametrize("name", FRAMEWORKS)
 @pytest.mark.parametrize("loss", ["cce", "mse", "mae", "bce", "hinge"])
 def test_every_loss_matches_the_numpy_definition(name, loss):
