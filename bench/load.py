@@ -4,17 +4,26 @@ A throughput figure taken while another process held the cores measures that pro
 framework (on a shared 2-core machine the same torch cell has measured 387 and 40,238 samples/s).
 So while training is timed, this module reads, for the cores of this process's CPU set:
 
-- ``foreign_cpu_fraction``: busy CPU time of those cores (every process, from ``psutil.cpu_times``)
-  minus this process's own CPU time (all its threads and waited-for children), divided by wall time x
-  cores. 0 on a quiet machine; 1 when other work kept every core of the set busy the whole time.
-- ``steal_fraction``: time the hypervisor ran other guests on those cores, same unit (None where the
-  kernel does not report steal).
+- ``foreign_cpu_cores``: busy CPU time of those cores (every process, from ``psutil.cpu_times``)
+  minus this process's own CPU time (all its threads and waited-for children), divided by wall
+  time: how many cores' worth of other work ran beside the measurement. ``foreign_cpu_fraction`` is
+  the same per core of the set (0 on a quiet machine, 1 when other work kept every core busy).
+- ``steal_fraction``: time the hypervisor ran other guests on those cores, per core of the set
+  (None where the kernel does not report steal).
 - ``load_average``: the 1-minute load average at the end. Recorded, never a trigger: it lags by a
   minute and counts this process's own threads.
 
-A span is *disturbed* when ``foreign_cpu_fraction > FOREIGN_CPU_LIMIT`` or ``steal_fraction >
-STEAL_LIMIT``. The kernel counts CPU time in 10 ms ticks, so a 0.25 s span on 2 cores reads
-foreign time to about +-0.04 of a core: the limits sit well above that.
+A span is *disturbed* when ``foreign_cpu_cores > FOREIGN_CPU_LIMIT`` or ``steal_fraction >
+STEAL_LIMIT``. The foreign limit is in cores, not per core of the set, because a training step is
+as slow as its slowest thread: one other process spinning on one core of a 2-core set takes about
+0.7 of that core (0.35 per core of the set), and it cut a torch MLP's throughput from 47k to 10k
+samples/s. On a 16-core set the same process would read 0.04 per core, yet every step would still
+wait for the thread that shares its core.
+
+The kernel counts CPU time in 10 ms ticks, so every pair of reads is off by up to a tick per core.
+A window is therefore read once, from the start of its first epoch to the end of its last
+(``LoadReading.through``), not as a sum of per-epoch readings whose tick errors would add up. On a
+quiet 2-core machine, 0.25 s windows read at most about 0.1 core of foreign CPU.
 
 Framework-free (psutil only): the harness uses it on every backend the same way.
 """
@@ -28,7 +37,7 @@ from dataclasses import dataclass
 import psutil
 
 FOREIGN_CPU_LIMIT = 0.25
-"""Foreign CPU time above a quarter of each core of the set disturbs a measurement."""
+"""Other processes using more than a quarter of a core (summed over the set) disturb a measurement."""
 STEAL_LIMIT = 0.10
 """Hypervisor steal above a tenth of each core of the set disturbs a measurement."""
 
@@ -45,40 +54,51 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class LoadReading:
-    """Other load over a span of ``seconds`` on ``cores`` cores."""
+    """Other load on ``cores`` cores between two snapshots."""
 
-    seconds: float
+    start: Snapshot
+    end: Snapshot
     cores: int
-    foreign_cpu_seconds: float
-    steal_seconds: float | None
-    load_average: float | None
+    load_average: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        return self.end.wall - self.start.wall
+
+    @property
+    def foreign_cpu_seconds(self) -> float:
+        """Busy CPU time of the set that was not this process's (never below 0: ticks can overshoot)."""
+        return max((self.end.busy - self.start.busy) - (self.end.own - self.start.own), 0.0)
+
+    @property
+    def foreign_cpu_cores(self) -> float:
+        return self.foreign_cpu_seconds / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def foreign_cpu_fraction(self) -> float:
-        return max(self.foreign_cpu_seconds, 0.0) / (self.seconds * self.cores) if self.seconds > 0 else 0.0
+        return self.foreign_cpu_cores / self.cores
 
     @property
     def steal_fraction(self) -> float | None:
-        if self.steal_seconds is None:
+        if self.start.steal is None or self.end.steal is None:
             return None
-        return self.steal_seconds / (self.seconds * self.cores) if self.seconds > 0 else 0.0
+        return (self.end.steal - self.start.steal) / (self.seconds * self.cores) if self.seconds > 0 else 0.0
 
     @property
     def disturbance(self) -> str | None:
         """Why this span is disturbed (the figure that tripped it), or None when it is clean."""
-        if self.foreign_cpu_fraction > FOREIGN_CPU_LIMIT:
-            return (f"foreign CPU {self.foreign_cpu_fraction:.2f} of each of {self.cores} core(s) "
+        if self.foreign_cpu_cores > FOREIGN_CPU_LIMIT:
+            return (f"foreign CPU {self.foreign_cpu_cores:.2f} core(s) of the {self.cores}-core set "
                     f"(limit {FOREIGN_CPU_LIMIT})")
         steal = self.steal_fraction
         if steal is not None and steal > STEAL_LIMIT:
             return f"CPU steal {steal:.2f} of each of {self.cores} core(s) (limit {STEAL_LIMIT})"
         return None
 
-    def __add__(self, other: LoadReading) -> LoadReading:
-        """Two spans together (a window made of several timed epochs)."""
-        steal = None if self.steal_seconds is None or other.steal_seconds is None else self.steal_seconds + other.steal_seconds
-        return LoadReading(self.seconds + other.seconds, self.cores, self.foreign_cpu_seconds + other.foreign_cpu_seconds,
-                           steal, other.load_average)
+    def through(self, later: LoadReading) -> LoadReading:
+        """One reading from this one's start to ``later``'s end (a window of several epochs): one
+        difference of the counters, so the tick error is paid once, not once per epoch."""
+        return LoadReading(self.start, later.end, self.cores, later.load_average)
 
 
 def _cpu_set() -> list[int]:
@@ -111,6 +131,4 @@ class LoadMonitor:
             load = os.getloadavg()[0]
         except (AttributeError, OSError):
             load = None
-        steal = None if start.steal is None or end.steal is None else end.steal - start.steal
-        return LoadReading(end.wall - start.wall, len(self.cpus), (end.busy - start.busy) - (end.own - start.own),
-                           steal, load)
+        return LoadReading(start, end, len(self.cpus), load)

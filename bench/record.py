@@ -157,6 +157,7 @@ class ResultRecord(BaseModel):
     throughput_remeasured: int | None = _field("Windows measured again because other load disturbed them")
     noisy: bool | None = _field("True when a window stayed disturbed by other load after re-measuring")
     noise_reason: str | None = _field("The figure that tripped the noise check (foreign CPU, steal, load)")
+    foreign_cpu_cores: float | None = _field("Other processes' CPU time over the worst window, in cores (the noise check's unit)")
     foreign_cpu_fraction: float | None = _field("Other processes' CPU time over the worst window, per core of the set")
     steal_fraction: float | None = _field("CPU steal over the worst window, where the kernel reports it")
     load_average: float | None = _field("1-minute load average after the last window")

@@ -80,7 +80,7 @@ class Windows:
         if total < self.plan.min_seconds or (sized and len(self._open) < self.epochs_per_window):
             return
         loads = [reading for _, _, reading in self._open]
-        combined = None if None in loads else sum(loads[1:], loads[0])
+        combined = None if None in loads else loads[0].through(loads[-1])
         window = Window(len(self._open), total, sum(n for _, n, _ in self._open), combined)
         self._open = []
         if window.disturbance and len(self.replaced) < MAX_REMEASURES:
@@ -104,7 +104,7 @@ class Windows:
         noisy = [w for w in self.kept if w.disturbance]
         readings = [w.load for w in self.kept if w.load is not None]
         steals = [r.steal_fraction for r in readings if r.steal_fraction is not None]
-        worst = max(readings, key=lambda r: r.foreign_cpu_fraction, default=None)
+        worst = max(readings, key=lambda r: r.foreign_cpu_cores, default=None)
         return {
             "train_samples_per_s": median,
             "throughput_window_seconds": min(w.seconds for w in self.kept),
@@ -115,6 +115,7 @@ class Windows:
             "throughput_remeasured": len(self.replaced),
             "noisy": bool(noisy),
             "noise_reason": noisy[0].disturbance if noisy else None,
+            "foreign_cpu_cores": worst.foreign_cpu_cores if worst else None,
             "foreign_cpu_fraction": worst.foreign_cpu_fraction if worst else None,
             "steal_fraction": max(steals) if steals else None,
             "load_average": readings[-1].load_average if readings else None,

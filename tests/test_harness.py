@@ -19,7 +19,7 @@ MEASURED = [
     "step_time_ms_p50", "step_time_ms_p90", "step_time_ms_p99", "compile_seconds", "first_step_seconds",
     "inference_samples_per_s", "cpu_seconds_per_sample", "peak_rss_bytes", "param_count",
     "flops_per_sample_forward", "flops_per_sample_train", "achieved_gflops", "peak_fraction",
-    "throughput_window_seconds", "throughput_spread", "foreign_cpu_fraction", "time_build_seconds",
+    "throughput_window_seconds", "throughput_spread", "foreign_cpu_cores", "foreign_cpu_fraction", "time_build_seconds",
     "time_compile_seconds", "time_train_seconds", "time_eval_seconds", "time_window_seconds",
 ]
 
