@@ -23,7 +23,7 @@ wait for the thread that shares its core.
 The kernel counts CPU time in 10 ms ticks, so every pair of reads is off by up to a tick per core.
 A window is therefore read once, from the start of its first epoch to the end of its last
 (``LoadReading.through``), not as a sum of per-epoch readings whose tick errors would add up. On a
-quiet 2-core machine, 0.25 s windows read at most about 0.1 core of foreign CPU.
+quiet 2-core machine, 0.25 s windows read at most about 0.15 core of foreign CPU.
 
 Framework-free (psutil only): the harness uses it on every backend the same way.
 """
