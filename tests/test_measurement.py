@@ -87,8 +87,8 @@ def test_the_convergence_rule():
 
 
 class _Epochs:
-    """Consecutive load readings on a 2-core set, as the monitor gives them epoch after epoch: this
-    process keeps both cores busy, other processes add ``foreign`` cores on top."""
+    """Consecutive load readings on a set of ``cores`` cores, as the monitor gives them epoch after
+    epoch: this process keeps every core busy, other processes add ``foreign`` cores on top."""
 
     def __init__(self, cores: int = 2) -> None:
         self.cores, self.now = cores, Snapshot(wall=0.0, busy=0.0, steal=0.0, own=0.0)
