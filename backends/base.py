@@ -2,7 +2,7 @@
 
 The harness drives a backend through the public methods here only, so a measurement means the same
 thing on every framework. Arrays cross the boundary as NumPy in the canonical layouts of
-``bench.shapes`` (Dense kernel (in, out), Conv kernel HWIO, images NHWC, float32, integer labels).
+``bench.spec.shapes`` (Dense kernel (in, out), Conv kernel HWIO, images NHWC, float32, integer labels).
 
 The public methods are template methods (as Keras 3's ``backend/common``): they do the shared work
 (device policy, mode and precision checks, weight-list validation, the pending-loss buffer, loss
@@ -10,7 +10,7 @@ and probabilities in NumPy) and call narrow hooks (``_setup``, ``_build``, ``_st
 adapter implements. An adapter also declares, as class data, its translation tables keyed by the
 spec's vocabulary (``TRANSLATIONS``), its execution modes and which of them compile
 (``COMPILED_MODES``), the framework rules it follows (``RULES``), and its own defaults for the
-``native`` semantics policy (``NATIVE``, bench.semantics). See docs/architecture.md, "Adding a backend".
+``native`` semantics policy (``NATIVE``, bench.spec.semantics). See docs/architecture.md, "Adding a backend".
 
 Lifecycle, per process: ``setup`` once (threads, device), then per cell ``build`` ->
 ``set_weights`` (or, under the native policy, ``initialise_natively``) -> ``load_data`` ->
@@ -27,12 +27,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from bench.augment import Params, check_image_input
-from bench.losses import loss_value, probabilities
-from bench.rules import CANONICAL, Rules
-from bench.semantics import HARMONISED_INIT, Native
-from bench.shapes import ParamSpec, param_specs
-from bench.spec import ModelSpec, TrainSpec
+from bench.spec.augment import Params, check_image_input
+from bench.spec.losses import loss_value, probabilities
+from bench.spec.model import ModelSpec
+from bench.spec.rules import CANONICAL, Rules
+from bench.spec.semantics import HARMONISED_INIT, Native
+from bench.spec.shapes import ParamSpec, param_specs
+from bench.spec.train import TrainSpec
 
 DEVICES = ("cpu", "gpu", "auto")
 
@@ -83,12 +84,12 @@ class Backend(ABC):
     GPU_ONLY_MODES: ClassVar[tuple[str, ...]] = ()
     """Modes that exist only on a GPU (CUDA graphs): refused as Unsupported on the CPU."""
     RULES: ClassVar[Rules] = CANONICAL
-    """The formulas this framework follows where frameworks differ (bench.rules)."""
+    """The formulas this framework follows where frameworks differ (bench.spec.rules)."""
     TRANSLATIONS: ClassVar[Mapping[str, Mapping[str, Any]]]
     """Per kind of spec name (layer, activation, loss, optimizer, augment): name -> this framework's version.
 
     An ``augment`` entry is ``(images, that transform's parameters, the Augment spec) -> images``, on
-    the framework's tensors in the adapter's own image layout, following bench/augment.py's reference.
+    the framework's tensors in the adapter's own image layout, following bench/spec/augment.py's reference.
     """
     NATIVE: ClassVar[Native | None] = None
     """This framework's own defaults (the native semantics policy); None: it has none (the NumPy oracle)."""
@@ -191,7 +192,7 @@ class Backend(ABC):
         raise Unsupported(f"{self.name} has no initialisers of its own: it starts from the canonical weights only")
 
     def set_weights(self, weights: list[np.ndarray]) -> None:
-        """Load canonical weights (order and layouts of ``bench.shapes.param_specs``)."""
+        """Load canonical weights (order and layouts of ``bench.spec.shapes.param_specs``)."""
         if len(weights) != len(self.specs):
             raise ValueError(f"expected {len(self.specs)} canonical arrays, got {len(weights)}")
         for p, w in zip(self.specs, weights):
@@ -224,7 +225,7 @@ class Backend(ABC):
     def train_step(self, batch: np.ndarray, augment: Params | None = None) -> None:
         """One optimizer step on rows ``batch`` of the loaded data, in training mode.
 
-        ``augment`` is this step's augmentation parameters (bench/augment.py), required exactly when
+        ``augment`` is this step's augmentation parameters (bench/spec/augment.py), required exactly when
         the train spec augments; the step transforms its images with them on the device, inside the
         step. May return before the device finishes (asynchronous dispatch); the loss stays on the
         device until ``finish_epoch``.
@@ -253,7 +254,7 @@ class Backend(ABC):
 
     def augmented(self, x: np.ndarray, params: Params) -> np.ndarray:
         """Images ``x`` (float32 NHWC) augmented as a training step would with ``params``, back in NumPy:
-        what tests hold against bench/augment.py's reference."""
+        what tests hold against bench/spec/augment.py's reference."""
         if not self._augmentations:
             raise ValueError("the train spec has no augmentation")
         return np.asarray(self._augmented(np.asarray(x, np.float32), params), dtype=np.float32)
@@ -326,7 +327,7 @@ class Backend(ABC):
     @abstractmethod
     def save_native(self, directory: Path) -> Path:
         """Write the current model in the framework's own format, for that framework's users; returns
-        the file. No pickle. The neutral format every backend reads is ``bench.saved``."""
+        the file. No pickle. The neutral format every backend reads is ``bench.models.saved``."""
 
     @abstractmethod
     def load_native(self, path: Path) -> None:
@@ -346,7 +347,7 @@ class Backend(ABC):
         return "off"
 
     def rules(self) -> Rules:
-        """The framework rules of the built model (bench.rules), read by parity and the report."""
+        """The framework rules of the built model (bench.spec.rules), read by parity and the report."""
         return self.NATIVE.rules if self.native else self.RULES
 
     def bn_momentum_parameter(self, bn_momentum: float) -> float:

@@ -1,6 +1,6 @@
 """The augmentation transforms on JAX NHWC arrays, traced into the JAX adapter's jitted step.
 
-``bench/augment.py`` is the NumPy reference each one matches (tests/test_augment.py); the JAX
+``bench/spec/augment.py`` is the NumPy reference each one matches (tests/test_augment.py); the JAX
 adapter's ``TRANSLATIONS["augment"]`` table points here. Rotate and zoom resample about the image
 centre with ``map_coordinates`` (order 1, constant 0 outside the image).
 """
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.ndimage import map_coordinates
 
-from bench.spec import Augment
+from bench.spec.train import Augment
 
 
 def flip(axis: int):

@@ -34,11 +34,11 @@ from jax import lax
 
 from backends import jax_augment, jax_compile_cache
 from backends.base import Backend, BackendInfo, MemoryReading
-from bench.augment import Params
-from bench.rules import Rules
-from bench.semantics import Native
-from bench.shapes import same_padding
-from bench.spec import TrainSpec
+from bench.spec.augment import Params
+from bench.spec.rules import Rules
+from bench.spec.semantics import Native
+from bench.spec.shapes import same_padding
+from bench.spec.train import TrainSpec
 
 Tree = dict[str, dict[str, jax.Array]]
 
@@ -161,7 +161,7 @@ class JaxBackend(Backend):
             "sigmoid": lambda x, slope: nn.sigmoid(x),
             "linear": lambda x, slope: x,
         },
-        # loss: (logits, integer labels) -> mean loss, as bench.losses defines it
+        # loss: (logits, integer labels) -> mean loss, as bench.spec.losses defines it
         "loss": {
             "cce": lambda z, y: optax.softmax_cross_entropy_with_integer_labels(z, y).mean(),
             "mse": lambda z, y: jnp.mean((jax.nn.softmax(z) - jax.nn.one_hot(y, z.shape[1])) ** 2),

@@ -39,10 +39,10 @@ import tensorflow as tf  # noqa: E402
 tf.get_logger().setLevel(logging.ERROR)
 
 from backends.base import Backend, BackendInfo, MemoryReading, Unsupported  # noqa: E402
-from bench.augment import Params, param_shapes  # noqa: E402
-from bench.rules import Rules  # noqa: E402
-from bench.semantics import Native  # noqa: E402
-from bench.spec import Augment, TrainSpec  # noqa: E402
+from bench.spec.augment import Params, param_shapes  # noqa: E402
+from bench.spec.rules import Rules  # noqa: E402
+from bench.spec.semantics import Native  # noqa: E402
+from bench.spec.train import Augment, TrainSpec  # noqa: E402
 
 if keras.backend.backend() != "tensorflow":  # keras was imported earlier with another backend
     raise ImportError(f"keras is already running on {keras.backend.backend()!r}; the tf backend needs a fresh process")
@@ -80,7 +80,7 @@ def _sgd(train: TrainSpec, momentum: float) -> keras.optimizers.Optimizer:
     return keras.optimizers.SGD(learning_rate=float(train.lr), momentum=momentum, nesterov=False, weight_decay=train.weight_decay or None)
 
 
-# -- augmentation on NHWC tensors, inside the step's tf.function (bench/augment.py is the reference) ----
+# -- augmentation on NHWC tensors, inside the step's tf.function (bench/spec/augment.py is the reference) ----
 def _flip(axis: int):
     return lambda x, flip, a: tf.where(flip[:, None, None, None], tf.reverse(x, [axis]), x)
 
@@ -156,7 +156,7 @@ class KerasBackend(Backend):
             "sigmoid": lambda slope, policy: [keras.layers.Activation("sigmoid", dtype=policy)],
             "linear": lambda slope, policy: [],
         },
-        # loss: () -> fn(integer labels, float32 logits), mean over the batch as bench.losses defines it
+        # loss: () -> fn(integer labels, float32 logits), mean over the batch as bench.spec.losses defines it
         "loss": {
             "cce": lambda: keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             "mse": lambda: _on_probabilities(keras.losses.MeanSquaredError()),

@@ -1,7 +1,7 @@
 """The NumPy reference run as a (slow) backend, so the harness can train the oracle like any framework.
 
 A thin adapter over ``bench.reference``: float32 at the boundary like every backend, float64
-inside. By default it follows the suite's canonical rules (``bench.rules.CANONICAL``); the parity
+inside. By default it follows the suite's canonical rules (``bench.spec.rules.CANONICAL``); the parity
 ladder also runs it with a framework's declared rules to check that framework exactly. Dropout
 masks come from a NumPy generator seeded by the train seed.
 """
@@ -14,12 +14,13 @@ import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from backends.base import Backend, BackendInfo, Unsupported
-from bench import augment, reference
-from bench.losses import LOSS_TABLE
+from bench import reference
 from bench.reference.network import LAYERS
 from bench.reference.ops import ACTIVATIONS
 from bench.reference.optimizer import UPDATES
-from bench.rules import CANONICAL, Rules
+from bench.spec.losses import LOSS_TABLE
+from bench.spec import augment
+from bench.spec.rules import CANONICAL, Rules
 
 
 class NumpyBackend(Backend):

@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from backends.base import Backend, BackendInfo, MemoryReading
-from bench.augment import Params
-from bench.rules import Rules
-from bench.semantics import Native
-from bench.shapes import ParamSpec, layer_shapes, same_padding
-from bench.spec import Augment, TrainSpec
+from bench.spec.augment import Params
+from bench.spec.rules import Rules
+from bench.spec.semantics import Native
+from bench.spec.shapes import ParamSpec, layer_shapes, same_padding
+from bench.spec.train import Augment, TrainSpec
 
 
 class _FlattenHWC(nn.Module):
@@ -81,7 +81,7 @@ def _tensor(value: torch.Tensor) -> np.ndarray:
     return value.detach().cpu().numpy()
 
 
-# -- augmentation on NCHW tensors (bench/augment.py is the reference; rows/columns are dims 2/3) -------
+# -- augmentation on NCHW tensors (bench/spec/augment.py is the reference; rows/columns are dims 2/3) -------
 def _flip(dim: int):
     return lambda x, flip, a: torch.where(flip[:, None, None, None], x.flip(dim), x)
 

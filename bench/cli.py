@@ -27,17 +27,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import backends
-from bench import environment, fingerprint, grid, predict
-from bench.augment import check_image_input
-from bench.data import DATASETS, load_dataset
 from bench.errors import BenchError
-from bench.executor import WorkerSettings, run_sweep
-from bench.harness import Cell, refused_record
-from bench.record import ResultRecord
-from bench.run_flags import EXECUTOR_NAMES, add_run_arguments, build_sweep, resumed, usable_cores
-from bench.runlock import RunLock
-from bench.spec import ACTIVATIONS, AUGMENT_DEFAULTS, AUGMENTATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS, training_rules
-from bench.store import RunStore
+from bench.models import predict
+from bench.results.record import ResultRecord
+from bench.results.store import RunStore
+from bench.run import environment, fingerprint, grid
+from bench.run.executors.local import WorkerSettings, run_sweep
+from bench.run.flags import EXECUTOR_NAMES, add_run_arguments, build_sweep, resumed, usable_cores
+from bench.run.lock import RunLock
+from bench.spec.augment import check_image_input
+from bench.spec.cell import Cell
+from bench.spec.data import DATASETS, load_dataset
+from bench.spec.model import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS
+from bench.spec.train import AUGMENT_DEFAULTS, AUGMENTATIONS, training_rules
 
 console = Console(stderr=False)
 errors = Console(stderr=True)
@@ -55,7 +57,7 @@ def _local(cells: list, settings: WorkerSettings, sink, done: set, args: argpars
 
 
 def _ray(cells: list, settings: WorkerSettings, sink, done: set, args: argparse.Namespace, lock: RunLock) -> None:
-    from bench import ray_executor
+    from bench.run.executors import ray as ray_executor
 
     ray_executor.run_sweep(cells, settings, sink, done, args.cell_timeout, args.ray_address, args.gpus_per_cell)
 
@@ -66,7 +68,7 @@ EXECUTORS = dict(zip(EXECUTOR_NAMES, (_local, _ray), strict=True))
 def _check_executor(args: argparse.Namespace) -> None:
     """Executor flags that cannot work stop the run before anything is written."""
     if args.executor == "ray":
-        from bench import ray_executor
+        from bench.run.executors import ray as ray_executor
 
         ray_executor.require()
     elif args.ray_address or args.gpus_per_cell:
@@ -147,7 +149,7 @@ def _sweep(args, sweep, backend_names, data, models, refused, store: RunStore, l
     for name, reason in refused.items():
         for backend in backend_names:
             if (Cell.refused_id(backend, name), 0) not in done:
-                sink(refused_record(backend, name, sweep.dataset, reason))
+                sink(ResultRecord.refused(backend, name, sweep.dataset, reason))
     todo = [c for c in cells if (c.cell_id, c.repeat) not in done]
     console.print(
         f"[bold]bench run[/]: {len(todo)} cells to run ({len(cells) - len(todo)} already in {out}), "

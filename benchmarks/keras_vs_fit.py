@@ -30,10 +30,11 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # before keras is imported
 import keras  # noqa: E402
 
 from backends.keras_backend import KerasBackend  # noqa: E402
-from bench import training  # noqa: E402
-from bench.data import epoch_batches, load_dataset  # noqa: E402
-from bench.spec import SEED_MODELS, TrainSpec  # noqa: E402
-from bench.weights import canonical_weights  # noqa: E402
+from bench.measure import training  # noqa: E402
+from bench.spec.data import epoch_batches, load_dataset  # noqa: E402
+from bench.spec.model import SEED_MODELS  # noqa: E402
+from bench.spec.train import TrainSpec  # noqa: E402
+from bench.spec.weights import canonical_weights  # noqa: E402
 
 FIT_MODES = {
     "graph": {"jit_compile": False},
@@ -43,7 +44,7 @@ FIT_MODES = {
 
 
 def backend_epochs(backend: KerasBackend, data, train: TrainSpec, epochs: int) -> list[float]:
-    """Seconds per epoch of the suite's own loop, ``bench.training`` as the harness runs it (first
+    """Seconds per epoch of the suite's own loop, ``bench.measure.training`` as the harness runs it (first
     epoch included; the caller drops it)."""
     train = train.model_copy(update={"epochs": epochs})
     training.prepare(backend, SEED_MODELS["mlp"], train, data.x_train, data.y_train, data.num_classes)

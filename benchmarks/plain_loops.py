@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from bench.spec import TrainSpec
+from bench.spec.train import TrainSpec
 
 Trainer = tuple[Callable[[np.ndarray], object], Callable[[list], np.ndarray]]
 

@@ -5,9 +5,9 @@ records it (its worker process, its harness, its windows): mlp, Adam, ReLU, batc
 bundled MNIST sample. The plain loops (``plain_loops.py``: a torch loop; for tf a hand-written
 ``tf.function`` step and, separately, ``model.fit``; for jax ``jax.jit`` + Optax) train the same
 model from the same canonical weights on the same data and batch order, each in its own process
-pinned and thread-capped like a worker (``bench.executor.isolate``), and are measured the same
+pinned and thread-capped like a worker (``bench.run.executors.local.isolate``), and are measured the same
 way: one warm-up step (``model.fit``: one warm-up epoch), then windows of whole epochs of at least
-``--min-window`` seconds (``bench.throughput``), the median of the windows.
+``--min-window`` seconds (``bench.measure.throughput``), the median of the windows.
 
 Rounds alternate suite and plain for every backend, and the order flips every round (suite first,
 then plain first), so slow drift of the machine hits both sides alike; figures are medians over
@@ -32,12 +32,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from bench.data import epoch_batches, load_dataset  # noqa: E402
-from bench.executor import isolate  # noqa: E402
-from bench.load import LoadMonitor  # noqa: E402
-from bench.spec import SEED_MODELS, TrainSpec  # noqa: E402
-from bench.throughput import WindowPlan, Windows  # noqa: E402
-from bench.weights import canonical_weights  # noqa: E402
+from bench.measure.load import LoadMonitor  # noqa: E402
+from bench.measure.throughput import Windows  # noqa: E402
+from bench.run.executors.local import isolate  # noqa: E402
+from bench.spec.cell import WindowPlan  # noqa: E402
+from bench.spec.data import epoch_batches, load_dataset  # noqa: E402
+from bench.spec.model import SEED_MODELS  # noqa: E402
+from bench.spec.train import TrainSpec  # noqa: E402
+from bench.spec.weights import canonical_weights  # noqa: E402
 
 PLAINS = {"torch": ["torch"], "tf": ["tf", "tf-fit"], "jax": ["jax"]}
 """Per backend, the plain loops it is compared with."""
@@ -77,7 +79,7 @@ def plain(name: str, args: argparse.Namespace) -> dict:
     while windows.wants_more():
         batches = epoch_batches(n, train.batch_size, train.seed, index)
         start = monitor.snapshot()
-        began = time.perf_counter()  # the epoch's clock, as bench.training.run_steps keeps it
+        began = time.perf_counter()  # the epoch's clock, as bench.measure.training.run_steps keeps it
         sync([step(rows) for rows in batches])
         seconds = time.perf_counter() - began
         windows.add(seconds, batches.size, monitor.since(start))

@@ -1,6 +1,6 @@
 """The cost of data augmentation: augmented vs plain training of the same backend, model and configuration.
 
-A run with ``--augment`` always trains the plain cells too (bench.grid.augment_axis), so each
+A run with ``--augment`` always trains the plain cells too (bench.run.grid.augment_axis), so each
 augmented cell has a plain twin in the same run, differing only in augmentation. Per backend, model
 and augmentation the cost is the ratio of training throughputs (augmented / plain: 0.8 means the
 transforms cost 20% of the plain throughput) and the effect is the change in test accuracy, each
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bench.stats import Estimate, grouped_comparison, grouped_median_interval
+from bench.results.stats import Estimate, grouped_comparison, grouped_median_interval
 from reports.records import CONFIG_AXES, config_keys
 
 TWIN_AXES = tuple(axis for axis in CONFIG_AXES if axis != "augment")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.store import write_atomic
+from bench.results.store import write_atomic
 from reports.augmentation import augmentation_rows, augmentation_table
 from reports.costs import time_breakdown
 from reports.escape import write_csv

@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bench.errors import BenchError
-from bench.stats import Estimate, benjamini_hochberg, difference_interval, ratio_interval, welch_p
+from bench.results.stats import Estimate, benjamini_hochberg, difference_interval, ratio_interval, welch_p
 from reports import fmt
 from reports.escape import write_csv
 from reports.metrics import BY_FIELD, COMPARED, Metric

@@ -1,4 +1,4 @@
-"""Where a run's time went, per backend: worker start-up, then each cell's phases (bench.harness.PHASES).
+"""Where a run's time went, per backend: worker start-up, then each cell's phases (bench.measure.harness.PHASES).
 
 A sweep of small cells is dominated by fixed costs (building, compiling, evaluating), not by the
 training it reports on; this table makes that visible, so a slow run can be traced to its phase.

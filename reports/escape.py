@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.store import write_atomic
+from bench.results.store import write_atomic
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 """First characters that make Excel, LibreOffice or Google Sheets treat a cell as a formula (OWASP)."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from bench.stats import MISSING, Estimate, grouped_comparison
+from bench.results.stats import MISSING, Estimate, grouped_comparison
 from reports.headline import ModelHeadline, by_config
 from reports.records import config_keys
 

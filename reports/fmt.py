@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable
 from numbers import Real
 
-from bench.stats import Estimate
+from bench.results.stats import Estimate
 
 DASH = "—"
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bench.stats import grouped_comparison
+from bench.results.stats import grouped_comparison
 from reports import fmt
 from reports.headline import by_config, pooled_estimate
 from reports.records import config_keys

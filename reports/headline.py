@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.stats import MISSING, Estimate, grouped_comparison, grouped_median_interval
+from bench.results.stats import MISSING, Estimate, grouped_comparison, grouped_median_interval
 from reports.metrics import HEADLINE, Metric
 from reports.records import CONFIG_AXES, PROBLEM_STATUSES, config_keys, unconverged
 
@@ -53,7 +53,7 @@ class Row:
     unconverged_accuracy: Estimate = MISSING
     """The accuracy over every pooled record, shown (greyed) only when none of them converged."""
     noisy: int = 0
-    """Pooled records measured while other load disturbed the machine (bench.load)."""
+    """Pooled records measured while other load disturbed the machine (bench.measure.load)."""
 
 
 @dataclass

@@ -14,8 +14,8 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from bench.rules import CANONICAL, RULE_TEXT, RULE_TITLES, Rules
-from bench.stats import Estimate
+from bench.results.stats import Estimate
+from bench.spec.rules import CANONICAL, RULE_TEXT, RULE_TITLES, Rules
 from reports import fmt
 from reports.augmentation import AugmentationRow
 from reports.costs import PHASE_COLUMNS
@@ -156,7 +156,7 @@ def _environment_view(run: Run) -> dict:
 
 
 def _rules_view(frame: pd.DataFrame) -> dict:
-    """One row per framework rule (bench/rules.py), one column per backend, from the records' typed rules.
+    """One row per framework rule (bench/spec/rules.py), one column per backend, from the records' typed rules.
 
     Every backend declares every rule, so each row has a value in every column; records written
     before rules were typed have none, and the table is left out.

@@ -2,7 +2,7 @@
 
 The headline table, summary.csv, ``bench compare``, the HTML page, the figures and the terminal
 table at the end of ``bench run`` all take their metrics from here, so adding a metric (after its
-record field in ``bench/record.py``) is one row below, and its label, unit and direction read the
+record field in ``bench/results/record.py``) is one row below, and its label, unit and direction read the
 same everywhere.
 """
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from bench.stats import Estimate, grouped_comparison, grouped_median_interval
+from bench.results.stats import Estimate, grouped_comparison, grouped_median_interval
 from reports.figures import BACKEND_COLOURS, WIDTH, FigureOut, _plain_value, _png, _reference_config, _slug
 from reports.records import CONFIG_AXES, HARMONISED, config_keys
 
@@ -47,7 +47,7 @@ class PolicyShift:
     values: dict[str, dict[str, object]]
     """Per policy, the effective values its first record lists (VALUES)."""
     rules_changed: dict[str, tuple[str, str]]
-    """Framework rules (bench.rules) whose formula differs between the policies: name -> (harmonised, native)."""
+    """Framework rules (bench.spec.rules) whose formula differs between the policies: name -> (harmonised, native)."""
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Read a run folder into a pandas frame, robust to old records, missing fields and a crash's last line.
 
 Reading parses ``results.jsonl`` with the json module line by line (never unpickles): a record
-cut short by a crash is skipped and counted, not fatal. The columns are the fields bench/record.py
+cut short by a crash is skipped and counted, not fatal. The columns are the fields bench/results/record.py
 declares: fields absent from older records become empty columns (and a record without
 ``schema_version`` reads as version 1), so every later step can rely on the full schema; fields a
 newer version added are kept as extra columns.
@@ -18,11 +18,11 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.record import FIELD_KINDS, FIELDS, PER_EPOCH_FIELDS, SCHEMA_VERSION, STATUSES, stored_version
-from bench.store import ENVIRONMENT, RESULTS, latest, read_records
+from bench.results.record import FIELD_KINDS, FIELDS, PER_EPOCH_FIELDS, SCHEMA_VERSION, STATUSES, stored_version
+from bench.results.store import ENVIRONMENT, RESULTS, latest, read_records
 
 SCHEMA = FIELDS
-"""Every field a record may hold (bench/record.py), in order: the leading columns of results.csv."""
+"""Every field a record may hold (bench/results/record.py), in order: the leading columns of results.csv."""
 TEXT_FIELDS = tuple(name for name in SCHEMA if FIELD_KINDS[name] == "text")
 NUMBER_FIELDS = tuple(name for name in SCHEMA if FIELD_KINDS[name] == "number")
 NESTED_FIELDS = tuple(name for name in SCHEMA if FIELD_KINDS[name] == "nested")
@@ -132,7 +132,7 @@ def plain_records(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def unconverged(frame: pd.DataFrame) -> pd.Series:
-    """Rows whose record says its training budget was too short to converge (bench.harness.convergence).
+    """Rows whose record says its training budget was too short to converge (bench.measure.harness.convergence).
     Records that do not say (older ones) count as converged: nothing marks them."""
     return frame["converged"].map(lambda v: v is False).astype(bool)
 

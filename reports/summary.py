@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench.stats import median_interval
+from bench.results.stats import median_interval
 from reports.metrics import METRICS
 from reports.records import CONFIG_AXES, STATUSES, unconverged
 

@@ -7,10 +7,11 @@ import pytest
 
 import backends
 from backends.base import BackendInfo
-from bench.data import load_dataset
-from bench.shapes import param_specs
-from bench.spec import ModelSpec, TrainSpec
-from bench.weights import canonical_weights
+from bench.spec.data import load_dataset
+from bench.spec.model import ModelSpec
+from bench.spec.shapes import param_specs
+from bench.spec.train import TrainSpec
+from bench.spec.weights import canonical_weights
 
 INSTALLED = [name for name in backends.REGISTRY if backends.unavailable_reason(name) is None]
 FRAMEWORKS = [name for name in backends.FRAMEWORK_BACKENDS if name in INSTALLED]

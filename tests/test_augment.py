@@ -19,10 +19,13 @@ import numpy as np
 import pytest
 
 from backends.base import Unsupported
-from bench import augment, grid, training
 from bench.errors import BenchError, SpecError
-from bench.harness import Cell
-from bench.spec import AUGMENTATIONS, SEED_MODELS, Augment, TrainSpec
+from bench.measure import training
+from bench.run import grid
+from bench.spec.cell import Cell
+from bench.spec import augment
+from bench.spec.model import SEED_MODELS
+from bench.spec.train import AUGMENTATIONS, Augment, TrainSpec
 from tests.conftest import FRAMEWORKS, INSTALLED, loaded_backend
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,14 +11,12 @@ import numpy as np
 import pytest
 
 from backends.base import Unsupported, Untranslatable
-from bench import training
-from bench.data import epoch_batches
-from bench.spec import (
+from bench.measure import training
+from bench.spec.data import epoch_batches
+from bench.spec.model import (
     OPTIMIZERS,
     SEED_MODELS,
-    VOCABULARY,
     Activation,
-    Augment,
     AvgPool2D,
     BatchNorm,
     Conv2D,
@@ -27,9 +25,9 @@ from bench.spec import (
     Flatten,
     MaxPool2D,
     ModelSpec,
-    TrainSpec,
 )
-from bench.weights import canonical_weights
+from bench.spec.train import VOCABULARY, Augment, TrainSpec
+from bench.spec.weights import canonical_weights
 from tests.conftest import FRAMEWORKS, INSTALLED, loaded_backend, perturbed_weights
 
 pytestmark = pytest.mark.skipif(not FRAMEWORKS, reason="no framework installed")
@@ -148,7 +146,7 @@ def test_a_step_before_the_data_of_this_build_is_placed_is_a_clear_error(name, m
 @pytest.mark.parametrize("name", FRAMEWORKS)
 @pytest.mark.parametrize("loss", ["cce", "mse", "mae", "bce", "hinge"])
 def test_every_loss_matches_the_numpy_definition(name, loss):
-    from bench.losses import loss_value as numpy_loss
+    from bench.spec.losses import loss_value as numpy_loss
 
     x, y = _batch((28, 28, 1), n=32)
     backend, _ = _build(name, "mlp", (28, 28, 1), TrainSpec(loss=loss))
@@ -208,7 +206,7 @@ def _planted(kind: str) -> tuple[ModelSpec, TrainSpec]:
 @pytest.mark.parametrize("kind", list(VOCABULARY))
 @pytest.mark.parametrize("name", INSTALLED)
 def test_an_unknown_spec_name_is_a_clear_error_in_every_adapter(name, kind, monkeypatch):
-    from bench import shapes
+    from bench.spec import shapes
 
     # shapes knows the planted layer (as a pass-through), so the adapter's own table is what is tested
     monkeypatch.setitem(shapes.LAYER_RULES, "Nosuch", shapes.LAYER_RULES["Dropout"])
@@ -220,8 +218,8 @@ def test_an_unknown_spec_name_is_a_clear_error_in_every_adapter(name, kind, monk
 
 
 def test_neutral_tables_cover_exactly_the_spec_vocabulary():
-    from bench import augment, cost, losses, shapes
     from bench.reference import network, ops, optimizer
+    from bench.spec import augment, cost, losses, shapes
 
     assert set(shapes.LAYER_RULES) == set(cost.FLOPS) == set(network.LAYERS) == set(VOCABULARY["layer"])
     assert set(ops.ACTIVATIONS) == set(VOCABULARY["activation"])

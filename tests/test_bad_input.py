@@ -26,10 +26,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 import backends
-from bench import store as store_module
 from bench.cli import main
 from bench.errors import BenchError
-from bench.store import RunStore, read_records
+from bench.results import store as store_module
+from bench.results.store import RunStore, read_records
 from reports import build_report
 from reports.escape import csv_cell, plain
 from tests.test_reports import make_record, make_records, write_run
@@ -252,7 +252,7 @@ def test_a_write_cut_short_by_the_size_limit_leaves_a_line_readers_skip(tmp_path
     limit = store.results.stat().st_size + 20
     script = (
         "import resource, signal, sys; from pathlib import Path\n"
-        "from bench.errors import BenchError; from bench.store import RunStore\n"
+        "from bench.errors import BenchError; from bench.results.store import RunStore\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
         "try:\n"

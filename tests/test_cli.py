@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.record import SCHEMA_VERSION
+from bench.results.record import SCHEMA_VERSION
 from reports.headline import headlines
 from reports.metrics import HEADLINE
 from reports.records import load_run

@@ -3,8 +3,8 @@ import gzip
 import numpy as np
 import pytest
 
-from bench.data import epoch_batches, load_dataset, read_idx
 from bench.errors import DatasetError
+from bench.spec.data import epoch_batches, load_dataset, read_idx
 
 
 def test_bundled_sample_is_the_real_mnist_test_set_split_8000_2000():

@@ -8,10 +8,10 @@ import signal
 import pytest
 
 import backends
-from bench.executor import WorkerSettings, run_sweep
-from bench.harness import Cell
-from bench.spec import SEED_MODELS, TrainSpec
-from bench.throughput import WindowPlan
+from bench.run.executors.local import WorkerSettings, run_sweep
+from bench.spec.cell import Cell, WindowPlan
+from bench.spec.model import SEED_MODELS
+from bench.spec.train import TrainSpec
 
 pytest.importorskip("torch")
 

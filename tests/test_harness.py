@@ -7,9 +7,10 @@ import statistics
 
 import pytest
 
-from bench.harness import Cell, run_cell
-from bench.spec import SEED_MODELS, TrainSpec
-from bench.throughput import WindowPlan
+from bench.measure.harness import run_cell
+from bench.spec.cell import Cell, WindowPlan
+from bench.spec.model import SEED_MODELS
+from bench.spec.train import TrainSpec
 from tests.conftest import loaded_backend
 
 pytest.importorskip("torch")
@@ -63,7 +64,7 @@ def test_unsupported_settings_and_misfit_models_are_skipped_with_the_reason(mnis
     backend = loaded_backend("torch")
     record = run_cell(backend, Cell("torch", SEED_MODELS["mlp"], TrainSpec(precision="tf32"), "mnist-sample"), mnist_small)
     assert record.status == "skipped" and "tf32 needs an NVIDIA GPU" in record.reason
-    from bench.data import load_dataset
+    from bench.spec.data import load_dataset
 
     digits = load_dataset("digits")
     record = run_cell(backend, Cell("torch", SEED_MODELS["cnn"], TrainSpec(), "digits"), digits)

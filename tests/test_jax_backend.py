@@ -17,19 +17,11 @@ import jax  # noqa: E402
 
 from backends.base import Unsupported  # noqa: E402
 from backends.jax_backend import JaxBackend  # noqa: E402
-from bench import training  # noqa: E402
-from bench.data import epoch_batches, load_dataset  # noqa: E402
-from bench.losses import loss_value as numpy_loss  # noqa: E402
-from bench.spec import (  # noqa: E402
-    SEED_MODELS,
-    Activation,
-    BatchNorm,
-    Dense,
-    Dropout,
-    Flatten,
-    ModelSpec,
-    TrainSpec,
-)
+from bench.measure import training  # noqa: E402
+from bench.spec.data import epoch_batches, load_dataset  # noqa: E402
+from bench.spec.losses import loss_value as numpy_loss  # noqa: E402
+from bench.spec.model import SEED_MODELS, Activation, BatchNorm, Dense, Dropout, Flatten, ModelSpec
+from bench.spec.train import TrainSpec
 from tests.conftest import perturbed_weights, reference_logits  # noqa: E402
 
 MNIST = (28, 28, 1)
@@ -59,7 +51,7 @@ def built(backend: JaxBackend, model: ModelSpec, train: TrainSpec, shape=MNIST, 
 
 
 def prepared(backend: JaxBackend, model: ModelSpec, train: TrainSpec, x: np.ndarray, y: np.ndarray, weights=None) -> JaxBackend:
-    """Ready to train through ``bench.training`` on (x, y), from perturbed weights unless given."""
+    """Ready to train through ``bench.measure.training`` on (x, y), from perturbed weights unless given."""
     model = model.resolve(train.activation)
     weights = weights if weights is not None else perturbed_weights(model, tuple(x.shape[1:]))
     training.prepare(backend, model, train, x, y, 10, weights)

@@ -13,18 +13,12 @@ pytest.importorskip("keras")
 
 from backends.base import Unsupported  # noqa: E402
 from backends.keras_backend import KerasBackend  # noqa: E402
-from bench import training  # noqa: E402
-from bench.data import epoch_batches, load_dataset  # noqa: E402
-from bench.losses import loss_value as numpy_loss  # noqa: E402
-from bench.shapes import param_specs  # noqa: E402
-from bench.spec import (  # noqa: E402
-    ACTIVATIONS,
-    LOSSES,
-    OPTIMIZERS,
-    SEED_MODELS,
-    ModelSpec,
-    TrainSpec,
-)
+from bench.measure import training  # noqa: E402
+from bench.spec.data import epoch_batches, load_dataset  # noqa: E402
+from bench.spec.losses import loss_value as numpy_loss  # noqa: E402
+from bench.spec.model import ACTIVATIONS, LOSSES, OPTIMIZERS, SEED_MODELS, ModelSpec
+from bench.spec.shapes import param_specs  # noqa: E402
+from bench.spec.train import TrainSpec
 from tests.conftest import perturbed_weights, reference_logits  # noqa: E402
 
 MNIST = (28, 28, 1)
@@ -47,7 +41,7 @@ def _built(backend: KerasBackend, model: ModelSpec, train: TrainSpec, input_shap
 
 
 def _prepared(backend: KerasBackend, model: ModelSpec, train: TrainSpec, n: int, data_seed: int = 1) -> list[np.ndarray]:
-    """Ready to train (bench.training) on ``n`` random images with labels 0..9, from perturbed weights."""
+    """Ready to train (bench.measure.training) on ``n`` random images with labels 0..9, from perturbed weights."""
     weights = perturbed_weights(model.resolve(train.activation), MNIST, seed=0)
     return training.prepare(backend, model, train, _images(MNIST, n, data_seed), np.arange(n) % 10, 10, weights)
 

@@ -18,14 +18,16 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench import executor, ray_executor
 from bench.cli import main
 from bench.errors import BenchError
-from bench.executor import WorkerSettings, run_sweep
-from bench.harness import Cell
-from bench.runlock import LOCK, RunLock, RunLocked
-from bench.spec import SEED_MODELS, TrainSpec
-from bench.store import RunStore, write_atomic
+from bench.results.store import RunStore, write_atomic
+from bench.run.executors import local as executor
+from bench.run.executors import ray as ray_executor
+from bench.run.executors.local import WorkerSettings, run_sweep
+from bench.run.lock import LOCK, RunLock, RunLocked
+from bench.spec.cell import Cell
+from bench.spec.model import SEED_MODELS
+from bench.spec.train import TrainSpec
 from reports.records import load_run
 
 ROOT = Path(__file__).resolve().parents[1]

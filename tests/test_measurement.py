@@ -12,11 +12,13 @@ import time
 import numpy as np
 import pytest
 
-from bench import grid
-from bench.harness import Cell, Diverged, check_losses, convergence, run_cell
-from bench.load import FOREIGN_CPU_LIMIT, LoadMonitor, LoadReading, Snapshot
-from bench.spec import SEED_MODELS, TrainSpec
-from bench.throughput import MAX_REMEASURES, MIN_WINDOWS, WindowPlan, Windows
+from bench.measure.harness import Diverged, check_losses, convergence, run_cell
+from bench.measure.load import FOREIGN_CPU_LIMIT, LoadMonitor, LoadReading, Snapshot
+from bench.measure.throughput import MAX_REMEASURES, MIN_WINDOWS, Windows
+from bench.run import grid
+from bench.spec.cell import Cell, WindowPlan
+from bench.spec.model import SEED_MODELS
+from bench.spec.train import TrainSpec
 from tests.conftest import FRAMEWORKS, INSTALLED, loaded_backend
 
 SMALL_WINDOWS = WindowPlan(min_seconds=0.05, max_windows=5, budget_seconds=0.1)
@@ -54,7 +56,7 @@ def test_an_exploding_loss_is_diverged_on_every_installed_backend(backend, mnist
 def test_jax_records_a_cold_then_a_warm_persistent_compilation_cache(mnist_small):
     """A network no earlier run compiled is 'cold' (compiled, stored); the same cell again is 'warm'."""
     pytest.importorskip("jax")
-    from bench.spec import Dense, Flatten, ModelSpec
+    from bench.spec.model import Dense, Flatten, ModelSpec
 
     # Two widths this cache has not seen: 262,144 pairs, where one width of 4,000 met an earlier
     # run's about once in 50 runs on a machine that had run this test some 75 times.

@@ -13,9 +13,11 @@ import pytest
 
 import backends
 from backends.numpy_backend import NumpyBackend
-from bench import equivalence, parity
-from bench.rules import CANONICAL, RULE_OPTIONS, Rules
-from bench.spec import SEED_MODELS, TrainSpec
+from bench import parity
+from bench.parity import equivalence
+from bench.spec.model import SEED_MODELS
+from bench.spec.rules import CANONICAL, RULE_OPTIONS, Rules
+from bench.spec.train import TrainSpec
 from tests.conftest import FRAMEWORKS, loaded_backend
 
 
@@ -251,7 +253,7 @@ def test_cli_bad_input_is_one_line_and_exit_status_2(capsys, argv, named):
 
 
 def test_every_rule_option_has_a_title_and_a_description():
-    from bench.rules import RULE_TEXT, RULE_TITLES, describe
+    from bench.spec.rules import RULE_TEXT, RULE_TITLES, describe
 
     assert set(RULE_TEXT) == set(RULE_TITLES) == set(RULE_OPTIONS)
     assert all(set(RULE_TEXT[f]) == set(RULE_OPTIONS[f]) for f in RULE_OPTIONS)

@@ -15,11 +15,13 @@ import pandas as pd
 import pytest
 
 import backends
-from bench.executor import WorkerSettings, run_sweep
-from bench.harness import Cell, refused_record, run_cell
-from bench.record import FIELD_KINDS, FIELDS, LEGACY_SCHEMA_VERSION, SCHEMA_VERSION, ResultRecord
-from bench.spec import SEED_MODELS, TrainSpec, training_rules
-from bench.store import RunStore, read_records
+from bench.measure.harness import run_cell
+from bench.results.record import FIELD_KINDS, FIELDS, LEGACY_SCHEMA_VERSION, SCHEMA_VERSION, ResultRecord
+from bench.results.store import RunStore, read_records
+from bench.run.executors.local import WorkerSettings, run_sweep
+from bench.spec.cell import Cell
+from bench.spec.model import SEED_MODELS
+from bench.spec.train import TrainSpec, training_rules
 from reports import build_report
 from reports.metrics import METRICS
 from reports.records import DERIVED_FIELDS, FLAG_FIELDS, NESTED_FIELDS, NUMBER_FIELDS, SCHEMA, TEXT_FIELDS, load_run
@@ -50,7 +52,7 @@ def test_every_record_of_a_real_torch_cell_is_declared_and_versioned(tmp_path, m
     ok = run_cell(loaded_backend("torch"), cell, mnist_small)
     skipped = run_cell(loaded_backend("torch"), Cell("torch", SEED_MODELS["mlp"], TrainSpec(precision="tf32"),
                                                      "mnist-sample"), mnist_small)
-    stored = _stored([ok, skipped, refused_record("torch", "cnn", "digits", "does not fit")], tmp_path)
+    stored = _stored([ok, skipped, ResultRecord.refused("torch", "cnn", "digits", "does not fit")], tmp_path)
     for record in stored:
         _assert_valid_current(record)
     assert [r["status"] for r in stored] == ["ok", "skipped", "skipped"]
@@ -87,7 +89,7 @@ def test_the_executor_failure_paths_write_declared_versioned_records(tmp_path, m
 
 
 def test_writing_an_undeclared_field_or_no_status_is_refused():
-    with pytest.raises(TypeError, match="not in the record schema: new_metric; declare them in bench/record.py"):
+    with pytest.raises(TypeError, match="not in the record schema: new_metric; declare them in bench/results/record.py"):
         ResultRecord.build(cell_id="a", repeat=0, backend="torch", status="ok", new_metric=1.0)
     with pytest.raises(TypeError, match="needs status"):
         ResultRecord.build(cell_id="a", repeat=0, backend="torch")
@@ -155,6 +157,6 @@ def test_the_stored_training_rules_follow_the_train_spec_defaults(name):
 
 def test_a_worker_that_imports_the_harness_loads_neither_scipy_nor_pandas():
     """Peak memory is measured in the worker: the statistics it needs must not pull in the reports' stack."""
-    code = "import sys, bench.executor; print(sorted({'scipy', 'pandas', 'reports'} & set(sys.modules)))"
+    code = "import sys, bench.run.executors.local; print(sorted({'scipy', 'pandas', 'reports'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -14,12 +14,12 @@ import pytest
 
 from backends.numpy_backend import NumpyBackend
 from bench import reference as R
-from bench import training
-from bench.data import epoch_batches, load_dataset
-from bench.losses import loss_gradient
-from bench.losses import loss_value as numpy_loss
+from bench.measure import training
 from bench.reference import ops
-from bench.spec import (
+from bench.spec.data import epoch_batches, load_dataset
+from bench.spec.losses import loss_gradient
+from bench.spec.losses import loss_value as numpy_loss
+from bench.spec.model import (
     ACTIVATIONS,
     LOSSES,
     SEED_MODELS,
@@ -32,9 +32,9 @@ from bench.spec import (
     Flatten,
     MaxPool2D,
     ModelSpec,
-    TrainSpec,
 )
-from bench.weights import canonical_weights
+from bench.spec.train import TrainSpec
+from bench.spec.weights import canonical_weights
 
 # Every layer type in one small model: 'same' conv with stride 2 on an odd size (asymmetric pad),
 # BatchNorm over a conv output, both pools, dropout, a separate Activation layer.

@@ -1,6 +1,6 @@
 """Reports from a synthetic but realistic run folder: CSVs, the HTML page, figures, comparisons.
 
-The records follow the record schema (bench/record.py) with made-up but plausible numbers, so
+The records follow the record schema (bench/results/record.py) with made-up but plausible numbers, so
 these tests need no framework and run in seconds; what they check is the reports' behaviour:
 shapes and medians of the tables, escaping and self-containment of the page, tolerance of a
 truncated results file, and that a comparison separates a real slowdown from noise.
@@ -21,10 +21,11 @@ import pandas as pd
 import pytest
 
 from bench.errors import BenchError
-from bench.harness import Cell
-from bench.record import ResultRecord
-from bench.rules import CANONICAL, RULE_TITLES, Rules
-from bench.spec import SEED_MODELS, TrainSpec
+from bench.results.record import ResultRecord
+from bench.spec.cell import Cell
+from bench.spec.model import SEED_MODELS
+from bench.spec.rules import CANONICAL, RULE_TITLES, Rules
+from bench.spec.train import TrainSpec
 from reports import add_compare_arguments, add_report_arguments, build_report, compare_runs, main_compare, main_report
 from reports.costs import time_breakdown
 from reports.metrics import METRICS
@@ -42,7 +43,7 @@ ACCURACY = {"relu": 0.965, "tanh": 0.955, "sigmoid": 0.925}
 def make_record(backend: str, mode: str, model: str, optimizer: str, activation: str, repeat: int,
                 rng: np.random.Generator, *, speed_factor: float = 1.0, noise: float = 0.03,
                 status: str = "ok", message: str | None = None, run_id: str = RUN_NAME) -> dict:
-    """One result record as bench/harness.py writes it (checked against the record schema); timings
+    """One result record as bench/measure/harness.py writes it (checked against the record schema); timings
     jitter by ``noise`` (relative)."""
     epochs, n_train, batch = 3, 8000, 128
     train = TrainSpec(optimizer=optimizer, activation=activation, batch_size=batch, epochs=epochs, learning_rate=0.001,

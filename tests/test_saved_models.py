@@ -21,13 +21,14 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from bench import saved as saved_format
-from bench.data import epoch_batches, load_dataset, read_idx, scale_images
 from bench.errors import SavedModelError
-from bench.saved import load_neutral, model_folder_name, save_neutral
-from bench.shapes import param_specs
-from bench.spec import SEED_MODELS, TrainSpec
-from bench.weights import canonical_weights
+from bench.models import saved as saved_format
+from bench.models.saved import load_neutral, model_folder_name, save_neutral
+from bench.spec.data import epoch_batches, load_dataset, read_idx, scale_images
+from bench.spec.model import SEED_MODELS
+from bench.spec.shapes import param_specs
+from bench.spec.train import TrainSpec
+from bench.spec.weights import canonical_weights
 from tests.conftest import INSTALLED, loaded_backend, perturbed_weights
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,11 +18,14 @@ import pytest
 
 import backends
 from backends.base import Unsupported
-from bench import grid, training
-from bench.harness import Cell, run_cell
-from bench.semantics import NATIVE_FIELDS
-from bench.spec import SEED_MODELS, TrainSpec
-from bench.weights import canonical_weights
+from bench.measure import training
+from bench.measure.harness import run_cell
+from bench.run import grid
+from bench.spec.cell import Cell
+from bench.spec.model import SEED_MODELS
+from bench.spec.semantics import NATIVE_FIELDS
+from bench.spec.train import TrainSpec
+from bench.spec.weights import canonical_weights
 from tests.conftest import FRAMEWORKS, loaded_backend
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
 
-from bench.cost import forward_flops, train_flops
 from bench.errors import SpecError
-from bench.shapes import layer_shapes, param_specs, parameter_count, same_padding
-from bench.spec import SEED_MODELS, Conv2D, Dense, Flatten, ModelSpec, TrainSpec
-from bench.weights import canonical_weights
+from bench.spec.cost import forward_flops, train_flops
+from bench.spec.model import SEED_MODELS, Conv2D, Dense, Flatten, ModelSpec
+from bench.spec.shapes import layer_shapes, param_specs, parameter_count, same_padding
+from bench.spec.train import TrainSpec
+from bench.spec.weights import canonical_weights
 
 
 def test_seed_models_have_the_design_parameter_counts():

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from bench.errors import BenchError
-from bench.store import RunStore, read_records
+from bench.results.store import RunStore, read_records
 
 
 def test_records_are_appended_flushed_and_nan_becomes_null(tmp_path):

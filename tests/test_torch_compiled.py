@@ -12,9 +12,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench import training
-from bench.data import epoch_batches
-from bench.spec import SEED_MODELS, TrainSpec
+from bench.measure import training
+from bench.spec.data import epoch_batches
+from bench.spec.model import SEED_MODELS
+from bench.spec.train import TrainSpec
 from tests.conftest import loaded_backend
 
 torch = pytest.importorskip("torch")

@@ -3,7 +3,7 @@
 Same canonical weights and batch (the first 16 images of the bundled MNIST sample), then: forward
 logits (eval mode) -> training-mode loss -> gradients -> one optimizer step -> the losses of 20
 steps -> the weights after them -> BatchNorm running statistics, for each model, optimizer and
-activation; then the statistical rung (``bench.equivalence``). A failing rung points at one part of
+activation; then the statistical rung (``bench.parity.equivalence``). A failing rung points at one part of
 an adapter: forward = layers and layouts, gradients = loss and backward, steps = the optimizer and
 the batch rows, running statistics = BatchNorm's momentum and variance (docs/architecture.md, "Parity").
 

@@ -12,12 +12,12 @@ import sys
 from rich.console import Console
 
 import backends
-from bench import equivalence
 from bench.errors import BenchError, unknown
+from bench.parity import equivalence
 from bench.parity.ladder import PARITY_EPSILON
 from bench.parity.render import render
 from bench.parity.runner import run_parity
-from bench.spec import ACTIVATIONS, LOSSES, OPTIMIZERS, SEED_MODELS
+from bench.spec.model import ACTIVATIONS, LOSSES, OPTIMIZERS, SEED_MODELS
 
 
 def _choices(flag: str, values: list[str] | None, valid: list[str], default: list[str]) -> list[str]:

@@ -14,8 +14,8 @@ import numpy as np
 from bench.parity.ladder import DEVIATIONS, REL_FLOOR, RUNG, RUNGS, deviations_of
 from bench.parity.measure import Measured, Oracle
 from bench.parity.plan import Job, not_compared, relevant_rules, rule_variants
-from bench.rules import CANONICAL, Rules
-from bench.spec import SEED_MODELS
+from bench.spec.model import SEED_MODELS
+from bench.spec.rules import CANONICAL, Rules
 
 
 def difference(actual: dict[str, np.ndarray], expected: dict[str, np.ndarray], keys: list[str]) -> tuple[float, float, str]:

@@ -18,7 +18,7 @@ of the update are exercised, and the frameworks' epsilon placements differ more,
 checked more sharply.
 
 Where a framework documents a formula different from the suite's, it declares it in its typed
-``RULES`` (``bench.rules``); the ladder checks it against the oracle run with that rule and lists it
+``RULES`` (``bench.spec.rules``); the ladder checks it against the oracle run with that rule and lists it
 as a named deviation (``RULE_DEVIATIONS``) with the difference the canonical rule would show, so no
 framework difference hides in a tolerance (docs/architecture.md, "Parity").
 """
@@ -27,8 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.rules import Rules
-from bench.spec import SEED_MODELS, Conv2D, MaxPool2D
+from bench.spec.model import SEED_MODELS, Conv2D, MaxPool2D
+from bench.spec.rules import Rules
 
 REL_FLOOR = 1e-2
 BATCH = 16
@@ -124,7 +124,7 @@ RULE_DEVIATIONS = {
     "leaky_relu_grad_at_zero": "leaky_relu_grad_at_zero_one",
     "momentum_form": "momentum_velocity_form",
 }
-"""The deviation each non-canonical rule value is named as (every rule in ``bench.rules.Rules``)."""
+"""The deviation each non-canonical rule value is named as (every rule in ``bench.spec.rules.Rules``)."""
 
 
 def deviations_of(rules: Rules) -> list[str]:

@@ -2,7 +2,7 @@
 
 The same function answers for a framework (in its worker process) and for the NumPy oracle (in the
 parent), so both sides run the identical experiment: same canonical weights, same rows, same batch
-order, same lifecycle (``bench.training``). What it returns is plain NumPy arrays and the backend's
+order, same lifecycle (``bench.measure.training``). What it returns is plain NumPy arrays and the backend's
 typed rules, so it crosses a process boundary unchanged.
 """
 
@@ -14,14 +14,15 @@ import numpy as np
 
 from backends.base import Backend
 from backends.numpy_backend import NumpyBackend
-from bench import training
-from bench.data import epoch_batches, load_dataset
+from bench.measure import training
 from bench.parity.ladder import BATCH, INPUT_SHAPE, N_ROWS, N_STEPS, NUM_CLASSES, PARITY_EPSILON, WEIGHT_SEED
 from bench.parity.plan import Job, training_model
-from bench.rules import CANONICAL, Rules
-from bench.shapes import param_specs
-from bench.spec import SEED_MODELS, TrainSpec
-from bench.weights import canonical_weights
+from bench.spec.data import epoch_batches, load_dataset
+from bench.spec.model import SEED_MODELS
+from bench.spec.rules import CANONICAL, Rules
+from bench.spec.shapes import param_specs
+from bench.spec.train import TrainSpec
+from bench.spec.weights import canonical_weights
 
 
 @dataclass

@@ -10,8 +10,8 @@ import itertools
 from dataclasses import dataclass, replace
 
 from bench.parity.ladder import ADAPTIVE, deviations_of, is_convolutional
-from bench.rules import CANONICAL, RULE_OPTIONS, Rules
-from bench.spec import SEED_MODELS, BatchNorm, Conv2D, Dense, Dropout, ModelSpec
+from bench.spec.model import SEED_MODELS, BatchNorm, Conv2D, Dense, Dropout, ModelSpec
+from bench.spec.rules import CANONICAL, RULE_OPTIONS, Rules
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from bench import equivalence
+from bench.parity import equivalence
 from bench.parity.compare import Check
 from bench.parity.ladder import DEVIATIONS, MULTI_STEP_WHY, PARITY_EPSILON, RULE_DEVIATIONS, RUNG, RUNGS
 from bench.parity.runner import ParityReport

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import backends
 from backends.base import Backend, Unsupported
 from backends.numpy_backend import NumpyBackend
-from bench import equivalence
 from bench.errors import BenchError
+from bench.parity import equivalence
 from bench.parity.compare import Check, compare, error_check
 from bench.parity.ladder import PARITY_EPSILON
 from bench.parity.measure import Oracle, fixed_batch

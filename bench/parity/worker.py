@@ -1,7 +1,7 @@
 """Where a backend answers the ladder: its own worker process, as in ``bench run``, or this one (tests).
 
 Frameworks never share a process: each loads in a fresh spawned interpreter, pinned to the CPU set
-and thread count before its import (``bench.executor``), and answers ``measure`` and the statistical
+and thread count before its import (``bench.run.executors.local``), and answers ``measure`` and the statistical
 rung's ``final_accuracy`` there. Only NumPy arrays, the typed ``Rules`` value and accuracies come
 back over the pipe; the oracle and every comparison stay in the parent. A worker that dies or goes
 silent fails the job it was on, with the reason, and the next job gets a fresh worker.
@@ -20,11 +20,11 @@ from typing import Any
 
 import backends
 from backends.base import Backend, Unsupported
-from bench import equivalence
 from bench.errors import BenchError
-from bench.executor import Worker, die_with_parent, isolate
+from bench.parity import equivalence
 from bench.parity.measure import Batch, Measured, measure
 from bench.parity.plan import Job
+from bench.run.executors.local import Worker, die_with_parent, isolate
 
 JOB_TIMEOUT = 900.0
 """Seconds a worker may stay silent on one request: a job takes seconds, so silence this long is a hang."""

@@ -3,9 +3,9 @@
 Every backend is checked against this package (bench/parity), so it favours plainness over speed:
 float64 throughout, one function per layer and direction (``ops``), the chain rule spelled out
 (``network``), one update rule per optimizer (``optimizer``). Layouts are the canonical ones of
-``bench.shapes`` (NHWC activations, Dense kernel (in, out), Conv kernel HWIO, Flatten in H, W, C
+``bench.spec.shapes`` (NHWC activations, Dense kernel (in, out), Conv kernel HWIO, Flatten in H, W, C
 order), so weights and gradients compare array by array with any backend. It imports nothing from
-``backends/``: the losses come from ``bench.losses``, the framework rules from ``bench.rules``.
+``backends/``: the losses come from ``bench.spec.losses``, the framework rules from ``bench.spec.rules``.
 
 Where frameworks document a different formula for the same named thing (docs/architecture.md,
 "Framework rules"), a ``Rules`` value selects it, so parity can check a backend exactly against the
@@ -17,6 +17,6 @@ the biased BatchNorm running variance (Keras, Flax), LeakyReLU's derivative at 0
 
 from bench.reference.network import ForwardPass, Network, draw_dropout_masks
 from bench.reference.optimizer import Optimizer, train_step
-from bench.rules import CANONICAL, RULE_OPTIONS, Rules
+from bench.spec.rules import CANONICAL, RULE_OPTIONS, Rules
 
 __all__ = ["CANONICAL", "RULE_OPTIONS", "ForwardPass", "Network", "Optimizer", "Rules", "draw_dropout_masks", "train_step"]

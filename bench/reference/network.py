@@ -1,7 +1,7 @@
 """The oracle's network: a model spec's forward and backward passes, one table entry per layer type.
 
 A model with the ``hidden`` placeholder is resolved with the TrainSpec's activation. Parameters are
-held in the canonical order of ``bench.shapes.param_specs`` as float64.
+held in the canonical order of ``bench.spec.shapes.param_specs`` as float64.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bench.errors import SpecError
-from bench.losses import loss_gradient, loss_value
 from bench.reference import ops
-from bench.rules import CANONICAL, Rules
-from bench.shapes import ParamSpec, layer_shapes, param_specs
-from bench.spec import Dropout, ModelSpec, TrainSpec
+from bench.spec.losses import loss_gradient, loss_value
+from bench.spec.model import Dropout, ModelSpec
+from bench.spec.rules import CANONICAL, Rules
+from bench.spec.shapes import ParamSpec, layer_shapes, param_specs
+from bench.spec.train import TrainSpec
 
 Masks = dict[int, np.ndarray]
 

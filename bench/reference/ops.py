@@ -2,7 +2,7 @@
 
 Plain NumPy written from the formulas, favouring plainness over speed, in the canonical layouts
 (NHWC activations, Dense kernel (in, out), Conv kernel HWIO). Where frameworks document different
-formulas, the ``Rules`` argument (bench.rules) selects one.
+formulas, the ``Rules`` argument (bench.spec.rules) selects one.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from bench.rules import CANONICAL, Rules
-from bench.shapes import same_padding
+from bench.spec.rules import CANONICAL, Rules
+from bench.spec.shapes import same_padding
 
 
 # -- activations -----------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ import numpy as np
 
 from bench.errors import SpecError
 from bench.reference.network import Masks, Network
-from bench.rules import CANONICAL, Rules
-from bench.spec import TrainSpec
+from bench.spec.rules import CANONICAL, Rules
+from bench.spec.train import TrainSpec
 
 State = dict[str, np.ndarray | float]
 

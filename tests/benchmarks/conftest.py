@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from bench.cost import forward_flops, train_flops
-from bench.data import Dataset, load_dataset
-from bench.shapes import parameter_count
-from bench.spec import ModelSpec
+from bench.spec.cost import forward_flops, train_flops
+from bench.spec.data import Dataset, load_dataset
+from bench.spec.model import ModelSpec
+from bench.spec.shapes import parameter_count
 from tests.conftest import THREADS, backend_info
 
 ROWS = 256

@@ -21,9 +21,10 @@ import time
 import numpy as np
 import pytest
 
-from bench.data import epoch_batches
-from bench.spec import SEED_MODELS, TrainSpec
-from bench.weights import canonical_weights
+from bench.spec.data import epoch_batches
+from bench.spec.model import SEED_MODELS
+from bench.spec.train import TrainSpec
+from bench.spec.weights import canonical_weights
 from tests.benchmarks.conftest import step_facts
 from tests.conftest import FRAMEWORKS, loaded_backend
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from bench.rules import Rules
+from bench.spec.rules import Rules
 
 Policy = Literal["harmonised", "native"]
 POLICIES: tuple[str, ...] = ("harmonised", "native")
@@ -32,7 +32,7 @@ INIT_TEXT: dict[str, str] = {
 """Each initialiser scheme in words (BatchNorm starts at gamma 1, beta 0, mean 0, variance 1 in every one)."""
 
 HARMONISED_INIT: InitScheme = "glorot_uniform"
-"""The scheme of the canonical weights (bench.weights), drawn once in NumPy and loaded everywhere."""
+"""The scheme of the canonical weights (bench.spec.weights), drawn once in NumPy and loaded everywhere."""
 
 InitSource = Literal["canonical", "framework"]
 """'canonical': the suite's NumPy arrays, identical in every backend; 'framework': the framework's
@@ -48,7 +48,7 @@ class Native:
 
     ``overrides`` are TrainSpec values in the spec's conventions (``bn_momentum`` is the weight of
     the old statistic, as in Keras and Flax; the torch adapter converts), ``init`` the scheme of the
-    framework's default initialisers, ``rules`` the formulas it then follows (bench.rules).
+    framework's default initialisers, ``rules`` the formulas it then follows (bench.spec.rules).
     """
 
     overrides: Mapping[str, float]

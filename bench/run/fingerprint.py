@@ -21,12 +21,12 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from bench import environment
-from bench.data import Dataset
 from bench.errors import BenchError
-from bench.grid import Sweep
-from bench.spec import DEFAULT_LEARNING_RATES, TrainSpec
-from bench.store import RunStore, read_run
+from bench.results.store import RunStore, read_run
+from bench.run import environment
+from bench.run.grid import Sweep
+from bench.spec.data import Dataset
+from bench.spec.train import DEFAULT_LEARNING_RATES, TrainSpec
 
 NOT_RESULTS = {"repeats", "data_dir", "custom_models", "models_explicit", "backends"}
 """Sweep fields left out: repeats may grow; the data folder's path does not change the (checksummed) data;

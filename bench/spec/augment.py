@@ -26,14 +26,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from bench.errors import SpecError
-from bench.spec import AUGMENTATIONS, Augment
+from bench.spec.train import AUGMENTATIONS, Augment
 
 INTERPOLATION = "bilinear"
 FILL = "constant 0"
 ORDER = ("hflip, vflip, crop (zero pad, window), rotate, zoom (each one inverse-mapped resampling about the "
          "image centre), brightness, noise (each clipped to [0, 1])")
 STREAM = 0xA6
-"""Tag of the augmentation random streams, apart from the batch order's (bench.data.epoch_batches)."""
+"""Tag of the augmentation random streams, apart from the batch order's (bench.spec.data.epoch_batches)."""
 
 Params = dict[str, np.ndarray]
 """One step's parameters: transform name -> array whose first axis is the image in the batch."""

@@ -10,7 +10,7 @@ starting is started again (``STARTUP_ATTEMPTS``) before its cells are recorded f
 A cell's clock starts when the worker says the cell began (framework imported, dataset loaded), so
 ``cell_timeout`` never counts a fresh worker's start-up. Workers die with their driver: on Linux the
 kernel kills them when the driver dies (``PR_SET_PDEATHSIG``), even on SIGKILL; elsewhere the run
-lock's list of worker pids lets the next driver stop leftovers (``bench/runlock.py``).
+lock's list of worker pids lets the next driver stop leftovers (``bench/run/lock.py``).
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ from typing import Any
 
 import backends
 from backends.base import Unsupported
-from bench.data import load_dataset
 from bench.errors import BenchError
-from bench.harness import Cell, run_cell
-from bench.record import ResultRecord
-from bench.saved import save_trained_model
+from bench.measure.harness import run_cell
+from bench.models.saved import save_trained_model
+from bench.results.record import ResultRecord
+from bench.spec.cell import Cell
+from bench.spec.data import load_dataset
 
 STARTUP_TIMEOUT = 600.0
 """Seconds a worker may take to import its framework, or to load a dataset before a cell."""

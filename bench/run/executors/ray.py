@@ -2,7 +2,7 @@
 
 Each task asks Ray for ``threads`` CPUs (and ``--gpus-per-cell`` GPUs), claims that many cores of
 its node (per-core lock files, so no two cells on one machine ever share a core, whoever started
-them), and runs its cell in a worker process exactly as the local executor does (bench/executor.py:
+them), and runs its cell in a worker process exactly as the local executor does (bench/run/executors/local.py:
 the same affinity and thread settings applied before the framework loads, the same start-up
 retries, a timeout that starts with the cell, a worker that dies with its parent). A Ray worker
 keeps its last worker process warm for the next cell of the same backend, as the local executor
@@ -32,9 +32,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.executor import Worker, WorkerSettings, start_worker
-from bench.harness import Cell
-from bench.record import ResultRecord
+from bench.results.record import ResultRecord
+from bench.run.executors.local import Worker, WorkerSettings, start_worker
+from bench.spec.cell import Cell
 
 MAX_RETRIES = 2
 """Times Ray reruns a cell whose Ray worker process or node died (the cell's own failures are records)."""

@@ -7,7 +7,7 @@ serves everyone. Any backend builds the model from the manifest's spec and loads
 A model folder holds:
 
 - ``weights.safetensors``: the arrays of ``Backend.get_weights()`` (BatchNorm running statistics
-  included) in the canonical layouts of ``bench.shapes``, keyed by ``ParamSpec.key`` ("1.kernel");
+  included) in the canonical layouts of ``bench.spec.shapes``, keyed by ``ParamSpec.key`` ("1.kernel");
 - ``model.json``: format and version, the sha256 of the weights file, the resolved model spec,
   the train spec, input shape, number of classes, the parameter list, and where the model came from
   (backend, framework versions, cell id);
@@ -35,8 +35,9 @@ from safetensors import SafetensorError
 
 from backends.base import Backend
 from bench.errors import SavedModelError
-from bench.shapes import ParamSpec, param_specs
-from bench.spec import ModelSpec, TrainSpec
+from bench.spec.model import ModelSpec
+from bench.spec.shapes import ParamSpec, param_specs
+from bench.spec.train import TrainSpec
 
 FORMAT = "bench-neutral-model"
 FORMAT_VERSION = 1

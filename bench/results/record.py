@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import types
 import typing
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-if TYPE_CHECKING:
-    from bench.harness import Cell
+from bench.spec.cell import Cell
 
 SCHEMA_VERSION = 2
 """Version written into every new record."""
@@ -53,14 +52,14 @@ class ResultRecord(BaseModel):
 
     # identity and outcome
     run_id: str | None = _field("Name of the run (its folder's name)")
-    cell_id: str | None = _field("The cell: backend, model and training axes joined by '|' (bench/harness.py Cell)")
+    cell_id: str | None = _field("The cell: backend, model and training axes joined by '|' (bench/measure/harness.py Cell)")
     repeat: int | None = _field("Repeat index; repeat r trains from seed + r")
     status: Status | None = _field("ok, skipped (see reason), failed (see error), diverged or timeout")
     reason: str | None = _field("Why the cell was skipped, diverged or timed out")
     error: str | None = _field("The exception that failed the cell, as 'Type: message'")
     traceback: str | None = _field("Full traceback of a failed cell")
 
-    # configuration (bench/harness.py Cell.config)
+    # configuration (bench/measure/harness.py Cell.config)
     backend: str | None = _field("Suite backend name: torch, tf, jax or numpy")
     framework: str | None = _field("Framework and version the backend ran, e.g. 'torch 2.13.0'")
     model: str | None = _field("Model spec name")
@@ -85,7 +84,7 @@ class ResultRecord(BaseModel):
     leaky_relu_slope: float | None = _field("Negative slope of leaky ReLU")
     target_accuracy: float | None = _field("Validation accuracy that time_to_target_seconds waits for")
 
-    # data (bench/data.py Dataset.describe)
+    # data (bench/spec/data.py Dataset.describe)
     dataset: str | None = _field("Dataset name")
     input_shape: list[int] | None = _field("Shape of one sample, channels last")
     num_classes: int | None = _field("Number of classes")
@@ -94,7 +93,7 @@ class ResultRecord(BaseModel):
     n_test: int | None = _field("Test samples")
     data_source: str | None = _field("Where the data came from (bundled file, folder, generator)")
 
-    # where it ran (bench/executor.py worker facts)
+    # where it ran (bench/run/executors/local.py worker facts)
     threads: int | None = _field("Intra-op threads the suite gave every backend")
     cpu_set: list[int] | None = _field("CPU cores the worker was pinned to")
     device: str | None = _field("Device the backend ran on, as the framework names it")
@@ -103,15 +102,15 @@ class ResultRecord(BaseModel):
     worker_pid: int | None = _field("Process id of the worker that ran the cell")
     host: str | None = _field("Host name of the machine the worker ran on (a Ray cluster has several)")
     niceness: int | None = _field("The worker's scheduling niceness (0 normal; a deprioritised worker measures less)")
-    rules: dict[str, str] | None = _field("The framework rules the backend follows (bench/rules.py: one fixed key set)")
+    rules: dict[str, str] | None = _field("The framework rules the backend follows (bench/spec/rules.py: one fixed key set)")
     mode_description: str | None = _field("What the execution mode runs (tf.function, jax.jit, ...)")
 
-    # model cost (bench/shapes.py, bench/cost.py)
+    # model cost (bench/spec/shapes.py, bench/spec/cost.py)
     param_count: int | None = _field("Trainable and non-trainable parameters")
     flops_per_sample_forward: int | None = _field("FLOPs of one forward pass of one sample")
     flops_per_sample_train: int | None = _field("FLOPs of one training step per sample (forward + backward)")
 
-    # warm-up and step times (bench/harness.py)
+    # warm-up and step times (bench/measure/harness.py)
     started_at: str | None = _field("UTC time the cell started, ISO 8601")
     timing_method: str | None = _field("How the training clock was read")
     first_step_seconds: float | None = _field("The first training step alone, synchronised (tracing, compilation)")
@@ -146,7 +145,7 @@ class ResultRecord(BaseModel):
     peak_device_bytes: int | None = _field("Peak device memory while training (None on CPU)")
     memory_method: str | None = _field("How host and device memory were measured")
     duration_seconds: float | None = _field("Wall seconds the whole cell took, set-up to evaluation")
-    # measurement windows, load and phases (bench/throughput.py, bench/load.py, bench/harness.py)
+    # measurement windows, load and phases (bench/measure/throughput.py, bench/measure/load.py, bench/measure/harness.py)
     min_window_seconds: float | None = _field("The shortest throughput window asked for (--min-window)")
     window_budget_seconds: float | None = _field("Seconds a cell may spend on extra throughput windows (--window-budget)")
     throughput_window_seconds: float | None = _field("Length of the shortest kept throughput window (>= the minimum)")
@@ -167,14 +166,14 @@ class ResultRecord(BaseModel):
     time_eval_seconds: float | None = _field("Seconds of validation, test evaluation and inference throughput")
     time_window_seconds: float | None = _field("Seconds of extra epochs timed only for throughput")
     compile_cache: str | None = _field("Persistent compilation cache: off, cold or warm")
-    converged: bool | None = _field("False when the training budget was too short to converge (bench/harness.py)")
+    converged: bool | None = _field("False when the training budget was too short to converge (bench/measure/harness.py)")
     convergence_note: str | None = _field("Why a cell counts as not converged")
     worker_setup_seconds: float | None = _field("Seconds the worker took to import and set up its framework")
     semantics_policy: str | None = _field("harmonised (the suite's values, canonical weights) or native (the framework's own defaults)")
     init: str | None = _field("How the initial weights were drawn (canonical NumPy glorot, or the framework's own initialisers)")
     init_source: str | None = _field("canonical (loaded by the suite) or framework (drawn by the framework itself)")
     bn_momentum_framework: float | None = _field("BatchNorm momentum as passed to the framework, in its own sense")
-    augment: str | None = _field("The augmentation's canonical label ('none' for plain cells; bench/augment.py)")
+    augment: str | None = _field("The augmentation's canonical label ('none' for plain cells; bench/spec/augment.py)")
     augment_interpolation: str | None = _field("Interpolation of rotate and zoom (None when not augmenting)")
     augment_fill: str | None = _field("Fill of pixels that come from outside the image (None when not augmenting)")
     augment_order: str | None = _field("The order the transforms are applied in and their clipping rules")
@@ -186,7 +185,7 @@ class ResultRecord(BaseModel):
         record = cls.model_validate(fields | {"schema_version": SCHEMA_VERSION})
         if record.model_extra:
             raise TypeError(f"fields not in the record schema: {', '.join(sorted(record.model_extra))}; "
-                            "declare them in bench/record.py")
+                            "declare them in bench/results/record.py")
         missing = [name for name in WRITE_REQUIRED if getattr(record, name) is None]
         if missing:
             raise TypeError(f"a result record needs {', '.join(missing)}")
@@ -196,6 +195,12 @@ class ResultRecord(BaseModel):
     def for_cell(cls, cell: Cell, **fields: Any) -> ResultRecord:
         """A record of ``cell``: its configuration, then ``fields`` (which win, e.g. the resolved mode)."""
         return cls.build(**(cell.config() | fields))
+
+    @classmethod
+    def refused(cls, backend: str, model: str, dataset: str, reason: str) -> ResultRecord:
+        """The one record of a model left out of a sweep because it cannot fit the data."""
+        return cls.build(cell_id=Cell.refused_id(backend, model), repeat=0, backend=backend, model=model,
+                         dataset=dataset, status="skipped", reason=reason)
 
     @classmethod
     def read(cls, stored: dict) -> ResultRecord:

@@ -11,11 +11,11 @@ The protocol (docs/architecture.md, "Measuring"), each phase timed into a ``time
 3. accuracy epochs (``time_train_seconds``): ``train.epochs`` whole epochs of the seed's batch order,
    one synchronisation each; validation after each epoch is off the clock (``time_eval_seconds``);
 4. test loss/accuracy and inference throughput on the model exactly as the accuracy epochs left it;
-5. throughput windows (bench.throughput): the accuracy epochs are steady state, so they are the first
+5. throughput windows (bench.measure.throughput): the accuracy epochs are steady state, so they are the first
    windows; when they do not give enough windows of at least the minimum length, training goes on
    for further epochs of the same batch order, timed only for throughput
    (``time_window_seconds``). These epochs come after the test evaluation, so they never change an
-   accuracy. While every epoch is timed, other load on the cores is read (bench.load); disturbed
+   accuracy. While every epoch is timed, other load on the cores is read (bench.measure.load); disturbed
    windows are re-measured or the record is marked ``noisy``.
 
 Every epoch's losses go through one divergence rule (``check_losses``), so a loss that explodes is
@@ -38,17 +38,18 @@ import numpy as np
 import psutil
 
 from backends.base import Backend, Unsupported
-from bench import training
-from bench.augment import EpochAugment, record_fields
-from bench.cost import forward_flops, train_flops
-from bench.data import Dataset
 from bench.errors import BenchError
-from bench.load import LoadMonitor
-from bench.record import ResultRecord
-from bench.shapes import check_fits, parameter_count
-from bench.spec import ModelSpec, TrainSpec
-from bench.stats import percentiles
-from bench.throughput import WindowPlan, Windows
+from bench.measure import training
+from bench.measure.load import LoadMonitor
+from bench.measure.throughput import Windows
+from bench.results.record import ResultRecord
+from bench.results.stats import percentiles
+from bench.spec.augment import EpochAugment
+from bench.spec.cell import Cell, hyperparameters
+from bench.spec.cost import forward_flops, train_flops
+from bench.spec.data import Dataset
+from bench.spec.shapes import check_fits, parameter_count
+from bench.spec.train import TrainSpec
 
 EVAL_BATCH = 500
 TIMING_METHOD = ("wall clock (perf_counter) over whole epochs, one synchronisation per epoch; throughput is the "
@@ -67,68 +68,6 @@ RISING_GAIN = 0.05
 """Validation accuracy that rose more than this (5 pp) in the last epoch was still rising fast."""
 RISING_LOSS_DROP = 0.2
 """Without a validation split: a mean training loss that fell more than 20% in the last epoch."""
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One point of the sweep grid; ``repeat`` r trains from seed ``train.seed`` (already offset)."""
-
-    backend: str
-    model: ModelSpec
-    train: TrainSpec
-    dataset: str
-    repeat: int = 0
-    target_accuracy: float = 0.9
-    probe_steps: int = 20
-    """Individually synchronised steps timed after warm-up for step-time percentiles (0: none)."""
-    window: WindowPlan = WindowPlan()
-    sizes: tuple[int | None, int | None, int | None] = (None, None, None)
-    """Rows of the train, validation and test splits this cell uses (None: all), for a model that
-    costs far more per sample than the others (``Sweep.model_sizes``)."""
-
-    @property
-    def cell_id(self) -> str:
-        """Unaugmented, harmonised cells keep the id they had before those axes existed, so old runs still resume."""
-        t = self.train
-        policy = [] if t.semantics == "harmonised" else [t.semantics]
-        return "|".join(
-            [self.backend, self.model.name, t.optimizer, t.activation, t.loss, f"bs{t.batch_size}",
-             f"ep{t.epochs}", f"lr{t.lr:g}", t.precision, t.mode, self.dataset, *policy]
-            + ([f"aug={t.augment.label}"] if t.augment.active else [])
-        )
-
-    @staticmethod
-    def refused_id(backend: str, model: str) -> str:
-        """The id of a model refused before any of its cells was built (it does not fit the data)."""
-        return f"{backend}|{model}|refused"
-
-    def config(self) -> dict:
-        """The record fields that describe this cell (bench/record.py declares them)."""
-        t = self.train
-        return {
-            "cell_id": self.cell_id, "repeat": self.repeat, "backend": self.backend, "model": self.model.name,
-            "optimizer": t.optimizer, "activation": t.activation, "loss": t.loss, "batch_size": t.batch_size,
-            "epochs": t.epochs, "learning_rate": t.lr, "seed": t.seed, "precision": t.precision,
-            "requested_mode": t.mode, "mode": t.mode, "semantics_policy": t.semantics,
-        } | hyperparameters(t) | {
-            "target_accuracy": self.target_accuracy, "min_window_seconds": self.window.min_seconds,
-            "window_budget_seconds": self.window.budget_seconds,
-        } | record_fields(t.augment)
-
-
-def hyperparameters(t: TrainSpec) -> dict:
-    """The values a semantics policy may change, as a record states them (the effective ones once built)."""
-    return {
-        "momentum": t.momentum if t.optimizer == "momentum" else 0.0,
-        "rho": t.rho, "beta1": t.beta1, "beta2": t.beta2, "epsilon": t.epsilon, "weight_decay": t.weight_decay,
-        "bn_momentum": t.bn_momentum, "bn_epsilon": t.bn_epsilon, "leaky_relu_slope": t.leaky_relu_slope,
-    }
-
-
-def refused_record(backend: str, model: str, dataset: str, reason: str) -> ResultRecord:
-    """The one record of a model left out of a sweep because it cannot fit the data."""
-    return ResultRecord.build(cell_id=Cell.refused_id(backend, model), repeat=0, backend=backend, model=model,
-                              dataset=dataset, status="skipped", reason=reason)
 
 
 class PeakRssSampler:
@@ -320,7 +259,7 @@ def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | N
     """Train and measure one cell; always returns a record (status ok, skipped, failed or diverged).
 
     Besides the configuration and the figures of earlier versions, a record holds: the throughput
-    window fields of ``bench.throughput.Windows.record`` (``train_samples_per_s`` is their median),
+    window fields of ``bench.measure.throughput.Windows.record`` (``train_samples_per_s`` is their median),
     the phase times ``time_{build,compile,train,eval,window}_seconds``, ``compile_cache`` (whether a
     persistent compilation cache was off, cold or warm), and ``converged``/``convergence_note``.
     """

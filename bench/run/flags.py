@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 
 import backends
-from bench import fingerprint, grid
-from bench.data import DATASETS
 from bench.errors import BenchError
-from bench.spec import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS
+from bench.run import fingerprint, grid
+from bench.spec.data import DATASETS
+from bench.spec.model import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS
 
 EXECUTOR_NAMES = ("local", "ray")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.errors import SpecError
-from bench.spec import LOSSES
+from bench.spec.model import LOSSES
 
 
 def probabilities(logits: np.ndarray, loss: str) -> np.ndarray:

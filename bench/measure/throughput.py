@@ -16,7 +16,7 @@ Several windows are taken: at least ``MIN_WINDOWS``, and more (up to ``max_windo
 windows so far plus one more fit in ``budget_seconds``. The figure is the median; the per-window
 figures are recorded, so the spread is visible.
 
-A window during which other processes used the cores (bench.load) is re-measured: a new window
+A window during which other processes used the cores (bench.measure.load) is re-measured: a new window
 replaces it, at most ``MAX_REMEASURES`` times per cell. When that bound is reached, a disturbed
 window is kept and the record says ``noisy`` with the figure that tripped it.
 """
@@ -26,21 +26,11 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
-from bench.load import LoadReading
+from bench.measure.load import LoadReading
+from bench.spec.cell import WindowPlan
 
 MIN_WINDOWS = 2
 MAX_REMEASURES = 3
-DEFAULT_MIN_SECONDS = 0.25
-
-
-@dataclass(frozen=True)
-class WindowPlan:
-    """How long one window must last, how many windows a cell may take, and their time budget."""
-
-    min_seconds: float = DEFAULT_MIN_SECONDS
-    max_windows: int = 5
-    budget_seconds: float = 1.0
-    """Windows beyond ``MIN_WINDOWS`` are taken while all windows would still fit in this time."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +88,7 @@ class Windows:
         return spent + statistics.median(w.seconds for w in self.kept) <= self.plan.budget_seconds
 
     def record(self) -> dict:
-        """The record's throughput fields (bench.harness documents them)."""
+        """The record's throughput fields (bench.measure.harness documents them)."""
         rates = [w.samples_per_s for w in self.kept]
         median = statistics.median(rates)
         noisy = [w for w in self.kept if w.disturbance]

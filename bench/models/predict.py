@@ -21,9 +21,9 @@ import numpy as np
 
 import backends
 from backends.base import Unsupported
-from bench.data import read_idx, scale_images
 from bench.errors import BackendUnavailable, BenchError
-from bench.saved import NeutralModel, load_neutral
+from bench.models.saved import NeutralModel, load_neutral
+from bench.spec.data import read_idx, scale_images
 
 DEFAULT_BATCH = 500
 

@@ -4,7 +4,7 @@ The harness, the parity ladder, the statistical rung, the tests and the benchmar
 these functions, so every one of them runs the same lifecycle (build -> initial weights -> fresh
 optimizer -> data on the device -> epochs of ``begin_epoch``, steps, ``finish_epoch``) and times it
 the same way: wall clock around a whole epoch, whose one synchronisation is ``finish_epoch``;
-given a ``bench.load.LoadMonitor``, other processes' use of the cores is read over the same span.
+given a ``bench.measure.load.LoadMonitor``, other processes' use of the cores is read over the same span.
 When the train spec augments, each epoch's augmentation parameters are drawn with its batch order,
 before its clock starts, and handed to the backend step by step.
 """
@@ -19,11 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from backends.base import Backend, EpochResult
-from bench.augment import EpochAugment, Params, draw_epoch
-from bench.data import epoch_batches
-from bench.load import LoadMonitor, LoadReading
-from bench.spec import ModelSpec, TrainSpec
-from bench.weights import canonical_weights
+from bench.measure.load import LoadMonitor, LoadReading
+from bench.spec.augment import EpochAugment, Params, draw_epoch
+from bench.spec.data import epoch_batches
+from bench.spec.model import ModelSpec
+from bench.spec.train import TrainSpec
+from bench.spec.weights import canonical_weights
 
 
 @dataclass

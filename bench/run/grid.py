@@ -20,13 +20,13 @@ from pydantic.dataclasses import dataclass
 from pydantic.fields import FieldInfo
 
 import backends
-from bench.data import check_name
 from bench.errors import BenchError, DatasetError, SpecError, did_you_mean, unknown
-from bench.harness import Cell
-from bench.semantics import POLICIES
-from bench.shapes import check_fits
-from bench.spec import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS, Augment, Layer, ModelSpec, TrainSpec
-from bench.throughput import WindowPlan
+from bench.spec.cell import Cell, WindowPlan
+from bench.spec.data import check_name
+from bench.spec.model import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS, Layer, ModelSpec
+from bench.spec.semantics import POLICIES
+from bench.spec.shapes import check_fits
+from bench.spec.train import Augment, TrainSpec
 
 PROFILES: dict[str, dict] = {
     # Every seed model x optimizer x activation on all backends within 5 minutes on 2 cores, with

@@ -10,8 +10,8 @@ import math
 
 import numpy as np
 
-from bench.shapes import ParamSpec, param_specs
-from bench.spec import ModelSpec
+from bench.spec.model import ModelSpec
+from bench.spec.shapes import ParamSpec, param_specs
 
 
 def _fans(shape: tuple[int, ...]) -> tuple[int, int]:

@@ -2,7 +2,7 @@
 
 mlp/adam/relu on ``digits`` (small, bundled with scikit-learn), trained for a few epochs from each
 seed's canonical weights on the seed's batch order, so runs pair up by seed across backends. The
-loop uses only the ``Backend`` protocol and ``bench.training``, so it measures the backend, not a
+loop uses only the ``Backend`` protocol and ``bench.measure.training``, so it measures the backend, not a
 harness. Each backend trains in its own process (``bench.parity.worker``); only the per-seed
 accuracies come back, and the test runs on them here.
 
@@ -23,9 +23,10 @@ import numpy as np
 from scipy import stats
 
 from backends.base import Backend
-from bench import training
-from bench.data import load_dataset
-from bench.spec import SEED_MODELS, TrainSpec
+from bench.measure import training
+from bench.spec.data import load_dataset
+from bench.spec.model import SEED_MODELS
+from bench.spec.train import TrainSpec
 
 SEEDS = 5
 EPOCHS = 5

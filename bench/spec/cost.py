@@ -12,8 +12,8 @@ import math
 from collections.abc import Callable
 
 from bench.errors import SpecError
-from bench.shapes import Shape, layer_shapes
-from bench.spec import ModelSpec
+from bench.spec.model import ModelSpec
+from bench.spec.shapes import Shape, layer_shapes
 
 TRAIN_TO_FORWARD = 3
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench.errors import SpecError
-from bench.spec import Dense, ModelSpec
+from bench.spec.model import Dense, ModelSpec
 
 Shape = tuple[int, ...]
 

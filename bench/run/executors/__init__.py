@@ -1,0 +1,1 @@
+"""Executors: how cells reach isolated worker processes (docs/architecture.md, "Executors")."""
