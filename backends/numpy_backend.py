@@ -18,8 +18,8 @@ from bench import reference
 from bench.reference.network import LAYERS
 from bench.reference.ops import ACTIVATIONS
 from bench.reference.optimizer import UPDATES
-from bench.spec.losses import LOSS_TABLE
 from bench.spec import augment
+from bench.spec.losses import LOSS_TABLE
 from bench.spec.rules import CANONICAL, Rules
 
 

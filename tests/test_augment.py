@@ -22,8 +22,8 @@ from backends.base import Unsupported
 from bench.errors import BenchError, SpecError
 from bench.measure import training
 from bench.run import grid
-from bench.spec.cell import Cell
 from bench.spec import augment
+from bench.spec.cell import Cell
 from bench.spec.model import SEED_MODELS
 from bench.spec.train import AUGMENTATIONS, Augment, TrainSpec
 from tests.conftest import FRAMEWORKS, INSTALLED, loaded_backend
