@@ -8,9 +8,20 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bench.errors import BackendUnavailable, unknown
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One execution mode of a backend: what it runs (stored with every record as ``mode_description``),
+    whether it compiles the training step (what ``--modes best`` runs), whether it exists only on a GPU."""
+
+    description: str
+    compiles: bool = False
+    gpu_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -21,25 +32,33 @@ class BackendEntry:
     requires: tuple[str, ...]  # top-level packages that must be importable
     extra: str  # pip extra that installs them
     description: str
-    modes: tuple[str, ...]
-    """The adapter class's ``modes``, repeated here so the CLI can check a requested execution mode
-    without importing a framework (a test keeps the two equal)."""
-    compiled_modes: tuple[str, ...] = ()
-    """The adapter's COMPILED_MODES, mirrored here so a sweep can expand ``best`` without importing it."""
-    gpu_only_modes: tuple[str, ...] = ()
-    """The adapter's GPU_ONLY_MODES (left out of ``best`` on a CPU run)."""
+    modes: Mapping[str, Mode]
+    """The backend's execution modes, the default first. Declared here, not in the adapter, so the CLI
+    checks a requested mode and expands ``best`` without importing a framework; the adapter reads
+    them (``modes = REGISTRY[name].modes``) and implements what each one does."""
 
 
 REGISTRY: dict[str, BackendEntry] = {
-    "torch": BackendEntry("torch", "backends.torch_backend", "TorchBackend", ("torch",), "torch", "PyTorch",
-                          ("eager", "compiled", "compiled-cudagraphs"),
-                          compiled_modes=("compiled", "compiled-cudagraphs"), gpu_only_modes=("compiled-cudagraphs",)),
-    "tf": BackendEntry("tf", "backends.keras_backend", "KerasBackend", ("tensorflow", "keras"), "tf", "Keras 3 on TensorFlow",
-                       ("graph", "eager", "xla"), compiled_modes=("graph", "xla")),
-    "jax": BackendEntry("jax", "backends.jax_backend", "JaxBackend", ("jax", "flax", "optax"), "jax", "JAX with Flax and Optax",
-                        ("jit", "eager"), compiled_modes=("jit",)),
+    "torch": BackendEntry("torch", "backends.torch_backend", "TorchBackend", ("torch",), "torch", "PyTorch", {
+        "eager": Mode("eager: nn.Module op by op"),
+        "compiled": Mode("compiled: torch.compile of the whole train step (gather, forward, loss, backward, "
+                         "optimizer step)", compiles=True),
+        "compiled-cudagraphs": Mode("compiled-cudagraphs: the compiled train step replayed as CUDA graphs "
+                                    "(torch.compile mode='reduce-overhead'; GPU only)", compiles=True, gpu_only=True),
+    }),
+    "tf": BackendEntry("tf", "backends.keras_backend", "KerasBackend", ("tensorflow", "keras"), "tf", "Keras 3 on TensorFlow", {
+        "graph": Mode("graph: tf.function, no XLA", compiles=True),
+        "eager": Mode("eager: op by op (run_eagerly)"),
+        "xla": Mode("xla: tf.function(jit_compile=True)", compiles=True),
+    }),
+    "jax": BackendEntry("jax", "backends.jax_backend", "JaxBackend", ("jax", "flax", "optax"), "jax", "JAX with Flax and Optax", {
+        "jit": Mode("jit: jax.jit train step, state donated", compiles=True),
+        "eager": Mode("eager: jax.disable_jit, op by op"),
+    }),
     "numpy": BackendEntry("numpy", "backends.numpy_backend", "NumpyBackend", ("numpy",), "",
-                          "the NumPy reference (oracle, slow)", ("eager",)),
+                          "the NumPy reference (oracle, slow)", {
+        "eager": Mode("eager: NumPy, float64 inside, float32 at the boundary"),
+    }),
 }
 ALIASES = {"pytorch": "torch", "tensorflow": "tf", "keras": "tf", "reference": "numpy"}
 FRAMEWORK_BACKENDS = ("torch", "tf", "jax")
@@ -54,8 +73,8 @@ def expand_modes(name: str, modes: list[str], on_gpu: bool) -> list[str]:
     """The modes to run on backend ``name``: ``best`` becomes each of its compiled modes (those
     needing a GPU only when the run may use one; a backend that compiles nothing runs its default
     mode), other names stay; order kept, duplicates dropped."""
-    entry = REGISTRY[canonical_name(name)]
-    best = [m for m in entry.compiled_modes if on_gpu or m not in entry.gpu_only_modes] or ["default"]
+    offered = REGISTRY[canonical_name(name)].modes
+    best = [m for m, how in offered.items() if how.compiles and (on_gpu or not how.gpu_only)] or ["default"]
     return list(dict.fromkeys(m for mode in modes for m in (best if mode == BEST else [mode])))
 
 

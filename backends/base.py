@@ -8,9 +8,10 @@ The public methods are template methods (as Keras 3's ``backend/common``): they 
 (device policy, mode and precision checks, weight-list validation, the pending-loss buffer, loss
 and probabilities in NumPy) and call narrow hooks (``_setup``, ``_build``, ``_step``, ...) that an
 adapter implements. An adapter also declares, as class data, its translation tables keyed by the
-spec's vocabulary (``TRANSLATIONS``), its execution modes and which of them compile
-(``COMPILED_MODES``), the framework rules it follows (``RULES``), and its own defaults for the
-``native`` semantics policy (``NATIVE``, bench.spec.semantics). See docs/architecture.md, "Adding a backend".
+spec's vocabulary (``TRANSLATIONS``), its execution modes as its registry entry declares them
+(``modes = REGISTRY[name].modes``, backends/__init__.py), the framework rules it follows (``RULES``),
+and its own defaults for the ``native`` semantics policy (``NATIVE``, bench.spec.semantics). See
+docs/architecture.md, "Adding a backend".
 
 Lifecycle, per process: ``setup`` once (threads, device), then per cell ``build`` ->
 ``set_weights`` (or, under the native policy, ``initialise_natively``) -> ``load_data`` ->
@@ -27,6 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from backends import Mode
 from bench.spec.augment import Params, check_image_input
 from bench.spec.losses import loss_value, probabilities
 from bench.spec.model import ModelSpec
@@ -77,12 +79,9 @@ class Backend(ABC):
 
     name: ClassVar[str]
     framework: ClassVar[str]
-    modes: ClassVar[dict[str, str]]
-    """Execution modes (name -> what it runs); the first is the default ('default' in a TrainSpec)."""
-    COMPILED_MODES: ClassVar[tuple[str, ...]] = ()
-    """The modes that compile the training step: what ``--modes best`` runs (backends.REGISTRY mirrors it)."""
-    GPU_ONLY_MODES: ClassVar[tuple[str, ...]] = ()
-    """Modes that exist only on a GPU (CUDA graphs): refused as Unsupported on the CPU."""
+    modes: ClassVar[Mapping[str, Mode]]
+    """Execution modes, read from the backend's registry entry (the one declaration); the first is the
+    default ('default' in a TrainSpec). A GPU-only mode is refused as Unsupported on the CPU."""
     RULES: ClassVar[Rules] = CANONICAL
     """The formulas this framework follows where frameworks differ (bench.spec.rules)."""
     TRANSLATIONS: ClassVar[Mapping[str, Mapping[str, Any]]]
@@ -132,7 +131,7 @@ class Backend(ABC):
         spec name the adapter's tables lack.
         """
         self.mode = self.resolve_mode(train.mode)
-        if self.mode in self.GPU_ONLY_MODES and not self.on_gpu:
+        if self.modes[self.mode].gpu_only and not self.on_gpu:
             raise Unsupported(f"{self.name} mode {self.mode!r} needs a CUDA GPU; this run is on the CPU")
         if train.precision == "tf32" and not self.on_gpu:
             raise Unsupported("tf32 needs an NVIDIA GPU")
@@ -358,7 +357,7 @@ class Backend(ABC):
         """What a record says this backend ran: its typed rules, the execution mode's meaning, the
         semantics policy and what it changed (initial weights, BatchNorm momentum as passed)."""
         return {
-            "rules": self.rules().as_dict(), "mode_description": self.modes[self.mode],
+            "rules": self.rules().as_dict(), "mode_description": self.modes[self.mode].description,
             "semantics_policy": self.train.semantics,
             "init": self.NATIVE.init if self.native else HARMONISED_INIT,
             "init_source": "framework" if self.native else "canonical",

@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from backends import jax_augment, jax_compile_cache
+from backends import REGISTRY, jax_augment, jax_compile_cache
 from backends.base import Backend, BackendInfo, MemoryReading
 from bench.spec.augment import Params
 from bench.spec.rules import Rules
@@ -131,8 +131,7 @@ class JaxBackend(Backend):
 
     name = "jax"
     framework = "jax+flax+optax"
-    modes = {"jit": "jit: jax.jit train step, state donated", "eager": "eager: jax.disable_jit, op by op"}
-    COMPILED_MODES = ("jit",)
+    modes = REGISTRY[name].modes
     RULES = Rules(leaky_relu_grad_at_zero="one")  # jax.nn.leaky_relu is where(x >= 0, x, slope * x)
     NATIVE = Native(
         # optax.adam eps 1e-8; optax.rmsprop decay 0.9, eps 1e-8 inside the root (eps_in_sqrt=True);

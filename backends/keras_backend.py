@@ -38,6 +38,7 @@ import tensorflow as tf  # noqa: E402
 # about "excessive retracing" after five cells. Errors still show.
 tf.get_logger().setLevel(logging.ERROR)
 
+from backends import REGISTRY  # noqa: E402
 from backends.base import Backend, BackendInfo, MemoryReading, Unsupported  # noqa: E402
 from bench.spec.augment import Params, param_shapes  # noqa: E402
 from bench.spec.rules import Rules  # noqa: E402
@@ -120,12 +121,7 @@ RESAMPLING = ("rotate", "zoom")
 class KerasBackend(Backend):
     name = "tf"
     framework = "tensorflow+keras"
-    modes = {
-        "graph": "graph: tf.function, no XLA",
-        "eager": "eager: op by op (run_eagerly)",
-        "xla": "xla: tf.function(jit_compile=True)",
-    }
-    COMPILED_MODES = ("graph", "xla")
+    modes = REGISTRY[name].modes
     RULES = Rules(rmsprop_eps="inside_sqrt", adam_eps="uncorrected", momentum_form="velocity")
     NATIVE = Native(
         # Adam and RMSprop epsilon 1e-7, RMSprop rho 0.9, BatchNorm momentum 0.99 and epsilon 1e-3: Keras'

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
+from backends import REGISTRY
 from backends.base import Backend, BackendInfo, Unsupported
 from bench import reference
 from bench.reference.network import LAYERS
@@ -26,7 +27,7 @@ from bench.spec.rules import CANONICAL, Rules
 class NumpyBackend(Backend):
     name = "numpy"
     framework = "numpy"
-    modes = {"eager": "eager: NumPy, float64 inside, float32 at the boundary"}
+    modes = REGISTRY[name].modes
     TRANSLATIONS = {"layer": LAYERS, "activation": ACTIVATIONS, "loss": LOSS_TABLE, "optimizer": UPDATES,
                     "augment": augment.REFERENCE}
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from backends import REGISTRY
 from backends.base import Backend, BackendInfo, MemoryReading
 from bench.spec.augment import Params
 from bench.spec.rules import Rules
@@ -126,14 +127,7 @@ _TO_CANONICAL = {2: (1, 0), 4: (2, 3, 1, 0)}  # OIHW->HWIO
 class TorchBackend(Backend):
     name = "torch"
     framework = "pytorch"
-    modes = {
-        "eager": "eager: nn.Module op by op",
-        "compiled": "compiled: torch.compile of the whole train step (gather, forward, loss, backward, optimizer step)",
-        "compiled-cudagraphs": "compiled-cudagraphs: the compiled train step replayed as CUDA graphs "
-                               "(torch.compile mode='reduce-overhead'; GPU only)",
-    }
-    COMPILED_MODES = ("compiled", "compiled-cudagraphs")
-    GPU_ONLY_MODES = ("compiled-cudagraphs",)
+    modes = REGISTRY[name].modes
     COMPILE_OPTIONS = {"compiled": {}, "compiled-cudagraphs": {"mode": "reduce-overhead"}}
     """torch.compile arguments per compiled mode."""
     RULES = Rules(bn_running_variance="unbiased")

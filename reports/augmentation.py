@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from bench.results.stats import Estimate, grouped_comparison, grouped_median_interval
-from reports.records import CONFIG_AXES, config_keys
+from reports.records import config_axes_but, config_keys
 
-TWIN_AXES = tuple(axis for axis in CONFIG_AXES if axis != "augment")
+TWIN_AXES = config_axes_but("augment")
 """What an augmented cell and its plain twin share."""
 
 

@@ -24,7 +24,7 @@ from bench.results.stats import Estimate, benjamini_hochberg, difference_interva
 from reports import fmt
 from reports.escape import write_csv
 from reports.metrics import BY_FIELD, COMPARED, Metric
-from reports.records import CONFIG_AXES, Run, config_keys, load_run
+from reports.records import CONFIG_AXES, VARIANT_AXES, Run, config_keys, load_run
 
 DEFAULT_NOISE_FLOOR = 0.05
 SIGNIFICANCE = 0.05
@@ -73,7 +73,7 @@ class CompareResult:
 
 def _keys(frame: pd.DataFrame) -> pd.Series:
     """cell_id, or for records older than cell_id the backend, mode and configuration joined."""
-    built = config_keys(frame, ("backend", "mode", *CONFIG_AXES))
+    built = config_keys(frame, (*VARIANT_AXES, *CONFIG_AXES))
     return frame["cell_id"].where(frame["cell_id"].notna(), built)
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 
 from bench.results.stats import Estimate
 from bench.spec.rules import CANONICAL, RULE_TEXT, RULE_TITLES, Rules
+from bench.spec.semantics import HARMONISED, NATIVE
 from reports import fmt
 from reports.augmentation import AugmentationRow
 from reports.costs import PHASE_COLUMNS
@@ -24,7 +25,7 @@ from reports.figures import FigureOut
 from reports.frameworks import Evidence
 from reports.headline import Entry, ModelHeadline
 from reports.metrics import CELL_TABLE, HEADLINE, Metric
-from reports.policies import CAVEAT, HARMONISED, NATIVE, PolicyComparison, describe_values
+from reports.policies import CAVEAT, PolicyComparison, describe_values
 from reports.records import PROBLEM_STATUSES, Run
 from reports.summary import first_line
 

@@ -17,11 +17,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from bench.results.stats import Estimate, grouped_comparison, grouped_median_interval
+from bench.spec.semantics import HARMONISED, NATIVE
 from reports.figures import BACKEND_COLOURS, WIDTH, FigureOut, _plain_value, _png, _reference_config, _slug
-from reports.records import CONFIG_AXES, HARMONISED, config_keys
+from reports.records import config_axes_but, config_keys
 
-NATIVE = "native"
-PAIR_AXES = tuple(a for a in CONFIG_AXES if a != "semantics_policy") + ("mode",)
+TWIN_AXES = config_axes_but("semantics_policy")
+"""What a native cell and its harmonised twin share, on any backend."""
+PAIR_AXES = (*TWIN_AXES, "mode")
 """What must match for a native and a harmonised record to be the same experiment."""
 VALUES = ("epsilon", "rho", "bn_momentum_framework", "bn_epsilon", "leaky_relu_slope", "init", "init_source")
 """The effective values a record lists, shown per policy."""
@@ -119,9 +121,8 @@ def policy_curves(curves: pd.DataFrame, model: str) -> FigureOut | None:
     if found is None or mine["train_loss"].notna().sum() == 0:
         return None
     _, reference = found
-    axes_keys = tuple(a for a in CONFIG_AXES if a != "semantics_policy")
-    wanted = "|".join(map(str, (reference[a] for a in axes_keys)))
-    chosen = mine[config_keys(mine, axes_keys) == wanted]
+    wanted = "|".join(map(str, (reference[a] for a in TWIN_AXES)))
+    chosen = mine[config_keys(mine, TWIN_AXES) == wanted]
     backends = [b for b in sorted(set(chosen["backend"])) if chosen.loc[chosen["backend"] == b, "semantics_policy"].nunique() == 2]
     if not backends:
         return None

@@ -20,6 +20,8 @@ import pandas as pd
 from bench.errors import BenchError
 from bench.results.record import FIELD_KINDS, FIELDS, PER_EPOCH_FIELDS, SCHEMA_VERSION, STATUSES, stored_version
 from bench.results.store import ENVIRONMENT, RESULTS, latest, read_records
+from bench.spec.cell import AXES
+from bench.spec.semantics import HARMONISED
 
 SCHEMA = FIELDS
 """Every field a record may hold (bench/results/record.py), in order: the leading columns of results.csv."""
@@ -33,11 +35,19 @@ CURVE_FIELDS = PER_EPOCH_FIELDS
 DERIVED_FIELDS = ("variant", "peak_memory_bytes")
 """Columns the reader adds to every frame (see records_frame); not stored in results.csv."""
 
-CONFIG_AXES = ("model", "optimizer", "activation", "loss", "batch_size", "epochs", "learning_rate",
-               "precision", "dataset", "augment", "semantics_policy")
+VARIANT_AXES = tuple(axis.field for axis in AXES if axis.backend_specific)
+"""The axes whose values belong to one backend (backend, mode): together they name a variant."""
+CONFIG_AXES = tuple(axis.field for axis in AXES if not axis.backend_specific)
 """What makes two cells the same experiment on different backends (the seed varies per repeat)."""
-HARMONISED = "harmonised"
-"""The semantics policy of records written before policies existed."""
+
+
+def config_axes_but(axis: str) -> tuple[str, ...]:
+    """CONFIG_AXES less ``axis``: what a cell shares with its twin on that axis (an augmented cell
+    and its plain twin, a native one and its harmonised twin). A name that is no axis is an error."""
+    if axis not in CONFIG_AXES:
+        raise ValueError(f"{axis!r} is not one of the configuration axes: {', '.join(CONFIG_AXES)}")
+    return tuple(name for name in CONFIG_AXES if name != axis)
+
 
 def config_keys(frame: pd.DataFrame, columns: tuple[str, ...] = CONFIG_AXES) -> pd.Series:
     """One string per row naming its configuration, so rows can be matched across backends and runs."""
@@ -154,7 +164,7 @@ def results_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def curves_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Per-epoch curves in long form: one row per record and epoch (empty when no curves were recorded)."""
-    keys = ["variant", "backend", "mode", "cell_id", "repeat", *CONFIG_AXES]
+    keys = ["variant", *VARIANT_AXES, "cell_id", "repeat", *CONFIG_AXES]
     rows = []
     for rec in frame[frame["status"].isin(["ok", "diverged"])].to_dict("records"):
         curves = {name: rec[name] if isinstance(rec[name], list) else [] for name in CURVE_FIELDS}

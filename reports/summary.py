@@ -11,9 +11,9 @@ import pandas as pd
 
 from bench.results.stats import median_interval
 from reports.metrics import METRICS
-from reports.records import CONFIG_AXES, STATUSES, unconverged
+from reports.records import CONFIG_AXES, STATUSES, VARIANT_AXES, unconverged
 
-CELL_KEYS = ("variant", "backend", "mode") + CONFIG_AXES
+CELL_KEYS = ("variant", *VARIANT_AXES, *CONFIG_AXES)
 
 
 def first_line(text: str | None) -> str | None:

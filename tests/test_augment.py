@@ -168,7 +168,7 @@ def test_each_backend_runs_the_whole_pipeline_like_the_reference_in_every_mode(n
     backend = type(loaded_backend(name))
     for mode in backend.modes:
         # TensorFlow cannot resample under XLA (see the Keras test below); CUDA graphs need a GPU
-        if mode != "xla" and mode not in getattr(backend, "GPU_ONLY_MODES", ()):
+        if mode != "xla" and not backend.modes[mode].gpu_only:
             _check_against_reference(name, EVERYTHING, step=2, mode=mode)
     _check_against_reference(name, Augment(rotate=180, zoom=0.5), shape=(28, 28, 1))
 

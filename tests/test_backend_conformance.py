@@ -7,9 +7,14 @@ BatchNorm settings), not initialisation.
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+import backends
 from backends.base import Unsupported, Untranslatable
 from bench.measure import training
 from bench.spec.data import epoch_batches
@@ -171,6 +176,52 @@ def test_tf32_on_a_cpu_is_refused_as_unsupported(name):
     backend = loaded_backend(name)  # configured with device="cpu"
     with pytest.raises(Unsupported, match="tf32"):
         backend.build(SEED_MODELS["mlp"].resolve("relu"), TrainSpec(precision="tf32"), (28, 28, 1), 10)
+
+
+def _modes_handled(source: str) -> set[str]:
+    """The mode names an adapter's code compares ``self.mode`` with, or looks up by ``self.mode``
+    in a dict it declares (``COMPILE_OPTIONS.get(self.mode)``): the modes it implements itself."""
+    tree = ast.parse(source)
+    tables = {target.id: node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
+              and isinstance(node.value, ast.Dict) for target in node.targets if isinstance(target, ast.Name)}
+
+    def is_mode(node: ast.AST) -> bool:
+        return isinstance(node, ast.Attribute) and node.attr == "mode" and isinstance(node.value, ast.Name) \
+            and node.value.id == "self"
+
+    def strings(node: ast.AST) -> set[str]:
+        return {n.value for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and any(is_mode(n) for n in (node.left, *node.comparators)):
+            found |= set().union(*(strings(n) for n in (node.left, *node.comparators) if not is_mode(n)))
+        table = (node.value if isinstance(node, ast.Subscript) and is_mode(node.slice) else
+                 node.func.value if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                 and node.func.attr == "get" and node.args and is_mode(node.args[0]) else None)
+        if isinstance(table, ast.Attribute) and table.attr in tables:
+            found |= {key.value for key in tables[table.attr].keys if isinstance(key, ast.Constant)}
+    return found
+
+
+def test_the_mode_scan_finds_each_way_an_adapter_tests_its_mode():
+    planted = ("class A:\n    OPTIONS = {'jit': 1, 'jitt': 2}\n    def f(self):\n"
+               "        return self.OPTIONS.get(self.mode), self.mode == 'xla', self.mode in ('eager', 'graph')\n")
+    assert _modes_handled(planted) == {"jit", "jitt", "xla", "eager", "graph"}
+
+
+@pytest.mark.parametrize("name", list(backends.REGISTRY))
+def test_every_mode_an_adapter_handles_is_declared_in_its_registry_entry(name):
+    """The registry entry owns a backend's modes (backends/__init__.py); an adapter only implements them,
+    so a mode its code tests for but its entry lacks (a typo, a mode added in one place) is a bug.
+    Read from the source, so the check runs without the framework."""
+    entry = backends.REGISTRY[name]
+    source = Path(importlib.util.find_spec(entry.module).origin).read_text(encoding="utf-8")
+    handled = _modes_handled(source)
+    assert handled <= set(entry.modes), f"{name} handles modes its entry lacks: {sorted(handled - set(entry.modes))}"
+    assert not next(iter(entry.modes.values())).gpu_only, "the default mode must run on the CPU"
+    if name in INSTALLED:
+        assert type(loaded_backend(name)).modes is entry.modes, "the adapter must read its modes from the entry"
 
 
 @pytest.mark.parametrize("name", FRAMEWORKS)

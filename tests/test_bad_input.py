@@ -281,13 +281,6 @@ def test_a_full_disk_during_a_run_is_exit_2_with_one_line(tmp_path, capsys, monk
     assert code == 2 and err.count("\n") == 1 and "No space left on device" in err, err
 
 
-def test_the_registry_knows_each_adapters_modes_without_importing_it():
-    for name, entry in backends.REGISTRY.items():
-        if backends.unavailable_reason(name) is None:
-            module = __import__(entry.module, fromlist=[entry.cls])
-            assert tuple(getattr(module, entry.cls).modes) == entry.modes, name
-
-
 NASTY = [r"$\frac{1$", "$x$", r"a\$b", "=HYPERLINK(\"http://x\")", "+1", "-cmd", "@SUM(A1)", "^_{}%#&~\\"]
 
 

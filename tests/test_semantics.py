@@ -128,14 +128,6 @@ def test_the_numpy_oracle_runs_harmonised_only():
 
 
 # -- the sweep: --modes best per backend, --semantics as an axis -------------------------------------
-@pytest.mark.parametrize("name", [n for n in backends.REGISTRY if backends.unavailable_reason(n) is None])
-def test_the_registry_mirrors_each_adapters_modes(name):
-    cls = type(loaded_backend(name))
-    entry = backends.REGISTRY[name]
-    assert entry.compiled_modes == cls.COMPILED_MODES and entry.gpu_only_modes == cls.GPU_ONLY_MODES
-    assert set(cls.COMPILED_MODES) <= set(cls.modes) and set(cls.GPU_ONLY_MODES) <= set(cls.modes)
-
-
 @pytest.mark.parametrize("on_gpu,expected", [
     (False, {"torch": ["compiled"], "tf": ["graph", "xla"], "jax": ["jit"], "numpy": ["default"]}),
     (True, {"torch": ["compiled", "compiled-cudagraphs"], "tf": ["graph", "xla"], "jax": ["jit"], "numpy": ["default"]}),

@@ -21,10 +21,10 @@ from pydantic.fields import FieldInfo
 
 import backends
 from bench.errors import BenchError, DatasetError, SpecError, did_you_mean, unknown
-from bench.spec.cell import Cell, WindowPlan
+from bench.spec.cell import AXES, Cell, WindowPlan
 from bench.spec.data import check_name
 from bench.spec.model import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS, Layer, ModelSpec
-from bench.spec.semantics import POLICIES
+from bench.spec.semantics import HARMONISED, POLICIES
 from bench.spec.shapes import check_fits
 from bench.spec.train import Augment, TrainSpec
 
@@ -111,7 +111,7 @@ class Sweep:
     modes: Annotated[list[str], _names("execution modes ('default' or a backend's own)")] = field(
         default_factory=lambda: ["default"])
     semantics: Annotated[list[str], _names("semantics policies"), _names_in("semantics policy", POLICIES)] = field(
-        default_factory=lambda: ["harmonised"])
+        default_factory=lambda: [HARMONISED])
     augment: Annotated[list[Augment], BeforeValidator(_augment_axis)] = field(default_factory=lambda: [Augment()])
     epochs: Annotated[int, Field(ge=1, description="an integer >= 1")] = 1
     learning_rate: Annotated[float | None, Field(gt=0, allow_inf_nan=False, description="a finite number > 0, e.g. 0.001")] = None
@@ -313,27 +313,30 @@ def refuse_misfits(sweep: Sweep, input_shape: tuple[int, ...], num_classes: int)
 
 
 def cells(sweep: Sweep, backend_names: list[str], models: list[str], n_train: int, on_gpu: bool = False) -> list[Cell]:
-    """Every combination, grouped by backend (one worker each) and repeat-major within a backend,
-    so a stopped run has whole repeats of the sweep rather than many repeats of a few cells.
+    """Every combination of the axes' values (bench.spec.cell.AXES: the product nests in their order),
+    grouped by backend (one worker each) and repeat-major within a backend, so a stopped run has whole
+    repeats of the sweep rather than many repeats of a few cells. The backend, model and mode axes
+    take one backend at a time, the ``models`` that fit the data and that backend's modes (``best``
+    expanded); a ``full`` batch is the model's training rows.
 
     ``on_gpu``: the run may use a GPU, so ``best`` includes GPU-only modes (CUDA graphs)."""
     specs = sweep.model_specs()
     plan = WindowPlan(sweep.min_window, sweep.max_windows, sweep.window_budget)
     grid = []
     for backend, repeat in itertools.product(backend_names, range(sweep.repeats)):
-        modes = backends.expand_modes(backend, sweep.modes, on_gpu)
-        for model, optimizer, activation, loss, batch, precision, mode, augment, policy in itertools.product(
-            models, sweep.optimizers, sweep.activations, sweep.losses, sweep.batch_sizes, sweep.precisions, modes,
-            sweep.augment, sweep.semantics,
-        ):
-            sizes = sweep.model_sizes.get(model, {})
-            rows = min(n_train, sizes.get("train", n_train))
-            train = TrainSpec(
-                optimizer=optimizer, activation=activation, loss=loss,
-                batch_size=rows if batch == "full" else batch, epochs=sweep.epochs,
-                learning_rate=sweep.learning_rate, seed=sweep.seed + repeat, precision=precision, mode=mode,
-                augment=augment, semantics=policy,
-            )
-            grid.append(Cell(backend, specs[model], train, sweep.dataset, repeat, sweep.target_accuracy,
+        lists = {axis.field: _listed(getattr(sweep, axis.sweep)) for axis in AXES} | {
+            "backend": [backend], "model": models, "mode": backends.expand_modes(backend, sweep.modes, on_gpu)}
+        for combination in itertools.product(*lists.values()):
+            point = dict(zip(lists, combination))
+            sizes = sweep.model_sizes.get(point["model"], {})
+            if point["batch_size"] == "full":
+                point["batch_size"] = min(n_train, sizes.get("train", n_train))
+            train = TrainSpec(seed=sweep.seed + repeat, **{axis.sets: point[axis.field] for axis in AXES if axis.sets})
+            grid.append(Cell(backend, specs[point["model"]], train, point["dataset"], repeat, sweep.target_accuracy,
                              sweep.probe_steps, plan, tuple(sizes.get(split) for split in SPLITS)))
     return grid
+
+
+def _listed(value: object) -> list:
+    """A Sweep field's values as a list: an axis the sweep holds one value of (epochs, dataset) is one long."""
+    return value if isinstance(value, list) else [value]

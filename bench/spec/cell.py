@@ -1,17 +1,20 @@
-"""What one measurement is: a cell of the sweep grid, and how long its throughput windows may run.
+"""What one measurement is: a cell of the sweep grid, its axes, and how long its throughput windows may run.
 
-A cell is backend x model x training spec x dataset x repeat. Its identity (``cell_id``), the record
-fields that describe it (``config``) and the sweep's product all come from here, so the grid, the
-record schema and the reports agree on what tells two cells apart (docs/architecture.md, "Cells").
+A cell is backend x model x training spec x dataset x repeat. ``AXES`` declares what tells two cells
+apart, once: the cell's identity (``cell_id``), the record fields that describe it (``config``), the
+sweep's product (bench/run/grid.py) and every grouping of the reports derive from it, so they agree
+(docs/architecture.md, "Cells").
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench.spec.augment import record_fields
 from bench.spec.model import ModelSpec
-from bench.spec.train import TrainSpec
+from bench.spec.semantics import HARMONISED
+from bench.spec.train import Augment, TrainSpec
 
 DEFAULT_MIN_SECONDS = 0.25
 
@@ -45,14 +48,11 @@ class Cell:
 
     @property
     def cell_id(self) -> str:
-        """Unaugmented, harmonised cells keep the id they had before those axes existed, so old runs still resume."""
-        t = self.train
-        policy = [] if t.semantics == "harmonised" else [t.semantics]
-        return "|".join(
-            [self.backend, self.model.name, t.optimizer, t.activation, t.loss, f"bs{t.batch_size}",
-             f"ep{t.epochs}", f"lr{t.lr:g}", t.precision, t.mode, self.dataset, *policy]
-            + ([f"aug={t.augment.label}"] if t.augment.active else [])
-        )
+        """Every axis' value joined by '|', in ``AXES`` order, less the values an axis leaves out
+        (``Axis.id_omits``): unaugmented, harmonised cells keep the id they had before those axes
+        existed, so old runs still resume."""
+        values = ((axis, axis.read(self)) for axis in AXES)
+        return "|".join(axis.id_format.format(value) for axis, value in values if value != axis.id_omits)
 
     @staticmethod
     def refused_id(backend: str, model: str) -> str:
@@ -63,11 +63,8 @@ class Cell:
         """The record fields that describe this cell (bench/results/record.py declares them)."""
         t = self.train
         return {
-            "cell_id": self.cell_id, "repeat": self.repeat, "backend": self.backend, "model": self.model.name,
-            "optimizer": t.optimizer, "activation": t.activation, "loss": t.loss, "batch_size": t.batch_size,
-            "epochs": t.epochs, "learning_rate": t.lr, "seed": t.seed, "precision": t.precision,
-            "requested_mode": t.mode, "mode": t.mode, "semantics_policy": t.semantics,
-        } | hyperparameters(t) | {
+            "cell_id": self.cell_id, "repeat": self.repeat, "seed": t.seed, "requested_mode": t.mode,
+        } | {axis.field: axis.read(self) for axis in AXES} | hyperparameters(t) | {
             "target_accuracy": self.target_accuracy, "min_window_seconds": self.window.min_seconds,
             "window_budget_seconds": self.window.budget_seconds,
         } | record_fields(t.augment)
@@ -80,3 +77,47 @@ def hyperparameters(t: TrainSpec) -> dict:
         "rho": t.rho, "beta1": t.beta1, "beta2": t.beta2, "epsilon": t.epsilon, "weight_decay": t.weight_decay,
         "bn_momentum": t.bn_momentum, "bn_epsilon": t.bn_epsilon, "leaky_relu_slope": t.leaky_relu_slope,
     }
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One axis of the sweep grid: a way two cells can differ."""
+
+    field: str
+    """The record field that holds the axis' value, and the report column of the same name."""
+    sweep: str
+    """The Sweep field (bench/run/grid.py) that lists the axis' values: the grid is their product."""
+    sets: str | None
+    """The TrainSpec field a value of the grid sets; None: a field of the Cell itself."""
+    read: Callable[[Cell], object]
+    """The axis' value in a cell, as its record states it (the learning rate in use, the augmentation's label)."""
+    id_format: str = "{}"
+    """How the value is written in ``cell_id``."""
+    id_omits: object = None
+    """A value left out of ``cell_id`` (None: none is): the value every cell had before the axis existed,
+    so a run folder written then still resumes; a record without the field had it too."""
+    backend_specific: bool = False
+    """Its values belong to one backend (its name, its execution modes), so backends are compared
+    across the other axes (``CONFIG_AXES`` in reports/records.py)."""
+
+
+def _train(name: str) -> Callable[[Cell], object]:
+    return lambda cell: getattr(cell.train, name)
+
+
+AXES: tuple[Axis, ...] = (
+    Axis("backend", "backends", None, lambda cell: cell.backend, backend_specific=True),
+    Axis("model", "models", None, lambda cell: cell.model.name),
+    Axis("optimizer", "optimizers", "optimizer", _train("optimizer")),
+    Axis("activation", "activations", "activation", _train("activation")),
+    Axis("loss", "losses", "loss", _train("loss")),
+    Axis("batch_size", "batch_sizes", "batch_size", _train("batch_size"), "bs{}"),
+    Axis("epochs", "epochs", "epochs", _train("epochs"), "ep{}"),
+    Axis("learning_rate", "learning_rate", "learning_rate", lambda cell: cell.train.lr, "lr{:g}"),
+    Axis("precision", "precisions", "precision", _train("precision")),
+    Axis("mode", "modes", "mode", _train("mode"), backend_specific=True),
+    Axis("dataset", "dataset", None, lambda cell: cell.dataset),
+    Axis("semantics_policy", "semantics", "semantics", _train("semantics"), id_omits=HARMONISED),
+    Axis("augment", "augment", "augment", lambda cell: cell.train.augment.label, "aug={}", id_omits=Augment().label),
+)
+"""What tells two cells apart, in ``cell_id`` order (the grid's nesting too: the last varies fastest)."""

@@ -16,27 +16,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from bench.spec.rules import Rules
 
 Policy = Literal["harmonised", "native"]
-POLICIES: tuple[str, ...] = ("harmonised", "native")
+"""The semantics policies, declared once: TrainSpec's field type, the sweep's valid values
+(``POLICIES``) and the reports' names (``HARMONISED``, ``NATIVE``) all come from here."""
+POLICIES: tuple[Policy, ...] = get_args(Policy)
+HARMONISED, NATIVE = POLICIES
+"""``HARMONISED`` is the default, and the policy of every record written before policies existed."""
 
 InitScheme = Literal["glorot_uniform", "kaiming_uniform", "lecun_normal"]
-INIT_TEXT: dict[str, str] = {
-    "glorot_uniform": "glorot_uniform kernels, zero biases",
-    "kaiming_uniform": "kaiming_uniform(a=sqrt(5)) weights, biases U(-1/sqrt(fan_in), 1/sqrt(fan_in))",
-    "lecun_normal": "lecun_normal kernels, zero biases",
-}
-"""Each initialiser scheme in words (BatchNorm starts at gamma 1, beta 0, mean 0, variance 1 in every one)."""
+"""The initialiser schemes (BatchNorm starts at gamma 1, beta 0, mean 0, variance 1 in every one)."""
 
 HARMONISED_INIT: InitScheme = "glorot_uniform"
 """The scheme of the canonical weights (bench.spec.weights), drawn once in NumPy and loaded everywhere."""
-
-InitSource = Literal["canonical", "framework"]
-"""'canonical': the suite's NumPy arrays, identical in every backend; 'framework': the framework's
-own initialisers, drawn by the framework from the cell's seed."""
 
 NATIVE_FIELDS = ("epsilon", "rho", "bn_momentum", "bn_epsilon", "leaky_relu_slope")
 """The TrainSpec fields a framework's defaults may change; every other field stays the sweep's."""

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bench.errors import SpecError
 from bench.spec.model import ACTIVATIONS, BN_EPSILON, BN_MOMENTUM, LAYER_TYPES, LEAKY_RELU_SLOPE, LOSSES, OPTIMIZERS, PRECISIONS
+from bench.spec.semantics import HARMONISED, Policy
 
 AUGMENTATIONS = ("hflip", "vflip", "crop", "rotate", "zoom", "brightness", "noise")
 """The image transforms a train spec can ask for, in the order every step applies them."""
@@ -134,7 +135,7 @@ class TrainSpec(BaseModel):
     bn_epsilon: float = BN_EPSILON
     leaky_relu_slope: float = LEAKY_RELU_SLOPE
     augment: Augment = Augment()
-    semantics: Literal["harmonised", "native"] = "harmonised"
+    semantics: Policy = HARMONISED
     """Semantics policy (bench.spec.semantics): 'native' lets the backend replace the values above that its
     framework defaults differently (epsilon, rho, BatchNorm, leaky-ReLU slope) and the initial weights."""
 
