@@ -116,7 +116,8 @@ class TrainSpec(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    optimizer: Literal["sgd", "momentum", "rmsprop", "adam"] = "adam"
+    # the name lists of bench/spec/model.py are the one declaration of each vocabulary (Literal[tuple] is Literal[*tuple])
+    optimizer: Literal[OPTIMIZERS] = "adam"
     learning_rate: float | None = Field(default=None, gt=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     rho: float = Field(default=0.9, gt=0, lt=1)
@@ -124,12 +125,12 @@ class TrainSpec(BaseModel):
     beta2: float = Field(default=0.999, gt=0, lt=1)
     epsilon: float = Field(default=1e-7, ge=0)
     weight_decay: float = Field(default=0.0, ge=0)
-    loss: Literal["cce", "mse", "mae", "bce", "hinge"] = "cce"
-    activation: Literal["relu", "leaky_relu", "tanh", "sigmoid", "linear"] = "relu"
+    loss: Literal[LOSSES] = "cce"
+    activation: Literal[ACTIVATIONS] = "relu"
     batch_size: int = Field(default=128, gt=0)
     epochs: int = Field(default=1, gt=0)
     seed: int = 0
-    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+    precision: Literal[PRECISIONS] = "fp32"
     mode: str = "default"
     bn_momentum: float = BN_MOMENTUM
     bn_epsilon: float = BN_EPSILON
