@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from bench.results.stats import Estimate, grouped_comparison, grouped_median_interval
 from reports.figures import BACKEND_COLOURS, WIDTH, FigureOut, _plain_value, _png, _reference_config, _slug
+from reports.metrics import FINAL_TRAIN_LOSS, TEST_ACCURACY
 from reports.records import CONFIG_AXES, HARMONISED, config_keys
 
 NATIVE = "native"
@@ -85,9 +86,9 @@ def _shift(ok: pd.DataFrame, backend: str) -> PolicyShift | None:
 
     return PolicyShift(
         backend, len(keys),
-        grouped_median_interval(groups(harmonised, "test_accuracy")),
-        grouped_median_interval(groups(native, "test_accuracy")),
-        change("test_accuracy"), change("final_train_loss"),
+        grouped_median_interval(groups(harmonised, TEST_ACCURACY.field)),
+        grouped_median_interval(groups(native, TEST_ACCURACY.field)),
+        change(TEST_ACCURACY.field), change(FINAL_TRAIN_LOSS.field),
         {HARMONISED: _values(harmonised), NATIVE: _values(native)}, _rules_changed(harmonised, native),
     )
 
