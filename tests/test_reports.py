@@ -9,6 +9,7 @@ truncated results file, and that a comparison separates a real slowdown from noi
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import re
 import shutil
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from rich.console import Console
 
 from bench.errors import BenchError
 from bench.results.phases import PHASES, Phase
@@ -31,6 +33,7 @@ from reports import add_compare_arguments, add_report_arguments, build_report, c
 from reports.costs import time_breakdown
 from reports.metrics import METRICS
 from reports.records import SCHEMA, records_frame
+from reports.terminal import print_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_NAME = "<script>alert('x')</script>"
@@ -418,3 +421,12 @@ def test_every_phase_has_its_record_field_and_a_column_in_each_time_table(tmp_pa
     assert all(f'<th class="num">{phase.label}</th>' in time_table for phase in PHASES), time_table
     costs = time_breakdown(records_frame(timed_records())).set_index("backend")
     assert costs.loc["jax", Phase.WINDOW.label] == pytest.approx(8 * 0.2)
+
+    console = Console(file=io.StringIO(), width=80)
+    print_summary(console, result.run_dir, "torch")
+    lines = console.file.getvalue().splitlines()
+    header = next(line.split() for line in lines if line.split()[:1] == ["backend"])
+    assert header == ["backend", "start", *(phase.column for phase in PHASES), "other", "total", "cache"]
+    jax = next(line.split() for line in lines if line.split()[:1] == ["jax"])
+    assert jax == ["jax", "3.0", "0.8", "4.0", "8.0", "1.6", "0.4", "0.1", "17.9", "cold"]
+    assert "93.0%" in console.file.getvalue() and "vs torch" in console.file.getvalue()
