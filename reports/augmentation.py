@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bench.results.stats import Estimate, grouped_comparison, grouped_median_interval
+from reports.metrics import TEST_ACCURACY, TRAIN_THROUGHPUT
 from reports.records import config_axes_but, config_keys
 
 TWIN_AXES = config_axes_but("augment")
@@ -53,8 +54,8 @@ def augmentation_rows(frame: pd.DataFrame) -> list[AugmentationRow]:
         shared = sorted(set(keys) & set(twin_keys))
         if not shared:
             continue
-        speed = [_groups(d, k, shared, "train_samples_per_s") for d, k in ((group, keys), (twins, twin_keys))]
-        accuracy = [_groups(d, k, shared, "test_accuracy") for d, k in ((group, keys), (twins, twin_keys))]
+        speed = [_groups(d, k, shared, TRAIN_THROUGHPUT.field) for d, k in ((group, keys), (twins, twin_keys))]
+        accuracy = [_groups(d, k, shared, TEST_ACCURACY.field) for d, k in ((group, keys), (twins, twin_keys))]
         rows.append(AugmentationRow(
             model=str(model), variant=str(variant), backend=str(group["backend"].iloc[0]), augment=str(label),
             configs=len(shared),

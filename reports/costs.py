@@ -1,4 +1,4 @@
-"""Where a run's time went, per backend: worker start-up, then each cell's phases (bench.measure.harness.PHASES).
+"""Where a run's time went, per backend: worker start-up, then each cell's phases (bench.results.phases).
 
 A sweep of small cells is dominated by fixed costs (building, compiling, evaluating), not by the
 training it reports on; this table makes that visible, so a slow run can be traced to its phase.
@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import pandas as pd
 
-PHASE_COLUMNS = {
-    "time_build_seconds": "build",
-    "time_compile_seconds": "compile / warm-up",
-    "time_train_seconds": "train (accuracy epochs)",
-    "time_window_seconds": "throughput windows",
-    "time_eval_seconds": "evaluate",
-}
-"""Record field -> label, in the order a cell runs them."""
+from bench.results.phases import PHASES
+from reports.metrics import CELL_DURATION
+
+START_UP = "worker start-up"
+OTHER = "other"
+PARTS = (START_UP, *(phase.label for phase in PHASES), OTHER)
+"""The columns that add up to a backend's total, in order: start-up, each phase by its label, the rest."""
 
 
 def time_breakdown(frame: pd.DataFrame) -> pd.DataFrame:
@@ -25,20 +24,20 @@ def time_breakdown(frame: pd.DataFrame) -> pd.DataFrame:
     (``other``: records, load readings, divergence checks), the total, and the compile-cache states."""
     rows = []
     for backend, group in frame.groupby("backend", sort=False):
-        timed = group[group["duration_seconds"].notna()] if "duration_seconds" in group else group.iloc[0:0]
+        timed = group[group[CELL_DURATION.field].notna()] if CELL_DURATION.field in group else group.iloc[0:0]
         if timed.empty:
             continue
         row: dict = {"backend": backend, "cells": len(timed)}
         setup = _column(group, "worker_setup_seconds")
         pids = _column(group, "worker_pid")
-        row["worker start-up"] = float(setup.groupby(pids).first().sum()) if setup.notna().any() else 0.0
+        row[START_UP] = float(setup.groupby(pids).first().sum()) if setup.notna().any() else 0.0
         phases = 0.0
-        for field, label in PHASE_COLUMNS.items():
-            row[label] = float(_column(timed, field).fillna(0).sum())
-            phases += row[label]
-        cells = float(timed["duration_seconds"].sum())
-        row["other"] = max(cells - phases, 0.0)
-        row["total"] = cells + row["worker start-up"]
+        for phase in PHASES:
+            row[phase.label] = float(_column(timed, phase.field).fillna(0).sum())
+            phases += row[phase.label]
+        cells = float(timed[CELL_DURATION.field].sum())
+        row[OTHER] = max(cells - phases, 0.0)
+        row["total"] = cells + row[START_UP]
         states = _column(timed, "compile_cache").dropna().value_counts()
         row["compile cache"] = (str(states.index[0]) if len(states) == 1
                                 else ", ".join(f"{state} ({n} cells)" for state, n in states.items()) or "—")

@@ -16,10 +16,8 @@ import pandas as pd
 
 from bench.results.stats import MISSING, Estimate, grouped_comparison
 from reports.headline import ModelHeadline, by_config
+from reports.metrics import COMPILE_TIME, TRAIN_THROUGHPUT
 from reports.records import config_keys
-
-SPEED = "train_samples_per_s"
-COMPILE = "compile_seconds"
 
 
 @dataclass
@@ -61,10 +59,10 @@ def _modes(head: ModelHeadline) -> dict[str, list[tuple[ModeResult, pd.DataFrame
     found: dict[str, list[tuple[ModeResult, pd.DataFrame]]] = {}
     for row in head.rows:
         pool = head.pools.get(row.variant)
-        speed = row.entries[SPEED].value
+        speed = row.entries[TRAIN_THROUGHPUT.field].value
         if pool is None or pool.empty or not speed.ok:
             continue
-        result = ModeResult(str(pool["mode"].iloc[0]), row.variant, speed, row.entries[COMPILE].value)
+        result = ModeResult(str(pool["mode"].iloc[0]), row.variant, speed, row.entries[COMPILE_TIME.field].value)
         found.setdefault(str(pool["backend"].iloc[0]), []).append((result, pool))
     return {b: sorted(ms, key=lambda m: -m[0].speed.value) for b, ms in found.items()}
 
@@ -73,9 +71,10 @@ def _ratio(pool: pd.DataFrame, base: pd.DataFrame) -> Estimate:
     """Train throughput of ``pool`` over ``base``, paired per configuration where they share some."""
     own, theirs = set(config_keys(pool)), set(config_keys(base))
     shared = sorted(own & theirs)
+    speed = TRAIN_THROUGHPUT.field
     if shared:
-        return grouped_comparison(by_config(pool, SPEED, shared), by_config(base, SPEED, shared), np.divide, paired=True)
-    return grouped_comparison(by_config(pool, SPEED, sorted(own)), by_config(base, SPEED, sorted(theirs)),
+        return grouped_comparison(by_config(pool, speed, shared), by_config(base, speed, shared), np.divide, paired=True)
+    return grouped_comparison(by_config(pool, speed, sorted(own)), by_config(base, speed, sorted(theirs)),
                               np.divide, paired=False)
 
 

@@ -19,12 +19,13 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogLocator, NullFormatter, PercentFormatter
 
+from bench.results.phases import PHASES
 from reports import fmt
 from reports.augmentation import AugmentationRow
-from reports.costs import PHASE_COLUMNS
+from reports.costs import PARTS
 from reports.escape import plain
 from reports.headline import ModelHeadline, pooled_estimate
-from reports.metrics import BY_FIELD
+from reports.metrics import COMPILE_TIME, INFERENCE_THROUGHPUT, TEST_ACCURACY, TIME_TO_TARGET, TRAIN_THROUGHPUT, TRAIN_TIME
 from reports.records import CONFIG_AXES, config_keys, unconverged
 
 matplotlib.rcParams.update({
@@ -89,7 +90,7 @@ def _errors(estimates) -> np.ndarray:
 
 def throughput(heads: list[ModelHeadline], colours: dict) -> FigureOut | None:
     """Grouped bars: train and inference samples/s per model, one bar per backend."""
-    panels = (BY_FIELD["train_samples_per_s"], BY_FIELD["inference_samples_per_s"])
+    panels = (TRAIN_THROUGHPUT, INFERENCE_THROUGHPUT)
     if not any(r.entries[m.field].value.ok for h in heads for r in h.rows for m in panels):
         return None
     variants = sorted({r.variant for h in heads for r in h.rows})
@@ -127,7 +128,7 @@ def accuracy_heatmap(frame: pd.DataFrame, model: str, colours: dict) -> FigureOu
     activations = sorted(set(rows["activation"].dropna()))
     variants = sorted(set(rows["variant"]))
     ok = rows[rows["status"] == "ok"]
-    if len(optimizers) * len(activations) < 2 or ok["test_accuracy"].notna().sum() == 0:
+    if len(optimizers) * len(activations) < 2 or ok[TEST_ACCURACY.field].notna().sum() == 0:
         return None
     grids, labels = {}, {}
     for variant in variants:
@@ -137,7 +138,7 @@ def accuracy_heatmap(frame: pd.DataFrame, model: str, colours: dict) -> FigureOu
             for j, act in enumerate(activations):
                 cell = rows[(rows["variant"] == variant) & (rows["optimizer"] == opt) & (rows["activation"] == act)]
                 ok_cell = cell[cell["status"] == "ok"]
-                est = pooled_estimate(ok_cell, "test_accuracy")
+                est = pooled_estimate(ok_cell, TEST_ACCURACY.field)
                 if est.ok and unconverged(ok_cell).all():  # not a result: greyed, value in brackets
                     text[i][j] = f"({100 * est.value:.1f})†"
                 elif est.ok:
@@ -147,7 +148,7 @@ def accuracy_heatmap(frame: pd.DataFrame, model: str, colours: dict) -> FigureOu
         grids[variant], labels[variant] = grid, text
     finite = np.concatenate([g[np.isfinite(g)] for g in grids.values()])
     if not finite.size:
-        finite = ok["test_accuracy"].dropna().to_numpy()
+        finite = ok[TEST_ACCURACY.field].dropna().to_numpy()
     vmin, vmax = float(finite.min()), float(finite.max())
     if vmax - vmin < 1e-3:
         vmin, vmax = vmin - 0.01, vmax + 0.01
@@ -250,8 +251,8 @@ def compile_vs_steady(heads: list[ModelHeadline], colours: dict) -> FigureOut | 
     bars = []
     for head in heads:
         for variant, pool in head.pools.items():
-            compile_s = pooled_estimate(pool, "compile_seconds")
-            steady = pooled_estimate(pool, "train_seconds")
+            compile_s = pooled_estimate(pool, COMPILE_TIME.field)
+            steady = pooled_estimate(pool, TRAIN_TIME.field)
             if steady.ok:
                 bars.append((f"{head.model} · {variant}", variant, compile_s.value if compile_s.ok else 0.0,
                              steady.value))
@@ -281,11 +282,11 @@ def time_to_target(heads: list[ModelHeadline], colours: dict) -> FigureOut | Non
     bars, targets = [], set()
     for head in heads:
         for variant, pool in head.pools.items():
-            if pool["time_to_target_seconds"].notna().any() or pool["target_accuracy"].notna().any():
-                reached = pool["time_to_target_seconds"].notna()
+            if pool[TIME_TO_TARGET.field].notna().any() or pool["target_accuracy"].notna().any():
+                reached = pool[TIME_TO_TARGET.field].notna()
                 targets |= set(pool["target_accuracy"].dropna())
                 bars.append((f"{head.model} · {variant}", variant,
-                             pooled_estimate(pool[reached], "time_to_target_seconds"),
+                             pooled_estimate(pool[reached], TIME_TO_TARGET.field),
                              int(reached.sum()), len(pool)))
     if not any(est.ok for _, _, est, _, _ in bars):
         return None  # nothing reached the target: the headline's accuracies already say so
@@ -340,14 +341,13 @@ def time_breakdown(costs: pd.DataFrame) -> FigureOut | None:
     """Stacked bars per backend: worker start-up and each phase of its cells, in seconds."""
     if costs.empty:
         return None
-    parts = ["worker start-up", *PHASE_COLUMNS.values(), "other"]
-    shades = ("#6c757d", "#b8c1d1", "#f4a261", "#2a9d8f", "#8ecae6", "#e9c46a", "#dddddd")
+    shades = ("#6c757d", "#b8c1d1", "#f4a261", "#2a9d8f", "#8ecae6", "#e9c46a", "#dddddd")  # one per part of PARTS
     fig = Figure(figsize=(WIDTH, 0.5 * len(costs) + 1.6), layout="constrained")
     ax = fig.subplots()
     ys = np.arange(len(costs))[::-1]
     for y, row in zip(ys, costs.to_dict("records")):
         left = 0.0
-        for part, shade in zip(parts, shades):
+        for part, shade in zip(PARTS, shades, strict=True):
             ax.barh(y, row[part], left=left, color=shade, edgecolor="white", label=part if y == ys[0] else None)
             left += row[part]
         ax.text(left, y, f"  {fmt.seconds(row['total'])} ({row['cells']:.0f} cells)", va="center", fontsize=8.5)
@@ -355,11 +355,10 @@ def time_breakdown(costs: pd.DataFrame) -> FigureOut | None:
     ax.set_xlim(0, float(costs["total"].max()) * 1.25)
     ax.set_xlabel("seconds")
     ax.grid(axis="y", visible=False)
-    fig.legend(frameon=False, fontsize=8, ncols=len(parts), loc="outside upper center")
+    fig.legend(frameon=False, fontsize=8, ncols=len(PARTS), loc="outside upper center")
     return FigureOut("time_breakdown", "Where the time went",
                      "Seconds per backend: worker start-up (framework import, once per worker) and, summed over "
-                     "its cells, building, compilation and warm-up, the accuracy epochs, the extra epochs timed "
-                     "only for throughput, evaluation, and the rest.", _png(fig))
+                     f"its cells, {', '.join(phase.caption for phase in PHASES)}, and the rest.", _png(fig))
 
 
 def all_figures(frame: pd.DataFrame, curves: pd.DataFrame, heads: list[ModelHeadline],

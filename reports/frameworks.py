@@ -15,6 +15,7 @@ import pandas as pd
 from bench.results.stats import grouped_comparison
 from reports import fmt
 from reports.headline import by_config, pooled_estimate
+from reports.metrics import COMPILE_TIME, TRAIN_THROUGHPUT
 from reports.records import config_keys
 from reports.summary import first_line
 
@@ -58,8 +59,8 @@ def _mode_speedups(ok: pd.DataFrame) -> list[str]:
         shared = sorted(set(keys[ok["mode"] == mode]) & eager)
         if not shared:
             continue
-        est = grouped_comparison(by_config(ok[ok["mode"] == mode], "train_samples_per_s", shared),
-                                 by_config(ok[ok["mode"] == EAGER], "train_samples_per_s", shared),
+        est = grouped_comparison(by_config(ok[ok["mode"] == mode], TRAIN_THROUGHPUT.field, shared),
+                                 by_config(ok[ok["mode"] == EAGER], TRAIN_THROUGHPUT.field, shared),
                                  np.divide, paired=True)
         if est.ok:
             parts = [f"{mode} vs eager: {fmt.ratio(est.value)} train throughput", fmt.interval(est, fmt.ratio),
@@ -83,7 +84,7 @@ def evidence(frame: pd.DataFrame) -> list[Evidence]:
         else:
             lines = _mode_speedups(ok)
             for mode, group in ok.groupby("mode", dropna=False):
-                compile_s = pooled_estimate(group, "compile_seconds")
+                compile_s = pooled_estimate(group, COMPILE_TIME.field)
                 if compile_s.ok:
                     label = mode if isinstance(mode, str) else "unknown mode"
                     parts = [f"{label}: compile/warm-up cost {fmt.seconds(compile_s.value)}",

@@ -19,7 +19,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.results.stats import MISSING, Estimate, grouped_comparison, grouped_median_interval
-from reports.metrics import HEADLINE, Metric
+from reports.metrics import HEADLINE, TEST_ACCURACY, Metric
 from reports.records import CONFIG_AXES, PROBLEM_STATUSES, config_keys, unconverged
 
 
@@ -146,7 +146,7 @@ def model_headline(frame: pd.DataFrame, model: str, baseline: str | None) -> Mod
             entries=entries,
             is_baseline=variant == base,
             unconverged=int(unconverged(pool).sum()),
-            unconverged_accuracy=grouped_median_interval(by_config(pool, "test_accuracy", order)),
+            unconverged_accuracy=grouped_median_interval(by_config(pool, TEST_ACCURACY.field, order)),
             noisy=int(pool["noisy"].map(lambda v: v is True).sum()),
         ))
     configs = ok[keys.isin(shared)][list(CONFIG_AXES)].drop_duplicates().to_dict("records") if shared else []

@@ -19,12 +19,12 @@ from bench.spec.rules import CANONICAL, RULE_TEXT, RULE_TITLES, Rules
 from bench.spec.semantics import HARMONISED, NATIVE
 from reports import fmt
 from reports.augmentation import AugmentationRow
-from reports.costs import PHASE_COLUMNS
+from reports.costs import PARTS
 from reports.fastest import FastestHeadline, ModeResult
 from reports.figures import FigureOut
 from reports.frameworks import Evidence
 from reports.headline import Entry, ModelHeadline
-from reports.metrics import CELL_TABLE, HEADLINE, Metric
+from reports.metrics import CELL_TABLE, HEADLINE, TRAIN_THROUGHPUT, Metric
 from reports.policies import CAVEAT, PolicyComparison, describe_values
 from reports.records import PROBLEM_STATUSES, Run
 from reports.summary import first_line
@@ -69,7 +69,7 @@ def _metric_cell(row, metric: Metric) -> dict:
         elif row.unconverged_accuracy.ok:
             cell |= {"text": metric.format(row.unconverged_accuracy.value) + NOT_CONVERGED, "ci": "",
                      "cls": "unconverged"}
-    if metric.field == "train_samples_per_s" and row.noisy:
+    if metric is TRAIN_THROUGHPUT and row.noisy:
         cell["sub"] = f"⚠ {row.noisy} noisy"
     return cell
 
@@ -273,14 +273,13 @@ def _policy_view(comparison: PolicyComparison, figure: FigureOut | None) -> dict
 
 def _costs_view(costs: pd.DataFrame) -> dict:
     """The "where the time went" table: seconds per backend and phase, each with its share of the total."""
-    columns = ["worker start-up", *PHASE_COLUMNS.values(), "other"]
     rows = []
     for row in costs.to_dict("records"):
         total = row["total"] or 1.0
         rows.append({"backend": row["backend"], "cells": fmt.count(row["cells"]), "total": fmt.seconds(row["total"]),
                      "per_cell": fmt.seconds(row["total"] / max(row["cells"], 1)), "cache": row["compile cache"],
-                     "parts": [(fmt.seconds(row[c]), f"{100 * row[c] / total:.0f}%") for c in columns]})
-    return {"columns": columns, "rows": rows}
+                     "parts": [(fmt.seconds(row[c]), f"{100 * row[c] / total:.0f}%") for c in PARTS]})
+    return {"columns": list(PARTS), "rows": rows}
 
 
 def render(run: Run, summary: pd.DataFrame, heads: list[ModelHeadline], figures: list[FigureOut],

@@ -4,6 +4,10 @@ The headline table, summary.csv, ``bench compare``, the HTML page, the figures a
 table at the end of ``bench run`` all take their metrics from here, so adding a metric (after its
 record field in ``bench/results/record.py``) is one row below, and its label, unit and direction read the
 same everywhere.
+
+A module that needs one metric by its role (the accuracy, the training speed, the compile cost) imports
+its named constant below, never its record field's name: this module is the only place in ``reports/``
+a metric's field is spelled, so renaming a field is one edit here (and the record schema).
 """
 
 from __future__ import annotations
@@ -46,35 +50,49 @@ class Metric:
         return ("faster", "slower") if self.relative else ("better", "worse")
 
 
+TEST_ACCURACY = Metric("test_accuracy", "Test accuracy", fmt.percent, True, relative=False, headline=True,
+                       compared=True, cell_table=True, converged_only=True)
+FINAL_TRAIN_LOSS = Metric("final_train_loss", "Final train loss", fmt.sig, False)
+TRAIN_THROUGHPUT = Metric("train_samples_per_s", "Train throughput", fmt.rate, True, headline=True, compared=True,
+                          gates=True, cell_table=True)
+INFERENCE_THROUGHPUT = Metric("inference_samples_per_s", "Inference throughput", fmt.rate, True, headline=True,
+                              compared=True, gates=True, cell_table=True)
+TRAIN_TIME = Metric("train_seconds", "Train time", fmt.seconds, False)
+COMPILE_TIME = Metric("compile_seconds", "Compile time", fmt.seconds, False, headline=True, compared=True,
+                      cell_table=True)
+TIME_TO_TARGET = Metric("time_to_target_seconds", "Time to target", fmt.seconds, False)
+PEAK_HOST_MEMORY = Metric("peak_rss_bytes", "Peak host memory", fmt.nbytes, False)
+PEAK_DEVICE_MEMORY = Metric("peak_device_bytes", "Peak device memory", fmt.nbytes, False)
+PEAK_MEMORY = Metric("peak_memory_bytes", "Peak memory", fmt.nbytes, False, headline=True)
+"""Derived by reports/records.py: the device peak where one was measured, else the host's."""
+CELL_DURATION = Metric("duration_seconds", "Cell duration", fmt.seconds, False)
+
 METRICS = (
-    Metric("test_accuracy", "Test accuracy", fmt.percent, True, relative=False, headline=True, compared=True,
-           cell_table=True, converged_only=True),
+    TEST_ACCURACY,
     Metric("test_loss", "Test loss", fmt.sig, False),
-    Metric("final_train_loss", "Final train loss", fmt.sig, False),
+    FINAL_TRAIN_LOSS,
     Metric("val_accuracy", "Validation accuracy", fmt.percent, True, relative=False),
-    Metric("train_samples_per_s", "Train throughput", fmt.rate, True, headline=True, compared=True, gates=True,
-           cell_table=True),
-    Metric("inference_samples_per_s", "Inference throughput", fmt.rate, True, headline=True, compared=True,
-           gates=True, cell_table=True),
-    Metric("train_seconds", "Train time", fmt.seconds, False),
+    TRAIN_THROUGHPUT,
+    INFERENCE_THROUGHPUT,
+    TRAIN_TIME,
     Metric("step_time_ms_p50", "Step time p50", fmt.milliseconds, False, compared=True, cell_table=True),
     Metric("step_time_ms_p90", "Step time p90", fmt.milliseconds, False),
     Metric("step_time_ms_p99", "Step time p99", fmt.milliseconds, False),
-    Metric("compile_seconds", "Compile time", fmt.seconds, False, headline=True, compared=True, cell_table=True),
+    COMPILE_TIME,
     Metric("first_step_seconds", "First step", fmt.seconds, False),
     Metric("warmup_seconds", "Warm-up", fmt.seconds, False),
-    Metric("time_to_target_seconds", "Time to target", fmt.seconds, False),
+    TIME_TO_TARGET,
     Metric("device_seconds", "Device time", fmt.seconds, False),
     Metric("cpu_seconds_per_sample", "CPU time per sample", fmt.seconds, False),
-    Metric("peak_rss_bytes", "Peak host memory", fmt.nbytes, False),
-    Metric("peak_device_bytes", "Peak device memory", fmt.nbytes, False),
-    Metric("peak_memory_bytes", "Peak memory", fmt.nbytes, False, headline=True),
+    PEAK_HOST_MEMORY,
+    PEAK_DEVICE_MEMORY,
+    PEAK_MEMORY,
     Metric("param_count", "Parameters", fmt.count, None),
     Metric("flops_per_sample_forward", "Forward FLOPs per sample", fmt.sig, None),
     Metric("flops_per_sample_train", "Train FLOPs per sample", fmt.sig, None),
     Metric("achieved_gflops", "Achieved GFLOP/s", fmt.sig, True),
     Metric("peak_fraction", "Fraction of matmul peak", fmt.percent, True),
-    Metric("duration_seconds", "Cell duration", fmt.seconds, False),
+    CELL_DURATION,
 )
 BY_FIELD: dict[str, Metric] = {m.field: m for m in METRICS}
 HEADLINE = tuple(m for m in METRICS if m.headline)

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from bench.results.stats import Estimate, grouped_comparison, grouped_median_interval
 from bench.spec.semantics import HARMONISED, NATIVE
 from reports.figures import BACKEND_COLOURS, WIDTH, FigureOut, _plain_value, _png, _reference_config, _slug
+from reports.metrics import FINAL_TRAIN_LOSS, TEST_ACCURACY
 from reports.records import config_axes_but, config_keys
 
 TWIN_AXES = config_axes_but("semantics_policy")
@@ -87,9 +88,9 @@ def _shift(ok: pd.DataFrame, backend: str) -> PolicyShift | None:
 
     return PolicyShift(
         backend, len(keys),
-        grouped_median_interval(groups(harmonised, "test_accuracy")),
-        grouped_median_interval(groups(native, "test_accuracy")),
-        change("test_accuracy"), change("final_train_loss"),
+        grouped_median_interval(groups(harmonised, TEST_ACCURACY.field)),
+        grouped_median_interval(groups(native, TEST_ACCURACY.field)),
+        change(TEST_ACCURACY.field), change(FINAL_TRAIN_LOSS.field),
         {HARMONISED: _values(harmonised), NATIVE: _values(native)}, _rules_changed(harmonised, native),
     )
 

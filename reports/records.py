@@ -22,6 +22,7 @@ from bench.results.record import FIELD_KINDS, FIELDS, PER_EPOCH_FIELDS, SCHEMA_V
 from bench.results.store import ENVIRONMENT, RESULTS, latest, read_records
 from bench.spec.cell import AXES
 from bench.spec.semantics import HARMONISED
+from reports.metrics import PEAK_DEVICE_MEMORY, PEAK_HOST_MEMORY, PEAK_MEMORY
 
 SCHEMA = FIELDS
 """Every field a record may hold (bench/results/record.py), in order: the leading columns of results.csv."""
@@ -32,7 +33,7 @@ FLAG_FIELDS = tuple(name for name in SCHEMA if FIELD_KINDS[name] == "flag")
 """True/False, or None where a record (an older one, or one that did not finish) does not say."""
 """Lists and dicts: kept as Python objects in memory, written to CSV as JSON text."""
 CURVE_FIELDS = PER_EPOCH_FIELDS
-DERIVED_FIELDS = ("variant", "peak_memory_bytes")
+DERIVED_FIELDS = ("variant", PEAK_MEMORY.field)
 """Columns the reader adds to every frame (see records_frame); not stored in results.csv."""
 
 VARIANT_AXES = tuple(axis.field for axis in AXES if axis.backend_specific)
@@ -113,7 +114,7 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
     """Records as a frame with every schema column (missing ones empty), numbers as floats.
 
     Adds two derived columns for the report: ``variant`` (backend, plus mode where a backend ran
-    several) and ``peak_memory_bytes`` (device peak where measured, else host RSS).
+    several) and the peak memory metric (``PEAK_MEMORY``: device peak where measured, else host RSS).
     """
     frame = pd.DataFrame.from_records([{**r, "status": _status(r), "schema_version": stored_version(r)}
                                        for r in records])
@@ -130,7 +131,7 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
     frame["augment"] = frame["augment"].fillna("none")  # records from before augmentation existed trained plain
     frame["semantics_policy"] = frame["semantics_policy"].fillna(HARMONISED)  # older records ran harmonised
     frame["variant"] = _variant_labels(frame)
-    frame["peak_memory_bytes"] = frame["peak_device_bytes"].fillna(frame["peak_rss_bytes"])
+    frame[PEAK_MEMORY.field] = frame[PEAK_DEVICE_MEMORY.field].fillna(frame[PEAK_HOST_MEMORY.field])
     return frame
 
 

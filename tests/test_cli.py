@@ -1,4 +1,5 @@
-"""The command line as a user meets it: the listing and a real run folder (bad input: test_bad_input.py)."""
+"""The command line as a user meets it: the command table, the listing, the fairness text and a real
+run folder (bad input: test_bad_input.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from bench.cli import COMMANDS
+from bench.measure import harness, load, throughput
+from bench.results.phases import PHASES
 from bench.results.record import SCHEMA_VERSION
+from bench.run.fairness import fairness_rules
+from bench.spec import augment, cell, semantics
 from reports.headline import headlines
 from reports.metrics import HEADLINE
 from reports.records import load_run
@@ -27,6 +33,43 @@ def test_list_names_everything_and_which_backends_are_installed():
     assert result.returncode == 0
     for word in ("torch", "tf", "jax", "numpy", "mlp_bn", "momentum", "leaky_relu", "mnist-sample", "hinge"):
         assert word in result.stdout
+
+
+def test_an_unknown_command_is_one_line_naming_the_commands_and_exit_2():
+    result = bench("frobnicate")
+    assert result.returncode == 2 and result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1 and "frobnicate" in result.stderr, result.stderr
+    assert all(name in result.stderr for name in COMMANDS)
+
+
+def test_a_command_loads_only_its_own_modules():
+    """``bench list`` stays fast: parity's scipy.stats and the reports' pandas are not imported for it."""
+    script = ("import contextlib, io, sys; from bench.cli import main\n"
+              "with contextlib.redirect_stdout(io.StringIO()): code = main(['list'])\n"
+              "print(code, *sorted(m for m in ('bench.parity', 'pandas', 'scipy.stats') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.stdout.split() == ["0"], result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("module", "name", "value", "rule", "shown"), [
+    (semantics, "HARMONISED_INIT", "lecun_normal", "initial weights", "(lecun_normal,"),
+    (harness, "TIMING_METHOD", "a sundial", "timing", "; a sundial;"),
+    (augment, "INTERPOLATION", "bicubic", "augmentation", "bicubic interpolation"),
+    (augment, "FILL", "reflect", "augmentation", "reflect fill"),
+    (augment, "ORDER", "noise, hflip", "augmentation", "order noise, hflip"),
+    (throughput, "MIN_WINDOWS", 4, "throughput", "at least 4 auto-ranged windows"),
+    (cell, "DEFAULT_MIN_SECONDS", 0.75, "throughput", "at least 0.75 s"),
+    (load, "FOREIGN_CPU_LIMIT", 0.4, "throughput", "more than 0.4 core"),
+    (load, "STEAL_LIMIT", 0.2, "throughput", "more than 20% of each core"),
+    (throughput, "MAX_REMEASURES", 5, "throughput", "at most 5 times"),
+    (harness, "LOSS_BOUND", 5e7, "divergence", "above 5e+07"),
+    (harness, "EXPLOSION_FACTOR", 250.0, "divergence", "above 250x"),
+])
+def test_the_fairness_text_is_rendered_from_the_constants_it_describes(monkeypatch, module, name, value, rule, shown):
+    before = fairness_rules()[rule]
+    monkeypatch.setattr(module, name, value)
+    after = fairness_rules()[rule]
+    assert shown not in before and shown in after, after
 
 
 def test_a_run_writes_the_folder_records_every_outcome_and_resumes(tmp_path):
@@ -51,6 +94,8 @@ def test_a_run_writes_the_folder_records_every_outcome_and_resumes(tmp_path):
         entry = head.rows[0].entries
         for metric in HEADLINE:
             assert metric.format(entry[metric.field].value.value) in first.stdout, (head.model, metric.field)
+    header = next(line.split() for line in first.stdout.splitlines() if line.split()[:1] == ["backend"])
+    assert header == ["backend", "start", *(phase.column for phase in PHASES), "other", "total", "cache"]
     environment = json.loads((out / "environment.json").read_text())
     assert environment["versions"]["torch"].startswith("2.") and environment["matmul_peak_gflops"] > 0
 

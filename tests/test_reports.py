@@ -9,6 +9,7 @@ truncated results file, and that a comparison separates a real slowdown from noi
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import re
 import shutil
@@ -19,9 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from rich.console import Console
 
 from bench.errors import BenchError
-from bench.results.record import ResultRecord
+from bench.results.phases import PHASES, Phase
+from bench.results.record import FIELDS, ResultRecord
 from bench.spec.cell import Cell
 from bench.spec.model import SEED_MODELS
 from bench.spec.rules import CANONICAL, RULE_TITLES, Rules
@@ -30,6 +33,7 @@ from reports import add_compare_arguments, add_report_arguments, build_report, c
 from reports.costs import time_breakdown
 from reports.metrics import METRICS
 from reports.records import SCHEMA, records_frame
+from reports.terminal import print_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_NAME = "<script>alert('x')</script>"
@@ -276,7 +280,9 @@ def test_old_records_without_optional_fields(tmp_path):
     assert len(result.figures) == 1  # only throughput has data
 
 
-def test_unconverged_accuracy_is_no_result_noisy_throughput_is_marked_and_the_time_is_broken_down(tmp_path):
+def timed_records() -> list[dict]:
+    """torch and jax, mlp and cnn, with phase times, worker start-up, compile-cache states, unconverged
+    sgd cells (every cnn cell unconverged) and one noisy jax window."""
     rng = np.random.default_rng(3)
     records = []
     for backend, mode in (("torch", "eager"), ("jax", "jit")):
@@ -291,8 +297,12 @@ def test_unconverged_accuracy_is_no_result_noisy_throughput_is_marked_and_the_ti
                                     "noise_reason": "foreign CPU 0.90 of each of 2 core(s) (limit 0.25)"}
                 record["test_accuracy"] = 0.93 if optimizer == "adam" else 0.40
                 records.append(record)
-    records += [r | {"model": "cnn", "cell_id": r["cell_id"].replace("mlp", "cnn"), "converged": False}
-                for r in records]
+    return records + [r | {"model": "cnn", "cell_id": r["cell_id"].replace("mlp", "cnn"), "converged": False}
+                      for r in records]
+
+
+def test_unconverged_accuracy_is_no_result_noisy_throughput_is_marked_and_the_time_is_broken_down(tmp_path):
+    records = timed_records()
     result = build_report(write_run(tmp_path / "run", records))
     page = result.html.read_text(encoding="utf-8")
     mlp = page[page.index("<h3>mlp</h3>"):page.index("<h3>cnn</h3>")]
@@ -400,3 +410,23 @@ def test_the_rules_table_has_one_row_per_rule_with_a_value_for_every_backend(bui
     assert all(len(values) == 3 and all(values) for _, values in view["rows"])
     adam = dict(view["rows"])["Adam epsilon"]
     assert adam[1].endswith(" *") and not adam[0].endswith(" *")  # tf's uncorrected epsilon is marked as a deviation
+
+
+def test_every_phase_has_its_record_field_and_a_column_in_each_time_table(tmp_path):
+    timed = {name for name in FIELDS if name.startswith("time_") and name.endswith("_seconds")}
+    assert {phase.field for phase in PHASES} == timed - {"time_to_target_seconds"}
+    result = build_report(write_run(tmp_path / "run", timed_records()))
+    page = result.html.read_text(encoding="utf-8")
+    time_table = page[page.index('id="time"'):page.index('id="figures"')]
+    assert all(f'<th class="num">{phase.label}</th>' in time_table for phase in PHASES), time_table
+    costs = time_breakdown(records_frame(timed_records())).set_index("backend")
+    assert costs.loc["jax", Phase.WINDOW.label] == pytest.approx(8 * 0.2)
+
+    console = Console(file=io.StringIO(), width=80)
+    print_summary(console, result.run_dir, "torch")
+    lines = console.file.getvalue().splitlines()
+    header = next(line.split() for line in lines if line.split()[:1] == ["backend"])
+    assert header == ["backend", "start", *(phase.column for phase in PHASES), "other", "total", "cache"]
+    jax = next(line.split() for line in lines if line.split()[:1] == ["jax"])
+    assert jax == ["jax", "3.0", "0.8", "4.0", "8.0", "1.6", "0.4", "0.1", "17.9", "cold"]
+    assert "93.0%" in console.file.getvalue() and "vs torch" in console.file.getvalue()

@@ -42,6 +42,7 @@ from bench.errors import BenchError
 from bench.measure import training
 from bench.measure.load import LoadMonitor
 from bench.measure.throughput import Windows
+from bench.results.phases import PHASES
 from bench.results.record import ResultRecord
 from bench.results.stats import percentiles
 from bench.spec.augment import EpochAugment
@@ -54,8 +55,6 @@ from bench.spec.train import TrainSpec
 EVAL_BATCH = 500
 TIMING_METHOD = ("wall clock (perf_counter) over whole epochs, one synchronisation per epoch; throughput is the "
                  "median of auto-ranged windows of whole epochs")
-PHASES = ("build", "compile", "train", "eval", "window")
-"""Where a cell's time goes: ``time_<phase>_seconds`` in every record that got that far."""
 
 EXPLOSION_FACTOR = 1e3
 """A training loss above this multiple of the first step's loss has exploded."""

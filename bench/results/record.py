@@ -145,7 +145,7 @@ class ResultRecord(BaseModel):
     peak_device_bytes: int | None = _field("Peak device memory while training (None on CPU)")
     memory_method: str | None = _field("How host and device memory were measured")
     duration_seconds: float | None = _field("Wall seconds the whole cell took, set-up to evaluation")
-    # measurement windows, load and phases (bench/measure/throughput.py, bench/measure/load.py, bench/measure/harness.py)
+    # measurement windows, load and phases (bench/measure/throughput.py, bench/measure/load.py, bench/results/phases.py)
     min_window_seconds: float | None = _field("The shortest throughput window asked for (--min-window)")
     window_budget_seconds: float | None = _field("Seconds a cell may spend on extra throughput windows (--window-budget)")
     throughput_window_seconds: float | None = _field("Length of the shortest kept throughput window (>= the minimum)")

@@ -1,2 +1,3 @@
-"""Floor 6, running a sweep: the grid, the run flags, the fingerprint, the lock, the environment and
-the executors that carry cells to worker processes (docs/architecture.md, "Run lifecycle")."""
+"""Floor 6, running a sweep: the grid, the run flags, the fingerprint, the lock, the environment, the
+fairness text, the executors that carry cells to worker processes, the driver of ``bench run`` and
+the listing of ``bench list`` (docs/architecture.md, "Run lifecycle")."""

@@ -1,0 +1,200 @@
+"""``bench run``: one sweep from flags to run folder, its summary and its report.
+
+The flags become a sweep; everything that can be wrong with them (values, TOML, dataset, models that
+cannot fit, executor settings, a folder in use or recorded with other settings) is found before
+anything is written, so records already in an ``--out`` folder stay as they were. Then the cells
+still missing run on the chosen executor, each record is appended as it arrives, and the summary
+(reports/terminal.py) and the report (reports/) follow. Ctrl-C (or SIGTERM, as Slurm sends at a time
+limit) stops the sweep, still writes the report of what finished and exits 130 (143)
+(docs/architecture.md, "Run lifecycle").
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from bench.errors import BenchError
+from bench.results.record import ResultRecord
+from bench.results.store import RunStore
+from bench.run import environment, fingerprint, grid
+from bench.run.executors.local import WorkerSettings, run_sweep
+from bench.run.fairness import fairness_rules
+from bench.run.flags import EXECUTOR_NAMES, build_sweep, resumed, usable_cores
+from bench.run.lock import RunLock
+from bench.spec.augment import check_image_input
+from bench.spec.cell import Cell
+from bench.spec.data import load_dataset
+
+console = Console(stderr=False)
+errors = Console(stderr=True)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+    )
+
+
+def _local(cells: list, settings: WorkerSettings, sink, done: set, args: argparse.Namespace, lock: RunLock) -> None:
+    run_sweep(cells, settings, sink, done, args.cell_timeout, watch=lock.watch)
+
+
+def _ray(cells: list, settings: WorkerSettings, sink, done: set, args: argparse.Namespace, lock: RunLock) -> None:
+    from bench.run.executors import ray as ray_executor
+
+    ray_executor.run_sweep(cells, settings, sink, done, args.cell_timeout, args.ray_address, args.gpus_per_cell)
+
+
+EXECUTORS = dict(zip(EXECUTOR_NAMES, (_local, _ray), strict=True))
+
+
+def _check_executor(args: argparse.Namespace) -> None:
+    """Executor flags that cannot work stop the run before anything is written."""
+    if args.executor == "ray":
+        from bench.run.executors import ray as ray_executor
+
+        ray_executor.require()
+    elif args.ray_address or args.gpus_per_cell:
+        raise BenchError("--ray-address and --gpus-per-cell apply to --executor ray only")
+    if args.gpus_per_cell < 0:
+        raise BenchError(f"--gpus-per-cell must be 0 or more, got {args.gpus_per_cell:g}")
+
+
+def _cpu_set(requested: int | None) -> tuple[int, ...]:
+    """The first ``requested`` cores this process may use (all by default; ``_check_run_flags`` bounds it)."""
+    available = sorted(usable_cores())
+    return tuple(available[: requested or len(available)])
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled like Ctrl-C: stop the sweep, keep and report what finished."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    def handler(signum, _frame):
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def main_run(args: argparse.Namespace) -> int:
+    """``bench run``: a fresh sweep, or with ``--resume`` the one a run folder recorded."""
+    if args.resume is not None:
+        argv = args.argv
+        args = resumed(args, argv)
+        args.argv = argv
+    sweep, where = build_sweep(args)
+    backend_names = sweep.backends
+    data = load_dataset(sweep.dataset, sweep.data_dir, sweep.val_split, sweep.train_size, sweep.test_size)
+    grid.check_batches(sweep, len(data.x_train), where)
+    models, refused = grid.refuse_misfits(sweep, data.input_shape, data.num_classes)
+    for augment in sweep.augment:
+        check_image_input(augment, data.input_shape)
+    out = args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    cpu_set = _cpu_set(args.threads)
+    threads = len(cpu_set)
+    _check_executor(args)
+    identity = fingerprint.describe(sweep, backend_names, data, threads, args.device)
+    store = RunStore(out)
+    command = " ".join(["python -m bench"] + args.argv)
+    with RunLock(out, command) as lock:
+        fingerprint.check(store, identity)  # before anything is written: a refused rerun changes nothing
+        if lock.previous.get("pid"):
+            console.print(f"took over {out} from a driver that is gone (pid {lock.previous['pid']}); "
+                          f"stopped {lock.stopped_leftovers} leftover worker(s)")
+        fingerprint.record(store, identity, args)
+        env = environment.capture(args.argv, threads, list(cpu_set), _settings(sweep, backend_names), fairness_rules())
+        store.write_environment(env | {"executor": args.executor, "fingerprint": fingerprint.digest(identity)})
+        return _sweep(args, sweep, backend_names, data, models, refused, store, lock,
+                      WorkerSettings(threads, cpu_set, args.device, sweep.data_dir, sweep.val_split,
+                                     sweep.train_size, sweep.test_size, env["matmul_peak_gflops"],
+                                     save_models_in=str(out) if args.save else None))
+
+
+def _sweep(args, sweep, backend_names, data, models, refused, store: RunStore, lock: RunLock,
+           settings: WorkerSettings) -> int:
+    """Run what is left of the sweep, then print the summary and write the report (also after Ctrl-C)."""
+    out = store.folder
+    cells = grid.cells(sweep, backend_names, models, len(data.x_train), on_gpu=args.device != "cpu")
+    done = store.finished()
+    run_id = out.name
+    counts: dict[str, int] = {}
+
+    def sink(record: ResultRecord) -> None:
+        store.append(record.with_fields(run_id=run_id).to_json_dict())
+        counts[record.status] = counts.get(record.status, 0) + 1
+
+    for name, reason in refused.items():
+        for backend in backend_names:
+            if (Cell.refused_id(backend, name), 0) not in done:
+                sink(ResultRecord.refused(backend, name, sweep.dataset, reason))
+    todo = [c for c in cells if (c.cell_id, c.repeat) not in done]
+    console.print(
+        f"[bold]bench run[/]: {len(todo)} cells to run ({len(cells) - len(todo)} already in {out}), "
+        f"backends {', '.join(backend_names)}, profile {args.profile}, dataset {sweep.dataset} "
+        f"({len(data.x_train)} train / {len(data.x_val)} val / {len(data.x_test)} test), {settings.threads} threads, "
+        f"executor {args.executor}"
+    )
+    interrupted = None
+    with _progress() as progress:
+        task = progress.add_task("sweep", total=len(todo))
+
+        def advance(record: ResultRecord) -> None:
+            sink(record)
+            progress.update(task, advance=1, description=escape(f"{record.backend} {record.model or ''}"))
+
+        try:
+            with _stop_on_signals():
+                EXECUTORS[args.executor](cells, settings, advance, done, args, lock)
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    if interrupted is not None:
+        errors.print(f"interrupted: finished cells are kept in {out}; "
+                     f"resume with: python -m bench run --resume {out}", markup=False, highlight=False, soft_wrap=True)
+    else:
+        console.print(f"[bold]done[/]: {summary or 'nothing to run'}; records in {store.results}")
+    if store.has_records():
+        from reports.terminal import print_summary  # pandas: loaded once there is something to summarise
+
+        print_summary(console, out, args.baseline)
+        if not args.no_report:
+            _write_report(out, args.baseline)
+    if interrupted is not None:
+        return 128 + getattr(interrupted, "signum", signal.SIGINT)
+    return 1 if counts.get("failed") or counts.get("timeout") else 0
+
+
+def _settings(sweep: grid.Sweep, backend_names: list[str]) -> dict:
+    settings = asdict(sweep) | {"backends": backend_names}
+    settings["custom_models"] = {k: v.model_dump() for k, v in sweep.custom_models.items()}
+    settings["augment"] = [a.label for a in sweep.augment]
+    return settings
+
+
+def _write_report(out: Path, baseline: str | None) -> None:
+    from reports import build_report
+
+    result = build_report(out, baseline=baseline)
+    console.print(f"report: {result.html}")
