@@ -134,6 +134,33 @@ def test_every_optimizer_steps_and_reset_replays_the_same_trajectory(name, optim
 
 
 @pytest.mark.parametrize("name", INSTALLED)
+def test_a_new_build_a_reset_and_a_reload_never_report_an_earlier_runs_losses(name, mnist_small, tmp_path):
+    backend = loaded_backend(name)
+    train = TrainSpec(batch_size=32)
+    rows = epoch_batches(len(mnist_small.x_train), 32, seed=0, epoch=0)
+
+    def unread_steps() -> None:
+        """A run cut short: steps dispatched whose losses nobody read (a failure mid-epoch, a warm-up)."""
+        training.prepare(backend, SEED_MODELS["mlp"], train, mnist_small.x_train, mnist_small.y_train, 10)
+        for batch in rows[:3]:
+            backend.train_step(batch)
+
+    unread_steps()
+    backend.build(SEED_MODELS["mlp"].resolve("relu"), train, mnist_small.input_shape, 10)
+    assert backend.finish_epoch().losses.size == 0, "a new build reported the previous build's losses"
+    unread_steps()
+    backend.reset_optimizer()
+    assert backend.finish_epoch().losses.size == 0, "a reset reported the losses of the steps it undid"
+    unread_steps()
+    saved = backend.save_native(tmp_path)
+    backend.train_step(rows[3])
+    backend.load_native(saved)
+    assert backend.finish_epoch().losses.size == 0, "a reload reported the losses of the model it replaced"
+    backend.train_step(rows[0])
+    assert backend.finish_epoch().losses.size == 1  # the buffer still collects this run's steps
+
+
+@pytest.mark.parametrize("name", INSTALLED)
 def test_a_step_before_the_data_of_this_build_is_placed_is_a_clear_error(name, mnist_small):
     backend = loaded_backend(name)
     training.prepare(backend, SEED_MODELS["mlp"], TrainSpec(batch_size=32), mnist_small.x_train, mnist_small.y_train, 10)
