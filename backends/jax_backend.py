@@ -239,7 +239,7 @@ class JaxBackend(Backend):
         self._tx = make_optimizer(train, self.translate("optimizer", train.optimizer)(train, self.rules()))
         self._key = jax.device_put(jax.random.key(train.seed), self.device)
         self.compile_count = 0
-        self._cache_events = (jax_compile_cache.CacheEvents.hits, jax_compile_cache.CacheEvents.misses)
+        self._cache_misses = jax_compile_cache.CacheEvents.misses
         self._x: jax.Array | None = None
         self._y: jax.Array | None = None
         self._jit_step = jax.jit(self._counted_step, donate_argnums=(0, 1, 2, 3))
@@ -380,7 +380,7 @@ class JaxBackend(Backend):
     def compile_cache(self) -> str:
         if self._cache_dir is None:
             return "off"
-        return "cold" if jax_compile_cache.CacheEvents.misses > self._cache_events[1] else "warm"
+        return "cold" if jax_compile_cache.CacheEvents.misses > self._cache_misses else "warm"
 
     def peak_memory(self) -> MemoryReading:
         if not self.on_gpu:
