@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -66,6 +67,23 @@ def test_a_run_writes_the_folder_records_every_outcome_and_resumes(tmp_path):
     assert diverging.returncode == 0, diverging.stderr
     statuses = [json.loads(line)["status"] for line in (tmp_path / "diverging" / "results.jsonl").read_text().splitlines()]
     assert "diverged" in statuses
+
+
+@pytest.mark.parametrize("dataset", ["synthetic", "digits", "mnist", "mnist-sample"])
+@pytest.mark.parametrize("sizes", [{"test_size": 64}, {"train_size": 300, "test_size": 64}])
+def test_the_sizes_a_config_file_sets_reach_the_sweep_on_every_dataset(dataset, sizes, tmp_path):
+    """A branch once cleared train_size and test_size on any dataset but the bundled sample, to undo the
+    quick profile's slice; the profiles slice nothing now (Sweep.model_sizes does), and it dropped a
+    file's test_size on downloaded and generated datasets."""
+    from bench.run import flags
+
+    config = tmp_path / "sweep.toml"
+    config.write_text(f'[sweep]\ndataset = "{dataset}"\n' + "".join(f"{key} = {value}\n" for key, value in sizes.items()))
+    parser = argparse.ArgumentParser()
+    flags.add_run_arguments(parser)
+    sweep, where = flags.build_sweep(parser.parse_args(["--config", str(config)]))
+    assert (sweep.dataset, sweep.train_size, sweep.test_size) == (dataset, sizes.get("train_size"), 64)
+    assert where["test_size"] == f"config file {config}: [sweep] test_size"
 
 
 def test_a_default_model_that_cannot_fit_is_skipped_once_with_the_reason(tmp_path):
