@@ -141,9 +141,9 @@ class Backend(ABC):
         self.specs = param_specs(self.model, self.input_shape, num_classes)
         check_image_input(train.augment, self.input_shape)
         self._augmentations: list[tuple[str, Callable]] = [(n, self.translate("augment", n)) for n in train.augment.names]
-        self._pending: list[Any] = []
         self._data_placed = False
         self._build()
+        self.reset_optimizer()
 
     @abstractmethod
     def _build(self) -> None:
@@ -207,9 +207,20 @@ class Backend(ABC):
     def get_weights(self) -> list[np.ndarray]:
         """Current weights, canonical order and layouts, BatchNorm running statistics included."""
 
-    @abstractmethod
     def reset_optimizer(self) -> None:
-        """Fresh optimizer state (step count 0), reusing compiled code: warm-up must not leak into training."""
+        """Fresh optimizer state (step count 0), reusing compiled code: warm-up must not leak into training.
+
+        The losses of steps not yet read back belong to the training this undoes, so they are dropped
+        with it. This is the one place the pending-loss buffer is discarded (``finish_epoch`` empties
+        it by reading it); ``build`` and ``load_native`` end here, so a new build, a reset and a reload
+        never report an earlier run's losses, and no adapter touches the buffer.
+        """
+        self._pending: list[Any] = []
+        self._reset_optimizer()
+
+    @abstractmethod
+    def _reset_optimizer(self) -> None:
+        """Put the framework's optimizer state back to a fresh one's (in place where that keeps compiled code)."""
 
     # -- training --------------------------------------------------------------------------------
     def load_data(self, x: np.ndarray, y: np.ndarray) -> None:
@@ -281,9 +292,14 @@ class Backend(ABC):
     def _read_losses(self, pending: list[Any]) -> np.ndarray:
         """The pending losses as one NumPy array (the epoch's one read-back)."""
 
-    @abstractmethod
     def synchronize(self) -> None:
-        """Block until all dispatched work (loss and parameters) is done."""
+        """Block until all dispatched work (losses and parameters) is done."""
+        self._synchronize(self._pending)
+
+    @abstractmethod
+    def _synchronize(self, pending: list[Any]) -> None:
+        """Wait for the dispatched steps: their parameters and the ``pending`` losses not yet read back
+        (handed over as to ``_read_losses``, for a framework whose loss may finish after the update)."""
 
     # -- inference -------------------------------------------------------------------------------
     @abstractmethod
@@ -328,12 +344,18 @@ class Backend(ABC):
         """Write the current model in the framework's own format, for that framework's users; returns
         the file. No pickle. The neutral format every backend reads is ``bench.models.saved``."""
 
-    @abstractmethod
     def load_native(self, path: Path) -> None:
-        """Read a file written by ``save_native`` into this backend's model, built with the same spec.
+        """Read a file written by ``save_native`` into this backend's model, built with the same spec,
+        and start a fresh optimizer (``reset_optimizer``): the loaded weights are where training restarts.
 
-        Never unpickles (torch loads with ``weights_only=True``); the optimizer state is reset.
+        Never unpickles (torch loads with ``weights_only=True``).
         """
+        self._load_native(path)
+        self.reset_optimizer()
+
+    @abstractmethod
+    def _load_native(self, path: Path) -> None:
+        """Load the file's weights (and statistics) into the built model's parameters."""
 
     @property
     def native(self) -> bool:

@@ -238,7 +238,7 @@ class JaxBackend(Backend):
         self._tx = make_optimizer(train, self.translate("optimizer", train.optimizer)(train, self.rules()))
         self._key = jax.device_put(jax.random.key(train.seed), self.device)
         self.compile_count = 0
-        self._cache_events = (jax_compile_cache.CacheEvents.hits, jax_compile_cache.CacheEvents.misses)
+        self._cache_misses = jax_compile_cache.CacheEvents.misses
         self._x: jax.Array | None = None
         self._y: jax.Array | None = None
         self._jit_step = jax.jit(self._counted_step, donate_argnums=(0, 1, 2, 3))
@@ -274,7 +274,7 @@ class JaxBackend(Backend):
             collection, leaf = _LEAVES[p.name]
             trees[collection].setdefault(layer_scope(p.layer), {})[leaf] = jax.device_put(w, self.device)
         self._params, self._stats = trees["params"], trees["batch_stats"]
-        self.reset_optimizer()
+        self._reset_optimizer()
 
     def _initialise_natively(self) -> None:
         """``SpecNet.init`` with ``jax.random.key(seed)``: Flax's lecun_normal kernels, zero biases,
@@ -282,7 +282,7 @@ class JaxBackend(Backend):
         x = jnp.zeros((1, *self.input_shape), jnp.float32)
         variables = jax.device_put(self._net.init(jax.random.key(self.train.seed), x, training=False), self.device)
         self._params, self._stats = variables["params"], variables.get("batch_stats", {})
-        self.reset_optimizer()
+        self._reset_optimizer()
 
     def get_weights(self) -> list[np.ndarray]:
         trees = {"params": self._params, "batch_stats": self._stats}
@@ -292,7 +292,7 @@ class JaxBackend(Backend):
             out.append(np.array(trees[collection][layer_scope(p.layer)][leaf], dtype=np.float32, copy=True))
         return out
 
-    def reset_optimizer(self) -> None:
+    def _reset_optimizer(self) -> None:
         """Fresh Optax state of the same structure, shapes and dtypes, so the compiled step is reused.
 
         The step counter that seeds dropout restarts too: training after a warm-up draws the same
@@ -300,7 +300,6 @@ class JaxBackend(Backend):
         """
         self._opt_state = jax.device_put(self._tx.init(self._params), self.device)
         self._step_no = jax.device_put(np.int32(0), self.device)
-        self._pending = []
 
     # -- the pure functions the step and evaluation are made of ----------------------------------
     def _variables(self, params: Tree, stats: Tree) -> dict[str, Tree]:
@@ -356,8 +355,8 @@ class JaxBackend(Backend):
     def _read_losses(self, pending: list[jax.Array]) -> np.ndarray:
         return np.asarray(jax.device_get(pending), dtype=np.float32)
 
-    def synchronize(self) -> None:
-        jax.block_until_ready((self._pending[-1:], self._params, self._stats, self._opt_state))
+    def _synchronize(self, pending: list[jax.Array]) -> None:
+        jax.block_until_ready((pending[-1:], self._params, self._stats, self._opt_state))
 
     # -- inference -------------------------------------------------------------------------------
     def logits(self, x: np.ndarray) -> np.ndarray:
@@ -380,7 +379,7 @@ class JaxBackend(Backend):
     def compile_cache(self) -> str:
         if self._cache_dir is None:
             return "off"
-        return "cold" if jax_compile_cache.CacheEvents.misses > self._cache_events[1] else "warm"
+        return "cold" if jax_compile_cache.CacheEvents.misses > self._cache_misses else "warm"
 
     def peak_memory(self) -> MemoryReading:
         if not self.on_gpu:
@@ -400,7 +399,7 @@ class JaxBackend(Backend):
         path.write_bytes(flax.serialization.to_bytes(self._native_tree()))
         return path
 
-    def load_native(self, path: Path) -> None:
+    def _load_native(self, path: Path) -> None:
         """msgpack into the current trees as the target: structure and shapes must match the spec."""
         target = self._native_tree()
         restored = flax.serialization.from_bytes(target, Path(path).read_bytes())
@@ -408,7 +407,6 @@ class JaxBackend(Backend):
             raise ValueError(f"{path} holds arrays of other shapes than this model's")
         restored = jax.device_put(jax.tree.map(lambda a: np.asarray(a, np.float32), restored), self.device)
         self._params, self._stats = restored["params"], restored["batch_stats"]
-        self.reset_optimizer()
 
     def _native_tree(self) -> dict[str, Tree]:
         return {"params": self._params, "batch_stats": self._stats}

@@ -303,7 +303,7 @@ class KerasBackend(Backend):
     def get_weights(self) -> list[np.ndarray]:
         return [np.array(v.value.numpy(), dtype=np.float32) for v in self._params]
 
-    def reset_optimizer(self) -> None:
+    def _reset_optimizer(self) -> None:
         """Assign the optimizer's fresh values (iteration 0, zero slots) in place: nothing is retraced."""
         for v, value in zip(self._optimizer.variables, self._fresh_optimizer):
             v.assign(value)
@@ -346,7 +346,7 @@ class KerasBackend(Backend):
     def _read_losses(self, pending: list[tf.Tensor]) -> np.ndarray:
         return tf.stack(pending).numpy()
 
-    def synchronize(self) -> None:
+    def _synchronize(self, pending: list[tf.Tensor]) -> None:
         """Reading a value back waits for every op queued before it (TF has no explicit barrier)."""
         if self._params:
             float(tf.reshape(self._params[-1].value, [-1])[0])
@@ -404,8 +404,7 @@ class KerasBackend(Backend):
             self._model.save(path)
         return path
 
-    def load_native(self, path: Path) -> None:
+    def _load_native(self, path: Path) -> None:
         """The archive's weights only, into this model's variables: the compiled step keeps using them,
         and no saved config or code is deserialised."""
         self._model.load_weights(Path(path))
-        self.reset_optimizer()

@@ -58,9 +58,8 @@ class NumpyBackend(Backend):
     def get_weights(self) -> list[np.ndarray]:
         return [p.astype(np.float32) for p in self.net.params]
 
-    def reset_optimizer(self) -> None:
+    def _reset_optimizer(self) -> None:
         self.optimizer.reset()
-        self._pending = []
 
     def _place_data(self, x: np.ndarray, y: np.ndarray) -> None:
         self.x, self.y = np.asarray(x, np.float32), np.asarray(y, np.int64)
@@ -78,7 +77,7 @@ class NumpyBackend(Backend):
     def _read_losses(self, pending: list[float]) -> np.ndarray:
         return np.asarray(pending, dtype=np.float64)
 
-    def synchronize(self) -> None:
+    def _synchronize(self, pending: list[float]) -> None:
         """Nothing is asynchronous here."""
 
     def logits(self, x: np.ndarray) -> np.ndarray:
@@ -95,7 +94,6 @@ class NumpyBackend(Backend):
         np.savez(path, **{spec.key: p for spec, p in zip(self.specs, self.get_weights(), strict=True)})
         return path
 
-    def load_native(self, path: Path) -> None:
+    def _load_native(self, path: Path) -> None:
         with np.load(path, allow_pickle=False) as saved:
             self.set_weights([saved[spec.key] for spec in self.specs])
-        self.reset_optimizer()

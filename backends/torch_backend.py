@@ -241,7 +241,6 @@ class TorchBackend(Backend):
             self._train_fn = torch.compile(self._train_step, **compile_options)
             if compile_options.get("mode") == "reduce-overhead":
                 self._train_fn = _replayed(self._train_fn)
-        self._pending = []
 
     def _activation(self, name: str) -> nn.Module:
         return self.translate("activation", name)(self.train.leaky_relu_slope)
@@ -274,7 +273,7 @@ class TorchBackend(Backend):
     def bn_momentum_parameter(self, bn_momentum: float) -> float:
         return _torch_momentum(bn_momentum)
 
-    def reset_optimizer(self) -> None:
+    def _reset_optimizer(self) -> None:
         """Zero the optimizer's state in place: step 0 and zero moments are a fresh optimizer's values,
         and SGD's zeroed momentum buffer takes the first gradient as a fresh one does. The tensors
         stay the same objects, so a compiled step's guards still hold and nothing recompiles."""
@@ -283,7 +282,6 @@ class TorchBackend(Backend):
                 for value in state.values():
                     if torch.is_tensor(value):
                         value.zero_()
-        self._pending = []
 
     # -- training --------------------------------------------------------------------------------
     def _input(self, x: np.ndarray) -> torch.Tensor:
@@ -346,7 +344,7 @@ class TorchBackend(Backend):
     def _read_losses(self, pending: list[torch.Tensor]) -> np.ndarray:
         return _tensor(torch.stack(pending).float())
 
-    def synchronize(self) -> None:
+    def _synchronize(self, pending: list[torch.Tensor]) -> None:
         if self.on_gpu:
             torch.cuda.synchronize()
 
@@ -387,8 +385,7 @@ class TorchBackend(Backend):
         torch.save(self.net.state_dict(), path)
         return path
 
-    def load_native(self, path: Path) -> None:
+    def _load_native(self, path: Path) -> None:
         """``weights_only=True``: torch's restricted unpickler accepts tensors and containers only."""
         state = torch.load(path, map_location=self.device, weights_only=True)
         self.net.load_state_dict(state, strict=True)
-        self.reset_optimizer()

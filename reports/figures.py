@@ -3,6 +3,8 @@
 ``matplotlib.figure.Figure`` is used without pyplot, so building a report never touches a GUI
 backend or global figure state. Every text from records or config passes through ``escape.plain``. Every bar shows a median with its bootstrap interval as an error
 bar; the same pooled records feed the headline table and the figures, so they always agree.
+The helpers a figure is made with (``file_slug``, ``png_bytes``, ``plain_value``, ``reference_config``)
+are public: reports/policies.py draws its figures with them too.
 """
 
 from __future__ import annotations
@@ -48,12 +50,13 @@ class FigureOut:
     png: bytes
 
 
-def _slug(name: str) -> str:
+def file_slug(name: str) -> str:
     """A model name made safe as part of a file name (names come from user TOML files)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "model"
 
 
-def _png(fig: Figure) -> bytes:
+def png_bytes(fig: Figure) -> bytes:
+    """The figure as PNG bytes without the Software stamp: a report rebuilt from the same run is byte-identical."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", metadata={"Software": None})
     return buffer.getvalue()
@@ -118,7 +121,7 @@ def throughput(heads: list[ModelHeadline], colours: dict) -> FigureOut | None:
     axes[0].legend(frameon=False, fontsize=9)
     return FigureOut("throughput", "Throughput by backend and model",
                      "Median samples per second over the configurations every backend finished; error bars "
-                     "are bootstrap 95% intervals over repeats.", _png(fig))
+                     "are bootstrap 95% intervals over repeats.", png_bytes(fig))
 
 
 def accuracy_heatmap(frame: pd.DataFrame, model: str, colours: dict) -> FigureOut | None:
@@ -178,13 +181,13 @@ def accuracy_heatmap(frame: pd.DataFrame, model: str, colours: dict) -> FigureOu
     # decimals=None: as many as the colour range needs, so a narrow range (88.5-92.2%) gets no twin ticks
     fig.colorbar(image, ax=list(axes[: len(variants)]), shrink=0.9, label="test accuracy",
                  format=PercentFormatter(xmax=1.0, decimals=None))
-    return FigureOut(f"accuracy_{_slug(model)}", f"Accuracy: {model}, optimizer × activation",
+    return FigureOut(f"accuracy_{file_slug(model)}", f"Accuracy: {model}, optimizer × activation",
                      "Median test accuracy (%) over repeats for each optimizer and hidden activation; grey "
                      "cells did not finish and name their status. † (greyed, in brackets): training did not "
-                     "converge in its budget, so the accuracy is not a result.", _png(fig))
+                     "converge in its budget, so the accuracy is not a result.", png_bytes(fig))
 
 
-def _plain_value(value) -> str:
+def plain_value(value) -> str:
     """A config value as a person writes it: 128 not 128.0, '' for missing."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
@@ -193,7 +196,7 @@ def _plain_value(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _reference_config(rows: pd.DataFrame) -> tuple[str, dict] | None:
+def reference_config(rows: pd.DataFrame) -> tuple[str, dict] | None:
     """The configuration most backends ran (ties: most rows, then alphabetical), as key and values."""
     if rows.empty:
         return None
@@ -206,7 +209,7 @@ def _reference_config(rows: pd.DataFrame) -> tuple[str, dict] | None:
 def training_curves(curves: pd.DataFrame, model: str, colours: dict) -> FigureOut | None:
     """Loss and validation accuracy per epoch for one shared configuration, one line per backend."""
     mine = curves[curves["model"] == model]
-    found = _reference_config(mine)
+    found = reference_config(mine)
     if found is None or mine["train_loss"].notna().sum() == 0:
         return None
     key, reference = found
@@ -239,11 +242,11 @@ def training_curves(curves: pd.DataFrame, model: str, colours: dict) -> FigureOu
         acc_ax.set_axis_off()
         acc_ax.text(0.5, 0.5, "no validation split in this run", ha="center", va="center",
                     transform=acc_ax.transAxes, color="#5b6475")
-    described = ", ".join(f"{k.replace('_', ' ')} {_plain_value(v)}" for k, v in reference.items()
-                          if k != "model" and _plain_value(v))
-    return FigureOut(f"curves_{_slug(model)}", f"Training curves: {model}",
+    described = ", ".join(f"{k.replace('_', ' ')} {plain_value(v)}" for k, v in reference.items()
+                          if k != "model" and plain_value(v))
+    return FigureOut(f"curves_{file_slug(model)}", f"Training curves: {model}",
                      f"Median over repeats per epoch (band: min to max) for the configuration most backends "
-                     f"ran: {described}. Lines that coincide mean the backends computed the same thing.", _png(fig))
+                     f"ran: {described}. Lines that coincide mean the backends computed the same thing.", png_bytes(fig))
 
 
 def compile_vs_steady(heads: list[ModelHeadline], colours: dict) -> FigureOut | None:
@@ -274,7 +277,7 @@ def compile_vs_steady(heads: list[ModelHeadline], colours: dict) -> FigureOut | 
     return FigureOut("compile_vs_steady", "Compile time vs steady-state time",
                      "Median one-off compile/warm-up overhead (first step minus a steady step) stacked with the "
                      "median steady-state training time; the share says how much a short run pays for "
-                     "compilation.", _png(fig))
+                     "compilation.", png_bytes(fig))
 
 
 def time_to_target(heads: list[ModelHeadline], colours: dict) -> FigureOut | None:
@@ -308,7 +311,7 @@ def time_to_target(heads: list[ModelHeadline], colours: dict) -> FigureOut | Non
     target = ", ".join(fmt.percent(t) for t in sorted(targets)) or "the target"
     return FigureOut("time_to_target", "Time to target accuracy",
                      f"Median steady-state training time until validation accuracy first reached {target}, "
-                     "over the repeats that reached it; error bars are bootstrap 95% intervals.", _png(fig))
+                     "over the repeats that reached it; error bars are bootstrap 95% intervals.", png_bytes(fig))
 
 
 def augmentation_cost(rows: list[AugmentationRow], colours: dict) -> FigureOut | None:
@@ -334,7 +337,7 @@ def augmentation_cost(rows: list[AugmentationRow], colours: dict) -> FigureOut |
     ax.legend(frameon=False, fontsize=9)
     return FigureOut("augmentation_cost", "Throughput cost of augmentation",
                      "Per backend: augmented over plain training samples/s of the same configurations in this run "
-                     "(median over configurations); error bars are bootstrap 95% intervals over repeats.", _png(fig))
+                     "(median over configurations); error bars are bootstrap 95% intervals over repeats.", png_bytes(fig))
 
 
 def time_breakdown(costs: pd.DataFrame) -> FigureOut | None:
@@ -358,7 +361,7 @@ def time_breakdown(costs: pd.DataFrame) -> FigureOut | None:
     fig.legend(frameon=False, fontsize=8, ncols=len(PARTS), loc="outside upper center")
     return FigureOut("time_breakdown", "Where the time went",
                      "Seconds per backend: worker start-up (framework import, once per worker) and, summed over "
-                     f"its cells, {', '.join(phase.caption for phase in PHASES)}, and the rest.", _png(fig))
+                     f"its cells, {', '.join(phase.caption for phase in PHASES)}, and the rest.", png_bytes(fig))
 
 
 def all_figures(frame: pd.DataFrame, curves: pd.DataFrame, heads: list[ModelHeadline],

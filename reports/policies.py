@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from bench.results.stats import Estimate, grouped_comparison, grouped_median_interval
 from bench.spec.semantics import HARMONISED, NATIVE
-from reports.figures import BACKEND_COLOURS, WIDTH, FigureOut, _plain_value, _png, _reference_config, _slug
+from reports.figures import BACKEND_COLOURS, WIDTH, FigureOut, file_slug, plain_value, png_bytes, reference_config
 from reports.metrics import FINAL_TRAIN_LOSS, TEST_ACCURACY
 from reports.records import config_axes_but, config_keys
 
@@ -118,7 +118,7 @@ def headline_policy(frame: pd.DataFrame) -> str:
 def policy_curves(curves: pd.DataFrame, model: str) -> FigureOut | None:
     """One panel per backend: loss per epoch under each policy, for the configuration most backends ran."""
     mine = curves[(curves["model"] == model) & curves["semantics_policy"].isin((HARMONISED, NATIVE))]
-    found = _reference_config(mine.assign(semantics_policy=""))
+    found = reference_config(mine.assign(semantics_policy=""))
     if found is None or mine["train_loss"].notna().sum() == 0:
         return None
     _, reference = found
@@ -142,11 +142,11 @@ def policy_curves(curves: pd.DataFrame, model: str) -> FigureOut | None:
         ax.set_xticks(sorted(set(chosen["epoch"])))
         ax.legend(frameon=False, fontsize=8)
     axes[0].set_ylabel("loss")
-    described = ", ".join(f"{k.replace('_', ' ')} {_plain_value(v)}" for k, v in reference.items()
-                          if k not in ("model", "semantics_policy") and _plain_value(v))
-    return FigureOut(f"policies_{_slug(model)}", f"Harmonised vs native: {model}",
+    described = ", ".join(f"{k.replace('_', ' ')} {plain_value(v)}" for k, v in reference.items()
+                          if k not in ("model", "semantics_policy") and plain_value(v))
+    return FigureOut(f"policies_{file_slug(model)}", f"Harmonised vs native: {model}",
                      f"Median loss per epoch over repeats (solid: harmonised, dashed: native; faint: validation) "
-                     f"for {described}, one panel per backend.", _png(fig))
+                     f"for {described}, one panel per backend.", png_bytes(fig))
 
 
 def describe_values(values: dict[str, object]) -> str:

@@ -143,7 +143,7 @@ def plain_records(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def unconverged(frame: pd.DataFrame) -> pd.Series:
-    """Rows whose record says its training budget was too short to converge (bench.measure.harness.convergence).
+    """Rows whose record says its training budget was too short to converge (bench.measure.verdicts.convergence).
     Records that do not say (older ones) count as converged: nothing marks them."""
     return frame["converged"].map(lambda v: v is False).astype(bool)
 

@@ -57,7 +57,7 @@ def perturbed_weights(model: ModelSpec, shape: tuple[int, ...], seed: int = 3) -
 
 
 def reference_logits(model: ModelSpec, train: TrainSpec, shape: tuple[int, ...], weights, x: np.ndarray) -> np.ndarray:
-    """Eval-mode logits of the NumPy oracle (bench/reference.py) for the same model and weights."""
+    """Eval-mode logits of the NumPy oracle (bench/reference, run as the ``numpy`` backend) for the same model and weights."""
     oracle = loaded_backend("numpy")
     oracle.build(model.resolve(train.activation), train, shape, 10)
     oracle.set_weights(weights)

@@ -3,6 +3,7 @@ run folder (bad input: test_bad_input.py)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli import COMMANDS
-from bench.measure import harness, load, throughput
+from bench.measure import harness, load, throughput, verdicts
 from bench.results.phases import PHASES
 from bench.results.record import SCHEMA_VERSION
 from bench.run.fairness import fairness_rules
@@ -62,8 +63,8 @@ def test_a_command_loads_only_its_own_modules():
     (load, "FOREIGN_CPU_LIMIT", 0.4, "throughput", "more than 0.4 core"),
     (load, "STEAL_LIMIT", 0.2, "throughput", "more than 20% of each core"),
     (throughput, "MAX_REMEASURES", 5, "throughput", "at most 5 times"),
-    (harness, "LOSS_BOUND", 5e7, "divergence", "above 5e+07"),
-    (harness, "EXPLOSION_FACTOR", 250.0, "divergence", "above 250x"),
+    (verdicts, "LOSS_BOUND", 5e7, "divergence", "above 5e+07"),
+    (verdicts, "EXPLOSION_FACTOR", 250.0, "divergence", "above 250x"),
 ])
 def test_the_fairness_text_is_rendered_from_the_constants_it_describes(monkeypatch, module, name, value, rule, shown):
     before = fairness_rules()[rule]
@@ -111,6 +112,23 @@ def test_a_run_writes_the_folder_records_every_outcome_and_resumes(tmp_path):
     assert diverging.returncode == 0, diverging.stderr
     statuses = [json.loads(line)["status"] for line in (tmp_path / "diverging" / "results.jsonl").read_text().splitlines()]
     assert "diverged" in statuses
+
+
+@pytest.mark.parametrize("dataset", ["synthetic", "digits", "mnist", "mnist-sample"])
+@pytest.mark.parametrize("sizes", [{"test_size": 64}, {"train_size": 300, "test_size": 64}])
+def test_the_sizes_a_config_file_sets_reach_the_sweep_on_every_dataset(dataset, sizes, tmp_path):
+    """A branch once cleared train_size and test_size on any dataset but the bundled sample, to undo the
+    quick profile's slice; the profiles slice nothing now (Sweep.model_sizes does), and it dropped a
+    file's test_size on downloaded and generated datasets."""
+    from bench.run import flags
+
+    config = tmp_path / "sweep.toml"
+    config.write_text(f'[sweep]\ndataset = "{dataset}"\n' + "".join(f"{key} = {value}\n" for key, value in sizes.items()))
+    parser = argparse.ArgumentParser()
+    flags.add_run_arguments(parser)
+    sweep, where = flags.build_sweep(parser.parse_args(["--config", str(config)]))
+    assert (sweep.dataset, sweep.train_size, sweep.test_size) == (dataset, sizes.get("train_size"), 64)
+    assert where["test_size"] == f"config file {config}: [sweep] test_size"
 
 
 def test_a_default_model_that_cannot_fit_is_skipped_once_with_the_reason(tmp_path):

@@ -12,9 +12,10 @@ import time
 import numpy as np
 import pytest
 
-from bench.measure.harness import Diverged, check_losses, convergence, run_cell
+from bench.measure.harness import run_cell
 from bench.measure.load import FOREIGN_CPU_LIMIT, LoadMonitor, LoadReading, Snapshot
 from bench.measure.throughput import MAX_REMEASURES, MIN_WINDOWS, Windows
+from bench.measure.verdicts import Diverged, check_losses, convergence
 from bench.run import grid
 from bench.spec.cell import Cell, WindowPlan
 from bench.spec.model import SEED_MODELS

@@ -10,7 +10,7 @@ the values as they are when a run starts.
 
 from __future__ import annotations
 
-from bench.measure import harness, load, throughput
+from bench.measure import harness, load, throughput, verdicts
 from bench.spec import augment, cell, semantics
 from bench.spec.train import training_rules
 
@@ -30,8 +30,8 @@ def fairness_rules() -> dict[str, str]:
                       f"processes used more than {load.FOREIGN_CPU_LIMIT:g} core of the CPU set, or the hypervisor "
                       f"stole more than {load.STEAL_LIMIT:.0%} of each core, is re-measured (at most "
                       f"{throughput.MAX_REMEASURES} times a cell), else the record is marked noisy",
-        "divergence": f"a training loss that is not finite, above {harness.LOSS_BOUND:g}, or above "
-                      f"{harness.EXPLOSION_FACTOR:g}x its first step's is diverged",
+        "divergence": f"a training loss that is not finite, above {verdicts.LOSS_BOUND:g}, or above "
+                      f"{verdicts.EXPLOSION_FACTOR:g}x its first step's is diverged",
         "semantics policy": "the values above are the harmonised policy; cells run with --semantics native use each "
                             "framework's own defaults instead (each record lists the values it ran); parity runs harmonised only",
     }

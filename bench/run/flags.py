@@ -140,10 +140,6 @@ def build_sweep(args: argparse.Namespace) -> tuple[grid.Sweep, dict[str, str]]:
     flags |= {key: value for key, value in scalars.items() if value is not None}
     where |= {key: FLAGS[key] for key in flags}
     sweep = grid.merge(sweep, flags, where)
-    quick = grid.PROFILES["quick"]
-    if sweep.dataset != "mnist-sample" and args.train_size is None and sweep.train_size == quick["train_size"]:
-        sweep.train_size = sweep.test_size = None  # the quick slice is for the bundled sample only
-        where.pop("train_size", None)
     sweep.backends = resolve_backends(sweep.backends, where.get("backends", "--backend"))
     grid.validate(sweep, sweep.backends, where)
     return sweep, where

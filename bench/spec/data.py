@@ -21,7 +21,6 @@ import numpy as np
 from bench.errors import DatasetError, unknown
 
 DATASETS = ("mnist-sample", "mnist", "fashion_mnist", "cifar10", "digits", "synthetic")
-DEFAULT_DATASET = "mnist-sample"
 SPLIT_SEED = 20240521  # fixed: the split never depends on the run's seed, so runs stay comparable
 
 IDX_FILES = {
