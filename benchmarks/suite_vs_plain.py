@@ -5,7 +5,7 @@ records it (its worker process, its harness, its windows): mlp, Adam, ReLU, batc
 bundled MNIST sample. The plain loops (``plain_loops.py``: a torch loop; for tf a hand-written
 ``tf.function`` step and, separately, ``model.fit``; for jax ``jax.jit`` + Optax) train the same
 model from the same canonical weights on the same data and batch order, each in its own process
-pinned and thread-capped like a worker (``bench.run.executors.local.isolate``), and are measured the same
+pinned and thread-capped like a worker (``bench.run.executors.process``), and are measured the same
 way: one warm-up step (``model.fit``: one warm-up epoch), then windows of whole epochs of at least
 ``--min-window`` seconds (``bench.measure.throughput``), the median of the windows.
 
@@ -32,9 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from bench.measure.load import LoadMonitor  # noqa: E402
+from bench.measure.load import LoadMonitor, usable_cores  # noqa: E402
 from bench.measure.throughput import Windows  # noqa: E402
-from bench.run.executors.local import isolate  # noqa: E402
+from bench.run.executors.process import isolate, worker_cpu_set  # noqa: E402
 from bench.spec.cell import WindowPlan  # noqa: E402
 from bench.spec.data import epoch_batches, load_dataset  # noqa: E402
 from bench.spec.model import SEED_MODELS  # noqa: E402
@@ -54,7 +54,7 @@ def plain(name: str, args: argparse.Namespace) -> dict:
     """One plain loop's windows, in this process (run as a child: one framework per process)."""
     import plain_loops
 
-    cpus = tuple(sorted(os.sched_getaffinity(0)))[: args.threads]
+    cpus = worker_cpu_set(args.threads)
     isolate(args.threads, cpus)
     _threads(name, args.threads)
     data = load_dataset("mnist-sample", val_split=0.1)
@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6, help="an even number runs each order equally often")
     parser.add_argument("--backends", default="torch,tf,jax")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--threads", type=int, default=len(usable_cores()))
     parser.add_argument("--min-window", type=float, default=0.5)
     parser.add_argument("--window-budget", type=float, default=3.0)
     parser.add_argument("--max-windows", type=int, default=5)

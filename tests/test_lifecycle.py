@@ -20,10 +20,12 @@ import pytest
 
 from bench.cli import main
 from bench.errors import BenchError
+from bench.measure.load import usable_cores
 from bench.results.store import RunStore, write_atomic
 from bench.run.executors import local as executor
 from bench.run.executors import ray as ray_executor
 from bench.run.executors.local import WorkerSettings, run_sweep
+from bench.run.executors.process import worker_cpu_set
 from bench.run.lock import LOCK, RunLock, RunLocked
 from bench.spec.cell import Cell
 from bench.spec.model import SEED_MODELS
@@ -33,8 +35,8 @@ from reports.records import load_run
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ["--backend", "torch", "--models", "mlp", "--optimizers", "sgd,adam", "--activations", "relu",
          "--train-size", "256"]
-THREADS = str(min(2, len(os.sched_getaffinity(0))))
-NUMPY = WorkerSettings(threads=1, cpu_set=(sorted(os.sched_getaffinity(0))[0],), device="cpu", data_dir=None,
+THREADS = str(min(2, len(usable_cores())))
+NUMPY = WorkerSettings(threads=1, cpu_set=worker_cpu_set(1), device="cpu", data_dir=None,
                        val_split=0.1, train_size=256, test_size=100, peak_gflops=None)
 
 
@@ -208,7 +210,7 @@ def test_an_artifact_that_cannot_be_written_leaves_the_previous_one(tmp_path, mo
 
 def test_cells_on_one_machine_claim_disjoint_cores(tmp_path, monkeypatch):
     monkeypatch.setattr(ray_executor, "CORE_LOCKS", tmp_path / "cores")
-    cores = sorted(os.sched_getaffinity(0))
+    cores = usable_cores()
     with ray_executor.claim_cores(1) as first:
         assert len(first) == 1 and first[0] in cores
         if len(cores) > 1:

@@ -239,7 +239,7 @@ def test_cli_runs_the_ladder_and_returns_its_status(capsys):
         (["--optimizers", "x"], "sgd, momentum, rmsprop, adam, all"),
         (["--activations", "relu,x"], "relu, leaky_relu, tanh, sigmoid, linear, all"),
         (["--losses", "x"], "cce, mse, mae, bce, hinge, all"),
-        (["--threads", "0", "--backend", "numpy"], "between 1 and"),
+        (["--threads", "0", "--backend", "numpy"], "--threads 0: valid: 1 to"),
         (["--epsilon", "0"], "--epsilon must be positive"),
     ],
 )

@@ -101,17 +101,23 @@ class LoadReading:
         return LoadReading(self.start, later.end, self.cores, later.load_average)
 
 
-def _cpu_set() -> list[int]:
+def usable_cores() -> tuple[int, ...]:
+    """The cores this process may run on, in order: its affinity where the OS has one, else every core.
+
+    The one reading of it in ``bench``: the load monitor watches these cores, a worker's CPU set is
+    taken from them (``bench/run/executors/process.py``) and ``bench predict`` sizes its threads by them.
+    It lives on this floor, the lowest whose modules need it (docs/architecture.md, "Layers").
+    """
     if hasattr(os, "sched_getaffinity"):
-        return sorted(os.sched_getaffinity(0))
-    return list(range(psutil.cpu_count() or 1))
+        return tuple(sorted(os.sched_getaffinity(0)))
+    return tuple(range(os.cpu_count() or 1))
 
 
 class LoadMonitor:
     """Reads other load on this process's CPU set (fixed at creation: the worker is already pinned)."""
 
     def __init__(self, cpu_set: list[int] | None = None) -> None:
-        self.cpus = sorted(cpu_set) if cpu_set is not None else _cpu_set()
+        self.cpus = sorted(cpu_set if cpu_set is not None else usable_cores())
         self.process = psutil.Process()
 
     def snapshot(self) -> Snapshot:

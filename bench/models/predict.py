@@ -13,7 +13,6 @@ torch's ``compiled`` does not exist on every backend).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import numpy as np
 import backends
 from backends.base import Unsupported
 from bench.errors import BackendUnavailable, BenchError
+from bench.measure.load import usable_cores
 from bench.models.saved import NeutralModel, load_neutral
 from bench.spec.data import read_idx, scale_images
 
@@ -70,7 +70,7 @@ def fit_input(x: np.ndarray, input_shape: tuple[int, ...], path: Path) -> np.nda
 
 def predict(saved: NeutralModel, backend_name: str, x: np.ndarray, batch_size: int, device: str = "cpu") -> np.ndarray:
     """Class probabilities of ``x`` from the saved model on one backend, in this process."""
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = len(usable_cores())
     backend = backends.load(backend_name)
     train = saved.train.model_copy(update={"mode": "default", "precision": "fp32"})
     try:

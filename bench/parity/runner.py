@@ -8,20 +8,19 @@ runs the TOST on them beside the NumPy reference's own accuracies.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import backends
 from backends.base import Backend, Unsupported
 from backends.numpy_backend import NumpyBackend
-from bench.errors import BenchError
 from bench.parity import equivalence
 from bench.parity.compare import Check, compare, error_check
 from bench.parity.ladder import PARITY_EPSILON
 from bench.parity.measure import Oracle, fixed_batch
 from bench.parity.plan import Job, plan
 from bench.parity.worker import InProcess, InWorker, JobFailed, ParitySettings, Session
+from bench.run.executors.process import worker_cpu_set
 
 
 @dataclass
@@ -39,14 +38,6 @@ class ParityReport:
     @property
     def ok(self) -> bool:
         return not self.failures and not self.errors and all(r.passed for r in self.statistical)
-
-
-def cpu_set(threads: int) -> tuple[int, ...]:
-    """The first ``threads`` cores this process may use, the CPU set every worker is pinned to."""
-    available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    if not 1 <= threads <= len(available):
-        raise BenchError(f"--threads must be between 1 and {len(available)} (the cores this process may use)")
-    return tuple(available[:threads])
 
 
 def _open(name: str, settings: ParitySettings, instances: dict[str, Backend], report: ParityReport) -> Session | None:
@@ -102,7 +93,7 @@ def run_parity(
     instances = instances or {}
     report = ParityReport()
     batch = fixed_batch()
-    settings = ParitySettings(threads, cpu_set(threads), batch, epsilon, mode)
+    settings = ParitySettings(threads, worker_cpu_set(threads), batch, epsilon, mode)
     oracle = Oracle(batch, epsilon, threads)
     jobs = plan(list(models), list(optimizers), list(activations), list(losses))
     accuracies: dict[str, list[float]] = {}

@@ -1,10 +1,11 @@
 """Where a backend answers the ladder: its own worker process, as in ``bench run``, or this one (tests).
 
 Frameworks never share a process: each loads in a fresh spawned interpreter, pinned to the CPU set
-and thread count before its import (``bench.run.executors.local``), and answers ``measure`` and the statistical
-rung's ``final_accuracy`` there. Only NumPy arrays, the typed ``Rules`` value and accuracies come
-back over the pipe; the oracle and every comparison stay in the parent. A worker that dies or goes
-silent fails the job it was on, with the reason, and the next job gets a fresh worker.
+and thread count before its import, exactly as a sweep's worker (``bench/run/executors/process.py``,
+whose ``Message`` carries every reply), and answers ``measure`` and the statistical rung's
+``final_accuracy`` there. Only NumPy arrays, the typed ``Rules`` value and accuracies come back over
+the pipe; the oracle and every comparison stay in the parent. A worker that dies or goes silent
+fails the job it was on, with the reason, and the next job gets a fresh worker.
 
 Both kinds of session raise only ``Unsupported`` (the backend cannot run this configuration: the
 backend is skipped) and ``JobFailed`` (this job has no answer), so the runner treats them alike.
@@ -24,7 +25,7 @@ from bench.errors import BenchError
 from bench.parity import equivalence
 from bench.parity.measure import Batch, Measured, measure
 from bench.parity.plan import Job
-from bench.run.executors.local import Worker, die_with_parent, isolate
+from bench.run.executors.process import Kind, Message, Worker
 
 JOB_TIMEOUT = 900.0
 """Seconds a worker may stay silent on one request: a job takes seconds, so silence this long is a hang."""
@@ -61,15 +62,15 @@ def _error(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
 
 
-def _answer(backend: Backend, settings: ParitySettings, request: tuple) -> tuple[str, object]:
-    """One request's reply: ("answer", value), ("unsupported", why) or ("failed", error)."""
+def _answer(backend: Backend, settings: ParitySettings, request: tuple) -> Message:
+    """One request's reply: ANSWER with the value, UNAVAILABLE (this configuration cannot run) or ERROR."""
     kind, *args = request
     try:
-        return "answer", REQUESTS[kind](backend, settings, *args)
+        return Message(Kind.ANSWER, REQUESTS[kind](backend, settings, *args))
     except Unsupported as exc:
-        return "unsupported", str(exc)
+        return Message(Kind.UNAVAILABLE, str(exc))
     except Exception as exc:  # noqa: BLE001 - a crash fails this job; the ladder goes on with the next
-        return "failed", _error(exc)
+        return Message(Kind.ERROR, _error(exc))
 
 
 class Session(ABC):
@@ -89,10 +90,11 @@ class Session(ABC):
         """Release what the session holds."""
 
     @staticmethod
-    def _unpack(kind: str, payload: Any) -> Any:
-        if kind == "answer":
-            return payload
-        raise Unsupported(payload) if kind == "unsupported" else JobFailed(payload)
+    def _unpack(message: Message) -> Any:
+        """The answer; UNAVAILABLE raises Unsupported, anything else (ERROR, CRASHED, TIMEOUT) JobFailed."""
+        if message.kind is Kind.ANSWER:
+            return message.payload
+        raise Unsupported(message.payload) if message.kind is Kind.UNAVAILABLE else JobFailed(message.payload)
 
 
 class InProcess(Session):
@@ -102,20 +104,18 @@ class InProcess(Session):
         self.backend, self.settings = backend, settings
 
     def _ask(self, request: tuple) -> Any:
-        return self._unpack(*_answer(self.backend, self.settings, request))
+        return self._unpack(_answer(self.backend, self.settings, request))
 
 
-def serve(conn, backend_name: str, settings: ParitySettings, parent_pid: int) -> None:
-    """The worker process: isolate, load and set up the backend, then answer requests until None."""
-    die_with_parent(parent_pid)
-    isolate(settings.threads, settings.cpu_set)
+def serve(conn, backend_name: str, settings: ParitySettings) -> None:
+    """The worker process, isolated already: load and set up the backend, then answer requests until None."""
     try:
         backend = backends.load(backend_name)
         info = backend.setup(settings.threads, "cpu")
     except Exception as exc:  # noqa: BLE001 - why this backend cannot run here, for the report
-        conn.send(("error", _error(exc)))
+        conn.send(Message(Kind.ERROR, _error(exc)))
         return
-    conn.send(("ready", {"pid": os.getpid(), "versions": info.versions, "threads": info.threads}))
+    conn.send(Message(Kind.READY, {"pid": os.getpid(), "versions": info.versions, "threads": info.threads}))
     while (request := conn.recv()) is not None:
         conn.send(_answer(backend, settings, request))
 
@@ -131,11 +131,11 @@ class InWorker(Session):
 
     def start(self) -> str | None:
         """Start the worker; None once ready, else why the backend cannot run here."""
-        self.worker = Worker(self.name, self.settings, main=serve)
-        kind, payload = self.worker.wait_ready()
-        if kind != "ready":
+        self.worker = Worker(self.name, self.settings, serve)
+        message = self.worker.wait_ready()
+        if message.kind is not Kind.READY:
             self.worker = None
-            return str(payload)
+            return str(message.payload)
         self.facts = self.worker.facts
         return None
 
@@ -144,11 +144,10 @@ class InWorker(Session):
             self.broken = self.start()
         if self.broken is not None:
             raise JobFailed(f"no worker: {self.broken}")
-        kind, payload = self.worker.ask(request, JOB_TIMEOUT)
-        if kind in ("crashed", "timeout"):  # this worker is gone; the next request starts a fresh one
-            self.worker.stop()
+        message = self.worker.ask(request, JOB_TIMEOUT)
+        if message.kind.worker_gone:  # the next request starts a fresh worker
             self.worker = None
-        return self._unpack(kind, payload)
+        return self._unpack(message)
 
     def close(self) -> None:
         if self.worker is not None:

@@ -23,13 +23,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from bench.errors import BenchError
 from bench.results.record import ResultRecord
 from bench.results.store import RunStore
-from bench.run import environment, fingerprint, grid
-from bench.run.executors.local import WorkerSettings, run_sweep
+from bench.run import environment, executors, fingerprint, grid
+from bench.run.executors.local import WorkerSettings
+from bench.run.executors.process import worker_cpu_set
 from bench.run.fairness import fairness_rules
-from bench.run.flags import EXECUTOR_NAMES, build_sweep, resumed, usable_cores
+from bench.run.flags import build_sweep, resumed
 from bench.run.lock import RunLock
 from bench.spec.augment import check_image_input
 from bench.spec.cell import Cell
@@ -44,37 +44,6 @@ def _progress() -> Progress:
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
     )
-
-
-def _local(cells: list, settings: WorkerSettings, sink, done: set, args: argparse.Namespace, lock: RunLock) -> None:
-    run_sweep(cells, settings, sink, done, args.cell_timeout, watch=lock.watch)
-
-
-def _ray(cells: list, settings: WorkerSettings, sink, done: set, args: argparse.Namespace, lock: RunLock) -> None:
-    from bench.run.executors import ray as ray_executor
-
-    ray_executor.run_sweep(cells, settings, sink, done, args.cell_timeout, args.ray_address, args.gpus_per_cell)
-
-
-EXECUTORS = dict(zip(EXECUTOR_NAMES, (_local, _ray), strict=True))
-
-
-def _check_executor(args: argparse.Namespace) -> None:
-    """Executor flags that cannot work stop the run before anything is written."""
-    if args.executor == "ray":
-        from bench.run.executors import ray as ray_executor
-
-        ray_executor.require()
-    elif args.ray_address or args.gpus_per_cell:
-        raise BenchError("--ray-address and --gpus-per-cell apply to --executor ray only")
-    if args.gpus_per_cell < 0:
-        raise BenchError(f"--gpus-per-cell must be 0 or more, got {args.gpus_per_cell:g}")
-
-
-def _cpu_set(requested: int | None) -> tuple[int, ...]:
-    """The first ``requested`` cores this process may use (all by default; ``_check_run_flags`` bounds it)."""
-    available = sorted(usable_cores())
-    return tuple(available[: requested or len(available)])
 
 
 class Interrupted(KeyboardInterrupt):
@@ -112,9 +81,9 @@ def main_run(args: argparse.Namespace) -> int:
     for augment in sweep.augment:
         check_image_input(augment, data.input_shape)
     out = args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-    cpu_set = _cpu_set(args.threads)
+    cpu_set = worker_cpu_set(args.threads)
     threads = len(cpu_set)
-    _check_executor(args)
+    executors.check(args)
     identity = fingerprint.describe(sweep, backend_names, data, threads, args.device)
     store = RunStore(out)
     command = " ".join(["python -m bench"] + args.argv)
@@ -166,7 +135,7 @@ def _sweep(args, sweep, backend_names, data, models, refused, store: RunStore, l
 
         try:
             with _stop_on_signals():
-                EXECUTORS[args.executor](cells, settings, advance, done, args, lock)
+                executors.EXECUTORS[args.executor].run(cells, settings, advance, done, args, lock.watch)
         except KeyboardInterrupt as exc:
             interrupted = exc
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))

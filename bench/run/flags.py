@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from pathlib import Path
 
 import backends
 from bench.errors import BenchError
 from bench.run import fingerprint, grid
+from bench.run.executors import DEFAULT_EXECUTOR, EXECUTORS
+from bench.run.executors.process import worker_cpu_set
 from bench.spec.data import DATASETS
 from bench.spec.model import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS
-
-EXECUTOR_NAMES = ("local", "ray")
 
 
 def _names(text: str) -> list[str]:
@@ -94,25 +93,21 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="run folder (default: runs/<date-time>); rerun into it to resume")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
                    help="continue RUN_DIR with its recorded settings (flags given as well override them)")
-    p.add_argument("--executor", choices=EXECUTOR_NAMES, default="local",
-                   help="local: one worker process at a time on this machine (default); ray: one Ray task per cell")
-    p.add_argument("--ray-address", help="Ray cluster to join (e.g. auto, or HOST:6379); default: start a local Ray")
-    p.add_argument("--gpus-per-cell", type=float, default=0.0, help="GPUs each Ray task requests (--executor ray)")
+    p.add_argument("--executor", choices=EXECUTORS, default=DEFAULT_EXECUTOR,
+                   help="; ".join(f"{name}: {executor.description}{' (default)' if name == DEFAULT_EXECUTOR else ''}"
+                                  for name, executor in EXECUTORS.items()))
+    for executor in EXECUTORS.values():
+        for flag, keywords in executor.flags.items():
+            p.add_argument(flag, **keywords)
     p.add_argument("--baseline", help="backend the report's ratios are relative to (default: first)")
     p.add_argument("--no-report", action="store_true", help="write only the records, not the HTML/CSV report")
     p.add_argument("--save", action="store_true",
                    help="keep each ok cell's trained model in OUT/models/ (native file + safetensors/JSON any backend loads)")
 
 
-def usable_cores() -> set[int]:
-    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-
-
 def _check_run_flags(args: argparse.Namespace) -> None:
     """The run flags that are not sweep settings."""
-    cores = len(usable_cores())
-    if args.threads is not None and not 1 <= args.threads <= cores:
-        raise BenchError(f"--threads {args.threads}: valid: 1 to {cores} (the cores this process may use)")
+    worker_cpu_set(args.threads)  # refuses more threads than this process has cores
     if args.cell_timeout is not None and not (math.isfinite(args.cell_timeout) and args.cell_timeout > 0):
         raise BenchError(f"--cell-timeout {args.cell_timeout}: valid: a finite number of seconds > 0")
 

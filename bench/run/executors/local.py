@@ -1,48 +1,41 @@
-"""Run the grid with each backend in its own worker process, one backend at a time.
+"""``--executor local``: the grid on this machine, each backend in its own worker, one backend at a time.
 
-Frameworks never share a process (their thread pools and allocators would interfere), and only one
-worker runs at a time so no backend's figures are measured while another competes for the cores.
-Every worker gets the same CPU set and intra-op thread count, applied before its framework is
-imported; it records what it got. A worker that crashes or outruns ``cell_timeout`` is killed and
-replaced; its cell is recorded as failed or timeout and the sweep goes on. A worker that dies while
-starting is started again (``STARTUP_ATTEMPTS``) before its cells are recorded failed.
+Only one worker runs at a time so no backend's figures are measured while another competes for the
+cores. Every worker gets the same CPU set and intra-op thread count (``process.isolate``, before its
+framework is imported); it records what it got. A worker that crashes or outruns ``cell_timeout``
+is killed and replaced; its cell is recorded as failed or timeout and the sweep goes on. A worker
+that dies while starting is started again (``STARTUP_ATTEMPTS``) before its cells are recorded
+failed. A cell's clock starts when the worker says the cell began (framework imported, dataset
+loaded), so ``cell_timeout`` never counts a fresh worker's start-up.
 
-A cell's clock starts when the worker says the cell began (framework imported, dataset loaded), so
-``cell_timeout`` never counts a fresh worker's start-up. Workers die with their driver: on Linux the
-kernel kills them when the driver dies (``PR_SET_PDEATHSIG``), even on SIGKILL; elsewhere the run
-lock's list of worker pids lets the next driver stop leftovers (``bench/run/lock.py``).
+The process plumbing (spawn, isolation, parent death, messages) is ``process.py``'s; this module is
+the scheduling and the cell loop a sweep worker runs (docs/architecture.md, "Run lifecycle").
 """
 
 from __future__ import annotations
 
-import ctypes
-import multiprocessing as mp
+import argparse
 import os
-import signal
 import socket
-import sys
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import backends
 from backends.base import Unsupported
 from bench.errors import BenchError
 from bench.measure.harness import run_cell
+from bench.measure.load import usable_cores
 from bench.models.saved import save_trained_model
 from bench.results.record import ResultRecord
+from bench.run.executors.process import STARTUP_TIMEOUT, Kind, Message, Worker, WorkerWatch
 from bench.spec.cell import Cell
 from bench.spec.data import load_dataset
 
-STARTUP_TIMEOUT = 600.0
-"""Seconds a worker may take to import its framework, or to load a dataset before a cell."""
 STARTUP_ATTEMPTS = 3
 """A worker that dies while starting (killed, out of memory) is started again twice, then its cells fail."""
-POLL_SECONDS = 0.05
-PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -59,51 +52,21 @@ class WorkerSettings:
     """Run folder under whose ``models/`` each ok cell's trained model is saved (``bench run --save``)."""
 
 
-WorkerWatch = Callable[[int, bool], None]
-"""Told ``(pid, True)`` when a worker process starts and ``(pid, False)`` when it is gone."""
-
-
-def isolate(threads: int, cpu_set: tuple[int, ...]) -> None:
-    """Pin this process to the shared CPU set and cap every thread pool before a framework loads."""
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, cpu_set)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
-        os.environ[var] = str(threads)
-    os.environ["TF_NUM_INTEROP_THREADS"] = "1"
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # so JAX's device-memory peak means something
-    os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Make the kernel kill this process when its parent dies, so no worker outlives a killed driver.
-
-    Linux only (prctl); the parent-pid check closes the race where the parent died before prctl ran.
-    Ctrl-C is the driver's to handle: the terminal sends SIGINT to the whole process group.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent_pid:
-        os._exit(1)
-
-
-def _worker_main(conn, backend_name: str, settings: WorkerSettings, parent_pid: int) -> None:
-    die_with_parent(parent_pid)
-    isolate(settings.threads, settings.cpu_set)
+def _worker_main(conn, backend_name: str, settings: WorkerSettings) -> None:
+    """A sweep worker, isolated already: set up the backend, then run each cell it is sent until None."""
     started = time.perf_counter()
     try:
         backend = backends.load(backend_name)
         info = backend.setup(settings.threads, settings.device)
     except (BenchError, Unsupported) as exc:  # cannot run here (not installed, no such device): cells skipped
-        conn.send(("unavailable", str(exc)))
+        conn.send(Message(Kind.UNAVAILABLE, str(exc)))
         return
     except Exception as exc:  # a framework bug: its cells are recorded failed
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        conn.send(Message(Kind.ERROR, f"{type(exc).__name__}: {exc}"))
         return
     facts = {
         "threads": settings.threads,
-        "cpu_set": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_set": list(usable_cores()),  # what isolation gave this process
         "device": info.device,
         "backend_threads": info.threads,
         "framework_versions": info.versions,
@@ -112,7 +75,7 @@ def _worker_main(conn, backend_name: str, settings: WorkerSettings, parent_pid: 
         "niceness": os.nice(0) if hasattr(os, "nice") else None,  # a deprioritised worker measures less
         "worker_setup_seconds": time.perf_counter() - started,  # framework import and setup, once per worker
     }
-    conn.send(("ready", facts))
+    conn.send(Message(Kind.READY, facts))
     datasets = {}
     while True:
         cell = conn.recv()
@@ -123,7 +86,7 @@ def _worker_main(conn, backend_name: str, settings: WorkerSettings, parent_pid: 
                 datasets[cell.dataset] = load_dataset(
                     cell.dataset, settings.data_dir, settings.val_split, settings.train_size, settings.test_size
                 )
-            conn.send(("started", None))  # the cell's clock starts here, after the data is in memory
+            conn.send(Message(Kind.STARTED))  # the cell's clock starts here, after the data is in memory
             record = run_cell(backend, cell, datasets[cell.dataset], settings.peak_gflops)
             if settings.save_models_in and record.status == "ok":  # after evaluation, off the clock
                 model = cell.model.resolve(cell.train.activation)
@@ -132,100 +95,33 @@ def _worker_main(conn, backend_name: str, settings: WorkerSettings, parent_pid: 
         except Exception as exc:
             record = ResultRecord.for_cell(cell, status="failed", error=f"{type(exc).__name__}: {exc}",
                                            traceback=traceback.format_exc())
-        conn.send(("record", record.with_fields(**facts)))
+        conn.send(Message(Kind.ANSWER, record.with_fields(**facts)))
 
 
-class Worker:
-    """A live worker process for one backend; replaced after a crash or timeout.
+class CellWorker(Worker):
+    """A sweep worker for one backend: it runs cells and answers each with its record."""
 
-    ``main(conn, backend, settings, parent_pid)`` is what the process runs (default: the sweep's cell loop; the
-    parity ladder passes its own); it answers ("ready", facts) or ("error", why) first, then one
-    reply per message until it receives None.
-    """
-
-    def __init__(self, backend: str, settings: Any, watch: WorkerWatch | None = None,
-                 main: Callable[[Any, str, Any, int], None] = _worker_main) -> None:
-        self.backend = backend
-        self.watch = watch
-        context = mp.get_context("spawn")  # a clean interpreter: no framework state inherited
-        self.conn, child = context.Pipe()
-        self.process = context.Process(target=main, args=(child, backend, settings, os.getpid()), daemon=True)
-        self.process.start()
-        child.close()
-        if watch:
-            watch(self.process.pid, True)
-        self.facts: dict = {}
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid
-
-    def wait_ready(self) -> tuple[str, object]:
-        """("ready", facts), or why not: ("unavailable" | "error" | "crashed" | "timeout", message)."""
-        kind, payload = self._receive(STARTUP_TIMEOUT)
-        if kind == "ready":
-            self.facts = payload
-        else:
-            self.stop()
-        return kind, payload
-
-    def _receive(self, timeout: float | None) -> tuple[str, object]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            try:
-                if self.conn.poll(POLL_SECONDS):
-                    return self.conn.recv()
-            except (EOFError, OSError):  # the worker's end closed: it died
-                self.process.join(timeout=5)
-                return "crashed", f"worker process died with exit code {self.process.exitcode}"
-            if not self.process.is_alive():
-                return "crashed", f"worker process died with exit code {self.process.exitcode}"
-            if deadline is not None and time.monotonic() > deadline:
-                return "timeout", f"no result within {timeout:g} s"
-
-    def ask(self, message: object, timeout: float | None) -> tuple[str, object]:
-        """Send one message and wait for its reply: (kind, payload), or ("crashed" | "timeout", why)."""
-        try:
-            self.conn.send(message)
-        except OSError:  # the worker's end closed before the message went out: it died
-            self.process.join(timeout=5)
-            return "crashed", f"worker process died with exit code {self.process.exitcode}"
-        return self._receive(timeout)
+    def __init__(self, backend: str, settings: WorkerSettings, watch: WorkerWatch | None = None) -> None:
+        super().__init__(backend, settings, _worker_main, watch)
 
     def run(self, cell: Cell, timeout: float | None) -> tuple[ResultRecord, bool]:
         """The cell's record, and whether this worker is still usable.
 
-        ``timeout`` counts from the worker's "started": loading the dataset is start-up, not the cell.
+        ``timeout`` counts from the worker's STARTED: loading the dataset is start-up, not the cell.
         """
-        kind, payload = self.ask(cell, STARTUP_TIMEOUT)
-        if kind == "started":
-            kind, payload = self._receive(timeout)
-        if kind == "record":
-            return payload, True
-        self.stop(graceful=False)
-        status = "timeout" if kind == "timeout" else "failed"
+        message = self.ask(cell, STARTUP_TIMEOUT)
+        if message.kind is Kind.STARTED:
+            message = self.receive(timeout)
+        if message.kind is Kind.ANSWER:
+            return message.payload, True
+        status = "timeout" if message.kind is Kind.TIMEOUT else "failed"  # CRASHED or TIMEOUT: the worker is stopped
         record = ResultRecord.for_cell(cell, **self.facts, status=status,
-                                       error=payload if status == "failed" else None,
-                                       reason=payload if status == "timeout" else None)
+                                       error=message.payload if status == "failed" else None,
+                                       reason=message.payload if status == "timeout" else None)
         return record, False
 
-    def stop(self, graceful: bool = True) -> None:
-        """End the process: asked to exit when idle (``graceful``), killed otherwise or if it does not."""
-        if graceful and self.process.is_alive():
-            try:
-                self.conn.send(None)
-            except OSError:
-                pass
-            self.process.join(timeout=5)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join()
-        if self.watch:
-            self.watch(self.process.pid, False)
-            self.watch = None
 
-
-def start_worker(backend: str, settings: WorkerSettings, watch: WorkerWatch | None = None) -> tuple[Worker | None, dict]:
+def start_worker(backend: str, settings: WorkerSettings, watch: WorkerWatch | None = None) -> tuple[CellWorker | None, dict]:
     """A ready worker, or None and the record fields saying why this backend's cells cannot run.
 
     A framework that is not installed (or a device that is not there) is ``skipped``; a worker that
@@ -237,15 +133,15 @@ def start_worker(backend: str, settings: WorkerSettings, watch: WorkerWatch | No
         return None, {"status": "skipped", "reason": reason}
     deaths = []
     for _ in range(STARTUP_ATTEMPTS):
-        worker = Worker(backend, settings, watch)
-        kind, payload = worker.wait_ready()
-        if kind == "ready":
+        worker = CellWorker(backend, settings, watch)
+        message = worker.wait_ready()
+        if message.kind is Kind.READY:
             return worker, {}
-        if kind == "unavailable":
-            return None, {"status": "skipped", "reason": payload}
-        if kind == "error":
-            return None, {"status": "failed", "error": f"worker could not set up {backend}: {payload}"}
-        deaths.append(str(payload))
+        if message.kind is Kind.UNAVAILABLE:
+            return None, {"status": "skipped", "reason": message.payload}
+        if message.kind is Kind.ERROR:
+            return None, {"status": "failed", "error": f"worker could not set up {backend}: {message.payload}"}
+        deaths.append(str(message.payload))  # CRASHED or TIMEOUT: try a fresh one
     return None, {"status": "failed", "error": f"worker did not start in {STARTUP_ATTEMPTS} attempts: {'; '.join(deaths)}"}
 
 
@@ -284,3 +180,17 @@ def run_sweep(
             raise
         if worker is not None:
             worker.stop()
+
+
+class LocalExecutor:
+    """The default executor: ``run_sweep`` here, its workers watched by the run lock."""
+
+    description = "one worker process at a time on this machine"
+    flags: dict[str, dict] = {}
+
+    def check(self, options: argparse.Namespace) -> None:
+        """Nothing beyond the run flags: this machine is where the driver already runs."""
+
+    def run(self, cells: list[Cell], settings: WorkerSettings, sink: Callable[[ResultRecord], None],
+            done: set[tuple[str, int]], options: argparse.Namespace, watch: WorkerWatch) -> None:
+        run_sweep(cells, settings, sink, done, options.cell_timeout, watch=watch)

@@ -2,11 +2,12 @@
 
 Each task asks Ray for ``threads`` CPUs (and ``--gpus-per-cell`` GPUs), claims that many cores of
 its node (per-core lock files, so no two cells on one machine ever share a core, whoever started
-them), and runs its cell in a worker process exactly as the local executor does (bench/run/executors/local.py:
-the same affinity and thread settings applied before the framework loads, the same start-up
-retries, a timeout that starts with the cell, a worker that dies with its parent). A Ray worker
-keeps its last worker process warm for the next cell of the same backend, as the local executor
-keeps one per backend, so frameworks never share a process and are not imported once per cell.
+them), and runs its cell in a worker process exactly as the local executor does
+(``local.CellWorker`` on ``process.py``: the same affinity and thread settings applied before the
+framework loads, the same start-up retries, a timeout that starts with the cell, a worker that dies
+with its parent). A Ray worker keeps its last worker process warm for the next cell of the same
+backend, as the local executor keeps one per backend, so frameworks never share a process and are
+not imported once per cell.
 
 Ray retries a task whose Ray worker or node was lost (``MAX_RETRIES``); records come back as
 cells finish (``ray.wait``) and the driver appends them to the run's one store. Without
@@ -15,11 +16,13 @@ thread count it runs one cell at a time on the same cores as the local executor 
 
 Ray starts its workers at niceness 15, and a worker process inherits it: the local Ray is started
 with ``RAY_worker_niceness=0``, and a cluster's ``ray start`` needs the same (README), else every
-record says so (``niceness``). Ray is an optional extra, imported only here, only when chosen.
+record says so (``niceness``). Ray is an optional extra, imported only here, only when chosen:
+importing this module (the executor registry does) imports no Ray.
 """
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import importlib.util
 import logging
@@ -31,9 +34,12 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+import bench
 from bench.errors import BenchError
+from bench.measure.load import usable_cores
 from bench.results.record import ResultRecord
-from bench.run.executors.local import Worker, WorkerSettings, start_worker
+from bench.run.executors.local import CellWorker, WorkerSettings, start_worker
+from bench.run.executors.process import WorkerWatch
 from bench.spec.cell import Cell
 
 MAX_RETRIES = 2
@@ -58,7 +64,7 @@ def claim_cores(threads: int) -> Iterator[tuple[int, ...]]:
     One lock file per core; a claim takes all it needs or none and tries again, so claims never
     deadlock. Ray's CPU accounting is logical: this is what keeps concurrent cells on one node apart.
     """
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cores = usable_cores()
     if threads > len(cores):
         raise BenchError(f"a cell asks for {threads} cores and this node has {len(cores)}")
     try:
@@ -90,11 +96,11 @@ def claim_cores(threads: int) -> Iterator[tuple[int, ...]]:
             os.close(fd)
 
 
-_warm: dict[tuple, Worker] = {}
+_warm: dict[tuple, CellWorker] = {}
 """The last worker process of this Ray worker, by (backend, settings, GPU ids): reused by the next cell."""
 
 
-def _worker_for(key: tuple, settings: WorkerSettings) -> tuple[Worker | None, dict]:
+def _worker_for(key: tuple, settings: WorkerSettings) -> tuple[CellWorker | None, dict]:
     for old_key, worker in list(_warm.items()):
         del _warm[old_key]
         if old_key == key and worker.process.is_alive():
@@ -122,7 +128,7 @@ def _run_cell_task(cell: Cell, settings: WorkerSettings, cell_timeout: float | N
 def _runtime_env() -> dict:
     """Ray workers import the driver's copy of the suite wherever its folder exists (this machine, a
     checkout on a shared file system), else the copy installed on their node."""
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(bench.__file__).resolve().parents[1])  # the folder that holds bench/, wherever this module sits
     return {"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}}
 
 
@@ -173,3 +179,23 @@ def run_sweep(
             ray.cancel(ref, force=True)
         if started_here:
             ray.shutdown()
+
+
+class RayExecutor:
+    """``--executor ray``: ``run_sweep`` over a Ray cluster; its two flags are read by no other executor."""
+
+    description = "one Ray task per cell"
+    flags: dict[str, dict] = {
+        "--ray-address": {"help": "Ray cluster to join (e.g. auto, or HOST:6379); default: start a local Ray"},
+        "--gpus-per-cell": {"type": float, "default": 0.0, "help": "GPUs each Ray task requests (--executor ray)"},
+    }
+
+    def check(self, options: argparse.Namespace) -> None:
+        require()
+        if options.gpus_per_cell < 0:
+            raise BenchError(f"--gpus-per-cell must be 0 or more, got {options.gpus_per_cell:g}")
+
+    def run(self, cells: list[Cell], settings: WorkerSettings, sink: Callable[[ResultRecord], None],
+            done: set[tuple[str, int]], options: argparse.Namespace, watch: WorkerWatch) -> None:
+        """``watch`` is unused: the worker processes are children of Ray's workers, not of this driver."""
+        run_sweep(cells, settings, sink, done, options.cell_timeout, options.ray_address, options.gpus_per_cell)
