@@ -77,7 +77,7 @@ def test_finished_cells_are_not_run_again():
 
 # -- the registry -----------------------------------------------------------------------------------
 def _run_arguments() -> dict[str, argparse.Action]:
-    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    sub = next(a for a in parser("run")._actions if isinstance(a, argparse._SubParsersAction))
     return {flag: action for action in sub.choices["run"]._actions for flag in action.option_strings}
 
 
