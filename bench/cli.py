@@ -182,7 +182,7 @@ def _sweep(args, sweep, backend_names, data, models, refused, store: RunStore, l
             _write_report(out, args.baseline)
     if interrupted is not None:
         return 128 + getattr(interrupted, "signum", signal.SIGINT)
-    return 1 if counts.get("failed") or counts.get("timeout") else 0
+    return 1 if any(not status.final for status in counts) else 0  # a cell a resume would run again
 
 
 def _settings(sweep: grid.Sweep, backend_names: list[str]) -> dict:

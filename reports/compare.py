@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bench.errors import BenchError
+from bench.results.record import Status
 from bench.results.stats import Estimate, benjamini_hochberg, difference_interval, ratio_interval, welch_p
 from reports import fmt
 from reports.escape import write_csv
@@ -99,7 +100,7 @@ def _cell_rows(key: str, a: pd.DataFrame, b: pd.DataFrame) -> list[dict]:
     either = a if len(a) else b
     base = {"cell_id": key} | {k: either[k].iloc[0] for k in ("backend", "mode", "model", "optimizer", "activation")}
     base |= {"status_a": _status(a), "status_b": _status(b)}
-    a_ok, b_ok = a[a["status"] == "ok"], b[b["status"] == "ok"]
+    a_ok, b_ok = a[a["status"] == Status.OK], b[b["status"] == Status.OK]
     if a.empty or b.empty:
         return [base | {"verdict": "only in B" if a.empty else "only in A"}]
     if a_ok.empty or b_ok.empty:

@@ -33,7 +33,7 @@ from backends.base import Unsupported
 from bench.errors import BenchError
 from bench.measure.harness import run_cell
 from bench.models.saved import save_trained_model
-from bench.results.record import ResultRecord
+from bench.results.record import ResultRecord, Status
 from bench.spec.cell import Cell
 from bench.spec.data import load_dataset
 
@@ -125,12 +125,12 @@ def _worker_main(conn, backend_name: str, settings: WorkerSettings, parent_pid: 
                 )
             conn.send(("started", None))  # the cell's clock starts here, after the data is in memory
             record = run_cell(backend, cell, datasets[cell.dataset], settings.peak_gflops)
-            if settings.save_models_in and record.status == "ok":  # after evaluation, off the clock
+            if settings.save_models_in and record.status == Status.OK:  # after evaluation, off the clock
                 model = cell.model.resolve(cell.train.activation)
                 saved = save_trained_model(backend, record.to_json_dict() | facts, model, cell.train, Path(settings.save_models_in))
                 record = record.with_fields(**saved)
         except Exception as exc:
-            record = ResultRecord.for_cell(cell, status="failed", error=f"{type(exc).__name__}: {exc}",
+            record = ResultRecord.for_cell(cell, status=Status.FAILED, error=f"{type(exc).__name__}: {exc}",
                                            traceback=traceback.format_exc())
         conn.send(("record", record.with_fields(**facts)))
 
@@ -203,10 +203,10 @@ class Worker:
         if kind == "record":
             return payload, True
         self.stop(graceful=False)
-        status = "timeout" if kind == "timeout" else "failed"
+        status = Status.TIMEOUT if kind == "timeout" else Status.FAILED
         record = ResultRecord.for_cell(cell, **self.facts, status=status,
-                                       error=payload if status == "failed" else None,
-                                       reason=payload if status == "timeout" else None)
+                                       error=payload if status == Status.FAILED else None,
+                                       reason=payload if status == Status.TIMEOUT else None)
         return record, False
 
     def stop(self, graceful: bool = True) -> None:
@@ -234,7 +234,7 @@ def start_worker(backend: str, settings: WorkerSettings, watch: WorkerWatch | No
     """
     reason = backends.unavailable_reason(backend)
     if reason is not None:
-        return None, {"status": "skipped", "reason": reason}
+        return None, {"status": Status.SKIPPED, "reason": reason}
     deaths = []
     for _ in range(STARTUP_ATTEMPTS):
         worker = Worker(backend, settings, watch)
@@ -242,11 +242,11 @@ def start_worker(backend: str, settings: WorkerSettings, watch: WorkerWatch | No
         if kind == "ready":
             return worker, {}
         if kind == "unavailable":
-            return None, {"status": "skipped", "reason": payload}
+            return None, {"status": Status.SKIPPED, "reason": payload}
         if kind == "error":
-            return None, {"status": "failed", "error": f"worker could not set up {backend}: {payload}"}
+            return None, {"status": Status.FAILED, "error": f"worker could not set up {backend}: {payload}"}
         deaths.append(str(payload))
-    return None, {"status": "failed", "error": f"worker did not start in {STARTUP_ATTEMPTS} attempts: {'; '.join(deaths)}"}
+    return None, {"status": Status.FAILED, "error": f"worker did not start in {STARTUP_ATTEMPTS} attempts: {'; '.join(deaths)}"}
 
 
 def run_sweep(

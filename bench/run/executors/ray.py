@@ -32,7 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.results.record import ResultRecord
+from bench.results.record import ResultRecord, Status
 from bench.run.executors.local import Worker, WorkerSettings, start_worker
 from bench.spec.cell import Cell
 
@@ -129,7 +129,7 @@ def _runtime_env() -> dict:
 def _lost(cell: Cell, exc: Exception) -> ResultRecord:
     """A failed record for a task Ray could not complete; the cause, not Ray's wrapper, names the problem."""
     cause = getattr(exc, "cause", None) or exc
-    return ResultRecord.for_cell(cell, status="failed", error=f"ray task failed: {type(cause).__name__}: {cause}",
+    return ResultRecord.for_cell(cell, status=Status.FAILED, error=f"ray task failed: {type(cause).__name__}: {cause}",
                                  traceback=str(exc))
 
 
