@@ -31,7 +31,7 @@ from bench.errors import BenchError
 from bench.models import predict
 from bench.results.record import ResultRecord
 from bench.results.store import RunStore
-from bench.run import environment, fingerprint, grid
+from bench.run import code_identity, environment, fingerprint, grid
 from bench.run.executors.local import WorkerSettings, run_sweep
 from bench.run.flags import EXECUTOR_NAMES, add_run_arguments, build_sweep, resumed, usable_cores
 from bench.run.lock import RunLock
@@ -117,23 +117,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     threads = len(cpu_set)
     _check_executor(args)
     identity = fingerprint.describe(sweep, backend_names, data, threads, args.device)
+    code = code_identity.current()
     store = RunStore(out)
     command = " ".join(["python -m bench"] + args.argv)
     with RunLock(out, command) as lock:
-        fingerprint.check(store, identity)  # before anything is written: a refused rerun changes nothing
+        note = fingerprint.check(store, identity, code)  # before anything is written: a refused rerun changes nothing
+        if note:
+            console.print(note, markup=False)
         if lock.previous.get("pid"):
             console.print(f"took over {out} from a driver that is gone (pid {lock.previous['pid']}); "
                           f"stopped {lock.stopped_leftovers} leftover worker(s)")
-        fingerprint.record(store, identity, args)
+        fingerprint.record(store, identity, code, args)
         env = environment.capture(args.argv, threads, list(cpu_set), _settings(sweep, backend_names), fairness_rules())
         store.write_environment(env | {"executor": args.executor, "fingerprint": fingerprint.digest(identity)})
-        return _sweep(args, sweep, backend_names, data, models, refused, store, lock,
+        return _sweep(args, sweep, backend_names, data, models, refused, store, lock, code,
                       WorkerSettings(threads, cpu_set, args.device, sweep.data_dir, sweep.val_split,
                                      sweep.train_size, sweep.test_size, env["matmul_peak_gflops"],
                                      save_models_in=str(out) if args.save else None))
 
 
-def _sweep(args, sweep, backend_names, data, models, refused, store: RunStore, lock: RunLock,
+def _sweep(args, sweep, backend_names, data, models, refused, store: RunStore, lock: RunLock, code: code_identity.CodeIdentity,
            settings: WorkerSettings) -> int:
     """Run what is left of the sweep, then print the summary and write the report (also after Ctrl-C)."""
     out = store.folder
@@ -143,7 +146,7 @@ def _sweep(args, sweep, backend_names, data, models, refused, store: RunStore, l
     counts: dict[str, int] = {}
 
     def sink(record: ResultRecord) -> None:
-        store.append(record.with_fields(run_id=run_id).to_json_dict())
+        store.append(record.with_fields(run_id=run_id, **code.record_fields()).to_json_dict())
         counts[record.status] = counts.get(record.status, 0) + 1
 
     for name, reason in refused.items():

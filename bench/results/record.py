@@ -83,6 +83,10 @@ class ResultRecord(BaseModel):
     reason: str | None = _field("Why the cell was skipped, diverged or timed out")
     error: str | None = _field("The exception that failed the cell, as 'Type: message'")
     traceback: str | None = _field("Full traceback of a failed cell")
+    code_hash: str | None = _field("Hash of the measuring code that ran the cell (bench/run/code_identity.py); "
+                                   "a resume refuses other code")
+    code_commit: str | None = _field("Git commit of the suite's checkout, '-dirty' when its tree had uncommitted "
+                                     "or untracked changes (None outside a checkout)")
 
     # configuration (bench/measure/harness.py Cell.config)
     backend: str | None = _field("Suite backend name: torch, tf, jax or numpy")
