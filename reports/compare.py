@@ -6,6 +6,10 @@ three repeats that interval is about [min, max] and calls a same-distribution pa
 several percent of comparisons; a run pair has hundreds. So a change must also pass Welch's
 t-test on log values after a false-discovery adjustment over all comparisons, and exceed a noise
 floor (run-to-run drift on a shared machine is real even when repeats agree).
+
+Each record names the code that measured it (``code_hash``, bench/run/code_identity.py); when the
+two runs name different code the comparison says "different code" with both identities, and still
+compares: a change may then come from the code as well as from the machine.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from bench.errors import BenchError
+from bench.results.record import Status
 from bench.results.stats import Estimate, benjamini_hochberg, difference_interval, ratio_interval, welch_p
 from reports import fmt
 from reports.escape import write_csv
@@ -53,6 +58,8 @@ class CompareResult:
     fail_on: float | None
     noise_floor: float
     skipped_lines: tuple[int, int] = (0, 0)
+    code_note: str | None = None
+    """'different code: ...' when the runs' records name different measuring code."""
     files: list[Path] = field(default_factory=list)
 
     @property
@@ -77,6 +84,23 @@ def _keys(frame: pd.DataFrame) -> pd.Series:
     return frame["cell_id"].where(frame["cell_id"].notna(), built)
 
 
+def _code(run: Run) -> tuple[set[str], str]:
+    """The code hashes a run's records name, and them as text with their commits (records from before
+    code identities name none)."""
+    known = run.records[run.records["code_hash"].notna()]
+    pairs = dict.fromkeys(zip(known["code_hash"], known["code_commit"]))
+    text = " + ".join(f"code hash {h}" + (f" (commit {c})" if isinstance(c, str) else "") for h, c in pairs)
+    return set(known["code_hash"]), text
+
+
+def _code_note(first: Run, second: Run) -> str | None:
+    """'different code: A ... ; B ...' when both runs name their code and the hashes differ."""
+    (hashes_a, text_a), (hashes_b, text_b) = _code(first), _code(second)
+    if not hashes_a or not hashes_b or hashes_a == hashes_b:
+        return None
+    return f"different code: A ({first.name}) ran {text_a}; B ({second.name}) ran {text_b}"
+
+
 def _status(group: pd.DataFrame) -> str:
     return ", ".join(f"{s} {n}" for s, n in group["status"].value_counts().sort_index().items()) or "absent"
 
@@ -99,7 +123,7 @@ def _cell_rows(key: str, a: pd.DataFrame, b: pd.DataFrame) -> list[dict]:
     either = a if len(a) else b
     base = {"cell_id": key} | {k: either[k].iloc[0] for k in ("backend", "mode", "model", "optimizer", "activation")}
     base |= {"status_a": _status(a), "status_b": _status(b)}
-    a_ok, b_ok = a[a["status"] == "ok"], b[b["status"] == "ok"]
+    a_ok, b_ok = a[a["status"] == Status.OK], b[b["status"] == Status.OK]
     if a.empty or b.empty:
         return [base | {"verdict": "only in B" if a.empty else "only in A"}]
     if a_ok.empty or b_ok.empty:
@@ -161,7 +185,7 @@ def compare_runs(run_a: Path, run_b: Path, fail_on: float | None = None, out: Pa
     for key in sorted(set(keys_a) | set(keys_b)):
         rows += _cell_rows(key, frame_a[keys_a == key], frame_b[keys_b == key])
     result = CompareResult(first.name, second.name, _judge(rows, fail_on, noise_floor), fail_on, noise_floor,
-                           (first.skipped_lines, second.skipped_lines))
+                           (first.skipped_lines, second.skipped_lines), _code_note(first, second))
     if out is not None:
         result.files = write_comparison(result, Path(out), first, second)
     return result
@@ -236,6 +260,8 @@ def print_comparison(result: CompareResult, console: Console | None = None) -> N
     else:
         console.print("No cell changed beyond the noise.")
     console.print(_summary_line(result), markup=False)
+    if result.code_note:
+        console.print(result.code_note, markup=False)
     console.print(f"{RULE} ({100 * result.noise_floor:g}%; 1 pp for accuracy).", markup=False)
     for run, skipped in zip((result.run_a, result.run_b), result.skipped_lines):
         if skipped:
@@ -246,6 +272,7 @@ def print_comparison(result: CompareResult, console: Console | None = None) -> N
 def _markdown(result: CompareResult, first: Run, second: Run) -> str:
     lines = [f"# Comparison: {second.name} (B) vs {first.name} (A)", "",
              f"- A: `{first.folder}`", f"- B: `{second.folder}`", f"- {_summary_line(result)}",
+             *([f"- {result.code_note}"] if result.code_note else []),
              f"- {RULE} ({100 * result.noise_floor:g}%; 1 pp for accuracy).", f"- {_gate_line(result)}", ""]
     shown = _noteworthy(result)
     if len(shown):

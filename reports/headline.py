@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.results.record import Status
 from bench.results.stats import MISSING, Estimate, grouped_comparison, grouped_median_interval
 from reports.metrics import HEADLINE, TEST_ACCURACY, Metric
 from reports.records import CONFIG_AXES, PROBLEM_STATUSES, config_keys, unconverged
@@ -75,7 +76,7 @@ def choose_baseline(frame: pd.DataFrame, requested: str | None) -> str | None:
 
     A backend that ran several modes is represented by its eager mode when it has one.
     """
-    ok = frame[frame["status"] == "ok"]
+    ok = frame[frame["status"] == Status.OK]
     if requested:
         if requested in set(frame["variant"]):
             return requested
@@ -114,7 +115,7 @@ def model_headline(frame: pd.DataFrame, model: str, baseline: str | None) -> Mod
     rather than how much sgd and adam differ.
     """
     rows_of_model = frame[frame["model"] == model]
-    ok = rows_of_model[rows_of_model["status"] == "ok"]
+    ok = rows_of_model[rows_of_model["status"] == Status.OK]
     keys = config_keys(ok)
     finished = {v: set(keys[ok["variant"] == v]) for v in sorted(set(ok["variant"]))}
     shared = sorted(set.intersection(*finished.values())) if finished else []

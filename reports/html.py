@@ -14,6 +14,7 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
+from bench.results.record import Status
 from bench.results.stats import Estimate
 from bench.spec.rules import CANONICAL, RULE_TEXT, RULE_TITLES, Rules
 from bench.spec.semantics import HARMONISED, NATIVE
@@ -113,7 +114,7 @@ def _joined(values) -> str:
 
 def _problem_rows(frame: pd.DataFrame) -> list[dict]:
     """Records that did not finish, one row per status, backend and message (a whole skipped backend is one row)."""
-    problems = frame[frame["status"] != "ok"]
+    problems = frame[frame["status"] != Status.OK]
     message = problems["reason"].fillna(problems["error"]).map(lambda m: first_line(m) or "(no reason recorded)")
     order = {s: i for i, s in enumerate(PROBLEM_STATUSES)}
     rows = []
@@ -180,13 +181,13 @@ def _glance(run: Run) -> list[tuple[str, str]]:
     tiles = [("Backends", ", ".join(sorted(set(frame["variant"])))),
              ("Models", ", ".join(dict.fromkeys(frame["model"].dropna())) or fmt.DASH),
              ("Cells", fmt.count(cells)), ("Records", fmt.count(len(frame)))]
-    tiles += [(s.capitalize(), fmt.count(counts.get(s, 0))) for s in ("ok",) + PROBLEM_STATUSES if counts.get(s, 0)]
+    tiles += [(s.capitalize(), fmt.count(counts.get(s, 0))) for s in Status if counts.get(s, 0)]
     return tiles
 
 
 def _repeats(frame: pd.DataFrame) -> int:
     """Most repeats any configuration has: with one, no ratio rests on a spread, so none is coloured."""
-    ok = frame[frame["status"] == "ok"]
+    ok = frame[frame["status"] == Status.OK]
     return int(ok.groupby("cell_id", dropna=True).size().max()) if ok["cell_id"].notna().any() else 0
 
 
@@ -228,7 +229,7 @@ def _cell_rows(summary: pd.DataFrame) -> list[dict]:
     return [{
         "variant": r["variant"], "model": _text(r["model"]), "augment": _text(r["augment"]), "optimizer": _text(r["optimizer"]),
         "activation": _text(r["activation"]), "status": r["status"], "n": int(r["n_records"]),
-        "status_cls": "ok" if r["status"] == "ok" else next((s for s in PROBLEM_STATUSES if r[f"n_{s}"]), ""),
+        "status_cls": Status.OK.value if r["status"] == Status.OK else next((s.value for s in PROBLEM_STATUSES if r[f"n_{s}"]), ""),
         "metrics": [cell(r, metric) for metric in CELL_TABLE],
     } for r in summary.to_dict("records")]
 

@@ -1,10 +1,11 @@
-"""Read a run folder into a pandas frame, robust to old records, missing fields and a crash's last line.
+"""Read a run folder into a pandas frame, robust to missing fields and a crash's last line.
 
 Reading parses ``results.jsonl`` with the json module line by line (never unpickles): a record
-cut short by a crash is skipped and counted, not fatal. The columns are the fields bench/results/record.py
-declares: fields absent from older records become empty columns (and a record without
-``schema_version`` reads as version 1), so every later step can rely on the full schema; fields a
-newer version added are kept as extra columns.
+cut short by a crash is skipped and counted, not fatal. The store's reader hands over current
+records only (bench/results/upgrades.py upgrades older ones and refuses newer ones), so nothing
+here knows history. The columns are the fields bench/results/record.py declares: fields a record
+lacks become empty columns, so every later step can rely on the full schema; fields the schema
+does not declare are kept as extra columns.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.results.record import FIELD_KINDS, FIELDS, PER_EPOCH_FIELDS, SCHEMA_VERSION, STATUSES, stored_version
+from bench.results.record import FIELD_KINDS, FIELDS, PER_EPOCH_FIELDS, Status
 from bench.results.store import ENVIRONMENT, RESULTS, latest, read_records
 from bench.spec.cell import AXES
 from bench.spec.semantics import HARMONISED
@@ -58,7 +59,10 @@ def config_keys(frame: pd.DataFrame, columns: tuple[str, ...] = CONFIG_AXES) -> 
                      index=frame.index, dtype=object)
 
 
-PROBLEM_STATUSES = STATUSES[1:]
+PROBLEM_STATUSES = tuple(status for status in Status if status.problem)
+"""Statuses the report lists as problems, in the order Status declares them."""
+TRAINED_STATUSES = tuple(status for status in Status if status.trained)
+"""Statuses whose records ran training: they name the mode that ran and hold curves."""
 
 
 @dataclass
@@ -80,16 +84,7 @@ class Run:
 
     @property
     def ok(self) -> pd.DataFrame:
-        return self.records[self.records["status"] == "ok"]
-
-
-def _status(record: dict) -> str:
-    status = record.get("status")
-    if status in STATUSES:
-        return status
-    if status is None:  # records older than the status field: an error means it failed
-        return "failed" if record.get("error") else "ok"
-    return str(status)
+        return self.records[self.records["status"] == Status.OK]
 
 
 def _variant_labels(frame: pd.DataFrame) -> pd.Series:
@@ -99,7 +94,7 @@ def _variant_labels(frame: pd.DataFrame) -> pd.Series:
     Only modes that actually trained count: a cell skipped before its mode was resolved keeps the
     requested name ('default', or a mode the backend does not have), which is not a mode it ran.
     """
-    real = frame[frame["status"].isin(("ok", "diverged")) & frame["mode"].notna()]
+    real = frame[frame["status"].isin(TRAINED_STATUSES) & frame["mode"].notna()]
     several = {b for b, modes in real.groupby("backend")["mode"].unique().items() if len(modes) > 1}
 
     def label(backend, mode, policy) -> str:
@@ -111,13 +106,13 @@ def _variant_labels(frame: pd.DataFrame) -> pd.Series:
 
 
 def records_frame(records: list[dict]) -> pd.DataFrame:
-    """Records as a frame with every schema column (missing ones empty), numbers as floats.
+    """Current records (as the store's reader gives them) as a frame with every schema column
+    (missing ones empty), numbers as floats.
 
     Adds two derived columns for the report: ``variant`` (backend, plus mode where a backend ran
     several) and the peak memory metric (``PEAK_MEMORY``: device peak where measured, else host RSS).
     """
-    frame = pd.DataFrame.from_records([{**r, "status": _status(r), "schema_version": stored_version(r)}
-                                       for r in records])
+    frame = pd.DataFrame.from_records(records)
     extras = [c for c in frame.columns if c not in SCHEMA]
     frame = frame.reindex(columns=list(SCHEMA) + extras)  # missing fields become empty columns, in one step
     for name in NUMBER_FIELDS:
@@ -127,9 +122,6 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
     for name in FLAG_FIELDS:
         frame[name] = pd.Series([v if isinstance(v, bool) else None for v in frame[name]], index=frame.index, dtype=object)
     frame = frame.copy()  # one block per dtype again after the per-column conversions (pandas' advice)
-    frame["backend"] = frame["backend"].fillna("unknown")
-    frame["augment"] = frame["augment"].fillna("none")  # records from before augmentation existed trained plain
-    frame["semantics_policy"] = frame["semantics_policy"].fillna(HARMONISED)  # older records ran harmonised
     frame["variant"] = _variant_labels(frame)
     frame[PEAK_MEMORY.field] = frame[PEAK_DEVICE_MEMORY.field].fillna(frame[PEAK_HOST_MEMORY.field])
     return frame
@@ -139,7 +131,7 @@ def plain_records(frame: pd.DataFrame) -> pd.DataFrame:
     """The unaugmented records, for the headline and its figures (the augmentation section compares
     the rest with them); all records when nothing ran plain."""
     plain = frame[frame["augment"] == "none"]
-    return plain if (plain["status"] == "ok").any() else frame
+    return plain if (plain["status"] == Status.OK).any() else frame
 
 
 def unconverged(frame: pd.DataFrame) -> pd.Series:
@@ -167,7 +159,7 @@ def curves_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Per-epoch curves in long form: one row per record and epoch (empty when no curves were recorded)."""
     keys = ["variant", *VARIANT_AXES, "cell_id", "repeat", *CONFIG_AXES]
     rows = []
-    for rec in frame[frame["status"].isin(["ok", "diverged"])].to_dict("records"):
+    for rec in frame[frame["status"].isin(TRAINED_STATUSES)].to_dict("records"):
         curves = {name: rec[name] if isinstance(rec[name], list) else [] for name in CURVE_FIELDS}
         for epoch in range(max(len(c) for c in curves.values())):
             row = {k: rec[k] for k in keys} | {"epoch": epoch + 1}
@@ -212,17 +204,12 @@ def load_run(folder: Path) -> Run:
     environment = _read_environment(folder / ENVIRONMENT, notes)
     if skipped:
         notes.append(f"{skipped} incomplete or unreadable line(s) of {RESULTS} were skipped.")
-    newer = Counter(v for v in map(stored_version, records) if v > SCHEMA_VERSION)
-    if newer:
-        notes.append(f"{sum(newer.values())} record(s) were written by a newer record schema "
-                     f"(version {', '.join(map(str, sorted(newer)))}; this reader knows {SCHEMA_VERSION}): "
-                     "fields it does not know are kept in results.csv but not shown.")
     current = latest(records)
     if len(current) < len(records):
         notes.append(f"{len(records) - len(current)} record(s) of cells that were run again (after a failure or "
                      "timeout) are superseded by their latest record and not counted.")
     records = current
-    unknown = Counter(r["status"] for r in records if r.get("status") not in (None, *STATUSES))
+    unknown = Counter(str(r["status"]) for r in records if r.get("status") not in tuple(Status))
     if unknown:
         notes.append("Unknown statuses: " + ", ".join(f"{s} ({n})" for s, n in sorted(unknown.items())) + ".")
     return Run(folder, records_frame(records), environment, skipped, notes)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import pandas as pd
 
+from bench.results.record import Status
 from bench.results.stats import median_interval
 from reports.metrics import METRICS
-from reports.records import CONFIG_AXES, STATUSES, VARIANT_AXES, unconverged
+from reports.records import CONFIG_AXES, VARIANT_AXES, unconverged
 
 CELL_KEYS = ("variant", *VARIANT_AXES, *CONFIG_AXES)
 
@@ -24,7 +25,7 @@ def first_line(text: str | None) -> str | None:
 
 
 def _why(group: pd.DataFrame) -> str | None:
-    problems = group[group["status"] != "ok"]
+    problems = group[group["status"] != Status.OK]
     for text in list(problems["reason"]) + list(problems["error"]):
         line = first_line(text)
         if line:
@@ -34,8 +35,8 @@ def _why(group: pd.DataFrame) -> str | None:
 
 def _status_text(counts: dict[str, int], n: int) -> str:
     """'ok' when every repeat finished, else e.g. 'ok 2, diverged 1'."""
-    if counts.get("ok", 0) == n:
-        return "ok"
+    if counts[Status.OK] == n:
+        return Status.OK.value
     return ", ".join(f"{s} {c}" for s, c in counts.items() if c)
 
 
@@ -43,8 +44,8 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per cell (backend x mode x configuration) with counts, status and metric intervals."""
     rows = []
     for keys, group in frame.groupby(list(CELL_KEYS), dropna=False, sort=True):
-        ok = group[group["status"] == "ok"]
-        counts = {s: int((group["status"] == s).sum()) for s in STATUSES}
+        ok = group[group["status"] == Status.OK]
+        counts = {s: int((group["status"] == s).sum()) for s in Status}
         row = dict(zip(CELL_KEYS, keys))
         row["framework"] = next(iter(group["framework"].dropna()), None)
         row |= {"n_records": len(group)} | {f"n_{s}": c for s, c in counts.items()}

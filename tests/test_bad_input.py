@@ -29,6 +29,7 @@ import backends
 from bench.cli import main
 from bench.errors import BenchError
 from bench.results import store as store_module
+from bench.results.record import SCHEMA_VERSION
 from bench.results.store import RunStore, read_records
 from reports import build_report
 from reports.escape import csv_cell, plain
@@ -60,6 +61,9 @@ def _toml(text: str, message: str) -> Case:
 
 OTHER_RUN = {"other/results.jsonl": json.dumps({"cell_id": "torch|resnet|elsewhere", "repeat": 0, "status": "ok",
                                                 "backend": "torch", "model": "resnet"}) + "\n"}
+NEWER_RUN = {"newer/results.jsonl": json.dumps({"cell_id": "a", "repeat": 0, "status": "ok", "backend": "torch"}) + "\n"
+             + json.dumps({"schema_version": SCHEMA_VERSION + 1, "cell_id": "b", "repeat": 0, "status": "ok"}) + "\n"}
+NEWER_MESSAGE = f"newer/results.jsonl, line 2: a record was written by record schema version {SCHEMA_VERSION + 1}"
 
 CASES = {
     # names, each with what is valid and, for a typo, the likely intent
@@ -161,6 +165,8 @@ CASES = {
     # the other subcommands
     "report of no folder": Case("report {tmp}/none", "does not exist"),
     "compare with nothing in common": Case("compare {tmp}/other {run} --fail-on 0.05", "share no cell", OTHER_RUN),
+    "report of a newer record schema": Case("report {tmp}/newer", NEWER_MESSAGE, NEWER_RUN),
+    "compare with a newer record schema": Case("compare {run} {tmp}/newer", NEWER_MESSAGE, NEWER_RUN),
     "parity unknown model": Case("parity --models nosuch", "--models: unknown value 'nosuch'; valid: mlp, mlp_bn, mlp_dropout, cnn, all"),
     "parity unknown backend": Case("parity --backend nosuch", "unknown backend 'nosuch'"),
 }

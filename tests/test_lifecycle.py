@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +24,7 @@ from bench.cli import main
 from bench.errors import BenchError
 from bench.measure.load import usable_cores
 from bench.results.store import RunStore, write_atomic
+from bench.run import code_identity
 from bench.run.executors import local as executor
 from bench.run.executors import ray as ray_executor
 from bench.run.executors.local import WorkerSettings, run_sweep
@@ -193,6 +196,47 @@ def test_the_report_counts_the_latest_record_of_a_cell_that_was_run_again(tmp_pa
     assert store.finished() == {("torch|mlp", 0)}
     run = load_run(tmp_path)
     assert list(run.records["status"]) == ["ok"] and "superseded" in " ".join(run.notes)
+
+
+def _copy_of_the_suite(tmp_path: Path) -> Path:
+    """The source tree copied to edit (the real tree is never changed); not a git checkout."""
+    tree = tmp_path / "tree"
+    for name in ("bench", "backends", "reports"):
+        shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tree)
+    return tree
+
+
+def test_a_resume_after_the_measuring_code_changed_exits_2_naming_the_change(tmp_path):
+    tree, out = _copy_of_the_suite(tmp_path), tmp_path / "run"
+
+    def bench_in_copy(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "bench", "run", *args], capture_output=True, text=True,
+                              cwd=tree, timeout=300)
+
+    first = bench_in_copy("--backend", "numpy", "--models", "mlp", "--optimizers", "sgd", "--activations", "relu",
+                          "--epochs", "1", "--train-size", "256", "--no-report", "--out", str(out))
+    assert first.returncode == 0, first.stderr
+    code = json.loads((out / "run.json").read_text())["code"]
+    assert code == {"hash": code_identity.code_hash(), "commit": None}  # content only: not the folder, not __pycache__
+    assert {(r["code_hash"], r["code_commit"]) for r in map(json.loads, lines(out))} == {(code["hash"], None)}
+
+    recorded = json.loads((out / "run.json").read_text())
+    write_atomic(out / "run.json", json.dumps({k: v for k, v in recorded.items() if k != "code"}))
+    unknown = bench_in_copy("--resume", str(out))  # a folder from before code identities: resumes, with a note
+    assert unknown.returncode == 0, unknown.stderr
+    assert "recorded before runs kept a code identity" in " ".join(unknown.stdout.split())
+
+    with open(tree / "backends" / "numpy_backend.py", "a", encoding="utf-8") as handle:
+        handle.write("\n# an edit to an adapter\n")
+    before = lines(out)
+    refused = bench_in_copy("--resume", str(out))
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    changed = re.search(rf"the measuring code changed since {re.escape(str(out))} was recorded "
+                        rf"\(code hash {code['hash']} -> ([0-9a-f]{{16}})", refused.stderr)
+    assert changed and changed[1] != code["hash"], refused.stderr
+    assert "new --out" in refused.stderr and "Traceback" not in refused.stderr
+    assert lines(out) == before
 
 
 def test_an_artifact_that_cannot_be_written_leaves_the_previous_one(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
-"""The record schema has one owner: every writer's records validate against it, readers tolerate
-old and newer records, and the reports and the suite's rules derive from the declarations."""
+"""The record schema has one owner: every writer's records validate against it, the store's reader
+upgrades old records and refuses newer ones, and the reports, the resume rule and the suite's rules
+derive from the declarations (fields, statuses)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,27 @@ import pandas as pd
 import pytest
 
 import backends
+from bench.errors import BenchError
 from bench.measure.harness import run_cell
-from bench.results.record import FIELD_KINDS, FIELDS, LEGACY_SCHEMA_VERSION, SCHEMA_VERSION, ResultRecord
+from bench.results.record import FIELD_KINDS, FIELDS, SCHEMA_VERSION, ResultRecord, Status
 from bench.results.store import RunStore, read_records
+from bench.results.upgrades import ABSENT_MEANS, LEGACY_SCHEMA_VERSION, STEPS, NewerRecord, upgrade
 from bench.run.executors.local import WorkerSettings, run_sweep
 from bench.spec.cell import Cell
 from bench.spec.model import SEED_MODELS
 from bench.spec.train import TrainSpec, training_rules
 from reports import build_report
 from reports.metrics import METRICS
-from reports.records import DERIVED_FIELDS, FLAG_FIELDS, NESTED_FIELDS, NUMBER_FIELDS, SCHEMA, TEXT_FIELDS, load_run
+from reports.records import (
+    DERIVED_FIELDS,
+    FLAG_FIELDS,
+    NESTED_FIELDS,
+    NUMBER_FIELDS,
+    PROBLEM_STATUSES,
+    SCHEMA,
+    TEXT_FIELDS,
+    load_run,
+)
 from tests.conftest import loaded_backend
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +54,7 @@ def _stored(records: list[ResultRecord], folder: Path) -> list[dict]:
 def _assert_valid_current(stored: dict) -> None:
     assert stored["schema_version"] == SCHEMA_VERSION
     assert set(stored) <= set(FIELDS), set(stored) - set(FIELDS)
-    record = ResultRecord.read(stored)
+    record = ResultRecord.model_validate(stored)
     assert record.schema_version == SCHEMA_VERSION and not record.model_extra
 
 
@@ -95,31 +107,61 @@ def test_writing_an_undeclared_field_or_no_status_is_refused():
         ResultRecord.build(cell_id="a", repeat=0, backend="torch")
 
 
-def test_reading_keeps_unknown_fields_and_fills_missing_ones():
-    newer = ResultRecord.read({"schema_version": 3, "cell_id": "a", "status": "ok", "energy_joules": 12.5})
-    assert newer.schema_version == 3 and newer.model_extra == {"energy_joules": 12.5}
-    old = ResultRecord.read({"backend": "torch", "train_samples_per_s": 100.0})
-    assert old.schema_version == LEGACY_SCHEMA_VERSION and old.test_accuracy is None and old.status is None
+def test_reading_upgrades_old_records_keeps_unknown_fields_and_fills_missing_ones():
+    oldest = upgrade({"backend": "torch", "train_samples_per_s": 100.0, "energy_joules": 12.5})
+    assert oldest["schema_version"] == LEGACY_SCHEMA_VERSION  # the version it was written with, as results.csv says
+    assert oldest["status"] == "ok" and upgrade({"error": "RuntimeError: boom"})["status"] == "failed"
+    assert upgrade({})["backend"] == "unknown"
+    assert {name: oldest[name] for name in ABSENT_MEANS} == {"augment": "none", "semantics_policy": "harmonised"}
+    assert upgrade(oldest) == oldest  # a step applied twice changes nothing
+    record = ResultRecord.model_validate(oldest)
+    assert record.test_accuracy is None and record.model_extra == {"energy_joules": 12.5}
+    current = {"schema_version": SCHEMA_VERSION, "cell_id": "a", "repeat": 0, "backend": "tf", "status": "failed",
+               "augment": "hflip", "semantics_policy": "native"}
+    assert upgrade(current) == current
 
 
-def test_a_report_keeps_and_notes_fields_of_a_newer_schema(tmp_path):
+def test_every_older_version_has_one_upgrade_step():
+    assert set(STEPS) == set(range(LEGACY_SCHEMA_VERSION, SCHEMA_VERSION))
+
+
+def test_a_record_of_a_newer_schema_is_refused_not_misread(tmp_path):
+    with pytest.raises(NewerRecord, match=f"record schema version {SCHEMA_VERSION + 1}, and this bench reads "
+                                          f"versions up to {SCHEMA_VERSION}"):
+        upgrade({"schema_version": SCHEMA_VERSION + 1, "cell_id": "a", "status": "ok"})
     folder = tmp_path / "run"
     shutil.copytree(V1_RUN, folder)
     with open(folder / "results.jsonl", "a", encoding="utf-8") as handle:
         newest = json.loads((V1_RUN / "results.jsonl").read_text().splitlines()[0])
         handle.write(json.dumps(newest | {"schema_version": SCHEMA_VERSION + 1, "energy_joules": 3.5}) + "\n")
-    result = build_report(folder)
-    table = pd.read_csv(result.results_csv)
-    assert table["energy_joules"].dropna().tolist() == [3.5]
-    assert f"written by a newer record schema (version {SCHEMA_VERSION + 1}" in result.html.read_text(encoding="utf-8")
+    with pytest.raises(BenchError, match=r"results.jsonl, line 9: a record was written by record schema version"):
+        build_report(folder)
+    with pytest.raises(BenchError, match="line 9"):
+        RunStore(folder).finished()  # nor does a resume count it as done
+    assert not (folder / "results.csv").exists()
+
+
+def test_the_status_flags_decide_resume_exit_code_and_problems(tmp_path):
+    """One declaration: a resume reruns exactly the statuses that are not final, the reports list every
+    status but ok as a problem, and curves and modes come from the statuses that trained."""
+    assert [s for s in Status if not s.final] == ["failed", "timeout"]
+    assert PROBLEM_STATUSES == ("skipped", "failed", "diverged", "timeout")
+    assert [s for s in Status if s.trained] == ["ok", "diverged"]
+    store = RunStore(tmp_path)
+    for status in Status:
+        store.append({"cell_id": status.value, "repeat": 0, "backend": "numpy", "status": status.value})
+    assert store.finished() == {(s.value, 0) for s in Status if s.final}
+    stored = json.loads(store.results.read_text().splitlines()[0])
+    assert type(stored["status"]) is str and type(load_run(tmp_path).records["status"].iloc[0]) is str
 
 
 def test_a_run_written_before_the_schema_version_still_reports(tmp_path):
     folder = tmp_path / "run_v1"
     shutil.copytree(V1_RUN, folder)
+    raw = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
+    assert all("schema_version" not in r for r in raw)
     stored, skipped = read_records(folder / "results.jsonl")
-    assert skipped == 0 and all("schema_version" not in r for r in stored)
-    assert {ResultRecord.read(r).schema_version for r in stored} == {LEGACY_SCHEMA_VERSION}
+    assert skipped == 0 and {ResultRecord.model_validate(r).schema_version for r in stored} == {LEGACY_SCHEMA_VERSION}
     done = subprocess.run([sys.executable, "-m", "bench", "report", str(folder)], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -380,6 +380,25 @@ def test_compare_flags_a_cell_that_stopped_finishing(tmp_path):
     assert list(result.regressions["verdict"]) == ["stopped finishing"]
 
 
+def test_compare_of_runs_from_different_code_says_so_and_still_compares(tmp_path, capsys):
+    def run(name: str, code_hash: str | None, commit: str | None, seed: int) -> Path:
+        identity = {"code_hash": code_hash, "code_commit": commit} if code_hash else {}
+        return write_run(tmp_path / name, [r | identity for r in make_records(seed=seed)])
+
+    old, new = run("old", "aaaa111122223333", "c0ffee", 1), run("new", "bbbb444455556666", "c0ffee-dirty", 2)
+    parser = argparse.ArgumentParser()
+    add_compare_arguments(parser)
+    assert main_compare(parser.parse_args([str(old), str(new), "--out", str(tmp_path / "out")])) == 0
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert (f"different code: A ({RUN_NAME}) ran code hash aaaa111122223333 (commit c0ffee); "
+            f"B ({RUN_NAME}) ran code hash bbbb444455556666 (commit c0ffee-dirty)") in out
+    assert "different code" in (tmp_path / "out" / "compare.md").read_text()
+    assert len(pd.read_csv(tmp_path / "out" / "compare.csv")) > 50  # compared all the same
+    same = compare_runs(old, run("again", "aaaa111122223333", "d00d", 3))
+    unknown = compare_runs(old, run("before", None, None, 3))  # records from before code identities: nothing to say
+    assert same.code_note is None and unknown.code_note is None
+
+
 def _chromium() -> str | None:
     return next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 

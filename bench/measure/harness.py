@@ -43,7 +43,7 @@ from bench.measure.memory import SAMPLE_SECONDS, PeakRssSampler
 from bench.measure.throughput import Windows
 from bench.measure.verdicts import Diverged, check_losses, convergence
 from bench.results.phases import PHASES
-from bench.results.record import ResultRecord
+from bench.results.record import ResultRecord, Status
 from bench.results.stats import percentiles
 from bench.spec.augment import EpochAugment
 from bench.spec.cell import Cell, hyperparameters
@@ -175,7 +175,7 @@ def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | N
     """
     data = data.head(*cell.sizes)
     record = data.describe() | {
-        "framework": backend.framework, "status": "ok", "reason": None, "error": None,
+        "framework": backend.framework, "status": Status.OK, "reason": None, "error": None,
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"), "timing_method": TIMING_METHOD,
     }
     began = time.perf_counter()
@@ -244,11 +244,11 @@ def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | N
             f"host: psutil RSS sampled every {SAMPLE_SECONDS * 1e3:g} ms; device: {memory.method}"
         )
     except Diverged as exc:
-        record |= {"status": "diverged", "reason": str(exc)}
+        record |= {"status": Status.DIVERGED, "reason": str(exc)}
     except (Unsupported, BenchError) as exc:
-        record |= {"status": "skipped", "reason": str(exc)}
+        record |= {"status": Status.SKIPPED, "reason": str(exc)}
     except Exception as exc:  # a backend bug must not stop the sweep: record it and go on
-        record |= {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        record |= {"status": Status.FAILED, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
     record |= clock.record()
     record["duration_seconds"] = time.perf_counter() - began
     return ResultRecord.for_cell(cell, **record)

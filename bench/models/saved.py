@@ -35,6 +35,7 @@ from safetensors import SafetensorError
 
 from backends.base import Backend
 from bench.errors import SavedModelError
+from bench.results.record import Status
 from bench.spec.model import ModelSpec
 from bench.spec.shapes import ParamSpec, param_specs
 from bench.spec.train import TrainSpec
@@ -239,5 +240,5 @@ def save_trained_model(backend: Backend, record: dict, model: ModelSpec, train: 
         save_neutral(folder, model, train, tuple(record["input_shape"]), record["num_classes"],
                      backend.get_weights(), source, native_file=native.name)
     except OSError as exc:
-        return {"status": "failed", "error": f"saving the model to {folder} failed: {exc.strerror or exc}"}
+        return {"status": Status.FAILED, "error": f"saving the model to {folder} failed: {exc.strerror or exc}"}
     return {"model_path": relative.as_posix()}

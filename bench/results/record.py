@@ -2,34 +2,58 @@
 
 Every writer (the harness, the executor's failure and skip paths, the CLI's refused models) builds
 its records here, so a field is named, typed and described once; ``reports/`` derives its columns
-from the same declaration. Records carry ``schema_version`` (like asv's ``api_version``): records
-written before it existed count as version 1. Writing is strict (an undeclared field is a bug in
-the writer); reading is tolerant (old records miss fields, which read as None; newer records may
-hold fields this version does not know, which are kept as extras).
+from the same declaration. Records carry ``schema_version`` (like asv's ``api_version``), and
+bench/results/upgrades.py, beside this schema, turns a stored record of any earlier version into a
+current one, so no reader knows history. Writing is strict (an undeclared field is a bug in the
+writer); reading is tolerant (old records miss fields, which read as None; fields this version does
+not know, such as a record's hand-added notes, are kept as extras).
 
 To add a field: declare it below with a type and a one-line description, set it where the value is
 measured, and bump ``SCHEMA_VERSION`` only when an existing field changes meaning or type (adding
-an optional field keeps old records valid, so it needs no bump). A metric the reports show also
-gets one row in ``reports/metrics.py``.
+an optional field keeps old records valid, so it needs no bump; where its absence in older records
+means a value, say so in upgrades.py's ``ABSENT_MEANS``). A bump also adds the step from the old
+version to upgrades.py's ``STEPS``. A metric the reports show also gets one row in ``reports/metrics.py``.
 """
 
 from __future__ import annotations
 
 import types
 import typing
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from bench.spec.cell import Cell
 
 SCHEMA_VERSION = 2
-"""Version written into every new record."""
-LEGACY_SCHEMA_VERSION = 1
-"""What a record without ``schema_version`` is: written before records were versioned."""
+"""Version written into every new record (bench/results/upgrades.py reads the older ones)."""
 
-Status = Literal["ok", "skipped", "failed", "diverged", "timeout"]
-STATUSES: tuple[str, ...] = typing.get_args(Status)
+
+class Status(StrEnum):
+    """How a cell's repeat ended: the one declaration of the statuses and of what each one means.
+
+    ``final``: the cell is done, so a resume keeps its record and does not run it again (failed and
+    timed-out cells are tried again). ``problem``: the reports list it among the cells that did not
+    finish well. ``trained``: training ran (to the end, or until it diverged), so the record holds
+    the mode that ran and its curves. Members are ``str``, so results.jsonl and the reports' frames
+    hold the plain values ("ok", ...) and compare equal to them.
+    """
+
+    #           value       final  problem  trained
+    OK =        "ok",       True,  False,   True
+    SKIPPED =   "skipped",  True,  True,    False
+    FAILED =    "failed",   False, True,    False
+    DIVERGED =  "diverged", True,  True,    True
+    TIMEOUT =   "timeout",  False, True,    False
+
+    def __new__(cls, value: str, final: bool, problem: bool, trained: bool) -> Status:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.final, member.problem, member.trained = final, problem, trained
+        return member
+
+
 WRITE_REQUIRED = ("cell_id", "repeat", "backend", "status")
 """Fields no new record may lack: they say which cell a record is about and how it ended."""
 
@@ -54,10 +78,15 @@ class ResultRecord(BaseModel):
     run_id: str | None = _field("Name of the run (its folder's name)")
     cell_id: str | None = _field("The cell: backend, model and training axes joined by '|' (bench/measure/harness.py Cell)")
     repeat: int | None = _field("Repeat index; repeat r trains from seed + r")
-    status: Status | None = _field("ok, skipped (see reason), failed (see error), diverged or timeout")
+    status: Status | None = _field("How the cell ended (Status); reason says why it was skipped, diverged or timed "
+                                   "out, error why it failed")
     reason: str | None = _field("Why the cell was skipped, diverged or timed out")
     error: str | None = _field("The exception that failed the cell, as 'Type: message'")
     traceback: str | None = _field("Full traceback of a failed cell")
+    code_hash: str | None = _field("Hash of the measuring code that ran the cell (bench/run/code_identity.py); "
+                                   "a resume refuses other code")
+    code_commit: str | None = _field("Git commit of the suite's checkout, '-dirty' when its tree had uncommitted "
+                                     "or untracked changes (None outside a checkout)")
 
     # configuration (bench/measure/harness.py Cell.config)
     backend: str | None = _field("Suite backend name: torch, tf, jax or numpy")
@@ -200,12 +229,7 @@ class ResultRecord(BaseModel):
     def refused(cls, backend: str, model: str, dataset: str, reason: str) -> ResultRecord:
         """The one record of a model left out of a sweep because it cannot fit the data."""
         return cls.build(cell_id=Cell.refused_id(backend, model), repeat=0, backend=backend, model=model,
-                         dataset=dataset, status="skipped", reason=reason)
-
-    @classmethod
-    def read(cls, stored: dict) -> ResultRecord:
-        """A stored record of any version: missing fields read as None, unknown ones are kept as extras."""
-        return cls.model_validate({"schema_version": stored_version(stored)} | stored)
+                         dataset=dataset, status=Status.SKIPPED, reason=reason)
 
     def with_fields(self, **fields: Any) -> ResultRecord:
         """This record with more fields set (the worker's facts, the run id), validated again."""
@@ -214,12 +238,6 @@ class ResultRecord(BaseModel):
     def to_json_dict(self) -> dict[str, Any]:
         """The fields its writer set (and the version), in schema order, as JSON-ready values."""
         return self.model_dump(mode="json", exclude_unset=True) | {"schema_version": self.schema_version}
-
-
-def stored_version(stored: dict) -> int:
-    """The schema version of a stored record (1 for records written before versions existed)."""
-    version = stored.get("schema_version")
-    return version if isinstance(version, int) else LEGACY_SCHEMA_VERSION
 
 
 def _kind(annotation: Any) -> str:
@@ -233,7 +251,7 @@ def _kind(annotation: Any) -> str:
         return "flag"
     if origin in (int, float):
         return "number"
-    if origin in (str, Literal):
+    if isinstance(origin, type) and issubclass(origin, str):  # str, and Status
         return "text"
     raise TypeError(f"record field type {annotation!r} is not text, a number, a list or a dict")
 

@@ -3,8 +3,9 @@
 Each record is appended and flushed to disk (fsync) the moment its cell ends, so a crash loses
 nothing finished and a rerun into the same folder resumes where it stopped. Reading parses JSON
 line by line and never unpickles; a truncated last line (a crash mid-write) is skipped and counted.
-A cell that failed or timed out is run again by a resume and recorded again: the latest record of
-each ``(cell_id, repeat)`` is the one that counts (``latest``). Every other file of the folder is
+Every record is read as a current one (bench/results/upgrades.py), so no reader knows older schemas.
+A cell whose status is not final (failed, timed out) is run again by a resume and recorded again:
+the latest record of each ``(cell_id, repeat)`` is the one that counts (``latest``). Every other file of the folder is
 written whole to a temporary name and renamed (``write_atomic``), so a crash or a full disk leaves
 the previous version in place, never a truncated one.
 """
@@ -17,12 +18,14 @@ import os
 from pathlib import Path
 
 from bench.errors import BenchError
+from bench.results.record import Status
+from bench.results.upgrades import NewerRecord, upgrade
 
 RESULTS = "results.jsonl"
 ENVIRONMENT = "environment.json"
 RUN = "run.json"
-FINISHED = ("ok", "skipped", "diverged")
-"""Statuses a rerun keeps; failed and timed-out cells are tried again."""
+FINAL = tuple(status for status in Status if status.final)
+"""Statuses a resume keeps: it does not run those cells again."""
 
 
 def _clean(value):
@@ -37,14 +40,15 @@ def _clean(value):
 
 
 def read_records(path: Path) -> tuple[list[dict], int]:
-    """The JSON objects of a results.jsonl and the number of lines skipped as unreadable.
+    """The records of a results.jsonl, upgraded to the current schema, and the number of lines skipped as unreadable.
 
     Lines are decoded one at a time from bytes, so a crash that cut a line inside a multi-byte
-    character costs that line only, like any other truncated line.
+    character costs that line only, like any other truncated line. A record of a newer schema than
+    this code reads is a BenchError naming the line: reading it as a current record would misread it.
     """
     records, skipped = [], 0
     with open(path, "rb") as handle:
-        for raw in handle:
+        for number, raw in enumerate(handle, start=1):
             if not raw.strip():
                 continue
             try:
@@ -52,10 +56,13 @@ def read_records(path: Path) -> tuple[list[dict], int]:
             except (UnicodeDecodeError, json.JSONDecodeError):
                 skipped += 1
                 continue
-            if isinstance(record, dict):
-                records.append(record)
-            else:
+            if not isinstance(record, dict):
                 skipped += 1
+                continue
+            try:
+                records.append(upgrade(record))
+            except NewerRecord as exc:
+                raise NewerRecord(f"{path}, line {number}: {exc}") from None
     return records, skipped
 
 
@@ -121,11 +128,11 @@ class RunStore:
         self.results = self.folder / RESULTS
 
     def finished(self) -> set[tuple[str, int]]:
-        """(cell_id, repeat) pairs whose latest record has a final status: a rerun skips them."""
+        """(cell_id, repeat) pairs whose latest record has a final status (Status.final): a rerun skips them."""
         if not self.results.exists():
             return set()
         records, _ = read_records(self.results)
-        return {(r.get("cell_id"), r.get("repeat")) for r in latest(records) if r.get("status") in FINISHED}
+        return {(r.get("cell_id"), r.get("repeat")) for r in latest(records) if r.get("status") in FINAL}
 
     def has_records(self) -> bool:
         return self.results.exists() and self.results.stat().st_size > 0

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench.results.record import ResultRecord
 from bench.results.store import RunStore
-from bench.run import environment, executors, fingerprint, grid
+from bench.run import code_identity, environment, executors, fingerprint, grid
 from bench.run.executors.local import WorkerSettings
 from bench.run.executors.process import worker_cpu_set
 from bench.run.fairness import fairness_rules
@@ -85,23 +85,26 @@ def main_run(args: argparse.Namespace) -> int:
     threads = len(cpu_set)
     executors.check(args)
     identity = fingerprint.describe(sweep, backend_names, data, threads, args.device)
+    code = code_identity.current()
     store = RunStore(out)
     command = " ".join(["python -m bench"] + args.argv)
     with RunLock(out, command) as lock:
-        fingerprint.check(store, identity)  # before anything is written: a refused rerun changes nothing
+        note = fingerprint.check(store, identity, code)  # before anything is written: a refused rerun changes nothing
+        if note:
+            console.print(note, markup=False)
         if lock.previous.get("pid"):
             console.print(f"took over {out} from a driver that is gone (pid {lock.previous['pid']}); "
                           f"stopped {lock.stopped_leftovers} leftover worker(s)")
-        fingerprint.record(store, identity, args)
+        fingerprint.record(store, identity, code, args)
         env = environment.capture(args.argv, threads, list(cpu_set), _settings(sweep, backend_names), fairness_rules())
         store.write_environment(env | {"executor": args.executor, "fingerprint": fingerprint.digest(identity)})
-        return _sweep(args, sweep, backend_names, data, models, refused, store, lock,
+        return _sweep(args, sweep, backend_names, data, models, refused, store, lock, code,
                       WorkerSettings(threads, cpu_set, args.device, sweep.data_dir, sweep.val_split,
                                      sweep.train_size, sweep.test_size, env["matmul_peak_gflops"],
                                      save_models_in=str(out) if args.save else None))
 
 
-def _sweep(args, sweep, backend_names, data, models, refused, store: RunStore, lock: RunLock,
+def _sweep(args, sweep, backend_names, data, models, refused, store: RunStore, lock: RunLock, code: code_identity.CodeIdentity,
            settings: WorkerSettings) -> int:
     """Run what is left of the sweep, then print the summary and write the report (also after Ctrl-C)."""
     out = store.folder
@@ -111,7 +114,7 @@ def _sweep(args, sweep, backend_names, data, models, refused, store: RunStore, l
     counts: dict[str, int] = {}
 
     def sink(record: ResultRecord) -> None:
-        store.append(record.with_fields(run_id=run_id).to_json_dict())
+        store.append(record.with_fields(run_id=run_id, **code.record_fields()).to_json_dict())
         counts[record.status] = counts.get(record.status, 0) + 1
 
     for name, reason in refused.items():
@@ -152,7 +155,7 @@ def _sweep(args, sweep, backend_names, data, models, refused, store: RunStore, l
             _write_report(out, args.baseline)
     if interrupted is not None:
         return 128 + getattr(interrupted, "signum", signal.SIGINT)
-    return 1 if counts.get("failed") or counts.get("timeout") else 0
+    return 1 if any(not status.final for status in counts) else 0  # a cell a resume would run again
 
 
 def _settings(sweep: grid.Sweep, backend_names: list[str]) -> dict:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.run import code_identity
+
 RESULT_PACKAGES = ("numpy", "torch", "tensorflow", "tensorflow-cpu", "keras", "jax", "jaxlib", "flax", "optax")
 """Packages whose version can change a measured result (part of the run fingerprint)."""
 PACKAGES = RESULT_PACKAGES + ("pandas", "matplotlib", "scipy", "pydantic")
@@ -41,14 +43,6 @@ def _gpu() -> str | None:
             capture_output=True, text=True, timeout=20, check=True,
         ).stdout.strip()
         return out or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                              check=True, cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -88,7 +82,7 @@ def capture(argv: list[str], threads: int, cpu_set: list[int], settings: dict, f
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join(["python -m bench"] + argv),
         "argv": argv,
-        "git_commit": _git_commit(),
+        "git_commit": code_identity.commit(),
         "os": platform.platform(),
         "cpu": _cpu_name(),
         "cores": os.cpu_count(),

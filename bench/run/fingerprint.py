@@ -7,6 +7,13 @@ fingerprint closes that: a run into a folder whose fingerprint differs is refuse
 is written, with the settings that differ. Only ``repeats`` may grow (more samples of the same
 cells); where the run executes (``--executor``, ``--out``, timeouts, report options) is not part of it.
 
+The settings leave out the code that measures them, so ``run.json`` also keeps the run's code
+identity (bench/run/code_identity.py), beside the fingerprint rather than inside it: a resume
+after the measuring code changed is refused with its own message (``CodeChanged``), and a folder
+recorded before code identities existed keeps its fingerprint and resumes, with a note that its
+earlier records' code is unknown. ``suite_version`` (the package version, rarely bumped) stays in
+the settings so those folders' fingerprints still match.
+
 ``run.json`` also keeps the run's command-line arguments, so ``bench run --resume RUN_DIR``
 continues with the recorded settings.
 """
@@ -24,6 +31,7 @@ from pathlib import Path
 from bench.errors import BenchError
 from bench.results.store import RunStore, read_run
 from bench.run import environment
+from bench.run.code_identity import CodeIdentity
 from bench.run.grid import Sweep
 from bench.spec.data import Dataset
 from bench.spec.train import DEFAULT_LEARNING_RATES, TrainSpec
@@ -39,6 +47,10 @@ PATH_ARGS = {"config", "data_dir"}
 
 class FingerprintMismatch(BenchError):
     """The run folder was recorded with other settings."""
+
+
+class CodeChanged(BenchError):
+    """The run folder was recorded by other measuring code."""
 
 
 def _suite_version() -> str:
@@ -103,30 +115,48 @@ def differences(recorded: dict, current: dict) -> list[str]:
     return [f"{k}: {_short(old.get(k, _ABSENT))} -> {_short(new.get(k, _ABSENT))}" for k in keys]
 
 
-def check(store: RunStore, settings: dict) -> None:
-    """Refuse (FingerprintMismatch, exit 2) a folder recorded with other settings; nothing is written."""
+def check(store: RunStore, settings: dict, code: CodeIdentity) -> str | None:
+    """Refuse a folder recorded with other settings (FingerprintMismatch) or by other measuring code
+    (CodeChanged), both exit 2 with nothing written; a note to print where the recorded code is unknown."""
     recorded = store.read_run()
     if recorded is None:
         if store.has_records():
             raise FingerprintMismatch(
                 f"run folder {store.folder} has results but no run.json (written by an older bench), so its "
                 "settings cannot be checked; choose another --out")
-        return
-    if recorded.get("fingerprint") == digest(settings):
-        return
-    changed = differences(recorded.get("settings", {}), settings)
-    raise FingerprintMismatch(
-        f"run folder {store.folder} was recorded with other settings ({'; '.join(changed) or 'fingerprint differs'}); "
-        f"resume it as recorded with `python -m bench run --resume {store.folder}`, or choose another --out")
+        return None
+    if recorded.get("fingerprint") != digest(settings):
+        changed = differences(recorded.get("settings", {}), settings)
+        raise FingerprintMismatch(
+            f"run folder {store.folder} was recorded with other settings ({'; '.join(changed) or 'fingerprint differs'}); "
+            f"resume it as recorded with `python -m bench run --resume {store.folder}`, or choose another --out")
+    if not store.has_records():
+        return None  # nothing measured yet: no two versions of the code to pool
+    return _check_code(store.folder, recorded.get("code"), code)
 
 
-def record(store: RunStore, settings: dict, args: argparse.Namespace) -> None:
-    """Write run.json: the fingerprint, its settings and the arguments ``--resume`` reuses."""
+def _check_code(folder: Path, recorded: object, code: CodeIdentity) -> str | None:
+    if not isinstance(recorded, dict) or not recorded.get("hash"):
+        return (f"note: {folder} was recorded before runs kept a code identity, so its earlier records may come "
+                f"from other code; resuming with code hash {code.hash}")
+    if recorded["hash"] == code.hash:
+        return None
+    commits = f", commit {recorded.get('commit') or 'unknown'} -> {code.commit or 'unknown'}"
+    raise CodeChanged(
+        f"the measuring code changed since {folder} was recorded (code hash {recorded['hash']} -> {code.hash}"
+        f"{commits}: files under backends/ or bench/'s measuring modules differ), so resuming would pool two "
+        "versions of the code; run the same flags into a new --out (and `bench compare` the two), or restore the "
+        "recorded code to resume")
+
+
+def record(store: RunStore, settings: dict, code: CodeIdentity, args: argparse.Namespace) -> None:
+    """Write run.json: the fingerprint, its settings, the code identity and the arguments ``--resume`` reuses."""
     earlier = store.read_run() or {}
     recorded_args = {k: str(Path(v).resolve()) if k in PATH_ARGS and v else v
                      for k, v in vars(args).items() if k not in NOT_RECORDED_ARGS}
     store.write_run({
         "fingerprint": digest(settings),
+        "code": code.as_dict(),
         "created": earlier.get("created") or datetime.now(UTC).isoformat(timespec="seconds"),
         "arguments": recorded_args,
         "settings": settings,

@@ -29,7 +29,7 @@ from bench.errors import BenchError
 from bench.measure.harness import run_cell
 from bench.measure.load import usable_cores
 from bench.models.saved import save_trained_model
-from bench.results.record import ResultRecord
+from bench.results.record import ResultRecord, Status
 from bench.run.executors.process import STARTUP_TIMEOUT, Kind, Message, Worker, WorkerWatch
 from bench.spec.cell import Cell
 from bench.spec.data import load_dataset
@@ -88,12 +88,12 @@ def _worker_main(conn, backend_name: str, settings: WorkerSettings) -> None:
                 )
             conn.send(Message(Kind.STARTED))  # the cell's clock starts here, after the data is in memory
             record = run_cell(backend, cell, datasets[cell.dataset], settings.peak_gflops)
-            if settings.save_models_in and record.status == "ok":  # after evaluation, off the clock
+            if settings.save_models_in and record.status == Status.OK:  # after evaluation, off the clock
                 model = cell.model.resolve(cell.train.activation)
                 saved = save_trained_model(backend, record.to_json_dict() | facts, model, cell.train, Path(settings.save_models_in))
                 record = record.with_fields(**saved)
         except Exception as exc:
-            record = ResultRecord.for_cell(cell, status="failed", error=f"{type(exc).__name__}: {exc}",
+            record = ResultRecord.for_cell(cell, status=Status.FAILED, error=f"{type(exc).__name__}: {exc}",
                                            traceback=traceback.format_exc())
         conn.send(Message(Kind.ANSWER, record.with_fields(**facts)))
 
@@ -114,10 +114,10 @@ class CellWorker(Worker):
             message = self.receive(timeout)
         if message.kind is Kind.ANSWER:
             return message.payload, True
-        status = "timeout" if message.kind is Kind.TIMEOUT else "failed"  # CRASHED or TIMEOUT: the worker is stopped
+        status = Status.TIMEOUT if message.kind is Kind.TIMEOUT else Status.FAILED  # CRASHED or TIMEOUT: the worker is stopped
         record = ResultRecord.for_cell(cell, **self.facts, status=status,
-                                       error=message.payload if status == "failed" else None,
-                                       reason=message.payload if status == "timeout" else None)
+                                       error=message.payload if status == Status.FAILED else None,
+                                       reason=message.payload if status == Status.TIMEOUT else None)
         return record, False
 
 
@@ -130,7 +130,7 @@ def start_worker(backend: str, settings: WorkerSettings, watch: WorkerWatch | No
     """
     reason = backends.unavailable_reason(backend)
     if reason is not None:
-        return None, {"status": "skipped", "reason": reason}
+        return None, {"status": Status.SKIPPED, "reason": reason}
     deaths = []
     for _ in range(STARTUP_ATTEMPTS):
         worker = CellWorker(backend, settings, watch)
@@ -138,11 +138,11 @@ def start_worker(backend: str, settings: WorkerSettings, watch: WorkerWatch | No
         if message.kind is Kind.READY:
             return worker, {}
         if message.kind is Kind.UNAVAILABLE:
-            return None, {"status": "skipped", "reason": message.payload}
+            return None, {"status": Status.SKIPPED, "reason": message.payload}
         if message.kind is Kind.ERROR:
-            return None, {"status": "failed", "error": f"worker could not set up {backend}: {message.payload}"}
+            return None, {"status": Status.FAILED, "error": f"worker could not set up {backend}: {message.payload}"}
         deaths.append(str(message.payload))  # CRASHED or TIMEOUT: try a fresh one
-    return None, {"status": "failed", "error": f"worker did not start in {STARTUP_ATTEMPTS} attempts: {'; '.join(deaths)}"}
+    return None, {"status": Status.FAILED, "error": f"worker did not start in {STARTUP_ATTEMPTS} attempts: {'; '.join(deaths)}"}
 
 
 def run_sweep(

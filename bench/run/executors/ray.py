@@ -37,7 +37,7 @@ from pathlib import Path
 import bench
 from bench.errors import BenchError
 from bench.measure.load import usable_cores
-from bench.results.record import ResultRecord
+from bench.results.record import ResultRecord, Status
 from bench.run.executors.local import CellWorker, WorkerSettings, start_worker
 from bench.run.executors.process import WorkerWatch
 from bench.spec.cell import Cell
@@ -135,7 +135,7 @@ def _runtime_env() -> dict:
 def _lost(cell: Cell, exc: Exception) -> ResultRecord:
     """A failed record for a task Ray could not complete; the cause, not Ray's wrapper, names the problem."""
     cause = getattr(exc, "cause", None) or exc
-    return ResultRecord.for_cell(cell, status="failed", error=f"ray task failed: {type(cause).__name__}: {cause}",
+    return ResultRecord.for_cell(cell, status=Status.FAILED, error=f"ray task failed: {type(cause).__name__}: {cause}",
                                  traceback=str(exc))
 
 
