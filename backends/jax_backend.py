@@ -125,7 +125,7 @@ def affinity_cores() -> int:
     """Cores this process may run on: XLA's CPU thread pool is sized from them, not from a setting.
 
     Read here rather than taken from ``bench.measure.load.usable_cores`` (the suite's owner of the
-    reading) because an adapter may import only the spec floor (docs/architecture.md, "Layers"); and
+    reading) because an adapter may import only the spec floor (docs/architecture.md, "Floors"); and
     not taken from ``setup``'s ``threads``, because the record keeps it to show what XLA got, which
     equals the request only where a worker pinned itself first (``bench/run/executors/process.py``).
     """

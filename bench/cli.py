@@ -7,7 +7,7 @@ installed, a run folder in use or recorded with other settings) and every usage 
 command included, is one line on stderr and exit status 2, never a traceback. What a command does
 lives with its floor: ``bench run`` in bench/run/driver.py, ``bench list`` in bench/run/listing.py,
 ``bench parity`` in bench/parity/, ``bench report`` and ``bench compare`` in reports/, ``bench
-predict`` in bench/models/ (docs/architecture.md, "Layers").
+predict`` in bench/models/ (docs/architecture.md, "Floors").
 """
 
 from __future__ import annotations

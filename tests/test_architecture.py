@@ -1,4 +1,4 @@
-"""The tree is the architecture diagram: the floors of docs/architecture.md ("Layers") hold.
+"""The tree is the architecture diagram: the floors of docs/architecture.md ("Floors") hold.
 
 ``lint-imports`` checks the contracts declared in pyproject.toml (imports point down the floors; no
 framework outside ``backends/``). A planted wrong-way import must break them, so the check is shown

@@ -1,2 +1,2 @@
-"""Floor 5, measuring one cell on one backend: the training loop, the harness's protocol, throughput
-windows, other load on the cores, verdicts and memory (docs/architecture.md, "Measuring")."""
+"""The measuring floor, one cell on one backend: the training loop, the harness's protocol,
+throughput windows, other load on the cores, verdicts and memory (docs/architecture.md, "Measuring")."""

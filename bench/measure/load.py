@@ -106,7 +106,7 @@ def usable_cores() -> tuple[int, ...]:
 
     The one reading of it in ``bench``: the load monitor watches these cores, a worker's CPU set is
     taken from them (``bench/run/executors/process.py``) and ``bench predict`` sizes its threads by them.
-    It lives on this floor, the lowest whose modules need it (docs/architecture.md, "Layers").
+    It lives on this floor, the lowest whose modules need it (docs/architecture.md, "Floors").
     """
     if hasattr(os, "sched_getaffinity"):
         return tuple(sorted(os.sched_getaffinity(0)))

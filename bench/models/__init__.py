@@ -1,2 +1,2 @@
-"""Floor 5, saved models: the neutral format (safetensors + JSON) and ``bench predict``
+"""The saved-models floor: the neutral format (safetensors + JSON) and ``bench predict``
 (docs/architecture.md, "Saved models")."""

@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from bench.spec.cell import Cell
+from bench.spec.model import LOSSES, OPTIMIZERS, PRECISIONS
 
 SCHEMA_VERSION = 2
 """Version written into every new record (bench/results/upgrades.py reads the older ones)."""
@@ -76,7 +77,7 @@ class ResultRecord(BaseModel):
 
     # identity and outcome
     run_id: str | None = _field("Name of the run (its folder's name)")
-    cell_id: str | None = _field("The cell: backend, model and training axes joined by '|' (bench/measure/harness.py Cell)")
+    cell_id: str | None = _field("The cell: backend, model and training axes joined by '|' (bench/spec/cell.py Cell.cell_id)")
     repeat: int | None = _field("Repeat index; repeat r trains from seed + r")
     status: Status | None = _field("How the cell ended (Status); reason says why it was skipped, diverged or timed "
                                    "out, error why it failed")
@@ -88,18 +89,18 @@ class ResultRecord(BaseModel):
     code_commit: str | None = _field("Git commit of the suite's checkout, '-dirty' when its tree had uncommitted "
                                      "or untracked changes (None outside a checkout)")
 
-    # configuration (bench/measure/harness.py Cell.config)
+    # configuration (bench/spec/cell.py: Cell.config, from AXES)
     backend: str | None = _field("Suite backend name: torch, tf, jax or numpy")
     framework: str | None = _field("Framework and version the backend ran, e.g. 'torch 2.13.0'")
     model: str | None = _field("Model spec name")
-    optimizer: str | None = _field("sgd, momentum, rmsprop or adam")
+    optimizer: str | None = _field(f"Optimizer: {', '.join(OPTIMIZERS)}")
     activation: str | None = _field("Hidden activation of the model")
-    loss: str | None = _field("Loss name: cce, mse, mae, bce or hinge")
+    loss: str | None = _field(f"Loss name: {', '.join(LOSSES)}")
     batch_size: int | None = _field("Samples per training step")
     epochs: int | None = _field("Timed training epochs")
     learning_rate: float | None = _field("Learning rate actually used")
     seed: int | None = _field("Seed of the weights and batch order (already offset by the repeat)")
-    precision: str | None = _field("fp32, tf32 or bf16")
+    precision: str | None = _field(f"Precision: {', '.join(PRECISIONS)}")
     requested_mode: str | None = _field("Execution mode asked for ('default' or a backend mode)")
     mode: str | None = _field("Execution mode the backend ran (eager, compiled, graph, jit, ...)")
     momentum: float | None = _field("SGD momentum (PyTorch form); 0 unless the optimizer is momentum")

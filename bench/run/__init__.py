@@ -1,3 +1,3 @@
-"""Floor 6, running a sweep: the grid, the run flags, the fingerprint, the lock, the environment, the
+"""The running floor, a sweep from flags to run folder: the grid, the run flags, the fingerprint, the lock, the environment, the
 fairness text, the executors that carry cells to worker processes, the driver of ``bench run`` and
 the listing of ``bench list`` (docs/architecture.md, "Run lifecycle")."""

@@ -15,6 +15,7 @@ from bench.errors import BenchError
 from bench.run import fingerprint, grid
 from bench.run.executors import DEFAULT_EXECUTOR, EXECUTORS
 from bench.run.executors.process import worker_cpu_set
+from bench.spec.cell import DEFAULT_MIN_SECONDS
 from bench.spec.data import DATASETS
 from bench.spec.model import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS
 
@@ -83,7 +84,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, help="runs of each cell (fresh model, seed + repeat); default 1")
     p.add_argument("--seed", type=int)
     p.add_argument("--target", type=float, help="validation accuracy for time-to-accuracy (default 0.9)")
-    p.add_argument("--min-window", type=float, help="seconds a throughput window lasts at least (default 0.25)")
+    p.add_argument("--min-window", type=float, help=f"seconds a throughput window lasts at least (default {DEFAULT_MIN_SECONDS:g})")
     p.add_argument("--window-budget", type=float,
                    help="seconds a cell's throughput windows may take before no more are added (at least 2 are taken)")
     p.add_argument("--threads", type=int, help="intra-op threads and CPU-set size for every backend (default: all cores)")

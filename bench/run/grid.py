@@ -21,6 +21,7 @@ from pydantic.fields import FieldInfo
 
 import backends
 from bench.errors import BenchError, DatasetError, SpecError, did_you_mean, unknown
+from bench.measure.throughput import MIN_WINDOWS
 from bench.spec.cell import AXES, Cell, WindowPlan
 from bench.spec.data import check_name
 from bench.spec.model import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS, Layer, ModelSpec
@@ -124,9 +125,9 @@ class Sweep:
     val_split: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False, description="a fraction in [0, 1)")] = 0.1
     target_accuracy: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False, description="a fraction in (0, 1]")] = 0.9
     probe_steps: Annotated[int, Field(ge=0, description="an integer >= 0")] = 20
-    min_window: Annotated[float, Field(gt=0, allow_inf_nan=False, description="seconds > 0 a throughput window lasts at least")] = 0.25
-    window_budget: Annotated[float, Field(ge=0, allow_inf_nan=False, description="seconds >= 0 a cell's extra windows may take")] = 1.0
-    max_windows: Annotated[int, Field(ge=2, description="an integer >= 2")] = 5
+    min_window: Annotated[float, Field(gt=0, allow_inf_nan=False, description="seconds > 0 a throughput window lasts at least")] = WindowPlan.min_seconds
+    window_budget: Annotated[float, Field(ge=0, allow_inf_nan=False, description="seconds >= 0 a cell's extra windows may take")] = WindowPlan.budget_seconds
+    max_windows: Annotated[int, Field(ge=MIN_WINDOWS, description=f"an integer >= {MIN_WINDOWS}")] = WindowPlan.max_windows
     model_sizes: Annotated[dict[str, dict[Literal["train", "val", "test"], Annotated[int, Field(ge=1)]]],
                            Field(description="per model, positive row counts of its train/val/test splits")] = field(default_factory=dict)
     """Per model, rows of the splits it uses ({"train": n, "val": n, "test": n}, each optional)."""
