@@ -10,7 +10,8 @@ import argparse
 from pathlib import Path
 
 
-def _fraction(text: str) -> float:
+def fraction(text: str) -> float:
+    """An argparse type: a fraction in [0, 1) such as 0.05 for 5% (--fail-on, --noise-floor, --min-effect)."""
     try:
         value = float(text)
     except ValueError:
@@ -34,12 +35,12 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("run_a", type=Path, metavar="RUN_A", help="the reference run folder (before)")
     parser.add_argument("run_b", type=Path, metavar="RUN_B", help="the run folder to judge (after)")
-    parser.add_argument("--fail-on", type=_fraction, default=None, metavar="FRACTION",
+    parser.add_argument("--fail-on", type=fraction, default=None, metavar="FRACTION",
                         help="exit 1 if a cell's train or inference throughput is significantly slower by at "
                              "least this fraction (0.05 = 5%%), or a cell stopped finishing")
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help="where to write compare.csv and compare.md (default: RUN_B/compare)")
-    parser.add_argument("--noise-floor", type=_fraction, default=DEFAULT_NOISE_FLOOR, metavar="FRACTION",
+    parser.add_argument("--noise-floor", type=fraction, default=DEFAULT_NOISE_FLOOR, metavar="FRACTION",
                         help="changes smaller than this are never called changes (default %(default)s)")
 
 

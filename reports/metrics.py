@@ -45,10 +45,20 @@ class Metric:
         return fmt.ratio if self.relative else fmt.points
 
     @property
+    def unit(self) -> str:
+        """The unit of the record field's values (what an export beside the value must say), '' for counts."""
+        return UNITS.get(self.format, "")
+
+    @property
     def words(self) -> tuple[str, str]:
         """What an improvement and a loss are called."""
         return ("faster", "slower") if self.relative else ("better", "worse")
 
+
+UNITS: dict[fmt.Formatter, str] = {
+    fmt.rate: "samples/s", fmt.seconds: "s", fmt.milliseconds: "ms", fmt.nbytes: "bytes", fmt.percent: "fraction",
+}
+"""A record field's unit by how it is shown: the formatter knows what the stored number is."""
 
 TEST_ACCURACY = Metric("test_accuracy", "Test accuracy", fmt.percent, True, relative=False, headline=True,
                        compared=True, cell_table=True, converged_only=True)

@@ -2,8 +2,9 @@
 
 The suite never reports a single run: every figure is a median over repeats with its spread, and
 a run-to-run comparison calls something a change only when the interval of the ratio excludes 1,
-so noise is not reported as a speed-up. The harness uses the percentiles; the reports use the
-intervals and tests (a pandas Series is one of the iterables they take). Resampling is vectorised
+so noise is not reported as a speed-up. A history of runs asks another question, whether one run
+left the level of the runs before it (``step_test``). The harness uses the percentiles; the reports
+use the intervals and tests (a pandas Series is one of the iterables they take). Resampling is vectorised
 NumPy (a report computes thousands of intervals) and seeded with a fixed seed, so a report
 rebuilt from the same records is identical. SciPy is imported only by the tests that need it, so
 a worker that imports the harness does not load it.
@@ -178,6 +179,74 @@ def welch_p(new: Iterable, old: Iterable, log: bool) -> float:
     from scipy import stats
 
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+@dataclass(frozen=True)
+class StepTest:
+    """Whether one run left the level of the earlier runs: the difference, its standard error and p-value."""
+
+    difference: float
+    """Mean of the new run minus the mean of the earlier runs' means (log values: a log ratio)."""
+    standard_error: float
+    df: float
+    """Degrees of freedom of the standard error: earlier runs - 1, or the repeats' when they say more noise."""
+    p_value: float
+    earlier: int
+    """How many earlier runs the level came from."""
+    basis: str
+    """'runs' (the earlier runs' spread of means) or 'repeats' (the repeats' spread) set the standard error."""
+
+    def detectable(self, alpha: float) -> float:
+        """The smallest |difference| this test calls significant at ``alpha`` (before any correction)."""
+        from scipy import stats
+
+        return float(stats.t.isf(alpha / 2, self.df) * self.standard_error) if self.df > 0 else math.inf
+
+
+def step_test(new: Iterable, earlier: list[Iterable], log: bool) -> StepTest:
+    """A lookback t-test of one run (its repeats, ``new``) against earlier runs (each its repeats).
+
+    The repeats of one run share that run's machine state (another tenant, the clock, the cache), so
+    they are not independent of each other the way runs are: pooling earlier runs' repeats into one
+    sample and testing the new run's repeats against it (Welch, Mann-Whitney) calls ordinary
+    run-to-run drift a change. The unit here is the run. Under a one-way random-effects model
+    (value = level + run effect + repeat noise) the new run's mean minus the mean of the k earlier
+    runs' means has variance sb2 (1 + 1/k) + sw2 (1/n_new + mean(1/n_j) / k); the earlier means' sample
+    variance estimates sb2 + sw2 mean(1/n_j), the repeats' pooled variance estimates sw2 (from every
+    run with two or more repeats, the new one too). With sb2 estimated as zero when the means spread
+    no more than their repeats explain, the estimate is the larger of the two forms below, and the
+    t distribution takes the degrees of freedom of the estimate that set it: k - 1 when runs drift
+    (Conbench's lookback z-score, with its reference distribution made exact), the repeats' when
+    they do not (then it is Student's t on all repeats). ``log`` tests log values, so the difference
+    is a log ratio: timings vary multiplicatively. Needs two or more earlier runs and one new value.
+    Values that are all equal (a deterministic accuracy) give p = 1 if they agree, else 0.
+    """
+    def values(group: Iterable) -> np.ndarray:
+        data = finite(group)
+        return np.log(data[data > 0]) if log else data
+
+    runs = [g for g in (values(g) for g in earlier) if g.size]
+    fresh = values(new)
+    if len(runs) < 2 or fresh.size == 0:
+        raise ValueError("a step test needs two or more earlier runs and a new run with values")
+    k = len(runs)
+    means = np.array([g.mean() for g in runs])
+    difference = float(fresh.mean() - means.mean())
+    groups = [g for g in [*runs, fresh] if g.size > 1]
+    df_within = sum(g.size - 1 for g in groups)
+    within = sum(float(((g - g.mean()) ** 2).sum()) for g in groups) / df_within if df_within else 0.0
+    inverse = float(np.mean([1 / g.size for g in runs]))
+    between_form = float(means.var(ddof=1)) * (1 + 1 / k) + within * (1 / fresh.size - inverse)
+    within_form = within * (1 / fresh.size + inverse / k)
+    variance, df, basis = ((between_form, k - 1, "runs") if between_form >= within_form
+                           else (within_form, df_within, "repeats"))
+    if variance <= 0:
+        return StepTest(difference, 0.0, df, 1.0 if difference == 0 else 0.0, k, basis)
+    from scipy import stats
+
+    error = math.sqrt(variance)
+    p_value = float(2 * stats.t.sf(abs(difference) / error, df))
+    return StepTest(difference, error, df, p_value, k, basis)
 
 
 def benjamini_hochberg(pvalues: Iterable[float]) -> np.ndarray:
