@@ -6,8 +6,8 @@ the TOML file, broken TOML, missing or corrupt dataset file, unwritable folder, 
 installed, a run folder in use or recorded with other settings) and every usage error, an unknown
 command included, is one line on stderr and exit status 2, never a traceback. What a command does
 lives with its floor: ``bench run`` in bench/run/driver.py, ``bench list`` in bench/run/listing.py,
-``bench parity`` in bench/parity/, ``bench report`` and ``bench compare`` in reports/, ``bench
-predict`` in bench/models/ (docs/architecture.md, "Floors").
+``bench parity`` in bench/parity/, ``bench report``, ``bench compare`` and ``bench history`` in reports/,
+``bench predict`` in bench/models/ (docs/architecture.md, "Floors").
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from bench.models import predict
 from bench.run import driver, listing
 from bench.run.flags import add_run_arguments
 from reports import cli as report_cli
+from reports.history import cli as history_cli
 
 errors = Console(stderr=True)
 
@@ -63,6 +64,8 @@ COMMANDS: dict[str, Command] = {
                       report_cli.main_report),
     "compare": Command("which cells got faster or slower between two runs", report_cli.add_compare_arguments,
                        report_cli.main_compare),
+    "history": Command("keep a history of runs: add, report trends and steps, check for CI, export",
+                       history_cli.add_history_arguments, history_cli.main_history),
     "predict": Command("classify a .npy or IDX file with a saved model on any backend", predict.add_predict_arguments,
                        predict.main_predict),
 }
