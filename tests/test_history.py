@@ -180,7 +180,7 @@ def test_series_are_one_machine_and_sweep_and_an_upgrade_is_a_mark_within_one(tm
     filed, frame = observations(history)
     series, chains = build_series(filed, frame)
     assert [len(s.runs) for s in series] == [4, 1]
-    assert "2 threads" in series[1].machine and "1 thread ·" in series[0].machine
+    assert "2 threads" in series[1].machine and "1 thread · Linux x86_64 · no GPU" in series[0].machine
     torch = next(c for c in chains if c.series is series[0] and c.backend == "torch" and c.metric is TRAIN_THROUGHPUT)
     assert torch.marks(3) == ["torch 2.12.0 → torch 2.13.0"] and torch.marks(2) == []
     numpy = next(c for c in chains if c.series is series[0] and c.backend == "numpy" and c.metric is TRAIN_THROUGHPUT)

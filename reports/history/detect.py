@@ -178,6 +178,8 @@ def decide(judgements: list[Judgement], min_effect: float, alpha: float = SIGNIF
 def _detectable(judgement: Judgement, alpha: float) -> str:
     """'could tell a change beyond 0.88× or 1.14× from noise' (before correction): how blind 'no step found' is."""
     size = judgement.test.detectable(alpha)
+    if judgement.test.standard_error == 0:
+        return "every value so far is the same, so any change would show"
     if not math.isfinite(size):
         return "the test has no power here"
     if judgement.chain.metric.relative:

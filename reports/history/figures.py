@@ -29,12 +29,13 @@ RING = {"worse": "#b3261e", "better": "#11795b"}
 
 
 def _panel(ax, chains: list[Chain], verdicts: dict[tuple[int, int], Judgement], colours: dict) -> list[tuple[datetime, str]]:
-    """One metric's chains on ``ax``; returns the (date, text) of every change mark."""
+    """One metric's chains on ``ax``; returns where each change mark goes (halfway between its two runs) and its text."""
     marks: list[tuple[datetime, str]] = []
     seen_per_variant: dict[str, int] = {}
     for chain in chains:
         shown = [(i, p) for i, p in enumerate(chain.points) if p.values.size]
-        marks += [(chain.points[i].date, text) for i in range(1, len(chain.points)) for text in chain.marks(i)]
+        marks += [(chain.points[i - 1].date + (chain.points[i].date - chain.points[i - 1].date) / 2, text)
+                  for i in range(1, len(chain.points)) for text in chain.marks(i)]  # between the two runs
         if not shown:
             continue
         rank = seen_per_variant.get(chain.variant, 0)

@@ -50,9 +50,10 @@ def short_digest(value: object, length: int = 12) -> str:
 
 
 def _os_family(platform_text: str) -> str:
-    """'Linux x86_64' from platform.platform()'s 'Linux-6.18.44-fc-v1300-x86_64-with-glibc2.36'."""
+    """'Linux x86_64' from platform.platform()'s 'Linux-6.1.0-18-amd64-x86_64-with-glibc2.36': the last
+    architecture named, since a kernel release may name its flavour ('amd64') before the machine."""
     parts = str(platform_text).split("-")
-    arch = next((p for p in parts if p in ARCHITECTURES), "")
+    arch = next((p for p in reversed(parts) if p in ARCHITECTURES), "")
     return f"{parts[0]} {arch}".strip()
 
 
