@@ -51,6 +51,6 @@ def export(history: History, run: str | None, out: Path) -> list[Path]:
         raise BenchError(f"cannot create {out}: {exc.strerror or exc}") from None
     paths = []
     for direction, name in FILES.items():
-        write_atomic(out / name, json.dumps(benches[direction], indent=2))
+        write_atomic(out / name, json.dumps(benches[direction], indent=2, ensure_ascii=False))
         paths.append(out / name)
     return paths

@@ -152,7 +152,7 @@ def points_table(detection: Detection) -> pd.DataFrame:
             "cell": j.chain.label, "backend": j.chain.backend, "model": j.chain.model, "metric": j.chain.metric.field,
             "entry": j.point.entry, "run_id": j.point.run_id, "date": j.point.date.isoformat(),
             "repeats": int(j.point.values.size), "median": estimate.value, "low": estimate.low, "high": estimate.high,
-            "framework": j.point.framework, "code_hash": j.point.code, "noisy": j.point.noisy, "lookback_level": j.level,
+            "framework": j.point.framework, "code_hash": j.point.code, "noisy": j.point.noisy, "lookback_runs": len(j.baseline), "lookback_level": j.level,
             "change": j.change, "p_value": j.p_value, "q_value": j.q_value, "verdict": j.verdict, "reason": j.reason,
             "test": j.test_text, "marks": "; ".join(j.marks),
         })
