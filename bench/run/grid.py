@@ -153,9 +153,24 @@ def _explain(label: str, error: dict, description: str | None = None) -> str:
     return f"{label} {error['input']!r}: {message}" + (f"; valid: {description}" if description else "")
 
 
+GOVERNED_SPLITS: dict[str, tuple[str, ...]] = {"train_size": ("train", "val"), "test_size": ("test",)}
+"""The per-model split sizes (``Sweep.model_sizes``) that a global size replaces: ``train_size``
+counts the rows before the validation split, so it decides both the train and the validation rows."""
+
+
 def merge(sweep: Sweep, values: Mapping[str, object], where: Mapping[str, str]) -> Sweep:
     """``sweep`` with ``values`` set, each checked by the Sweep's rules; an error names ``where[key]``,
-    the flag or TOML key the value came from (the caller checks the keys)."""
+    the flag or TOML key the value came from (the caller checks the keys).
+
+    Later levels win (profile < TOML < flags), per-model sizes included: a global size set here
+    drops the per-model sizes of an earlier level that it governs (``GOVERNED_SPLITS``), so
+    ``--train-size 2048`` gives every model 2,048 rows, not the profile's 128 to the CNN; per-model
+    sizes set at the same level are more specific and stay."""
+    governed = {split for key, splits in GOVERNED_SPLITS.items() if key in values for split in splits}
+    if governed and "model_sizes" not in values:
+        kept = {model: {split: n for split, n in sizes.items() if split not in governed}
+                for model, sizes in sweep.model_sizes.items()}
+        values = {**values, "model_sizes": {model: sizes for model, sizes in kept.items() if sizes}}
     try:
         merged = replace(sweep, **values)
     except ValidationError as exc:
