@@ -39,8 +39,12 @@ ACCURACY_FLOOR = 0.01
 
 
 STOPPED = "stopped finishing"
+TOO_FEW = "too few repeats"
 VERDICT_ORDER = ("slower", "worse", STOPPED, "faster", "better", "now finishes", "only in A", "only in B",
-                 "too few repeats", "finished in neither", "unchanged")
+                 TOO_FEW, "finished in neither", "unchanged")
+CANNOT_JUDGE = 3
+"""Exit status of ``bench compare --fail-on`` when a gated comparison had fewer than 2 repeats a side
+(0 pass, 1 fail, 2 bad input): CI must not read a blind gate as a pass."""
 RULE = ("A change needs a bootstrap 95% interval that excludes no change, a Welch test on log values with "
         "false-discovery-adjusted q < 0.05, and a size of at least the noise floor")
 COLUMNS = ["cell_id", "backend", "mode", "model", "optimizer", "activation", "metric", "n_a", "n_b",
@@ -71,8 +75,18 @@ class CompareResult:
         return bool(self.rows["regression"].any())
 
     @property
+    def unjudged(self) -> pd.DataFrame:
+        """Gated comparisons (train and inference throughput) that had too few repeats to judge."""
+        gated = self.rows["metric"].map(lambda field: field in BY_FIELD and BY_FIELD[field].gates)
+        return self.rows[gated & (self.rows["verdict"] == TOO_FEW)]
+
+    @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        """1 when the gate fails; with ``--fail-on``, CANNOT_JUDGE when a gated comparison could not be
+        judged (a gate that cannot see a loss must not pass); else 0."""
+        if self.failed:
+            return 1
+        return CANNOT_JUDGE if self.fail_on is not None and len(self.unjudged) else 0
 
     def counts(self) -> dict[str, int]:
         return {str(k): int(v) for k, v in self.rows["verdict"].value_counts().items()}
@@ -110,7 +124,7 @@ def _verdict(metric: Metric, est: Estimate, q_value: float, noise_floor: float) 
     neutral = 1.0 if metric.relative else 0.0
     floor = noise_floor if metric.relative else ACCURACY_FLOOR
     if est.n < 2:
-        return "too few repeats"
+        return TOO_FEW
     real = est.excludes(neutral) and q_value < SIGNIFICANCE and abs(est.value - neutral) >= floor
     if not real:
         return "unchanged"
@@ -200,7 +214,7 @@ def _change_text(row: dict) -> str:
 
 
 def _noteworthy(result: CompareResult) -> pd.DataFrame:
-    quiet = result.rows["verdict"].isin(["unchanged", "too few repeats", "finished in neither"])
+    quiet = result.rows["verdict"].isin(["unchanged", TOO_FEW, "finished in neither"])
     shown = result.rows[~quiet]
     return shown.sort_values(["regression", "verdict", "cell_id"], ascending=[False, True, True], kind="stable")
 
@@ -228,7 +242,7 @@ def _summary_line(result: CompareResult) -> str:
 
 
 def _gate_line(result: CompareResult) -> str:
-    unjudged = result.counts().get("too few repeats", 0)
+    unjudged = result.counts().get(TOO_FEW, 0)
     caveat = f" {unjudged} comparison(s) had fewer than 2 repeats a side and could not be judged." if unjudged else ""
     if result.fail_on is None:
         return "No --fail-on threshold: the comparison does not fail." + caveat
@@ -236,6 +250,9 @@ def _gate_line(result: CompareResult) -> str:
     if n:
         return (f"FAIL: {n} regression(s) past --fail-on {100 * result.fail_on:g}% "
                 "(significant throughput loss, or a cell that stopped finishing)." + caveat)
+    if len(result.unjudged):
+        return (f"CANNOT JUDGE (exit {CANNOT_JUDGE}): {len(result.unjudged)} throughput comparison(s) had fewer than 2 "
+                "repeats a side, so a loss past --fail-on could not be seen; run both with --repeats 3 or more.")
     return f"PASS: no significant throughput loss of {100 * result.fail_on:g}% or more." + caveat
 
 

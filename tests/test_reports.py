@@ -30,6 +30,7 @@ from bench.spec.model import SEED_MODELS
 from bench.spec.rules import CANONICAL, RULE_TITLES, Rules
 from bench.spec.train import TrainSpec
 from reports import add_compare_arguments, add_report_arguments, build_report, compare_runs, main_compare, main_report
+from reports.compare import CANNOT_JUDGE
 from reports.costs import time_breakdown
 from reports.metrics import METRICS
 from reports.records import SCHEMA, records_frame
@@ -449,3 +450,20 @@ def test_every_phase_has_its_record_field_and_a_column_in_each_time_table(tmp_pa
     jax = next(line.split() for line in lines if line.split()[:1] == ["jax"])
     assert jax == ["jax", "3.0", "0.8", "4.0", "8.0", "1.6", "0.4", "0.1", "17.9", "cold"]
     assert "93.0%" in console.file.getvalue() and "vs torch" in console.file.getvalue()
+
+
+def test_a_gate_that_cannot_judge_does_not_pass(tmp_path, capsys):
+    """One repeat a side: a 93% throughput loss cannot be told from noise, so --fail-on must not say PASS."""
+    a = write_run(tmp_path / "a", [r for r in make_records(seed=1) if r["repeat"] == 0])
+    b = write_run(tmp_path / "b", [r for r in make_records(seed=2, speed_factor=0.07) if r["repeat"] == 0])
+    parser = argparse.ArgumentParser()
+    add_compare_arguments(parser)
+    code = main_compare(parser.parse_args([str(a), str(b), "--out", str(tmp_path / "out"), "--fail-on", "0.05"]))
+    out = " ".join(capsys.readouterr().out.split())
+    assert code == CANNOT_JUDGE == 3
+    assert "CANNOT JUDGE" in out and "PASS" not in out
+    assert compare_runs(a, b, fail_on=None).exit_code == 0  # without a gate there is nothing to pass or fail
+    # enough repeats on both sides: the same loss is judged, and fails
+    judged = compare_runs(write_run(tmp_path / "a3", make_records(seed=1)),
+                          write_run(tmp_path / "b3", make_records(seed=2, speed_factor=0.07)), fail_on=0.05)
+    assert judged.exit_code == 1 and judged.unjudged.empty
