@@ -29,7 +29,7 @@ from bench.results.stats import Estimate, benjamini_hochberg, difference_interva
 from reports import fmt
 from reports.escape import write_csv
 from reports.metrics import BY_FIELD, COMPARED, Metric
-from reports.records import CONFIG_AXES, VARIANT_AXES, Run, config_keys, load_run
+from reports.records import CONFIG_AXES, VARIANT_AXES, Run, config_keys, counted, load_run
 
 DEFAULT_NOISE_FLOOR = 0.05
 SIGNIFICANCE = 0.05
@@ -146,14 +146,14 @@ def _cell_rows(key: str, a: pd.DataFrame, b: pd.DataFrame) -> list[dict]:
     rows = []
     for metric in COMPARED:
         compare = ratio_interval if metric.relative else difference_interval
-        est = compare(b_ok[metric.field], a_ok[metric.field])
+        values_a, values_b = counted(a_ok, metric.field), counted(b_ok, metric.field)  # no unconverged accuracy
+        est = compare(values_b, values_a)
         if est.ok:
             rows.append(base | {
-                "metric": metric.field, "n_a": int(a_ok[metric.field].notna().sum()),
-                "n_b": int(b_ok[metric.field].notna().sum()),
-                "median_a": float(a_ok[metric.field].median()), "median_b": float(b_ok[metric.field].median()),
+                "metric": metric.field, "n_a": int(values_a.notna().sum()), "n_b": int(values_b.notna().sum()),
+                "median_a": float(values_a.median()), "median_b": float(values_b.median()),
                 "change": est.value, "change_low": est.low, "change_high": est.high, "estimate": est,
-                "p_value": welch_p(b_ok[metric.field], a_ok[metric.field], log=metric.relative),
+                "p_value": welch_p(values_b, values_a, log=metric.relative),
             })
     return rows
 
