@@ -42,9 +42,11 @@ STOPPED = "stopped finishing"
 TOO_FEW = "too few repeats"
 VERDICT_ORDER = ("slower", "worse", STOPPED, "faster", "better", "now finishes", "only in A", "only in B",
                  TOO_FEW, "finished in neither", "unchanged")
-CANNOT_JUDGE = 3
-"""Exit status of ``bench compare --fail-on`` when a gated comparison had fewer than 2 repeats a side
-(0 pass, 1 fail, 2 bad input): CI must not read a blind gate as a pass."""
+GATE_REPEATS = 2
+"""Repeats a side a gated comparison needs before ``--fail-on`` may pass it: what the statistics need
+(Welch's test and a resampled interval need two values a side; with one, even a 93% loss cannot be
+told from noise). A gate that cannot judge fails (exit 1), never passes. Two a side judge only
+large changes: use three or more (the README says so)."""
 RULE = ("A change needs a bootstrap 95% interval that excludes no change, a Welch test on log values with "
         "false-discovery-adjusted q < 0.05, and a size of at least the noise floor")
 COLUMNS = ["cell_id", "backend", "mode", "model", "optimizer", "activation", "metric", "n_a", "n_b",
@@ -76,17 +78,19 @@ class CompareResult:
 
     @property
     def unjudged(self) -> pd.DataFrame:
-        """Gated comparisons (train and inference throughput) that had too few repeats to judge."""
+        """Gated comparisons (train and inference throughput) with fewer than ``GATE_REPEATS`` repeats
+        on either side: the gate cannot judge them."""
         gated = self.rows["metric"].map(lambda field: field in BY_FIELD and BY_FIELD[field].gates)
-        return self.rows[gated & (self.rows["verdict"] == TOO_FEW)]
+        return self.rows[gated & (self.rows[["n_a", "n_b"]].min(axis=1) < GATE_REPEATS)]
+
+    @property
+    def cannot_judge(self) -> bool:
+        """A ``--fail-on`` gate with a gated comparison it cannot judge: it fails, it never passes."""
+        return self.fail_on is not None and not self.unjudged.empty
 
     @property
     def exit_code(self) -> int:
-        """1 when the gate fails; with ``--fail-on``, CANNOT_JUDGE when a gated comparison could not be
-        judged (a gate that cannot see a loss must not pass); else 0."""
-        if self.failed:
-            return 1
-        return CANNOT_JUDGE if self.fail_on is not None and len(self.unjudged) else 0
+        return 1 if self.failed or self.cannot_judge else 0
 
     def counts(self) -> dict[str, int]:
         return {str(k): int(v) for k, v in self.rows["verdict"].value_counts().items()}
@@ -123,7 +127,7 @@ def _verdict(metric: Metric, est: Estimate, q_value: float, noise_floor: float) 
     """'faster'/'slower' (or 'better'/'worse') only for a change that is real three ways over."""
     neutral = 1.0 if metric.relative else 0.0
     floor = noise_floor if metric.relative else ACCURACY_FLOOR
-    if est.n < 2:
+    if est.n < GATE_REPEATS:
         return TOO_FEW
     real = est.excludes(neutral) and q_value < SIGNIFICANCE and abs(est.value - neutral) >= floor
     if not real:
@@ -250,9 +254,11 @@ def _gate_line(result: CompareResult) -> str:
     if n:
         return (f"FAIL: {n} regression(s) past --fail-on {100 * result.fail_on:g}% "
                 "(significant throughput loss, or a cell that stopped finishing)." + caveat)
-    if len(result.unjudged):
-        return (f"CANNOT JUDGE (exit {CANNOT_JUDGE}): {len(result.unjudged)} throughput comparison(s) had fewer than 2 "
-                "repeats a side, so a loss past --fail-on could not be seen; run both with --repeats 3 or more.")
+    if result.cannot_judge:
+        fewest = int(result.unjudged[["n_a", "n_b"]].min(axis=1).min())
+        return (f"FAIL: cannot judge: {fewest} repeat(s) on a side of {len(result.unjudged)} throughput comparison(s); "
+                f"the --fail-on gate needs {GATE_REPEATS} a side to see a loss, so it does not pass "
+                f"(run both with --repeats {GATE_REPEATS} or more).")
     return f"PASS: no significant throughput loss of {100 * result.fail_on:g}% or more." + caveat
 
 
