@@ -158,6 +158,14 @@ def test_an_explicit_size_beats_the_per_model_sizes_of_an_earlier_level(flags, t
     cells = grid.cells(sweep, ["numpy"], ["mlp", "cnn"], 2048)
     assert {c.sizes for c in cells if c.model.name == "cnn"} == {cnn_sizes}
     assert {c.sizes for c in cells if c.model.name == "mlp"} == {(None, None, None)}
+    # every record says where each size came from
+    for cell in cells:
+        sources = cell.config()["split_sources"]
+        assert set(sources) == {"train", "val", "test"}
+        if cell.model.name == "cnn" and cnn_sizes[0] == 128:
+            assert sources["train"] == "profile 'quick' model_sizes (cnn: 128 rows)"
+        if "--train-size" in flags:
+            assert sources["train"].startswith("--train-size (")
 
 
 def test_a_default_model_that_cannot_fit_is_skipped_once_with_the_reason(tmp_path):
