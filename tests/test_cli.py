@@ -159,10 +159,10 @@ def test_an_explicit_size_beats_the_per_model_sizes_of_an_earlier_level(flags, t
     assert {c.sizes for c in cells if c.model.name == "cnn"} == {cnn_sizes}
     assert {c.sizes for c in cells if c.model.name == "mlp"} == {(None, None, None)}
     # every record says where each size came from
-    for cell in cells:
-        sources = cell.config()["split_sources"]
+    for one in cells:
+        sources = one.config()["split_sources"]
         assert set(sources) == {"train", "val", "test"}
-        if cell.model.name == "cnn" and cnn_sizes[0] == 128:
+        if one.model.name == "cnn" and cnn_sizes[0] == 128:
             assert sources["train"] == "profile 'quick' model_sizes (cnn: 128 rows)"
         if "--train-size" in flags:
             assert sources["train"].startswith("--train-size (")
