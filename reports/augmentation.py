@@ -16,7 +16,7 @@ import pandas as pd
 
 from bench.results.stats import Estimate, grouped_comparison, grouped_median_interval
 from reports.metrics import TEST_ACCURACY, TRAIN_THROUGHPUT
-from reports.records import config_axes_but, config_keys
+from reports.records import config_axes_but, config_keys, counted
 
 TWIN_AXES = config_axes_but("augment")
 """What an augmented cell and its plain twin share."""
@@ -40,7 +40,8 @@ class AugmentationRow:
 
 
 def _groups(frame: pd.DataFrame, keys: pd.Series, shared: list[str], field: str) -> list[pd.Series]:
-    return [frame.loc[keys == key, field] for key in shared]
+    values = counted(frame, field)  # an unconverged accuracy is no result here either
+    return [values[keys == key] for key in shared]
 
 
 def augmentation_rows(frame: pd.DataFrame) -> list[AugmentationRow]:

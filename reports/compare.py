@@ -29,7 +29,7 @@ from bench.results.stats import Estimate, benjamini_hochberg, difference_interva
 from reports import fmt
 from reports.escape import write_csv
 from reports.metrics import BY_FIELD, COMPARED, Metric
-from reports.records import CONFIG_AXES, VARIANT_AXES, Run, config_keys, load_run
+from reports.records import CONFIG_AXES, VARIANT_AXES, Run, config_keys, counted, load_run
 
 DEFAULT_NOISE_FLOOR = 0.05
 SIGNIFICANCE = 0.05
@@ -39,8 +39,14 @@ ACCURACY_FLOOR = 0.01
 
 
 STOPPED = "stopped finishing"
+TOO_FEW = "too few repeats"
 VERDICT_ORDER = ("slower", "worse", STOPPED, "faster", "better", "now finishes", "only in A", "only in B",
-                 "too few repeats", "finished in neither", "unchanged")
+                 TOO_FEW, "finished in neither", "unchanged")
+GATE_REPEATS = 2
+"""Repeats a side a gated comparison needs before ``--fail-on`` may pass it: what the statistics need
+(Welch's test and a resampled interval need two values a side; with one, even a 93% loss cannot be
+told from noise). A gate that cannot judge fails (exit 1), never passes. Two a side judge only
+large changes: use three or more (the README says so)."""
 RULE = ("A change needs a bootstrap 95% interval that excludes no change, a Welch test on log values with "
         "false-discovery-adjusted q < 0.05, and a size of at least the noise floor")
 COLUMNS = ["cell_id", "backend", "mode", "model", "optimizer", "activation", "metric", "n_a", "n_b",
@@ -71,8 +77,20 @@ class CompareResult:
         return bool(self.rows["regression"].any())
 
     @property
+    def unjudged(self) -> pd.DataFrame:
+        """Gated comparisons (train and inference throughput) with fewer than ``GATE_REPEATS`` repeats
+        on either side: the gate cannot judge them."""
+        gated = self.rows["metric"].map(lambda field: field in BY_FIELD and BY_FIELD[field].gates)
+        return self.rows[gated & (self.rows[["n_a", "n_b"]].min(axis=1) < GATE_REPEATS)]
+
+    @property
+    def cannot_judge(self) -> bool:
+        """A ``--fail-on`` gate with a gated comparison it cannot judge: it fails, it never passes."""
+        return self.fail_on is not None and not self.unjudged.empty
+
+    @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        return 1 if self.failed or self.cannot_judge else 0
 
     def counts(self) -> dict[str, int]:
         return {str(k): int(v) for k, v in self.rows["verdict"].value_counts().items()}
@@ -109,8 +127,8 @@ def _verdict(metric: Metric, est: Estimate, q_value: float, noise_floor: float) 
     """'faster'/'slower' (or 'better'/'worse') only for a change that is real three ways over."""
     neutral = 1.0 if metric.relative else 0.0
     floor = noise_floor if metric.relative else ACCURACY_FLOOR
-    if est.n < 2:
-        return "too few repeats"
+    if est.n < GATE_REPEATS:
+        return TOO_FEW
     real = est.excludes(neutral) and q_value < SIGNIFICANCE and abs(est.value - neutral) >= floor
     if not real:
         return "unchanged"
@@ -132,14 +150,14 @@ def _cell_rows(key: str, a: pd.DataFrame, b: pd.DataFrame) -> list[dict]:
     rows = []
     for metric in COMPARED:
         compare = ratio_interval if metric.relative else difference_interval
-        est = compare(b_ok[metric.field], a_ok[metric.field])
+        values_a, values_b = counted(a_ok, metric.field), counted(b_ok, metric.field)  # no unconverged accuracy
+        est = compare(values_b, values_a)
         if est.ok:
             rows.append(base | {
-                "metric": metric.field, "n_a": int(a_ok[metric.field].notna().sum()),
-                "n_b": int(b_ok[metric.field].notna().sum()),
-                "median_a": float(a_ok[metric.field].median()), "median_b": float(b_ok[metric.field].median()),
+                "metric": metric.field, "n_a": int(values_a.notna().sum()), "n_b": int(values_b.notna().sum()),
+                "median_a": float(values_a.median()), "median_b": float(values_b.median()),
                 "change": est.value, "change_low": est.low, "change_high": est.high, "estimate": est,
-                "p_value": welch_p(b_ok[metric.field], a_ok[metric.field], log=metric.relative),
+                "p_value": welch_p(values_b, values_a, log=metric.relative),
             })
     return rows
 
@@ -200,7 +218,7 @@ def _change_text(row: dict) -> str:
 
 
 def _noteworthy(result: CompareResult) -> pd.DataFrame:
-    quiet = result.rows["verdict"].isin(["unchanged", "too few repeats", "finished in neither"])
+    quiet = result.rows["verdict"].isin(["unchanged", TOO_FEW, "finished in neither"])
     shown = result.rows[~quiet]
     return shown.sort_values(["regression", "verdict", "cell_id"], ascending=[False, True, True], kind="stable")
 
@@ -228,7 +246,7 @@ def _summary_line(result: CompareResult) -> str:
 
 
 def _gate_line(result: CompareResult) -> str:
-    unjudged = result.counts().get("too few repeats", 0)
+    unjudged = result.counts().get(TOO_FEW, 0)
     caveat = f" {unjudged} comparison(s) had fewer than 2 repeats a side and could not be judged." if unjudged else ""
     if result.fail_on is None:
         return "No --fail-on threshold: the comparison does not fail." + caveat
@@ -236,6 +254,11 @@ def _gate_line(result: CompareResult) -> str:
     if n:
         return (f"FAIL: {n} regression(s) past --fail-on {100 * result.fail_on:g}% "
                 "(significant throughput loss, or a cell that stopped finishing)." + caveat)
+    if result.cannot_judge:
+        fewest = int(result.unjudged[["n_a", "n_b"]].min(axis=1).min())
+        return (f"FAIL: cannot judge: {fewest} repeat(s) on a side of {len(result.unjudged)} throughput comparison(s); "
+                f"the --fail-on gate needs {GATE_REPEATS} a side to see a loss, so it does not pass "
+                f"(run both with --repeats {GATE_REPEATS} or more).")
     return f"PASS: no significant throughput loss of {100 * result.fail_on:g}% or more." + caveat
 
 

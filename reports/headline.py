@@ -21,7 +21,7 @@ from bench.errors import BenchError
 from bench.results.record import Status
 from bench.results.stats import MISSING, Estimate, grouped_comparison, grouped_median_interval
 from reports.metrics import HEADLINE, TEST_ACCURACY, Metric
-from reports.records import CONFIG_AXES, PROBLEM_STATUSES, config_keys, unconverged
+from reports.records import CONFIG_AXES, PROBLEM_STATUSES, config_keys, counted, unconverged
 
 
 @dataclass
@@ -94,11 +94,12 @@ def choose_baseline(frame: pd.DataFrame, requested: str | None) -> str | None:
     return None if requested else (candidates[0] if candidates else None)
 
 
-def by_config(pool: pd.DataFrame, field: str, keys: list[str], converged_only: bool = False) -> list[pd.Series]:
-    """``field`` of ``pool`` split into one group per configuration key, in the order of ``keys``
-    (``converged_only``: values of unconverged records dropped)."""
+def by_config(pool: pd.DataFrame, field: str, keys: list[str], counted_only: bool = True) -> list[pd.Series]:
+    """``field`` of ``pool`` split into one group per configuration key, in the order of ``keys``: the
+    values the reports count (``counted``: no unconverged accuracy), or every value (``counted_only``
+    False, to show what an unconverged cell reached)."""
     own = config_keys(pool)
-    values = pool[field].where(~unconverged(pool)) if converged_only else pool[field]
+    values = counted(pool, field) if counted_only else pool[field]
     return [values[own == key] for key in keys]
 
 
@@ -130,11 +131,11 @@ def model_headline(frame: pd.DataFrame, model: str, baseline: str | None) -> Mod
         everything = rows_of_model[rows_of_model["variant"] == variant]
         entries = {}
         for metric in HEADLINE:
-            groups = by_config(pool, metric.field, order, metric.converged_only)
+            groups = by_config(pool, metric.field, order)
             entry = Entry(grouped_median_interval(groups))
             if base is not None and variant != base and entry.value.ok:
                 combine = np.divide if metric.relative else np.subtract
-                base_groups = by_config(pools[base], metric.field, config_order[base], metric.converged_only)
+                base_groups = by_config(pools[base], metric.field, config_order[base])
                 entry.versus = grouped_comparison(groups, base_groups, combine, paired=bool(shared))
             entries[metric.field] = entry
         rows.append(Row(
@@ -147,7 +148,7 @@ def model_headline(frame: pd.DataFrame, model: str, baseline: str | None) -> Mod
             entries=entries,
             is_baseline=variant == base,
             unconverged=int(unconverged(pool).sum()),
-            unconverged_accuracy=grouped_median_interval(by_config(pool, TEST_ACCURACY.field, order)),
+            unconverged_accuracy=grouped_median_interval(by_config(pool, TEST_ACCURACY.field, order, counted_only=False)),
             noisy=int(pool["noisy"].map(lambda v: v is True).sum()),
         ))
     configs = ok[keys.isin(shared)][list(CONFIG_AXES)].drop_duplicates().to_dict("records") if shared else []

@@ -20,7 +20,7 @@ from bench.results.stats import Estimate, grouped_comparison, grouped_median_int
 from bench.spec.semantics import HARMONISED, NATIVE
 from reports.figures import BACKEND_COLOURS, WIDTH, FigureOut, file_slug, plain_value, png_bytes, reference_config
 from reports.metrics import FINAL_TRAIN_LOSS, TEST_ACCURACY
-from reports.records import config_axes_but, config_keys
+from reports.records import config_axes_but, config_keys, counted
 
 TWIN_AXES = config_axes_but("semantics_policy")
 """What a native cell and its harmonised twin share, on any backend."""
@@ -80,8 +80,8 @@ def _shift(ok: pd.DataFrame, backend: str) -> PolicyShift | None:
     harmonised = harmonised[config_keys(harmonised, PAIR_AXES).isin(keys)]
 
     def groups(pool: pd.DataFrame, field: str) -> list[pd.Series]:
-        pairs = config_keys(pool, PAIR_AXES)
-        return [pool.loc[pairs == k, field] for k in keys]
+        pairs, values = config_keys(pool, PAIR_AXES), counted(pool, field)  # no unconverged accuracy
+        return [values[pairs == k] for k in keys]
 
     def change(field: str) -> Estimate:
         return grouped_comparison(groups(native, field), groups(harmonised, field), np.subtract, paired=True)

@@ -23,7 +23,7 @@ from bench.results.record import FIELD_KINDS, FIELDS, PER_EPOCH_FIELDS, Status
 from bench.results.store import ENVIRONMENT, RESULTS, latest, read_records
 from bench.spec.cell import AXES
 from bench.spec.semantics import HARMONISED
-from reports.metrics import PEAK_DEVICE_MEMORY, PEAK_HOST_MEMORY, PEAK_MEMORY
+from reports.metrics import BY_FIELD, PEAK_DEVICE_MEMORY, PEAK_HOST_MEMORY, PEAK_MEMORY
 
 SCHEMA = FIELDS
 """Every field a record may hold (bench/results/record.py), in order: the leading columns of results.csv."""
@@ -138,6 +138,15 @@ def unconverged(frame: pd.DataFrame) -> pd.Series:
     """Rows whose record says its training budget was too short to converge (bench.measure.verdicts.convergence).
     Records that do not say (older ones) count as converged: nothing marks them."""
     return frame["converged"].map(lambda v: v is False).astype(bool)
+
+
+def counted(frame: pd.DataFrame, field: str) -> pd.Series:
+    """A field's values as every table and comparison counts them: for a metric that only converged
+    training measures (``Metric.converged_only``: the test accuracy), an unconverged record's value is
+    no result and reads as NaN, which the statistics leave out (bench/results/stats.py)."""
+    metric = BY_FIELD.get(field)
+    values = frame[field]
+    return values.where(~unconverged(frame)) if metric is not None and metric.converged_only else values
 
 
 def _json_cell(value) -> str | None:

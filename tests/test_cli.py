@@ -131,6 +131,43 @@ def test_the_sizes_a_config_file_sets_reach_the_sweep_on_every_dataset(dataset, 
     assert where["test_size"] == f"config file {config}: [sweep] test_size"
 
 
+@pytest.mark.parametrize(("flags", "toml", "cnn_sizes"), [
+    ([], "", (128, 128, 128)),  # the quick profile's slice stands when nothing overrides it
+    (["--train-size", "2048"], "", (None, None, 128)),  # a flag beats the profile's per-model train/val rows
+    ([], "train_size = 2048\n", (None, None, 128)),  # so does the config file
+    ([], "test_size = 64\n", (128, 128, None)),
+    ([], "train_size = 2048\ntest_size = 64\n", (None, None, None)),
+    # per-model sizes given at the same level as a global size are more specific, and stay
+    ([], "train_size = 2048\n[sweep.model_sizes.cnn]\ntrain = 256\n", (256, None, None)),
+    (["--train-size", "1024"], "[sweep.model_sizes.cnn]\ntrain = 256\nval = 64\n", (None, None, None)),
+])
+def test_an_explicit_size_beats_the_per_model_sizes_of_an_earlier_level(flags, toml, cnn_sizes, tmp_path):
+    """Flags override profiles, per-model sizes included: a user who asks for 2,048 training rows gets
+    them for the CNN too, not the quick profile's 128-row slice (the cells' sizes say what they train on)."""
+    from bench.run import flags as run_flags
+    from bench.run import grid
+
+    argv = list(flags)
+    if toml:
+        config = tmp_path / "sweep.toml"
+        config.write_text("[sweep]\n" + toml)
+        argv += ["--config", str(config)]
+    parser = argparse.ArgumentParser()
+    run_flags.add_run_arguments(parser)
+    sweep, _ = run_flags.build_sweep(parser.parse_args(argv + ["--models", "mlp,cnn", "--backend", "numpy"]))
+    cells = grid.cells(sweep, ["numpy"], ["mlp", "cnn"], 2048)
+    assert {c.sizes for c in cells if c.model.name == "cnn"} == {cnn_sizes}
+    assert {c.sizes for c in cells if c.model.name == "mlp"} == {(None, None, None)}
+    # every record says where each size came from
+    for one in cells:
+        sources = one.config()["split_sources"]
+        assert set(sources) == {"train", "val", "test"}
+        if one.model.name == "cnn" and cnn_sizes[0] == 128:
+            assert sources["train"] == "profile 'quick' model_sizes (cnn: 128 rows)"
+        if "--train-size" in flags:
+            assert sources["train"].startswith("--train-size (")
+
+
 def test_a_default_model_that_cannot_fit_is_skipped_once_with_the_reason(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "digits"

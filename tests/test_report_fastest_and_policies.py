@@ -89,3 +89,35 @@ def test_the_page_shows_both_views_and_keeps_the_headline_to_one_policy(tmp_path
     # the headline pools harmonised records only: mixed with native ones no configuration would be shared
     assert "Harmonised vs native" in page and "the headline and the figures show harmonised" in page
     assert "median over the 3 configuration(s) every backend finished" in page and "torch (eager, native)" in page
+
+
+def test_unconverged_accuracies_are_no_result_in_the_policy_augmentation_and_compare_views(tmp_path):
+    """The convergence rule holds everywhere, not only in the headline: an unconverged accuracy is
+    left out of native minus harmonised, augmented minus plain, and bench compare."""
+    from reports.augmentation import augmentation_rows
+    from reports.compare import compare_runs
+
+    def unconverged(records: list[dict], when) -> list[dict]:
+        return [r | {"converged": False, "test_accuracy": 0.11} if when(r) and r["status"] == "ok" else r
+                for r in records]
+
+    # native tf cells that did not converge: their 0.11 would read as a huge native loss
+    records = unconverged(_with_native(make_records(), {"torch": 0.0, "tf": -0.02, "jax": 0.01}),
+                          lambda r: r["backend"] == "tf" and r["semantics_policy"] == "native")
+    shifts = {c.model: {r.backend: r for r in c.rows} for c in policy_comparisons(records_frame(records))}
+    assert not shifts["mlp"]["tf"].accuracy.ok and not shifts["mlp"]["tf"].native_accuracy.ok
+    assert shifts["mlp"]["tf"].final_loss.ok  # the loss is still a fact about the cells
+    assert shifts["mlp"]["jax"].accuracy.value == pytest.approx(0.01, abs=1e-9)
+
+    plain = [r | {"augment": "none"} for r in make_records()]
+    augmented = [r | {"augment": "hflip", "cell_id": r["cell_id"] + "|aug=hflip", "test_accuracy": 0.11,
+                      "converged": False} for r in make_records()]
+    rows = augmentation_rows(records_frame(plain + augmented))
+    assert rows and all(not row.accuracy_change.ok and row.cost.ok for row in rows)
+
+    a = write_run(tmp_path / "a", make_records(seed=1))
+    b = write_run(tmp_path / "b", unconverged(make_records(seed=2), lambda r: r["model"] == "mlp"))
+    compared = compare_runs(a, b).rows
+    mlp_accuracy = compared[(compared["model"] == "mlp") & (compared["metric"] == "test_accuracy")]
+    assert mlp_accuracy.empty  # no "worse" for an accuracy that is no result
+    assert (compared[compared["model"] == "mlp"]["metric"] == "train_samples_per_s").any()

@@ -449,3 +449,28 @@ def test_every_phase_has_its_record_field_and_a_column_in_each_time_table(tmp_pa
     jax = next(line.split() for line in lines if line.split()[:1] == ["jax"])
     assert jax == ["jax", "3.0", "0.8", "4.0", "8.0", "1.6", "0.4", "0.1", "17.9", "cold"]
     assert "93.0%" in console.file.getvalue() and "vs torch" in console.file.getvalue()
+
+
+def test_a_gate_that_cannot_judge_does_not_pass(tmp_path, capsys):
+    """One repeat a side: a 93% throughput loss cannot be told from noise, so --fail-on must not say PASS;
+    two a side are what the statistics need (GATE_REPEATS), and are judged."""
+    a = write_run(tmp_path / "a", [r for r in make_records(seed=1) if r["repeat"] == 0])
+    b = write_run(tmp_path / "b", [r for r in make_records(seed=2, speed_factor=0.07) if r["repeat"] == 0])
+    parser = argparse.ArgumentParser()
+    add_compare_arguments(parser)
+    code = main_compare(parser.parse_args([str(a), str(b), "--out", str(tmp_path / "out"), "--fail-on", "0.05"]))
+    out = " ".join(capsys.readouterr().out.split())
+    assert code == 1
+    assert "cannot judge: 1 repeat(s)" in out and "PASS" not in out
+    assert compare_runs(a, b, fail_on=None).exit_code == 0  # without a gate there is nothing to pass or fail
+    # enough repeats on both sides: the same loss is judged, and fails
+    judged = compare_runs(write_run(tmp_path / "a3", make_records(seed=1)),
+                          write_run(tmp_path / "b3", make_records(seed=2, speed_factor=0.07)), fail_on=0.05)
+    assert judged.exit_code == 1 and judged.unjudged.empty and not judged.regressions.empty
+    two = compare_runs(write_run(tmp_path / "a2", make_records(seed=1, repeats=2)),
+                       write_run(tmp_path / "b2", make_records(seed=2, repeats=2, speed_factor=0.07)), fail_on=0.05)
+    assert two.exit_code == 1 and not two.regressions.empty  # the loss is seen where two a side finished
+    assert (two.unjudged[["n_a", "n_b"]].min(axis=1) < 2).all()  # only cells with a failed repeat are unjudged
+    same = compare_runs(write_run(tmp_path / "a4", make_records(seed=1)),
+                        write_run(tmp_path / "b4", make_records(seed=2)), fail_on=0.05)
+    assert not same.cannot_judge and same.exit_code == 0

@@ -122,6 +122,8 @@ class ResultRecord(BaseModel):
     n_val: int | None = _field("Validation samples (held out of the training split)")
     n_test: int | None = _field("Test samples")
     data_source: str | None = _field("Where the data came from (bundled file, folder, generator)")
+    split_sources: dict[str, str] | None = _field(
+        "Where the train, val and test sizes came from: the profile, a config key or a flag (bench/run/grid.py)")
 
     # where it ran (bench/run/executors/local.py worker facts)
     threads: int | None = _field("Intra-op threads the suite gave every backend")

@@ -136,6 +136,7 @@ def build_sweep(args: argparse.Namespace) -> tuple[grid.Sweep, dict[str, str]]:
     flags |= {key: value for key, value in scalars.items() if value is not None}
     where |= {key: FLAGS[key] for key in flags}
     sweep = grid.merge(sweep, flags, where)
+    sweep.size_sources = {key: where[key] for key in grid.SIZE_KEYS if key in where}
     sweep.backends = resolve_backends(sweep.backends, where.get("backends", "--backend"))
     grid.validate(sweep, sweep.backends, where)
     return sweep, where

@@ -133,12 +133,16 @@ class Sweep:
     """Per model, rows of the splits it uses ({"train": n, "val": n, "test": n}, each optional)."""
     custom_models: dict[str, ModelSpec] = field(default_factory=dict)
     models_explicit: bool = False
+    size_sources: dict[str, str] = field(default_factory=dict)
+    """Where ``train_size``, ``val_split``, ``test_size`` and ``model_sizes`` came from (the profile, a
+    config key or a flag), so every record can say where its split sizes came from; not a setting."""
 
     def model_specs(self) -> dict[str, ModelSpec]:
         return SEED_MODELS | self.custom_models
 
 
-SWEEP_KEYS = {f.name for f in fields(Sweep)} - {"custom_models", "models_explicit"}
+SWEEP_KEYS = {f.name for f in fields(Sweep)} - {"custom_models", "models_explicit", "size_sources"}
+SIZE_KEYS = ("train_size", "val_split", "test_size", "model_sizes")
 LAYERS = TypeAdapter(Annotated[list[Layer], Field(min_length=1)])
 LAYER_CLASSES = {cls.model_fields["type"].default: cls for cls in get_args(get_args(Layer)[0])}
 MODEL_KEYS = ("layers", "description")
@@ -153,9 +157,24 @@ def _explain(label: str, error: dict, description: str | None = None) -> str:
     return f"{label} {error['input']!r}: {message}" + (f"; valid: {description}" if description else "")
 
 
+GOVERNED_SPLITS: dict[str, tuple[str, ...]] = {"train_size": ("train", "val"), "test_size": ("test",)}
+"""The per-model split sizes (``Sweep.model_sizes``) that a global size replaces: ``train_size``
+counts the rows before the validation split, so it decides both the train and the validation rows."""
+
+
 def merge(sweep: Sweep, values: Mapping[str, object], where: Mapping[str, str]) -> Sweep:
     """``sweep`` with ``values`` set, each checked by the Sweep's rules; an error names ``where[key]``,
-    the flag or TOML key the value came from (the caller checks the keys)."""
+    the flag or TOML key the value came from (the caller checks the keys).
+
+    Later levels win (profile < TOML < flags), per-model sizes included: a global size set here
+    drops the per-model sizes of an earlier level that it governs (``GOVERNED_SPLITS``), so
+    ``--train-size 2048`` gives every model 2,048 rows, not the profile's 128 to the CNN; per-model
+    sizes set at the same level are more specific and stay."""
+    governed = {split for key, splits in GOVERNED_SPLITS.items() if key in values for split in splits}
+    if governed and "model_sizes" not in values:
+        kept = {model: {split: n for split, n in sizes.items() if split not in governed}
+                for model, sizes in sweep.model_sizes.items()}
+        values = {**values, "model_sizes": {model: sizes for model, sizes in kept.items() if sizes}}
     try:
         merged = replace(sweep, **values)
     except ValidationError as exc:
@@ -295,6 +314,25 @@ def check_batches(sweep: Sweep, n_train: int, where: Mapping[str, str]) -> None:
 SPLITS = ("train", "val", "test")
 
 
+def split_sources(sweep: Sweep, model: str) -> tuple[str, str, str]:
+    """Where the train, validation and test sizes of ``model``'s cells came from, in words."""
+    own = sweep.model_sizes.get(model, {})
+
+    def origin(key: str) -> str:
+        return sweep.size_sources.get(key, f"default {key}")
+
+    def per_model(split: str) -> str:
+        return f"{origin('model_sizes')} ({model}: {own[split]} rows)"
+
+    train = (per_model("train") if "train" in own else
+             f"{origin('train_size')} ({sweep.train_size} rows before the validation split)" if sweep.train_size
+             else "the dataset's whole training split")
+    val = per_model("val") if "val" in own else f"{origin('val_split')} ({sweep.val_split:g} of the training rows)"
+    test = (per_model("test") if "test" in own else
+            f"{origin('test_size')} ({sweep.test_size} rows)" if sweep.test_size else "the dataset's whole test split")
+    return train, val, test
+
+
 def refuse_misfits(sweep: Sweep, input_shape: tuple[int, ...], num_classes: int) -> tuple[list[str], dict[str, str]]:
     """Models that fit the data, and the reasons of those that don't.
 
@@ -334,7 +372,8 @@ def cells(sweep: Sweep, backend_names: list[str], models: list[str], n_train: in
                 point["batch_size"] = min(n_train, sizes.get("train", n_train))
             train = TrainSpec(seed=sweep.seed + repeat, **{axis.sets: point[axis.field] for axis in AXES if axis.sets})
             grid.append(Cell(backend, specs[point["model"]], train, point["dataset"], repeat, sweep.target_accuracy,
-                             sweep.probe_steps, plan, tuple(sizes.get(split) for split in SPLITS)))
+                             sweep.probe_steps, plan, tuple(sizes.get(split) for split in SPLITS),
+                             split_sources(sweep, point["model"])))
     return grid
 
 

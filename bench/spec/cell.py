@@ -45,6 +45,8 @@ class Cell:
     sizes: tuple[int | None, int | None, int | None] = (None, None, None)
     """Rows of the train, validation and test splits this cell uses (None: all), for a model that
     costs far more per sample than the others (``Sweep.model_sizes``)."""
+    split_sources: tuple[str, str, str] | None = None
+    """Where each of those sizes came from, in words (the profile, a config key or a flag)."""
 
     @property
     def cell_id(self) -> str:
@@ -67,7 +69,9 @@ class Cell:
         } | {axis.field: axis.read(self) for axis in AXES} | hyperparameters(t) | {
             "target_accuracy": self.target_accuracy, "min_window_seconds": self.window.min_seconds,
             "window_budget_seconds": self.window.budget_seconds,
-        } | record_fields(t.augment)
+        } | record_fields(t.augment) | (
+            {"split_sources": dict(zip(("train", "val", "test"), self.split_sources, strict=True))}
+            if self.split_sources else {})
 
 
 def hyperparameters(t: TrainSpec) -> dict:
