@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -98,14 +100,47 @@ def unavailable_reason(name: str) -> str | None:
     return f"{', '.join(missing)} not installed (pip install -e '.[{extra}]')"
 
 
+class BackendBroken(RuntimeError):
+    """The framework is installed but its adapter does not import (the import raises): a failure,
+    never a skip. Its cells are recorded failed and rerun by ``--resume``, ``bench parity`` exits 1,
+    and ``bench list`` marks the backend broken; only a package that is not there is "not installed"."""
+
+
 def load(name: str):
-    """Instantiate a backend's adapter; BackendUnavailable with the reason if it cannot import."""
+    """Instantiate a backend's adapter: BackendUnavailable when its packages are not installed,
+    BackendBroken when they are and the import fails."""
     entry = REGISTRY[canonical_name(name)]
     reason = unavailable_reason(entry.name)
     if reason:
         raise BackendUnavailable(f"backend {entry.name!r} unavailable: {reason}")
     try:
         module = importlib.import_module(entry.module)
-    except ImportError as exc:
-        raise BackendUnavailable(f"backend {entry.name!r} failed to import: {exc}") from exc
+    except Exception as exc:  # an installed framework whose import raises, whatever it raises, is broken
+        raise BackendBroken(f"backend {entry.name!r} is installed but does not import: "
+                            f"{type(exc).__name__}: {exc}") from exc
     return getattr(module, entry.cls)()
+
+
+IMPORT_CHECK_SECONDS = 120.0
+"""How long ``import_problems`` waits for a framework's import (TensorFlow takes seconds)."""
+
+
+def import_problems(names: list[str]) -> dict[str, str]:
+    """For each installed backend among ``names`` whose adapter does not import, the last line of the
+    error. Each import runs in its own child process, all at once, so this process loads no framework
+    and one broken framework cannot break the check of another."""
+    children = {name: subprocess.Popen([sys.executable, "-c", f"import {REGISTRY[name].module}"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                for name in names if unavailable_reason(name) is None}
+    problems = {}
+    for name, child in children.items():
+        try:
+            _, err = child.communicate(timeout=IMPORT_CHECK_SECONDS)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            problems[name] = f"importing it took over {IMPORT_CHECK_SECONDS:g} s"
+            continue
+        if child.returncode != 0:
+            lines = [line for line in err.splitlines() if line.strip()]
+            problems[name] = lines[-1] if lines else f"import exited with status {child.returncode}"
+    return problems

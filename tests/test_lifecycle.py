@@ -282,3 +282,46 @@ def test_the_ray_executor_without_ray_is_one_line_and_writes_nothing(tmp_path, m
     assert main(["run", *SWEEP, "--executor", "ray", "--out", str(out)]) == 2
     assert capsys.readouterr().err.strip() == "error: --executor ray needs Ray, which is not installed (pip install -e '.[ray]')"
     assert not out.exists()
+
+
+def test_an_installed_framework_that_cannot_start_fails_and_a_resume_reruns_it(tmp_path):
+    """Only a package that is not there is "not installed" (skipped); a torch whose import raises is
+    a failure everywhere: parity exits 1 naming it, its cells are failed (exit 1) and a resume after
+    the repair runs them, and `bench list` says it is broken."""
+    pytest.importorskip("torch")
+    fake = tmp_path / "fake" / "torch"
+    fake.mkdir(parents=True)
+    message = "planted: this torch is broken"
+    (fake / "__init__.py").write_text(f"raise ImportError({message!r})\n")
+    broken = os.environ | {"PYTHONPATH": str(fake.parent)}
+
+    def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, cwd=ROOT,
+                              timeout=300, env=env)
+
+    parity = run("parity", "--backend", "torch", "--models", "mlp", "--optimizers", "adam", "--activations", "relu",
+                 env=broken)
+    assert parity.returncode == 1 and message in parity.stdout and "every rung passes" not in parity.stdout
+    out = tmp_path / "run"
+    sweep = ("run", "--backend", "torch", "--models", "mlp", "--optimizers", "adam", "--activations", "relu",
+             "--epochs", "1", "--train-size", "256", "--no-report", "--out", str(out))
+    assert run(*sweep, env=broken).returncode == 1
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in records] == ["failed"] and message in records[0]["error"]
+    listed = run("list", env=broken)
+    assert listed.returncode == 0 and "broken:" in listed.stdout and "planted" in listed.stdout
+    resumed = run("run", "--resume", str(out), "--no-report")  # the real torch again
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert [json.loads(line)["status"] for line in (out / "results.jsonl").read_text().splitlines()] == ["failed", "ok"]
+
+
+@pytest.mark.parametrize("error", [ImportError("no libcudart"), RuntimeError("CUDA init failed"), OSError("bad .so")])
+def test_any_error_importing_an_installed_adapter_is_broken_not_unavailable(monkeypatch, error):
+    import backends
+
+    def fail(name: str):
+        raise error
+
+    monkeypatch.setattr(backends.importlib, "import_module", fail)
+    with pytest.raises(backends.BackendBroken, match=f"installed but does not import: {type(error).__name__}"):
+        backends.load("numpy")

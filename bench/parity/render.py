@@ -121,6 +121,6 @@ def render(report: ParityReport, console: Console) -> None:
     verdict = "[green]parity: every rung passes[/green]" if report.ok else (
         f"[red]parity: {len(report.failures)} failed checks, "
         f"{sum(not r.passed for r in report.statistical)} non-equivalent pairs, "
-        f"{len(report.errors)} backends without a statistical rung[/red]"
+        f"{len(report.errors)} backends that failed to start or to answer the statistical rung[/red]"
     )
     console.print(verdict)

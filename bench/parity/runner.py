@@ -20,7 +20,7 @@ from bench.parity.ladder import PARITY_EPSILON
 from bench.parity.measure import Oracle, fixed_batch
 from bench.parity.plan import Job, plan
 from bench.parity.worker import InProcess, InWorker, JobFailed, ParitySettings, Session
-from bench.run.executors.process import worker_cpu_set
+from bench.run.executors.process import Kind, worker_cpu_set
 
 
 @dataclass
@@ -28,7 +28,7 @@ class ParityReport:
     checks: list[Check] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # backend -> why it did not run
     statistical: list[equivalence.EquivalenceResult] = field(default_factory=list)
-    errors: dict[str, str] = field(default_factory=dict)  # backend -> why its statistical rung has no answer
+    errors: dict[str, str] = field(default_factory=dict)  # backend -> why it failed to start, or has no statistical rung
     workers: dict[str, dict] = field(default_factory=dict)  # backend -> its worker process (pid, versions)
 
     @property
@@ -45,9 +45,13 @@ def _open(name: str, settings: ParitySettings, instances: dict[str, Backend], re
     if name in instances:
         return InProcess(instances[name], settings)
     session = InWorker(name, settings)
-    reason = backends.unavailable_reason(name) or session.start()
-    if reason is not None:
-        report.skipped[name] = reason
+    reason = backends.unavailable_reason(name)
+    failed = session.start() if reason is None else None
+    if reason is not None or (failed is not None and failed.kind is Kind.UNAVAILABLE):
+        report.skipped[name] = reason or str(failed.payload)  # not installed, or not here: skipped
+        return None
+    if failed is not None:  # installed but broken, or its worker died: a failure, never a pass
+        report.errors[name] = f"could not start: {failed.payload}"
         return None
     report.workers[name] = session.facts
     return session
@@ -87,7 +91,7 @@ def run_parity(
 
     ``instances`` supplies backends by name, set up already, that run in this process (tests plant
     bugs this way); the others run in their own worker. A backend whose framework is missing is
-    reported as skipped, not failed.
+    reported as skipped; one that is installed but cannot start is an error (the report fails).
     """
     progress = progress or (lambda text: None)
     instances = instances or {}

@@ -112,7 +112,10 @@ def serve(conn, backend_name: str, settings: ParitySettings) -> None:
     try:
         backend = backends.load(backend_name)
         info = backend.setup(settings.threads, "cpu")
-    except Exception as exc:  # noqa: BLE001 - why this backend cannot run here, for the report
+    except (BenchError, Unsupported) as exc:  # not installed, or no such device here: the backend is skipped
+        conn.send(Message(Kind.UNAVAILABLE, str(exc)))
+        return
+    except Exception as exc:  # noqa: BLE001 - an installed framework that cannot start is a failure
         conn.send(Message(Kind.ERROR, _error(exc)))
         return
     conn.send(Message(Kind.READY, {"pid": os.getpid(), "versions": info.versions, "threads": info.threads}))
@@ -129,19 +132,21 @@ class InWorker(Session):
         self.facts: dict = {}
         self.broken: str | None = None  # why a replacement worker could not start
 
-    def start(self) -> str | None:
-        """Start the worker; None once ready, else why the backend cannot run here."""
+    def start(self) -> Message | None:
+        """Start the worker; None once ready, else the message saying why not (UNAVAILABLE: the
+        backend cannot run here and is skipped; anything else: it failed)."""
         self.worker = Worker(self.name, self.settings, serve)
         message = self.worker.wait_ready()
         if message.kind is not Kind.READY:
             self.worker = None
-            return str(message.payload)
+            return message
         self.facts = self.worker.facts
         return None
 
     def _ask(self, request: tuple) -> Any:
         if self.worker is None and self.broken is None:
-            self.broken = self.start()
+            failed = self.start()
+            self.broken = None if failed is None else str(failed.payload)
         if self.broken is not None:
             raise JobFailed(f"no worker: {self.broken}")
         message = self.worker.ask(request, JOB_TIMEOUT)

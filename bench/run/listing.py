@@ -26,9 +26,12 @@ def main_list(args: argparse.Namespace) -> int:
     table.add_column("name")
     table.add_column("framework")
     table.add_column("status")
+    broken = backends.import_problems(list(backends.REGISTRY))
     for name, entry in backends.REGISTRY.items():
         reason = backends.unavailable_reason(name)
-        table.add_row(name, entry.description, "installed" if reason is None else f"not available: {reason}")
+        status = (f"not available: {reason}" if reason is not None else
+                  f"broken: {broken[name]}" if name in broken else "installed")
+        table.add_row(name, entry.description, status)
     console.print(table)
     console.print("models:      " + ", ".join(f"{m} ({spec.description})" for m, spec in SEED_MODELS.items()))
     console.print("optimizers:  " + ", ".join(OPTIMIZERS))
