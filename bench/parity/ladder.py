@@ -65,13 +65,16 @@ RUNGS = (
     Rung("gradients", 1e-4, 1e-3, "a weight's gradient sums batch x position products of both signs (10,816 per conv1 "
          "entry); fp32 keeps less of a cancelling sum (measured up to 3.7e-5 dense, 5.6e-4 cnn: TF's conv "
          "backprop-filter under sigmoid)"),
-    Rung("step_1", 1e-5, 1e-4, "trainable weights after one step; w - lr*update shrinks the gradient's rounding "
-         "(measured up to 3.9e-6 dense, 2.2e-5 cnn)"),
+    Rung("step_1", 1e-5, 1e-4, "trainable weights after one step, against the oracle's update applied to the "
+         "backend's own gradients of that batch: the update rule alone, so the gradients' rounding stays in the "
+         "gradient rung"),
     Rung("losses_20", 3e-5, None, "training loss of each of 20 steps over 4 shuffled batches (measured <= 1.0e-5)"),
     Rung("steps_20", 1e-4, None, "trainable weights after the 20 steps: rounding compounds (measured <= 4.4e-5)"),
     Rung("bn_running_stats", 1e-5, None, "BatchNorm moving mean and variance after the 20 steps (measured <= 1.6e-6)"),
 )
 RUNG = {r.name: r for r in RUNGS}
+ONE_STEP = "step_1"
+"""The rung that checks the optimizer's update rule on the backend's own gradients (bench/parity/compare.py)."""
 MULTI_STEP_WHY = (
     "The 20-step rungs run on the dense models only: the cnn makes ~1M ReLU/max-pool decisions per step, so one "
     "sits within fp32 rounding of its kink every few steps (cnn/sgd/relu: a conv unit at |z| = 1.4e-8 of its input "

@@ -17,6 +17,7 @@ from backends.numpy_backend import NumpyBackend
 from bench.measure import training
 from bench.parity.ladder import BATCH, INPUT_SHAPE, N_ROWS, N_STEPS, NUM_CLASSES, PARITY_EPSILON, WEIGHT_SEED
 from bench.parity.plan import Job, training_model
+from bench.reference.optimizer import Optimizer
 from bench.spec.data import epoch_batches, load_dataset
 from bench.spec.model import SEED_MODELS
 from bench.spec.rules import CANONICAL, Rules
@@ -47,6 +48,9 @@ class Measured:
 
     values: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     rules: Rules = CANONICAL
+    step_gradients: dict[str, np.ndarray] = field(default_factory=dict)
+    """The backend's own gradients of the batch its first step trains on: the step rung applies the
+    oracle's update to these, so it checks the update rule alone, not the gradients again."""
 
 
 def _train(backend: Backend, weights: list[np.ndarray], schedule: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
@@ -55,10 +59,16 @@ def _train(backend: Backend, weights: list[np.ndarray], schedule: list[np.ndarra
     return backend.get_weights(), result.losses
 
 
+def job_train(job: Job, epsilon: float = PARITY_EPSILON, mode: str = "default") -> TrainSpec:
+    """The training spec every side of a job runs."""
+    return TrainSpec(optimizer=job.optimizer, activation=job.activation, loss=job.loss, batch_size=BATCH,
+                     epsilon=epsilon, mode=mode)
+
+
 def measure(backend: Backend, job: Job, batch: Batch, epsilon: float = PARITY_EPSILON, mode: str = "default") -> Measured:
     """Run one job: build, set_weights, logits, loss and gradients, steps, get_weights."""
     model = SEED_MODELS[job.model].resolve(job.activation)
-    train = TrainSpec(optimizer=job.optimizer, activation=job.activation, loss=job.loss, batch_size=BATCH, epsilon=epsilon, mode=mode)
+    train = job_train(job, epsilon, mode)
     weights = canonical_weights(model, INPUT_SHAPE, NUM_CLASSES, WEIGHT_SEED)
     x, y = batch.x[:BATCH], batch.y[:BATCH]
     out = Measured()
@@ -71,11 +81,14 @@ def measure(backend: Backend, job: Job, batch: Batch, epsilon: float = PARITY_EP
         backend.build(trained, train, INPUT_SHAPE, NUM_CLASSES)
     out.rules = backend.rules()
     specs = param_specs(trained, INPUT_SHAPE, NUM_CLASSES)
-    if job.gradients:
+    if job.gradients or job.step:
         backend.set_weights(weights)
         loss, grads = backend.loss_and_gradients(x, y)
-        out.values["loss"] = {"loss": np.array(loss)}
-        out.values["gradients"] = dict(zip([s.key for s in specs if s.trainable], grads, strict=True))
+        gradients = dict(zip([s.key for s in specs if s.trainable], grads, strict=True))
+        if job.gradients:
+            out.values["loss"] = {"loss": np.array(loss)}
+            out.values["gradients"] = gradients
+        out.step_gradients = gradients
     if job.step or job.multi_step:
         backend.load_data(batch.x, batch.y)
     if job.step:
@@ -104,3 +117,15 @@ class Oracle:
             self.backend.RULES = rules
             self.cache[(job, rules)] = measure(self.backend, job, self.batch, self.epsilon)
         return self.cache[(job, rules)]
+
+    def step(self, job: Job, rules: Rules, gradients: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The trainable weights after one step of the oracle's update rule (``rules``) from the
+        canonical weights, fed ``gradients`` (a backend's own): what that backend's first step must give
+        if its optimizer is right, whatever the rounding of its gradients."""
+        model = training_model(SEED_MODELS[job.model].resolve(job.activation))
+        specs = param_specs(model, INPUT_SHAPE, NUM_CLASSES)
+        params = [np.array(w, np.float64) for w in canonical_weights(model, INPUT_SHAPE, NUM_CLASSES, WEIGHT_SEED)]
+        trainable = [i for i, spec in enumerate(specs) if spec.trainable]
+        Optimizer(job_train(job, self.epsilon), rules).step(
+            params, [np.asarray(gradients[specs[i].key], np.float64) for i in trainable], trainable)
+        return {specs[i].key: params[i] for i in trainable}
