@@ -293,3 +293,30 @@ def test_run_save_then_predict_on_other_frameworks_gives_identical_classes(tmp_p
     (folder / "weights.safetensors").write_bytes((folder / "weights.safetensors").read_bytes()[:-100])
     broken = bench("predict", "--model", str(folder), "--backend", "jax", "--input", str(tmp_path / "test.npy"))
     assert broken.returncode == 2 and len(broken.stderr.strip().splitlines()) == 1 and "corrupt" in broken.stderr
+
+
+@pytest.mark.skipif("tf" not in INSTALLED, reason="Keras' own leaky-ReLU slope (0.3) is what makes this visible")
+def test_a_native_policy_model_predicts_the_same_on_every_backend_the_oracle_included(slice_, tmp_path):
+    """A model trained under the native policy carries the values it ran (Keras' LeakyReLU slope and
+    BatchNorm epsilon), and every backend rebuilds it with them instead of with its own defaults."""
+    from bench.models.predict import predict
+    from bench.models.saved import save_trained_model
+
+    trainer = loaded_backend("tf")
+    model = SEED_MODELS["mlp_bn"].resolve("leaky_relu")
+    train = TrainSpec(optimizer="adam", activation="leaky_relu", batch_size=32, seed=1, semantics="native")
+    trainer.build(model, train, SHAPE, 10)
+    trainer.set_weights(canonical_weights(model, SHAPE, 10, 1))
+    trainer.load_data(slice_.x_train, slice_.y_train)
+    for rows in epoch_batches(len(slice_.x_train), train.batch_size, train.seed, 0):
+        trainer.train_step(rows)
+    trainer.finish_epoch()
+    assert trainer.train.leaky_relu_slope != TrainSpec().leaky_relu_slope  # Keras' own slope, not the suite's
+    record = {"cell_id": "tf|mlp_bn|native", "repeat": 0, "input_shape": list(SHAPE), "num_classes": 10}
+    fields = save_trained_model(trainer, record, model, tmp_path)
+    saved = load_neutral(tmp_path / fields["model_path"])
+    assert saved.train.leaky_relu_slope == trainer.train.leaky_relu_slope
+    assert saved.train.bn_epsilon == trainer.train.bn_epsilon
+    expected = trainer.predict(slice_.x_test, 100)
+    for name in ["numpy", *(b for b in ("torch", "jax") if b in INSTALLED)]:
+        assert rel_diff(predict(saved, name, slice_.x_test, 100), expected) < FORWARD_REL, name

@@ -24,6 +24,7 @@ from bench.errors import BackendUnavailable, BenchError
 from bench.measure.load import usable_cores
 from bench.models.saved import NeutralModel, load_neutral
 from bench.spec.data import read_idx, scale_images
+from bench.spec.semantics import HARMONISED
 
 DEFAULT_BATCH = 500
 
@@ -72,7 +73,9 @@ def predict(saved: NeutralModel, backend_name: str, x: np.ndarray, batch_size: i
     """Class probabilities of ``x`` from the saved model on one backend, in this process."""
     threads = len(usable_cores())
     backend = backends.load(backend_name)
-    train = saved.train.model_copy(update={"mode": "default", "precision": "fp32"})
+    # the values the model was trained with, passed explicitly: a native-policy model keeps its
+    # framework's epsilon and slope on every backend instead of taking this backend's defaults
+    train = saved.train.model_copy(update={"mode": "default", "precision": "fp32", "semantics": HARMONISED})
     try:
         backend.setup(threads, device)
         backend.build(saved.model, train, saved.input_shape, saved.num_classes)

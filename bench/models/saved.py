@@ -220,11 +220,14 @@ def model_folder_name(cell_id: str, repeat: int) -> str:
     return f"{readable}_r{repeat}_{digest}"
 
 
-def save_trained_model(backend: Backend, record: dict, model: ModelSpec, train: TrainSpec, run_dir: Path) -> dict:
+def save_trained_model(backend: Backend, record: dict, model: ModelSpec, run_dir: Path) -> dict:
     """Save a finished cell's model (native file and neutral format) under ``run_dir/models/``.
 
-    Runs in the worker after evaluation, off the clock. Returns the record fields to add:
-    ``model_path`` (relative to the run folder), or a failed status when the disk refuses.
+    The manifest's train spec is the one the backend ran (``backend.train``): under the native policy
+    that holds the framework's own epsilon, slope and momentum, so every backend, the oracle too,
+    rebuilds the model with the values it was trained with (``bench predict``). Runs in the worker
+    after evaluation, off the clock. Returns the record fields to add: ``model_path`` (relative to the
+    run folder), or a failed status when the disk refuses.
     """
     relative = Path(MODELS_FOLDER) / model_folder_name(record["cell_id"], record["repeat"])
     folder = Path(run_dir) / relative
@@ -237,7 +240,7 @@ def save_trained_model(backend: Backend, record: dict, model: ModelSpec, train: 
     try:
         folder.mkdir(parents=True, exist_ok=True)
         native = backend.save_native(folder)
-        save_neutral(folder, model, train, tuple(record["input_shape"]), record["num_classes"],
+        save_neutral(folder, model, backend.train, tuple(record["input_shape"]), record["num_classes"],
                      backend.get_weights(), source, native_file=native.name)
     except OSError as exc:
         return {"status": Status.FAILED, "error": f"saving the model to {folder} failed: {exc.strerror or exc}"}

@@ -90,7 +90,7 @@ def _worker_main(conn, backend_name: str, settings: WorkerSettings) -> None:
             record = run_cell(backend, cell, datasets[cell.dataset], settings.peak_gflops)
             if settings.save_models_in and record.status == Status.OK:  # after evaluation, off the clock
                 model = cell.model.resolve(cell.train.activation)
-                saved = save_trained_model(backend, record.to_json_dict() | facts, model, cell.train, Path(settings.save_models_in))
+                saved = save_trained_model(backend, record.to_json_dict() | facts, model, Path(settings.save_models_in))
                 record = record.with_fields(**saved)
         except Exception as exc:
             record = ResultRecord.for_cell(cell, status=Status.FAILED, error=f"{type(exc).__name__}: {exc}",
