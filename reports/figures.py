@@ -28,7 +28,7 @@ from reports.costs import PARTS
 from reports.escape import plain
 from reports.headline import ModelHeadline, pooled_estimate
 from reports.metrics import COMPILE_TIME, INFERENCE_THROUGHPUT, TEST_ACCURACY, TIME_TO_TARGET, TRAIN_THROUGHPUT, TRAIN_TIME
-from reports.records import CONFIG_AXES, config_keys, unconverged
+from reports.records import CONFIG_AXES, config_keys, throughput_only, unconverged
 
 matplotlib.rcParams.update({
     "font.size": 10, "axes.titlesize": 11, "axes.spines.top": False, "axes.spines.right": False,
@@ -132,6 +132,8 @@ def accuracy_heatmap(frame: pd.DataFrame, model: str, colours: dict) -> FigureOu
     variants = sorted(set(rows["variant"]))
     ok = rows[rows["status"] == "ok"]
     if len(optimizers) * len(activations) < 2 or ok[TEST_ACCURACY.field].notna().sum() == 0:
+        return None
+    if throughput_only(ok).all():  # measured for speed only: no accuracy to map (the headline says why)
         return None
     grids, labels = {}, {}
     for variant in variants:

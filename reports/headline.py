@@ -21,7 +21,7 @@ from bench.errors import BenchError
 from bench.results.record import Status
 from bench.results.stats import MISSING, Estimate, grouped_comparison, grouped_median_interval
 from reports.metrics import HEADLINE, TEST_ACCURACY, Metric
-from reports.records import CONFIG_AXES, PROBLEM_STATUSES, config_keys, counted, unconverged
+from reports.records import CONFIG_AXES, PROBLEM_STATUSES, config_keys, counted, throughput_only, unconverged
 
 
 @dataclass
@@ -55,6 +55,8 @@ class Row:
     """The accuracy over every pooled record, shown (greyed) only when none of them converged."""
     noisy: int = 0
     """Pooled records measured while other load disturbed the machine (bench.measure.load)."""
+    throughput_only: bool = False
+    """Every pooled record was measured for speed only: there is no accuracy to show, greyed or not."""
 
 
 @dataclass
@@ -150,6 +152,7 @@ def model_headline(frame: pd.DataFrame, model: str, baseline: str | None) -> Mod
             unconverged=int(unconverged(pool).sum()),
             unconverged_accuracy=grouped_median_interval(by_config(pool, TEST_ACCURACY.field, order, counted_only=False)),
             noisy=int(pool["noisy"].map(lambda v: v is True).sum()),
+            throughput_only=bool(len(pool)) and bool(throughput_only(pool).all()),
         ))
     configs = ok[keys.isin(shared)][list(CONFIG_AXES)].drop_duplicates().to_dict("records") if shared else []
     return ModelHeadline(model, rows, base, matched, configs, pools)

@@ -56,6 +56,10 @@ NOT_CONVERGED = "†"
 NOT_CONVERGED_NOTE = ("† Not converged: no cell of this row trained long enough for its accuracy to be a result "
                       "(validation accuracy still rising fast, a single epoch, or below halfway from chance to "
                       "perfect), so it is shown greyed and is not compared.")
+THROUGHPUT_ONLY = "throughput only"
+THROUGHPUT_ONLY_NOTE = ("Throughput only: this sweep measured the model for speed, on a slice too small for an "
+                        "accuracy (each record's split_sources says which; the quick profile's CNN trains on 128 rows). "
+                        "Run --profile full, or give --train-size, for its accuracy.")
 NOISY_NOTE = ("⚠ noisy: other processes used the cores while these throughputs were measured, and re-measuring did "
               "not get a quiet window.")
 
@@ -64,6 +68,8 @@ def _metric_cell(row, metric: Metric) -> dict:
     """One headline cell: value, interval and comparison, greyed where no cell converged, noisy marked."""
     entry = row.entries[metric.field]
     cell = _value(entry.value, metric.format) | {"versus": _versus(entry, metric)}
+    if metric.converged_only and row.throughput_only:
+        return cell | {"text": THROUGHPUT_ONLY, "ci": "", "cls": "unconverged", "versus": {"text": "", "ci": "", "cls": ""}}
     if metric.converged_only and row.unconverged:
         if entry.value.ok:
             cell["sub"] = f"{row.unconverged} not converged, left out"
@@ -98,7 +104,9 @@ def _headline_view(head: ModelHeadline) -> dict:
                 "so ratios compare different configurations.")
     if head.baseline is None:
         note += " The baseline did not finish this model, so there are no ratios."
-    footnotes = [NOT_CONVERGED_NOTE] if any(c["cls"] == "unconverged" for r in rows for c in r["cells"]) else []
+    footnotes = [THROUGHPUT_ONLY_NOTE] if any(row.throughput_only for row in head.rows) else []
+    footnotes += [NOT_CONVERGED_NOTE] if any(c["cls"] == "unconverged" and c["text"] != THROUGHPUT_ONLY
+                                             for r in rows for c in r["cells"]) else []
     footnotes += [NOISY_NOTE] if any(row.noisy for row in head.rows) else []
     return {"model": head.model, "rows": rows, "note": note, "matched": head.matched, "footnotes": footnotes}
 

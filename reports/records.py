@@ -140,13 +140,22 @@ def unconverged(frame: pd.DataFrame) -> pd.Series:
     return frame["converged"].map(lambda v: v is False).astype(bool)
 
 
+def throughput_only(frame: pd.DataFrame) -> pd.Series:
+    """Rows measured for speed only (bench/run/grid.py ``Sweep.throughput_only``): their accuracy was
+    never meant to be a result."""
+    return frame["throughput_only"].map(lambda v: v is True).astype(bool)
+
+
 def counted(frame: pd.DataFrame, field: str) -> pd.Series:
     """A field's values as every table and comparison counts them: for a metric that only converged
-    training measures (``Metric.converged_only``: the test accuracy), an unconverged record's value is
-    no result and reads as NaN, which the statistics leave out (bench/results/stats.py)."""
+    training measures (``Metric.converged_only``: the test accuracy), the value of an unconverged or a
+    throughput-only record is no result and reads as NaN, which the statistics leave out
+    (bench/results/stats.py)."""
     metric = BY_FIELD.get(field)
     values = frame[field]
-    return values.where(~unconverged(frame)) if metric is not None and metric.converged_only else values
+    if metric is None or not metric.converged_only:
+        return values
+    return values.where(~unconverged(frame) & ~throughput_only(frame))
 
 
 def _json_cell(value) -> str | None:

@@ -158,6 +158,9 @@ def test_an_explicit_size_beats_the_per_model_sizes_of_an_earlier_level(flags, t
     cells = grid.cells(sweep, ["numpy"], ["mlp", "cnn"], 2048)
     assert {c.sizes for c in cells if c.model.name == "cnn"} == {cnn_sizes}
     assert {c.sizes for c in cells if c.model.name == "mlp"} == {(None, None, None)}
+    # the quick profile measures its sliced CNN for speed only; sizes the user chose make it a result again
+    assert {c.throughput_only for c in cells if c.model.name == "cnn"} == {cnn_sizes == (128, 128, 128)}
+    assert not any(c.throughput_only for c in cells if c.model.name == "mlp")
     # every record says where each size came from
     for one in cells:
         sources = one.config()["split_sources"]

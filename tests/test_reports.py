@@ -474,3 +474,16 @@ def test_a_gate_that_cannot_judge_does_not_pass(tmp_path, capsys):
     same = compare_runs(write_run(tmp_path / "a4", make_records(seed=1)),
                         write_run(tmp_path / "b4", make_records(seed=2)), fail_on=0.05)
     assert not same.cannot_judge and same.exit_code == 0
+
+
+def test_a_model_measured_for_throughput_only_shows_its_speed_and_no_accuracy(tmp_path):
+    """The quick profile's CNN trains on 128 rows for its speed: the page says "throughput only" with
+    one line why, instead of a row of greyed accuracies and an accuracy map of failures."""
+    records = [r | {"throughput_only": r["model"] == "cnn", "converged": r["model"] != "cnn"} for r in make_records()]
+    result = build_report(write_run(tmp_path / "run", records))
+    page = result.html.read_text(encoding="utf-8")
+    cnn = page[page.index('id="model-cnn"'):] if 'id="model-cnn"' in page else page[page.index(">cnn<"):]
+    assert "throughput only" in cnn and "Throughput only: this sweep measured the model for speed" in page
+    assert "†" not in cnn[: cnn.index("</table>")]  # no greyed accuracy in the cnn headline
+    figures = {p.stem for p in result.figures}
+    assert any("mlp" in f and "accuracy" in f for f in figures) and not any("cnn" in f and "accuracy" in f for f in figures)

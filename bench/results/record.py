@@ -124,6 +124,8 @@ class ResultRecord(BaseModel):
     data_source: str | None = _field("Where the data came from (bundled file, folder, generator)")
     split_sources: dict[str, str] | None = _field(
         "Where the train, val and test sizes came from: the profile, a config key or a flag (bench/run/grid.py)")
+    throughput_only: bool | None = _field(
+        "Measured for speed only (a profile's slice too small for an accuracy): reports show no accuracy for it")
 
     # where it ran (bench/run/executors/local.py worker facts)
     threads: int | None = _field("Intra-op threads the suite gave every backend")

@@ -36,7 +36,7 @@ from bench.run.grid import Sweep
 from bench.spec.data import Dataset
 from bench.spec.train import DEFAULT_LEARNING_RATES, TrainSpec
 
-NOT_RESULTS = {"repeats", "data_dir", "custom_models", "models_explicit", "backends", "size_sources"}
+NOT_RESULTS = {"repeats", "data_dir", "custom_models", "models_explicit", "backends", "size_sources", "throughput_only"}
 """Sweep fields left out: repeats may grow; the data folder's path does not change the (checksummed) data;
 models and backends enter as their definitions and resolved names."""
 NOT_RECORDED_ARGS = {"command", "out", "resume", "argv"}

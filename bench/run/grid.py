@@ -38,7 +38,8 @@ PROFILES: dict[str, dict] = {
     # 128 rows), which measures its throughput and compile time, and is marked not converged rather
     # than presented as a result.
     "quick": {"train_size": None, "test_size": None, "epochs": 2, "batch_sizes": [64], "val_split": 0.1,
-              "probe_steps": 0, "window_budget": 0.5, "model_sizes": {"cnn": {"train": 128, "val": 128, "test": 128}}},
+              "probe_steps": 0, "window_budget": 0.5, "model_sizes": {"cnn": {"train": 128, "val": 128, "test": 128}},
+              "throughput_only": ["cnn"]},
     # The whole bundled sample (7,200 / 800 / 2,000), a few epochs: figures worth comparing.
     "full": {"train_size": None, "test_size": None, "epochs": 3, "batch_sizes": [128], "val_split": 0.1,
              "window_budget": 2.0},
@@ -131,6 +132,9 @@ class Sweep:
     model_sizes: Annotated[dict[str, dict[Literal["train", "val", "test"], Annotated[int, Field(ge=1)]]],
                            Field(description="per model, positive row counts of its train/val/test splits")] = field(default_factory=dict)
     """Per model, rows of the splits it uses ({"train": n, "val": n, "test": n}, each optional)."""
+    throughput_only: Annotated[list[str], Field(description="a list of model names")] = field(default_factory=list)
+    """Models this sweep measures for speed only (the quick profile's CNN, on a 128-row slice): their
+    records say so, and the reports show their throughput, not an accuracy that was never meant to be one."""
     custom_models: dict[str, ModelSpec] = field(default_factory=dict)
     models_explicit: bool = False
     size_sources: dict[str, str] = field(default_factory=dict)
@@ -175,6 +179,8 @@ def merge(sweep: Sweep, values: Mapping[str, object], where: Mapping[str, str]) 
         kept = {model: {split: n for split, n in sizes.items() if split not in governed}
                 for model, sizes in sweep.model_sizes.items()}
         values = {**values, "model_sizes": {model: sizes for model, sizes in kept.items() if sizes}}
+    if governed and "throughput_only" not in values:  # sizes the user chose make an accuracy that counts
+        values = {**values, "throughput_only": []}
     try:
         merged = replace(sweep, **values)
     except ValidationError as exc:
@@ -185,9 +191,10 @@ def merge(sweep: Sweep, values: Mapping[str, object], where: Mapping[str, str]) 
     if "models" in values:
         merged.models_explicit = True
     specs = merged.model_specs()
-    for name in merged.models:
-        if name not in specs:
-            raise BenchError(f"{where.get('models', 'models')}: {unknown('model', name, list(specs))}")
+    for key in ("models", "throughput_only"):
+        for name in getattr(merged, key):
+            if name not in specs:
+                raise BenchError(f"{where.get(key, key)}: {unknown('model', name, list(specs))}")
     return merged
 
 
@@ -373,7 +380,7 @@ def cells(sweep: Sweep, backend_names: list[str], models: list[str], n_train: in
             train = TrainSpec(seed=sweep.seed + repeat, **{axis.sets: point[axis.field] for axis in AXES if axis.sets})
             grid.append(Cell(backend, specs[point["model"]], train, point["dataset"], repeat, sweep.target_accuracy,
                              sweep.probe_steps, plan, tuple(sizes.get(split) for split in SPLITS),
-                             split_sources(sweep, point["model"])))
+                             split_sources(sweep, point["model"]), point["model"] in sweep.throughput_only))
     return grid
 
 

@@ -47,6 +47,8 @@ class Cell:
     costs far more per sample than the others (``Sweep.model_sizes``)."""
     split_sources: tuple[str, str, str] | None = None
     """Where each of those sizes came from, in words (the profile, a config key or a flag)."""
+    throughput_only: bool = False
+    """Measured for speed only: trained on a slice too small for its accuracy to be a result."""
 
     @property
     def cell_id(self) -> str:
@@ -67,7 +69,8 @@ class Cell:
         return {
             "cell_id": self.cell_id, "repeat": self.repeat, "seed": t.seed, "requested_mode": t.mode,
         } | {axis.field: axis.read(self) for axis in AXES} | hyperparameters(t) | {
-            "target_accuracy": self.target_accuracy, "min_window_seconds": self.window.min_seconds,
+            "target_accuracy": self.target_accuracy, "throughput_only": self.throughput_only,
+            "min_window_seconds": self.window.min_seconds,
             "window_budget_seconds": self.window.budget_seconds,
         } | record_fields(t.augment) | (
             {"split_sources": dict(zip(("train", "val", "test"), self.split_sources, strict=True))}
