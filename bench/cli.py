@@ -4,7 +4,8 @@ This module wires arguments to the function that runs a command and turns user e
 line: every ``BenchError`` (unknown name, a value out of range or of the wrong type in a flag or
 the TOML file, broken TOML, missing or corrupt dataset file, unwritable folder, framework not
 installed, a run folder in use or recorded with other settings) and every usage error, an unknown
-command included, is one line on stderr and exit status 2, never a traceback. What a command does
+command included, is one line on stderr and exit status 2, never a traceback. Ctrl-C outside a sweep
+exits 130 and a reader that closes stdout early (``| head``) exits 141, both quietly. What a command does
 lives with its floor: ``bench run`` in bench/run/driver.py, ``bench list`` in bench/run/listing.py,
 ``bench parity`` in bench/parity/, ``bench report``, ``bench compare`` and ``bench history`` in reports/,
 ``bench predict`` in bench/models/ (docs/architecture.md, "Floors").
@@ -13,6 +14,8 @@ lives with its floor: ``bench run`` in bench/run/driver.py, ``bench list`` in be
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,12 +98,37 @@ def parser(command: str | None = None) -> argparse.ArgumentParser:
     return root
 
 
+INTERRUPTED = 128 + signal.SIGINT
+"""Exit status after Ctrl-C outside a sweep (which handles its own): the shell's convention, quietly."""
+BROKEN_PIPE = 128 + signal.SIGPIPE
+"""Exit status when the reader of stdout went away (``| head``): what a tool killed by SIGPIPE reports."""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser(argv[0] if argv else None).parse_args(argv)
-    args.argv = argv
     try:
-        return COMMANDS[args.command].main(args)
+        args = parser(argv[0] if argv else None).parse_args(argv)
+        args.argv = argv
+        code = COMMANDS[args.command].main(args)
+        sys.stdout.flush()  # here, so a reader that closed early is caught below and not at interpreter exit
+        return code
     except BenchError as exc:
         errors.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 2
+    except KeyboardInterrupt:
+        return INTERRUPTED
+    except BrokenPipeError:
+        _discard_stdout()
+        return BROKEN_PIPE
+    except SystemExit as exc:  # rich's Console exits 1 on a broken pipe, stdout already discarded
+        if isinstance(exc.__context__, BrokenPipeError):
+            return BROKEN_PIPE
+        raise
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so the output still buffered for the closed pipe is dropped at exit
+    instead of raising there (the Python documentation's recipe for SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

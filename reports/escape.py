@@ -19,13 +19,21 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 """First characters that make Excel, LibreOffice or Google Sheets treat a cell as a formula (OWASP)."""
 
 
+LABEL_LIMIT = 40
+"""Characters of a text a figure draws: a model name of hundreds would squeeze its axes to nothing."""
+
+
 def plain(text: object) -> str:
-    """``text`` as matplotlib draws it literally: every ``$`` escaped, so mathtext mode never starts.
+    """``text`` as matplotlib draws it literally, cut to ``LABEL_LIMIT`` characters with an ellipsis:
+    every ``$`` escaped, so mathtext mode never starts.
 
     Outside ``$...$`` no other character means anything to matplotlib (``text.usetex`` is off), and
     an escaped ``\\$`` already in the text stays literal too, since matplotlib un-escapes ``\\$`` once.
     """
-    return str(text).replace("$", r"\$")
+    text = str(text)
+    if len(text) > LABEL_LIMIT:
+        text = text[:LABEL_LIMIT - 1] + "…"
+    return text.replace("$", r"\$")
 
 
 def csv_cell(value: object) -> object:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import math
-import re
 from dataclasses import dataclass
 
 import matplotlib
@@ -22,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogLocator, NullFormatter, PercentFormatter
 
 from bench.results.phases import PHASES
+from bench.results.store import file_stem
 from reports import fmt
 from reports.augmentation import AugmentationRow
 from reports.costs import PARTS
@@ -50,9 +50,14 @@ class FigureOut:
     png: bytes
 
 
+SLUG_LIMIT = 60
+"""Characters of a model name kept in a figure's file name, before the hash that keeps it unique."""
+
+
 def file_slug(name: str) -> str:
-    """A model name made safe as part of a file name (names come from user TOML files)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "model"
+    """A model name as part of a figure's file name: safe, bounded and unique per model (names come
+    from user TOML files, of any length; ``store.file_stem`` adds a hash of the exact name)."""
+    return file_stem(name, SLUG_LIMIT)
 
 
 def png_bytes(fig: Figure) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from pathlib import Path
 
 import jinja2
@@ -27,7 +28,7 @@ from reports.frameworks import Evidence
 from reports.headline import Entry, ModelHeadline
 from reports.metrics import CELL_TABLE, HEADLINE, TRAIN_THROUGHPUT, Metric
 from reports.policies import CAVEAT, PolicyComparison, describe_values
-from reports.records import PROBLEM_STATUSES, Run
+from reports.records import CONFIG_AXES, PROBLEM_STATUSES, VARIANT_AXES, Run
 from reports.summary import first_line
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -228,15 +229,36 @@ def _augment_facts(frame: pd.DataFrame) -> list[tuple[str, str]]:
     return [(label, _text(first[field])) for label, field in fields]
 
 
-def _cell_rows(summary: pd.DataFrame) -> list[dict]:
+ALWAYS_SHOWN = ("backend", "model")
+"""Axes the "All cells" table always shows (the backend as its variant label, with mode and policy)."""
+
+
+def _cell_axes(summary: pd.DataFrame) -> list[str]:
+    """The cell axes (bench/spec/cell.py ``AXES``, grouped as reports/records.py does) that take more
+    than one value in this run: rows that differ only in a loss, a precision or a batch size must
+    not look identical, and an axis with one value would be a column of repeats."""
+    return [axis for axis in (*VARIANT_AXES, *CONFIG_AXES)
+            if axis not in ALWAYS_SHOWN and summary[axis].map(_axis_text).nunique() > 1]
+
+
+def _axis_text(value) -> str:
+    """An axis value as the table shows it: 64 not 64.0, 0.001 not 0.0010, a dash where none."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return fmt.DASH
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _cell_rows(summary: pd.DataFrame, axes: list[str]) -> list[dict]:
     def cell(row, metric: Metric) -> dict:
         name = metric.field
         est = Estimate(row[f"{name}_median"], row[f"{name}_ci_low"], row[f"{name}_ci_high"], int(row["n_ok"]))
         return _value(est, metric.format)
 
     return [{
-        "variant": r["variant"], "model": _text(r["model"]), "augment": _text(r["augment"]), "optimizer": _text(r["optimizer"]),
-        "activation": _text(r["activation"]), "status": r["status"], "n": int(r["n_records"]),
+        "variant": r["variant"], "model": _text(r["model"]), "axes": [_axis_text(r[axis]) for axis in axes],
+        "status": r["status"], "n": int(r["n_records"]),
         "status_cls": Status.OK.value if r["status"] == Status.OK else next((s.value for s in PROBLEM_STATUSES if r[f"n_{s}"]), ""),
         "metrics": [cell(r, metric) for metric in CELL_TABLE],
     } for r in summary.to_dict("records")]
@@ -297,6 +319,7 @@ def render(run: Run, summary: pd.DataFrame, heads: list[ModelHeadline], figures:
            fastest: list[FastestHeadline] = (), policies: list[PolicyComparison] = (),
            policy_figures: dict[str, FigureOut] | None = None) -> str:
     """The full page as a string."""
+    cell_axes = _cell_axes(summary)
     context = {
         "run_name": run.name, "notes": run.notes, "glance": _glance(run), "baseline": baseline,
         "repeats": _repeats(run.records),
@@ -306,7 +329,8 @@ def render(run: Run, summary: pd.DataFrame, heads: list[ModelHeadline], figures:
         "problems": _problem_rows(run.records),
         "frameworks": evidence,
         "env": _environment_view(run), "semantics": _rules_view(run.records),
-        "cells": _cell_rows(summary), "files": files, "augmentation": _augmentation_view(augmentation),
+        "cells": _cell_rows(summary, cell_axes), "cell_axes": [axis.replace("_", " ").capitalize() for axis in cell_axes],
+        "files": files, "augmentation": _augmentation_view(augmentation),
         "augment_facts": _augment_facts(run.records), "costs": _costs_view(costs) if costs is not None else {"columns": [], "rows": []},
         "not_converged_note": NOT_CONVERGED_NOTE,
         "fastest": [_fastest_view(f) for f in fastest if f.several_modes],

@@ -20,7 +20,7 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.results.record import FIELD_KINDS, FIELDS, PER_EPOCH_FIELDS, Status
-from bench.results.store import ENVIRONMENT, RESULTS, latest, read_records
+from bench.results.store import ENVIRONMENT, RESULTS, latest, read_records, read_small
 from bench.spec.cell import AXES
 from bench.spec.semantics import HARMONISED
 from reports.metrics import BY_FIELD, PEAK_DEVICE_MEMORY, PEAK_HOST_MEMORY, PEAK_MEMORY
@@ -194,8 +194,8 @@ def _read_environment(path: Path, notes: list[str]) -> dict:
         notes.append(f"{path.name} is missing: the environment is unknown.")
         return {}
     try:
-        environment = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        environment = json.loads(read_small(path, path.name).decode("utf-8"))
+    except (BenchError, OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         notes.append(f"{path.name} could not be read ({exc}); the environment is unknown.")
         return {}
     if not isinstance(environment, dict):

@@ -12,8 +12,10 @@ import errno
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +55,19 @@ class Case:
 def _no_jax(monkeypatch: pytest.MonkeyPatch) -> None:
     real = backends.missing_packages
     monkeypatch.setattr(backends, "missing_packages", lambda name: ["jax"] if name == "jax" else real(name))
+
+
+def _no_ray_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A short connection timeout, and a Ray temporary folder where no cluster has left its address."""
+    empty = Path(tempfile.gettempdir()) / "bench-test-no-ray-cluster"
+    empty.mkdir(exist_ok=True)
+    monkeypatch.setenv("BENCH_RAY_CONNECT_TIMEOUT", "3")
+    monkeypatch.setenv("RAY_TMPDIR", str(empty))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+
+def _ray(flags: str, message: str) -> Case:
+    return Case(f"{SMALL} --executor ray {flags}", message, patch=_no_ray_cluster)
 
 
 def _toml(text: str, message: str) -> Case:
@@ -162,6 +177,15 @@ CASES = {
                                        "layer 0 (Dense) units '10': input should be a valid integer"),
     "layer activation typo": _toml('[models.tiny]\nlayers = [{type = "Dense", units = 10, activation = "tahn"}]\n',
                                    "unknown activation 'tahn' (did you mean 'tanh'?)"),
+    # a Ray cluster that cannot be reached: found before the run folder is created
+    "unreachable Ray address": _ray("--ray-address 127.0.0.1:1",
+                                    "--ray-address 127.0.0.1:1: no Ray cluster answered within 3 s ($BENCH_RAY_CONNECT_TIMEOUT"),
+    "Ray auto without a cluster": _ray("--ray-address auto", "--ray-address auto: cannot connect to a Ray cluster "
+                                                            "(ConnectionError: Could not find any running Ray instance"),
+    "empty Ray address": _ray("--ray-address ''", "--ray-address '': empty; valid: auto, HOST:PORT or ray://HOST:PORT"),
+    "NaN GPUs per cell": _ray("--gpus-per-cell nan", "--gpus-per-cell must be a finite number, 0 or more, got nan"),
+    "Ray timeout not a number": Case(f"{SMALL} --executor ray --ray-address auto", "BENCH_RAY_CONNECT_TIMEOUT='soon': valid",
+                                     patch=lambda mp: mp.setenv("BENCH_RAY_CONNECT_TIMEOUT", "soon")),
     # the other subcommands
     "report of no folder": Case("report {tmp}/none", "does not exist"),
     "compare with nothing in common": Case("compare {tmp}/other {run} --fail-on 0.05", "share no cell", OTHER_RUN),
@@ -344,3 +368,50 @@ def test_a_run_with_markup_and_mathtext_model_names_finishes_with_its_report(tmp
     printed = capsys.readouterr().out
     assert code == 0 and "[/x] =1+1" in printed and (out / "report.html").is_file()
     assert set(pd.read_csv(out / "results.csv")["model"]) == {r"$\frac{1$", "[/x] =1+1"}
+
+
+def test_long_and_colliding_model_names_get_bounded_unique_figure_files(tmp_path, capsys):
+    """A name of 300 characters, and names that read alike once made safe (a/b, a_b, a:b): the run and
+    every later report build, each model with its own figures, every file name short enough for any disk."""
+    names = ["n" * 150 + "/" + "é" * 150, "a/b", "a_b", "a:b"]
+    layers = 'layers = [{type = "Flatten"}, {type = "Dense", units = 10}]\n'
+    config = tmp_path / "sweep.toml"
+    config.write_text("".join(f"[models.{json.dumps(name)}]\n{layers}" for name in names), encoding="utf-8")
+    out = tmp_path / "run"
+    code = main(["run", "--backend", "numpy", "--config", str(config), "--models", ",".join(names), "--optimizers", "sgd",
+                 "--activations", "relu", "--train-size", "256", "--epochs", "1", "--save", "--out", str(out)])
+    assert code == 0, capsys.readouterr()
+    for _ in range(2):  # the run's own report, then `bench report` again
+        figures = sorted(p.name for p in (out / "figures").iterdir())
+        assert all(len(name.encode()) <= 100 for name in figures)
+        assert len([name for name in figures if name.startswith("curves_")]) == len(names), figures
+        assert main(["report", str(out)]) == 0
+    assert len({p.name for p in (out / "models").iterdir()}) == len(names)
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert all(name in page for name in names[1:]) and names[0] in page
+
+
+def test_files_far_larger_than_they_can_be_are_refused_before_they_are_read(run_folder, tmp_path, capsys):
+    """Sparse files (no disk used) of gigabytes where a few KiB belong: one line each, or one skipped line."""
+    config = tmp_path / "sweep.toml"
+    config.touch()
+    os.truncate(config, 5 * 2**30)
+    assert main([*shlex.split(SMALL), "--config", str(config), "--out", str(tmp_path / "new")]) == 2
+    assert "sweep.toml is 5,368,709,120 bytes, more than any sweep TOML file" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+    run = tmp_path / "run"
+    shutil.copytree(run_folder, run)
+    os.truncate(run / "environment.json", 5 * 2**30)
+    with open(run / "results.jsonl", "ab") as handle:  # a "line" of 40 MiB of NULs, then a good record again
+        handle.write(b"\n" + bytes(40 * 2**20) + b"\n" + (run_folder / "results.jsonl").read_bytes().splitlines()[0] + b"\n")
+    assert main(["report", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 2 incomplete or unreadable line(s)" in out, out  # the crash's cut line and the huge one
+    assert "more than any environment.json" in (run / "report.html").read_text(encoding="utf-8")
+
+    (run / "run.json").touch()
+    os.truncate(run / "run.json", 5 * 2**30)
+    assert main(["run", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "run.json is 5,368,709,120 bytes, more than any run.json" in err, err

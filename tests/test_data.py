@@ -1,10 +1,11 @@
 import gzip
+import os
 
 import numpy as np
 import pytest
 
 from bench.errors import DatasetError
-from bench.spec.data import epoch_batches, load_dataset, read_idx
+from bench.spec.data import CIFAR10_BATCH_BYTES, epoch_batches, load_dataset, read_idx
 
 
 def test_bundled_sample_is_the_real_mnist_test_set_split_8000_2000():
@@ -44,6 +45,26 @@ def test_missing_and_corrupt_files_name_the_file(tmp_path):
     truncated.write_bytes(gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 9, 1, 2])))
     with pytest.raises(DatasetError, match="short.gz holds 2 bytes"):
         read_idx(truncated)
+
+
+def test_declared_sizes_are_checked_before_anything_is_read(tmp_path):
+    huge = tmp_path / "huge.gz"  # 4e9 x 28 x 28 declared in a 40-byte file
+    huge.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + (4_000_000_000).to_bytes(4, "big") + bytes([0, 0, 0, 28]) * 2))
+    with pytest.raises(DatasetError, match=r"huge.gz: its IDX header declares \(4000000000, 28, 28\) images, .* over the 2 GiB limit"):
+        read_idx(huge)
+    seen = []
+    more = tmp_path / "more.gz"
+    more.write_bytes(gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 2]) + bytes(10)))
+    with pytest.raises(DatasetError, match="more.gz holds more data than its header's"):
+        read_idx(more, check_dims=seen.append)
+    assert seen == [(2,)]  # the caller saw the declared shape before any data was read
+    batches = tmp_path / "cifar-10-batches-bin"
+    batches.mkdir()
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        (batches / name).touch()
+        os.truncate(batches / name, 10 * 2**30)  # sparse: no disk used
+    with pytest.raises(DatasetError, match=f"data_batch_1.bin has {10 * 2**30} bytes, expected {CIFAR10_BATCH_BYTES}"):
+        load_dataset("cifar10", data_dir=tmp_path)
 
 
 def test_unknown_dataset_lists_the_valid_ones():

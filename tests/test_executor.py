@@ -113,5 +113,5 @@ def test_the_registry_imports_no_ray_until_a_ray_run_starts():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.stdout.strip() == "[]", result.stderr
     options = argparse.Namespace(executor="ray", ray_address=None, gpus_per_cell=-1.0)
-    with pytest.raises(BenchError, match="--gpus-per-cell must be 0 or more, got -1"):
+    with pytest.raises(BenchError, match="--gpus-per-cell must be a finite number, 0 or more, got -1"):
         executors.check(options)

@@ -6,12 +6,15 @@ executor's start-up rules are checked in-process on the NumPy backend, whose wor
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,13 +32,16 @@ from bench.run.executors import local as executor
 from bench.run.executors import ray as ray_executor
 from bench.run.executors.local import WorkerSettings, run_sweep
 from bench.run.executors.process import worker_cpu_set
-from bench.run.lock import LOCK, RunLock, RunLocked
+from bench.run.lock import LOCK, WORKER_MARK, RunLock, RunLocked
 from bench.spec.cell import Cell
 from bench.spec.model import SEED_MODELS
 from bench.spec.train import TrainSpec
 from reports.records import load_run
+from tests.test_bad_input import snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
+NUMPY_SWEEP = ["--backend", "numpy", "--models", "mlp", "--optimizers", "adam", "--activations", "relu",
+               "--train-size", "256", "--epochs", "1"]
 SWEEP = ["--backend", "torch", "--models", "mlp", "--optimizers", "sgd,adam", "--activations", "relu",
          "--train-size", "256"]
 THREADS = str(min(2, len(usable_cores())))
@@ -136,24 +142,37 @@ def test_a_second_run_into_a_folder_in_use_exits_2_and_ctrl_c_still_writes_the_r
     assert (out / "report.html").is_file() and len(load_run(out).records) == len(records)
 
 
+class OnStart:
+    """A ``WorkerWatch`` that calls ``started(pid)`` as each worker process starts (and marks none)."""
+
+    mark: dict[str, str] = {}
+
+    def __init__(self, started) -> None:
+        self.started = started
+
+    def __call__(self, pid: int, alive: bool) -> None:
+        if alive:
+            self.started(pid)
+
+
 def test_a_worker_killed_while_starting_is_started_again():
     killed = []
 
-    def kill_first(pid: int, alive: bool) -> None:
-        if alive and not killed:
+    def kill_first(pid: int) -> None:
+        if not killed:
             killed.append(pid)
             os.kill(pid, signal.SIGKILL)
 
     records = []
     cells = [Cell("numpy", SEED_MODELS["mlp"], TrainSpec(batch_size=32), "mnist-sample")]
-    run_sweep(cells, NUMPY, records.append, watch=kill_first)
+    run_sweep(cells, NUMPY, records.append, watch=OnStart(kill_first))
     assert [r.status for r in records] == ["ok"] and records[0].worker_pid != killed[0]
 
 
 def test_a_worker_that_keeps_dying_at_start_up_fails_its_cells_never_skips_them():
     records = []
     cells = [Cell("numpy", SEED_MODELS["mlp"], TrainSpec(batch_size=32, seed=i), "mnist-sample", repeat=i) for i in range(2)]
-    run_sweep(cells, NUMPY, records.append, watch=lambda pid, alive: alive and os.kill(pid, signal.SIGKILL))
+    run_sweep(cells, NUMPY, records.append, watch=OnStart(lambda pid: os.kill(pid, signal.SIGKILL)))
     assert [r.status for r in records] == ["failed", "failed"]
     assert f"did not start in {executor.STARTUP_ATTEMPTS} attempts" in records[0].error
 
@@ -170,21 +189,206 @@ def test_the_cell_timeout_does_not_count_the_worker_start_up(tmp_path, monkeypat
     assert [r.status for r in records] == ["ok"], records[0].reason
 
 
-def test_a_stale_lock_is_taken_over_and_its_leftover_worker_stopped(tmp_path):
+def sleeper(**marks: str) -> subprocess.Popen:
+    """A live process that is not a bench worker (unless ``marks`` forge its environment)."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=os.environ | marks)
+
+
+def forged_lock(folder: Path, processes: list[subprocess.Popen], token: str = "f" * 32) -> None:
+    """A run.lock as a dead driver on this host would leave it, listing ``processes`` (real pids and
+    creation times) as its workers."""
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    leftover = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    workers = [{"pid": p.pid, "create_time": psutil.Process(p.pid).create_time()} for p in processes]
+    (folder / LOCK).write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname(), "token": token, "workers": workers}))
+
+
+def test_a_stale_lock_is_taken_over_and_only_its_proven_workers_stopped(tmp_path):
+    token = "a" * 32
+    leftover = sleeper(**{WORKER_MARK: f"{token} {tmp_path.resolve()}"})
+    strangers = [sleeper(), sleeper(**{WORKER_MARK: f"{token} {tmp_path.resolve() / 'other'}"}),  # another folder's
+                 sleeper(**{WORKER_MARK: f"{'b' * 32} {tmp_path.resolve()}"})]  # another run's
     try:
-        worker = {"pid": leftover.pid, "create_time": psutil.Process(leftover.pid).create_time()}
-        (tmp_path / LOCK).write_text(json.dumps({"pid": gone.pid, "host": os.uname().nodename, "workers": [worker]}))
+        forged_lock(tmp_path, [leftover, *strangers], token)
         with RunLock(tmp_path, "test") as lock:
-            assert lock.previous["pid"] == gone.pid and lock.stopped_leftovers == 1
+            assert lock.stopped_leftovers == 1 and lock.left_alone == [p.pid for p in strangers]
             assert leftover.wait(timeout=10) == -signal.SIGKILL
-            assert holder(tmp_path)["pid"] == os.getpid()
+            assert all(p.poll() is None for p in strangers)
+            assert holder(tmp_path)["pid"] == os.getpid() and holder(tmp_path)["token"] == lock.token != token
             with pytest.raises(RunLocked, match=f"in use by pid {os.getpid()}"):
                 RunLock(tmp_path, "second").acquire()
     finally:
-        leftover.kill()
+        for process in [leftover, *strangers]:
+            process.kill()
+
+
+def test_a_lock_without_a_token_or_with_hostile_entries_signals_nothing(tmp_path):
+    stranger = sleeper()
+    try:
+        created = psutil.Process(stranger.pid).create_time()
+        entries = [{"pid": stranger.pid, "create_time": created}, {"pid": 0, "create_time": 0}, {"pid": -1, "create_time": 0},
+                   {"pid": os.getpid(), "create_time": psutil.Process().create_time()}, {"pid": "x"}, "junk"]
+        (tmp_path / LOCK).write_text(json.dumps({"pid": 1, "host": socket.gethostname(), "workers": entries}))
+        with RunLock(tmp_path, "test") as lock:
+            assert lock.stopped_leftovers == 0 and lock.left_alone == [stranger.pid]
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("precious")
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / LOCK).symlink_to(target)  # would truncate and overwrite a file outside the folder
+    (tmp_path / "folder" / LOCK).mkdir(parents=True)
+    for folder in ("linked", "folder"):
+        with pytest.raises(BenchError, match="it must be a plain file of the run folder"):
+            RunLock(tmp_path / folder, "test").acquire()
+    assert target.read_text() == "precious"
+
+
+def test_a_forged_holder_cannot_write_to_the_terminal(tmp_path):
+    fd = os.open(tmp_path / LOCK, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a live holder whose file says anything
+        os.write(fd, json.dumps({"pid": 1, "host": "h", "command": "x\n\x1b[2Jerror: fake"}).encode())
+        with pytest.raises(RunLocked) as refused:
+            RunLock(tmp_path, "test").acquire()
+        assert "\n" not in str(refused.value) and "\x1b" not in str(refused.value) and "(x??[2Jerror: fake)" in str(refused.value)
+    finally:
+        os.close(fd)
+
+
+def test_the_workers_of_a_run_carry_its_mark_and_a_takeover_stops_them(tmp_path):
+    """A real sweep worker, left by a driver that is gone, is proven by its environment and stopped."""
+    first = RunLock(tmp_path, "first").acquire()
+    worker, _ = executor.start_worker("numpy", NUMPY, first)
+    try:
+        assert psutil.Process(worker.pid).environ()[WORKER_MARK] == first.mark[WORKER_MARK]
+        left = (tmp_path / LOCK).read_text()
+        os.close(first.fd)  # the driver dies: the kernel drops its lock, the file stays as it was
+        worker.watch = None  # and nobody is left to write it
+        with RunLock(tmp_path, "second") as second:
+            assert json.loads(left)["workers"][0]["pid"] == worker.pid and second.stopped_leftovers == 1
+            worker.process.join(timeout=10)
+            assert worker.process.exitcode == -signal.SIGKILL
+    finally:
+        worker.stop(graceful=False)
+
+
+@pytest.fixture(scope="module")
+def numpy_run(tmp_path_factory) -> Path:
+    """A finished two-repeat run folder (numpy backend, seconds), copied by each test that changes it."""
+    out = tmp_path_factory.mktemp("numpy") / "run"
+    result = bench("run", *NUMPY_SWEEP, "--repeats", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr + result.stdout
+    return out
+
+
+def copy_of(run: Path, tmp_path: Path, name: str = "run") -> Path:
+    return shutil.copytree(run, tmp_path / name)
+
+
+def test_a_resume_with_a_forged_lock_leaves_an_unrelated_process_alive(numpy_run, tmp_path):
+    out = copy_of(numpy_run, tmp_path)
+    stranger = sleeper()
+    try:
+        forged_lock(out, [stranger])
+        resumed = bench("run", "--resume", str(out), "--no-report")
+        assert resumed.returncode == 0, resumed.stderr + resumed.stdout
+        assert stranger.poll() is None
+        assert f"listed live process(es) [{stranger.pid}] that are not provably workers" in resumed.stdout
+        assert "stopped 0 leftover worker(s)" in resumed.stdout
+    finally:
+        stranger.kill()
+
+
+def edited(path: Path, change) -> None:
+    recorded = json.loads(path.read_text())
+    change(recorded)
+    path.write_text(json.dumps(recorded))
+
+
+REFUSED = {  # (edit of the folder before, arguments, what the one line must say, what it must not)
+    "resume with fewer repeats": (None, ["--resume", "{out}", "--repeats", "1"],
+                                  "--repeats 1: {out} already holds 2 repeat(s) of its cells, and repeats may only grow; valid: 2 or more", None),
+    "rerun with fewer repeats": (None, [*NUMPY_SWEEP, "--repeats", "1", "--out", "{out}"], "already holds 2 repeat(s)", None),
+    "run.json edited to fewer repeats": (lambda r: r["arguments"].update(repeats=1), ["--resume", "{out}"],
+                                         "--repeats 1: {out} already holds 2 repeat(s)", None),
+    "resume overriding a setting": (None, ["--resume", "{out}", "--seed", "7"],
+                                    "seed: 0 -> 7); leave out --seed to continue it as recorded, or choose another --out", "--resume {out}`"),
+    "rerun with another setting": (None, [*NUMPY_SWEEP, "--repeats", "2", "--seed", "7", "--out", "{out}"],
+                                   "continue it as recorded with `python -m bench run --resume {out}`", None),
+    "run.json arguments edited": (lambda r: r["arguments"].update(seed=5), ["--resume", "{out}"],
+                                  "seed: 0 -> 5); the arguments in {out}/run.json or this machine", "--resume {out}`"),
+    "run.json fingerprint edited": (lambda r: r.update(fingerprint="0" * 16), ["--resume", "{out}"],
+                                    "its \"fingerprint\" was edited, and its settings, which this run matches, hash to", "--resume {out}`"),
+    "run.json settings edited": (lambda r: (r["settings"].update(seed=9), r.update(fingerprint="1" * 16)), ["--resume", "{out}"],
+                                 "seed: 9 -> 0); {out}/run.json was edited", "--resume {out}`"),
+}
+
+
+@pytest.mark.parametrize("edit,args,message,never", REFUSED.values(), ids=REFUSED.keys())
+def test_a_refused_rerun_says_what_differs_gives_a_remedy_that_works_and_changes_nothing(numpy_run, tmp_path, capsys,
+                                                                                      edit, args, message, never):
+    out = copy_of(numpy_run, tmp_path, "run (1); x")  # a folder name a shell would split or run
+    if edit:
+        edited(out / "run.json", edit)
+    before = snapshot(out)
+    assert main(["run", *(a.format(out=out) for a in args)]) == 2
+    err = capsys.readouterr().err
+    expected = message.format(out=shlex.quote(str(out)) if "`" in message else out)
+    assert err.count("\n") == 1 and expected in err and "Traceback" not in err, err
+    assert never is None or never.format(out=shlex.quote(str(out))) not in err, err
+    assert snapshot(out) == before
+
+
+def test_the_resume_hint_is_quoted_and_a_second_interrupt_during_the_report_exits_at_once(numpy_run, tmp_path):
+    """Ctrl-C as the last cell ends, then again while the report is written: exit 130 at once, one
+    line (a resume command that pastes as one argument), the records kept, the previous report in place."""
+    out = copy_of(numpy_run, tmp_path, "run (2); echo pwned")
+    report = (out / "report.html").read_bytes()
+    interrupted = ("import os, signal, sys, time\n"
+                   "import reports.build\n"
+                   "from bench.cli import main\n"
+                   "from bench.run import executors\n"
+                   "local = executors.EXECUTORS['local']\n"
+                   "finish = local.run\n"
+                   "def run_then_interrupt(*args):\n"
+                   "    finish(*args)\n"
+                   "    os.kill(os.getpid(), signal.SIGINT)\n"
+                   "    time.sleep(30)\n"
+                   "def interrupted_again(*args, **kwargs):\n"
+                   "    os.kill(os.getpid(), signal.SIGINT)\n"
+                   "    time.sleep(30)\n"
+                   "local.run = run_then_interrupt\n"
+                   "reports.build.build_report = interrupted_again\n"
+                   "sys.exit(main(sys.argv[1:]))\n")
+    result = subprocess.run([sys.executable, "-c", interrupted, "run", "--resume", str(out), "--repeats", "3"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 130 and "Traceback" not in result.stderr + result.stdout, result.stderr
+    (line,) = result.stderr.splitlines()
+    hint = line.split("resume with: ")[1].removesuffix(" (interrupt again to skip the report)")
+    assert shlex.split(hint) == ["python", "-m", "bench", "run", "--resume", str(out)]
+    assert len(lines(out)) == 3 and (out / "report.html").read_bytes() == report
+    assert not any(p.name.endswith(".tmp") for p in out.rglob("*"))
+
+
+def test_ctrl_c_outside_a_sweep_exits_130_quietly(numpy_run, monkeypatch, capsys):
+    import reports.build
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reports.build, "build_report", interrupted)
+    assert main(["report", str(numpy_run)]) == 130
+    assert capsys.readouterr().err == ""
+
+
+def test_a_reader_that_closes_early_ends_the_command_quietly(numpy_run):
+    for command in (["report", str(numpy_run)], ["list"]):
+        reader = subprocess.Popen([sys.executable, "-m", "bench", *command], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, cwd=ROOT)
+        reader.stdout.close()  # `| head -0`
+        assert reader.wait(timeout=120) == 128 + signal.SIGPIPE and reader.stderr.read() == b"", command
 
 
 def test_the_report_counts_the_latest_record_of_a_cell_that_was_run_again(tmp_path):

@@ -12,6 +12,7 @@ import pytest
 
 from reports import build_report
 from reports.fastest import fastest_modes
+from reports.figures import file_slug
 from reports.headline import choose_baseline, model_headline
 from reports.policies import CAVEAT, policy_comparisons
 from reports.records import records_frame
@@ -85,7 +86,7 @@ def test_the_page_shows_both_views_and_keeps_the_headline_to_one_policy(tmp_path
     assert 'id="fastest"' in page and "compiled won over eager" in page
     assert 'id="policies"' in page and "−2.0 pp" not in page and "-2.0 pp" in page
     assert CAVEAT.split(":")[0] in page and "parity ladder" in page
-    assert {p.name for p in result.figures} >= {"policies_mlp.png", "policies_cnn.png"}
+    assert {p.name for p in result.figures} >= {f"policies_{file_slug(m)}.png" for m in ("mlp", "cnn")}
     # the headline pools harmonised records only: mixed with native ones no configuration would be shared
     assert "Harmonised vs native" in page and "the headline and the figures show harmonised" in page
     assert "median over the 3 configuration(s) every backend finished" in page and "torch (eager, native)" in page

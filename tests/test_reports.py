@@ -208,6 +208,34 @@ def test_page_is_self_contained_with_embedded_figures(built):
     assert all(p.stat().st_size > 5000 for p in result.figures)
 
 
+def _all_cells(page: str) -> tuple[list[str], list[list[str]]]:
+    """The "All cells" table of a page: its column headings and its rows' cell texts."""
+    table = page[page.index('id="cells"'):page.index("</table>", page.index('id="cells"'))]
+    heads = re.findall(r"<th(?:\s[^>]*)?>(.*?)</th>", table)
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", row, re.S) for row in re.findall(r"<tr>(.*?)</tr>", table, re.S)[1:]]
+    return heads, rows
+
+
+def test_all_cells_shows_every_axis_that_varies_and_no_other(tmp_path):
+    """A sweep over losses, precisions, batch sizes and learning rates: each is a column, so no two
+    rows read alike; the axes with one value (optimizer, epochs, dataset...) are not columns."""
+    rng = np.random.default_rng(3)
+    records = []
+    for loss, precision, batch, rate in [("cce", "fp32", 64, 0.001), ("mse", "fp32", 64, 0.001), ("cce", "bf16", 64, 0.001),
+                                         ("cce", "fp32", 32, 0.001), ("cce", "fp32", 64, 0.01)]:
+        for repeat in range(2):
+            record = make_record("torch", "eager", "mlp", "adam", "relu", repeat, rng)
+            cell = f"{record['cell_id']}|{loss}|{precision}|{batch}|{rate}"
+            records.append(record | {"loss": loss, "precision": precision, "batch_size": batch, "learning_rate": rate,
+                                     "cell_id": cell})
+    heads, rows = _all_cells(build_report(write_run(tmp_path / "run", records)).html.read_text(encoding="utf-8"))
+    assert heads[:6] == ["Backend", "Model", "Loss", "Batch size", "Learning rate", "Precision"] and heads[6] == "Status"
+    assert len(rows) == 5 and len({tuple(row[:6]) for row in rows}) == 5
+    assert {tuple(row[2:6]) for row in rows} == {("cce", "64", "0.001", "fp32"), ("mse", "64", "0.001", "fp32"),
+                                                 ("cce", "64", "0.001", "bf16"), ("cce", "32", "0.001", "fp32"),
+                                                 ("cce", "64", "0.01", "fp32")}
+
+
 def test_page_shows_headline_ratios_problems_and_frameworks(built):
     result, _ = built
     page = result.html.read_text(encoding="utf-8")

@@ -9,10 +9,12 @@ one clear error; and nothing is ever unpickled.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import pickle
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -190,7 +192,10 @@ def test_neutral_files_hold_the_spec_and_canonical_keys(neutral):
         (lambda f: ((f / "weights.safetensors").write_bytes((f / "weights.safetensors").read_bytes()[:5000]), _rewrite_checksum(f)),
          "not a readable safetensors file"),
         (lambda f: (safetensors.numpy.save_file({k: v.astype(np.float64) for k, v in safetensors.numpy.load_file(
-            f / "weights.safetensors").items()}, f / "weights.safetensors"), _rewrite_checksum(f)), "expected float32"),
+            f / "weights.safetensors").items()}, f / "weights.safetensors"), _rewrite_checksum(f)),
+         "bytes, more than the model.json spec's .* bytes of float32 weights"),
+        (lambda f: os.truncate(f / "weights.safetensors", 10 * 2**30), "is 10,737,418,240 bytes, more than"),  # sparse: no disk used
+        (lambda f: os.truncate(f / "model.json", 5 * 2**30), "model.json is 5,368,709,120 bytes, more than any model.json"),
         (lambda f: (f / "model.json").unlink(), "manifest missing"),
         (lambda f: (f / "weights.safetensors").unlink(), "weights missing"),
         (lambda f: (f / "model.json").write_text("{\"format\": "), "not valid JSON"),
@@ -199,7 +204,8 @@ def test_neutral_files_hold_the_spec_and_canonical_keys(neutral):
         (lambda f: (f / "model.json").write_text((f / "model.json").read_text().replace('"num_classes": 10', '"num_classes": "ten"')),
          "invalid at num_classes"),
     ],
-    ids=["truncated", "zeroed", "checksum-mismatch", "truncated-with-matching-checksum", "float64", "no-manifest",
+    ids=["truncated", "zeroed", "checksum-mismatch", "truncated-with-matching-checksum", "float64", "padded-to-gigabytes",
+         "gigabyte-manifest", "no-manifest",
          "no-weights", "broken-json", "spec-edited", "bad-field"],
 )
 def test_damaged_neutral_files_are_one_clear_error(neutral, damage, message):
@@ -240,6 +246,23 @@ def bench(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
+def _npy_header_only(path: Path, shape: tuple, descr: str = "<f4") -> Path:
+    """An .npy file of a header and no data: what a hostile file claiming ``shape`` looks like."""
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": descr, "fortran_order": False, "shape": shape})
+    return path
+
+
+def _images(path: Path, values: np.ndarray, dtype=np.float32) -> Path:
+    np.save(path, values.astype(dtype).reshape(-1, 28, 28, 1))
+    return path
+
+
+def _idx(path: Path, dims: tuple[int, ...], data: bytes = b"") -> Path:
+    path.write_bytes(gzip.compress(bytes([0, 0, 8, len(dims)]) + struct.pack(f">{len(dims)}I", *dims) + data))
+    return path
+
+
 def test_predict_input_and_model_errors_are_one_line_and_exit_2(neutral, tmp_path, capsys):
     from bench import cli
 
@@ -250,17 +273,81 @@ def test_predict_input_and_model_errors_are_one_line_and_exit_2(neutral, tmp_pat
     truncated = tmp_path / "truncated"
     shutil.copytree(neutral, truncated)
     (truncated / "weights.safetensors").write_bytes((truncated / "weights.safetensors").read_bytes()[:1000])
+    run = tmp_path / "run"
+    shutil.copytree(neutral, run / "models" / "m1")
+    rows = np.random.default_rng(0).random((3, 28 * 28))
+    nan, inf = rows.copy(), rows.copy()
+    nan[1, 5], inf[2, 0] = np.nan, -np.inf
+    cut = tmp_path / "cut.npy"
+    cut.write_bytes(good.read_bytes()[:-10])
+    hostile = {  # a few bytes each, claiming gigabytes, or values outside the model's domain
+        "huge-header": (_npy_header_only(tmp_path / "huge.npy", (10**9, 28, 28)), "has 1,000,000,000 rows, 2,920.6 GiB in memory, over the 2 GiB limit"),
+        "huge-header-float64": (_npy_header_only(tmp_path / "huge64.npy", (10**12, 28, 28, 1), "<f8"), "over the 2 GiB limit"),
+        "negative-shape": (_npy_header_only(tmp_path / "negative.npy", (-5, 28, 28)), "has shape (-5, 28, 28); the model expects (N, 28, 28, 1)"),
+        "header-without-data": (_npy_header_only(tmp_path / "empty.npy", (1000, 28, 28)), "holds 0 bytes of data; its header declares (1000, 28, 28)"),
+        "truncated-data": (cut, "(truncated or padded)"),
+        "object-dtype": (_npy_header_only(tmp_path / "objects.npy", (2, 28, 28), "|O"), "has dtype object; valid: float"),
+        "complex-dtype": (_npy_header_only(tmp_path / "complex.npy", (2, 28, 28), "<c8"), "has dtype complex64"),
+        "nan": (_images(tmp_path / "nan.npy", nan), "has 1 NaN or infinite value(s), first in row 1; valid: finite floats in [0, 1]"),
+        "infinite": (_images(tmp_path / "inf.npy", inf), "first in row 2"),
+        "0-255-floats": (_images(tmp_path / "f255.npy", rows * 255), "valid: floats in [0, 1] (divide 0-255 images by 255)"),
+        "standardised": (_images(tmp_path / "z.npy", (rows - 0.5) / 0.3), "has values from -"),
+        "beyond-float32": (_images(tmp_path / "big.npy", rows * 1e300, np.float64), "e+299; valid: floats in [0, 1]"),
+        "idx-huge-header": (_idx(tmp_path / "huge-idx3-ubyte.gz", (4_000_000_000, 28, 28)), "over the 2 GiB limit"),
+        "idx-wrong-shape": (_idx(tmp_path / "wrong-idx3-ubyte.gz", (2, 32, 32), bytes(2048)), "the model expects (N, 28, 28, 1)"),
+        "idx-no-rows": (_idx(tmp_path / "none-idx3-ubyte.gz", (0, 28, 28)), "has shape (0, 28, 28)"),
+        "idx-inflates-past-header": (_idx(tmp_path / "more-idx3-ubyte.gz", (2, 28, 28), bytes(3 * 784)), "holds more data than its header's (2, 28, 28)"),
+    }
     cases = [
         (["--model", str(neutral), "--backend", "mxnet", "--input", str(good)], "unknown backend 'mxnet'; valid: torch, tf, jax, numpy"),
         (["--model", str(neutral), "--backend", "numpy", "--input", str(wrong)], "the model expects (N, 28, 28, 1)"),
         (["--model", str(truncated), "--backend", "numpy", "--input", str(good)], "saved model weights corrupt"),
         (["--model", str(tmp_path / "none"), "--backend", "numpy", "--input", str(good)], "saved model not found"),
-    ]
+        (["--model", str(run), "--backend", "numpy", "--input", str(good)], f"holds 1 saved model(s): give one of them, e.g. --model {run}/models/m1"),
+        (["--model", str(good), "--backend", "numpy", "--input", str(good)], "give a model folder, its model.json or its weights.safetensors"),
+    ] + [(["--model", str(neutral), "--backend", "numpy", "--input", str(path)], message) for path, message in hostile.values()]
     for args, message in cases:  # in process: each is refused before any framework is imported
         assert cli.main(["predict", *args]) == 2
         captured = capsys.readouterr()
         lines = captured.err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0] and not captured.out, captured.err
+
+
+def test_predict_takes_the_model_folder_its_manifest_or_any_of_its_files(neutral, tmp_path, capsys):
+    from bench import cli
+
+    images = tmp_path / "x.npy"
+    np.save(images, np.random.default_rng(1).random((4, 28, 28)).astype(np.float32))  # no channel axis: added
+    (neutral / "model.pt").write_bytes(b"the native file")
+    manifest = json.loads((neutral / "model.json").read_text())
+    (neutral / "model.json").write_text(json.dumps(manifest | {"native_file": "model.pt"}))
+    outputs = []
+    for path in (neutral, neutral / "model.json", neutral / "weights.safetensors", neutral / "model.pt"):
+        assert cli.main(["predict", "--model", str(path), "--backend", "numpy", "--input", str(images)]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert len(set(outputs)) == 1 and len(outputs[0].split()) == 4
+    (neutral / "notes.txt").write_text("not the model")
+    assert cli.main(["predict", "--model", str(neutral / "notes.txt"), "--backend", "numpy", "--input", str(images)]) == 2
+    assert "not a file of the saved model" in capsys.readouterr().err
+
+
+def test_an_idx_decompression_bomb_is_refused_within_a_memory_limit(neutral, tmp_path):
+    """A 1 MB gzip that inflates to 1 GiB past its small header, read under a 768 MiB address-space
+    limit: decompressing it whole (as a regression would) dies of MemoryError, streaming refuses it."""
+    member = gzip.compress(bytes(64 * 2**20), 9)  # 64 MiB of zeros, about 64 KB compressed
+    bomb = _idx(tmp_path / "bomb-idx3-ubyte.gz", (3, 28, 28), bytes(3 * 784))
+    with open(bomb, "ab") as handle:  # further gzip members: the stream goes on after the declared data
+        handle.write(member * 16)
+    limit = 768 * 2**20
+    capped = ("import resource, sys\n"  # set in the child itself: no fork-time hook in a process that runs threads
+              f"resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))\n"
+              "from bench.cli import main\n"
+              "sys.exit(main(sys.argv[1:]))\n")
+    result = subprocess.run([sys.executable, "-c", capped, "predict", "--model", str(neutral), "--backend", "numpy",
+                             "--input", str(bomb)], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                            env=os.environ | {"OPENBLAS_NUM_THREADS": "1"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and "holds more data than its header's (3, 28, 28)" in result.stderr
 
 
 @pytest.mark.slow

@@ -2,8 +2,9 @@
 
 The model is rebuilt from its manifest's spec and given its canonical weights with ``set_weights``,
 so it does not matter which framework trained it. Everything the user can get wrong (backend name,
-model folder, checksum, input file, input shape) is checked before a framework is imported, and is
-one ``error:`` line with exit 2.
+model path, checksum, input file, input shape, size and values) is checked before a framework is
+imported, and is one ``error:`` line with exit 2. Sizes are checked from headers before anything
+is allocated, so a small hostile file cannot exhaust memory (docs/architecture.md, "Saved models").
 
 It runs in this process: one short command, one framework, nothing to keep apart. Inference is
 always fp32 in the backend's default mode (the weights are stored in fp32, and a mode such as
@@ -13,6 +14,8 @@ torch's ``compiled`` does not exist on every backend).
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -23,14 +26,15 @@ from backends.base import Unsupported
 from bench.errors import BackendUnavailable, BenchError
 from bench.measure.load import usable_cores
 from bench.models.saved import NeutralModel, load_neutral
-from bench.spec.data import read_idx, scale_images
+from bench.spec.data import ARRAY_BUDGET_BYTES, gib, read_idx, scale_images
 from bench.spec.semantics import HARMONISED
 
 DEFAULT_BATCH = 500
 
 
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, type=Path, help="a saved model folder (RUN/models/...) or its model.json")
+    p.add_argument("--model", required=True, type=Path,
+                   help="a saved model folder (RUN/models/...), its model.json or its weights.safetensors")
     p.add_argument("--backend", required=True, help="torch, tf, jax or numpy: any installed backend, whichever trained the model")
     p.add_argument("--input", required=True, type=Path,
                    help=".npy array (N, *input shape) of floats in [0, 1] or uint8 (scaled by 1/255), or an IDX .gz of uint8 images")
@@ -39,34 +43,91 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu", "auto"))
 
 
-def read_input(path: Path) -> np.ndarray:
-    """The rows to classify as float32; uint8 images are scaled by 1/255 as the datasets are."""
-    if not path.is_file():
-        raise BenchError(f"input file not found: {path}")
-    if path.suffix == ".npy":
+def _expected(input_shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(["N", *map(str, input_shape)]) + ") with N >= 1"
+
+
+def check_declared_shape(shape: tuple[int, ...], input_shape: tuple[int, ...], path: Path, itemsize: int = 1) -> None:
+    """A file's declared array shape, before its data is read: rows of the model's input (a missing
+    trailing channel of 1 allowed, as the datasets allow it), and no more rows than
+    ``ARRAY_BUDGET_BYTES`` holds, as stored (``itemsize`` bytes a value) or as the float32 copy the
+    backend gets, whichever is larger. A header claiming billions of rows is refused here."""
+    image = tuple(shape[1:])
+    if len(shape) < 1 or shape[0] < 1 or (image != tuple(input_shape) and image + (1,) != tuple(input_shape)):
+        raise BenchError(f"input {path} has shape {tuple(shape)}; the model expects {_expected(input_shape)}")
+    row_bytes = max(4, itemsize) * math.prod(input_shape)
+    if shape[0] * row_bytes > ARRAY_BUDGET_BYTES:
+        raise BenchError(f"input {path} has {shape[0]:,} rows, {gib(shape[0] * row_bytes)} in memory, over the "
+                         f"{gib(ARRAY_BUDGET_BYTES)} limit; valid: at most {ARRAY_BUDGET_BYTES // row_bytes:,} rows "
+                         "of this model's input per file")
+
+
+NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+"""The .npy header versions ``np.save`` writes for plain arrays (3.0 only adds UTF-8 field names of structured dtypes)."""
+
+
+def _read_npy(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
+    """An .npy array whose header is checked (dtype, shape, size, file length) before its data is
+    read; nothing is unpickled."""
+    with open(path, "rb") as handle:
         try:
-            x = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise BenchError(f"input {path} is not a readable .npy array without pickled objects ({exc})") from None
-    elif path.suffix == ".gz":
-        x = read_idx(path)
-    else:
-        raise BenchError(f"input {path}: unknown file type {path.suffix!r}; valid: .npy, IDX .gz (e.g. t10k-images-idx3-ubyte.gz)")
-    if x.dtype == np.uint8:
-        return scale_images(x)
-    if not np.issubdtype(x.dtype, np.floating):
-        raise BenchError(f"input {path} has dtype {x.dtype}; valid: float (values in [0, 1]) or uint8 (scaled by 1/255)")
-    return np.asarray(x, dtype=np.float32)
+            version = np.lib.format.read_magic(handle)
+            if version not in NPY_HEADERS:
+                raise ValueError(f"format version {version[0]}.{version[1]}; valid: 1.0, 2.0")
+            shape, fortran_order, dtype = NPY_HEADERS[version](handle)
+        except ValueError as exc:
+            raise BenchError(f"input {path} is not a readable .npy array ({exc})") from None
+        if dtype.hasobject or not (dtype == np.uint8 or dtype.kind == "f"):
+            raise BenchError(f"input {path} has dtype {dtype}; valid: float (values in [0, 1]) or uint8 (scaled by 1/255)")
+        check_declared_shape(shape, input_shape, path, dtype.itemsize)
+        count = math.prod(shape)
+        stored = os.fstat(handle.fileno()).st_size - handle.tell()
+        if stored != count * dtype.itemsize:
+            raise BenchError(f"input {path} holds {stored:,} bytes of data; its header declares {tuple(shape)} {dtype}, "
+                             f"{count * dtype.itemsize:,} bytes (truncated or padded)")
+        data = np.fromfile(handle, dtype=dtype, count=count)
+    return data.reshape(shape, order="F" if fortran_order else "C")
 
 
-def fit_input(x: np.ndarray, input_shape: tuple[int, ...], path: Path) -> np.ndarray:
-    """``x`` as (N, *input_shape); a missing trailing channel of 1 is added, as the datasets do."""
-    if x.ndim >= 1 and x.shape[1:] + (1,) == tuple(input_shape):
-        x = x[..., None]
-    if x.ndim < 1 or tuple(x.shape[1:]) != tuple(input_shape) or len(x) == 0:
-        expected = ", ".join(["N", *map(str, input_shape)])
-        raise BenchError(f"input {path} has shape {tuple(x.shape)}; the model expects ({expected}) with N >= 1")
+def _read_idx(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
+    return read_idx(path, check_dims=lambda dims: check_declared_shape(dims, input_shape, path))
+
+
+READERS = {".npy": _read_npy, ".gz": _read_idx}
+"""Input file types by suffix; each checks the declared shape against the model before reading data."""
+
+
+def _in_domain(x: np.ndarray, path: Path) -> np.ndarray:
+    """Float rows must be what the model was trained on: finite values in [0, 1]. NaN or inf would
+    be predicted as class 0 with NaN probabilities, and 0-255 floats as whatever saturates; both
+    are refused, never rescaled (a float image's scale cannot be told from its values)."""
+    finite = np.isfinite(x)
+    if not finite.all():
+        bad = np.flatnonzero(~finite.reshape(len(x), -1).all(axis=1))
+        raise BenchError(f"input {path} has {int((~finite).sum()):,} NaN or infinite value(s), first in row {bad[0]}; "
+                         "valid: finite floats in [0, 1]")
+    low, high = float(x.min()), float(x.max())
+    if low < 0.0 or high > 1.0:
+        raise BenchError(f"input {path} has values from {low:g} to {high:g}; valid: floats in [0, 1] (divide 0-255 "
+                         "images by 255) or uint8 images (scaled by 1/255)")
     return x
+
+
+def read_input(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
+    """The rows to classify as float32 (N, *input_shape); uint8 images are scaled by 1/255 as the datasets are.
+
+    Everything is checked before it is allocated (the header's shape against the model, the size
+    against ``ARRAY_BUDGET_BYTES``) or before it reaches a backend (finite values in [0, 1])."""
+    if not path.exists():
+        raise BenchError(f"input file not found: {path}")
+    if not path.is_file():  # a folder, a device (/dev/zero never ends), a pipe
+        raise BenchError(f"input {path} is not a regular file; valid: a .npy or IDX .gz file")
+    reader = READERS.get(path.suffix)
+    if reader is None:
+        raise BenchError(f"input {path}: unknown file type {path.suffix!r}; valid: .npy, IDX .gz (e.g. t10k-images-idx3-ubyte.gz)")
+    x = reader(path, input_shape)
+    x = scale_images(x) if x.dtype == np.uint8 else _in_domain(x, path).astype(np.float32)
+    return x if x.shape[1:] == tuple(input_shape) else x[..., None]
 
 
 def predict(saved: NeutralModel, backend_name: str, x: np.ndarray, batch_size: int, device: str = "cpu") -> np.ndarray:
@@ -96,7 +157,7 @@ def main_predict(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise BenchError(f"--batch-size must be a positive integer, got {args.batch_size}")
     saved = load_neutral(args.model)
-    x = fit_input(read_input(args.input), saved.input_shape, args.input)
+    x = read_input(args.input, saved.input_shape)
     probabilities = predict(saved, name, x, args.batch_size, args.device)
     classes = probabilities.argmax(axis=1)
     if args.probabilities:

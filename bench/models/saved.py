@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
+import math
+import shlex
+import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,8 +36,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors import SafetensorError
 
 from backends.base import Backend
-from bench.errors import SavedModelError
+from bench.errors import BenchError, SavedModelError
 from bench.results.record import Status
+from bench.results.store import file_stem, read_small
+from bench.spec.data import ARRAY_BUDGET_BYTES, gib
 from bench.spec.model import ModelSpec
 from bench.spec.shapes import ParamSpec, param_specs
 from bench.spec.train import TrainSpec
@@ -47,6 +51,10 @@ WEIGHTS = "weights.safetensors"
 MODELS_FOLDER = "models"
 """Saved models live in ``<run folder>/models/<one folder per cell and repeat>/``."""
 LAYOUTS = "Dense kernel (in, out); Conv2D kernel HWIO; inputs NHWC float32 in [0, 1]; Flatten in H, W, C order"
+MODEL_FOLDER_LIMIT = 130
+"""Characters of a model folder's readable part (the cell id cut to 120, then the repeat), before its hash."""
+SAFETENSORS_HEADER_LIMIT = 2**20
+"""Largest safetensors JSON header read: a few hundred bytes per tensor."""
 
 
 class SavedParameter(BaseModel):
@@ -138,13 +146,36 @@ def save_neutral(
     return path
 
 
+def find_manifest(path: Path) -> Path:
+    """The model.json a ``--model`` path means: a model folder, its model.json, or a file beside it
+    (the weights or the native file, which a user sees first); anything else is one line saying
+    which path to give."""
+    if not path.exists():
+        raise SavedModelError(f"saved model not found: {path}")
+    if path.is_dir():
+        if (path / MANIFEST).is_file():
+            return path / MANIFEST
+        inside = sorted(path.glob(f"*/{MANIFEST}")) or sorted(path.glob(f"{MODELS_FOLDER}/*/{MANIFEST}"))
+        if inside:
+            raise SavedModelError(f"{path} is not a model folder but holds {len(inside)} saved model(s): give one of them, "
+                                  f"e.g. --model {shlex.quote(str(inside[0].parent))}")
+        raise SavedModelError(f"saved model manifest missing: {path / MANIFEST} (a model folder holds {MANIFEST} and "
+                              f"{WEIGHTS}; give the folder, its {MANIFEST} or its {WEIGHTS})")
+    if path.suffix == ".json" or not (path.parent / MANIFEST).is_file():
+        return path
+    return path.parent / MANIFEST
+
+
 def _read_manifest(path: Path) -> Manifest:
     if not path.is_file():
         raise SavedModelError(f"saved model manifest missing: {path} (a model folder holds {MANIFEST} and {WEIGHTS})")
     try:
-        document = json.loads(path.read_bytes().decode("utf-8"))
+        document = json.loads(read_small(path, MANIFEST).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SavedModelError(f"saved model manifest corrupt: {path} is not valid JSON ({exc})") from None
+        raise SavedModelError(f"saved model manifest corrupt: {path} is not valid JSON ({exc}); give a model folder, "
+                              f"its {MANIFEST} or its {WEIGHTS}") from None
+    except BenchError as exc:  # far larger than a manifest can be
+        raise SavedModelError(f"saved model manifest corrupt: {exc}") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise SavedModelError(f"{path} is not a {FORMAT} manifest (no \"format\": \"{FORMAT}\")")
     try:
@@ -169,14 +200,35 @@ def _check_parameters(manifest: Manifest, path: Path) -> list[ParamSpec]:
     return specs
 
 
+def _read_weights(path: Path, specs: list[ParamSpec]) -> bytes:
+    """The weights file's bytes, its size checked first against what the spec implies: a file padded
+    to gigabytes, or a spec implying more than ``ARRAY_BUDGET_BYTES``, is refused before it is read.
+    A shorter file is read (it is small) and fails its checksum as truncated."""
+    data = sum(4 * math.prod(s.shape) for s in specs)
+    if data > ARRAY_BUDGET_BYTES:
+        raise SavedModelError(f"saved model {path.parent}: its spec implies {gib(data)} of float32 weights, over the "
+                              f"{gib(ARRAY_BUDGET_BYTES)} limit")
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        header = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else 0
+        if size > 8 + min(header, SAFETENSORS_HEADER_LIMIT) + data:
+            raise SavedModelError(f"saved model weights corrupt: {path} is {size:,} bytes, more than the {MANIFEST} "
+                                  f"spec's {data:,} bytes of float32 weights and a safetensors header take "
+                                  "(padded, not float32, or another file)")
+        return prefix + handle.read()
+
+
 def load_neutral(path: Path) -> NeutralModel:
-    """Read a model folder (or its ``model.json``): manifest validated, checksum verified, weights
-    parsed and checked against the spec. Every problem is a SavedModelError naming the file."""
+    """Read a model folder, its ``model.json`` or a file beside it: manifest validated, sizes and
+    checksum verified, weights parsed and checked against the spec. Every problem is a
+    SavedModelError naming the file."""
     path = Path(path)
-    if not path.exists():
-        raise SavedModelError(f"saved model not found: {path}")
-    manifest_path = path / MANIFEST if path.is_dir() else path
+    manifest_path = find_manifest(path)
     manifest = _read_manifest(manifest_path)
+    if path != manifest_path and path.is_file() and path.name not in (manifest.weights_file, manifest.native_file):
+        raise SavedModelError(f"--model {path}: not a file of the saved model in {path.parent}; give the folder, its "
+                              f"{MANIFEST} or its {WEIGHTS}")
     specs = _check_parameters(manifest, manifest_path)
     folder = manifest_path.parent
     weights_path = folder / manifest.weights_file
@@ -184,7 +236,7 @@ def load_neutral(path: Path) -> NeutralModel:
         raise SavedModelError(f"saved model manifest {manifest_path}: weights_file must be a file name in its folder")
     if not weights_path.is_file():
         raise SavedModelError(f"saved model weights missing: {weights_path}")
-    blob = weights_path.read_bytes()
+    blob = _read_weights(weights_path, specs)
     actual = sha256(blob)
     if actual != manifest.weights_sha256:
         raise SavedModelError(
@@ -209,15 +261,10 @@ def load_neutral(path: Path) -> NeutralModel:
 
 
 def model_folder_name(cell_id: str, repeat: int) -> str:
-    """A readable, filesystem-safe and unique folder name for one cell and repeat.
-
-    The cell id's fields are joined by '_' and any character outside [A-Za-z0-9._-] becomes '-';
-    that mapping can merge two ids (custom model names are free text), so a short hash of the
-    exact id and repeat keeps names unique.
-    """
-    readable = re.sub(r"[^A-Za-z0-9._-]", "-", cell_id.replace("|", "_"))[:120]
-    digest = sha256(f"{cell_id}#{repeat}".encode())[:8]
-    return f"{readable}_r{repeat}_{digest}"
+    """A readable, filesystem-safe, bounded and unique folder name for one cell and repeat: the cell
+    id's fields joined by '_' (at most 120 characters), the repeat, and a short hash of the exact id
+    and repeat (``store.file_stem``)."""
+    return file_stem(f"{cell_id.replace('|', '_')[:120]}_r{repeat}", MODEL_FOLDER_LIMIT, key=f"{cell_id}#{repeat}")
 
 
 def save_trained_model(backend: Backend, record: dict, model: ModelSpec, run_dir: Path) -> dict:

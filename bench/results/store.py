@@ -2,7 +2,8 @@
 
 Each record is appended and flushed to disk (fsync) the moment its cell ends, so a crash loses
 nothing finished and a rerun into the same folder resumes where it stopped. Reading parses JSON
-line by line and never unpickles; a truncated last line (a crash mid-write) is skipped and counted.
+line by line and never unpickles; a truncated last line (a crash mid-write) is skipped and counted,
+and so is a line too long to be a record, never held in memory whole.
 Every record is read as a current one (bench/results/upgrades.py), so no reader knows older schemas.
 A cell whose status is not final (failed, timed out) is run again by a resume and recorded again:
 the latest record of each ``(cell_id, repeat)`` is the one that counts (``latest``). Every other file of the folder is
@@ -12,9 +13,12 @@ the previous version in place, never a truncated one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.errors import BenchError
@@ -26,6 +30,46 @@ ENVIRONMENT = "environment.json"
 RUN = "run.json"
 FINAL = tuple(status for status in Status if status.final)
 """Statuses a resume keeps: it does not run those cells again."""
+
+
+SMALL_FILE_LIMIT = 16 * 2**20
+"""Largest file of a run that is read whole (run.json, environment.json, a model.json, a sweep's TOML
+file) and longest line of results.jsonl: each is a few KiB, so a larger one is not what it claims to
+be, and is refused (or a line skipped) before it is read into memory."""
+UNSAFE_IN_NAMES = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def read_small(path: Path, what: str) -> bytes:
+    """The bytes of a file that is read whole, its size checked first (``SMALL_FILE_LIMIT``): a BenchError
+    naming it when it is larger than a ``what`` can be. OSError (missing, unreadable) is the caller's."""
+    size = Path(path).stat().st_size
+    if size > SMALL_FILE_LIMIT:
+        raise BenchError(f"{path} is {size:,} bytes, more than any {what} ({SMALL_FILE_LIMIT:,} at most); is it the right file?")
+    return Path(path).read_bytes()
+
+
+def _lines(handle) -> Iterator[bytes | None]:
+    """The lines of a binary file, each read with at most ``SMALL_FILE_LIMIT`` bytes in memory; a
+    longer line is passed over in pieces and given as None."""
+    while raw := handle.readline(SMALL_FILE_LIMIT):
+        if len(raw) < SMALL_FILE_LIMIT or raw.endswith(b"\n"):
+            yield raw
+            continue
+        while (rest := handle.readline(SMALL_FILE_LIMIT)) and not rest.endswith(b"\n"):
+            pass
+        yield None
+
+
+def file_stem(text: str, limit: int, key: str | None = None) -> str:
+    """A bounded, unique file or folder name in a run folder for free text (a model name, a cell id).
+
+    Characters outside [A-Za-z0-9._-] become '-' and the text is cut to ``limit`` characters, so
+    the name is safe and fits any file system; both steps merge texts that read alike (``a/b`` and
+    ``a_b``, long names that share a beginning), so a short hash of the exact ``key`` (default: the
+    text) follows, and no two texts ever share a file.
+    """
+    readable = UNSAFE_IN_NAMES.sub("-", text)[:limit]
+    return f"{readable}_{hashlib.sha256((text if key is None else key).encode()).hexdigest()[:8]}"
 
 
 def _clean(value):
@@ -48,7 +92,10 @@ def read_records(path: Path) -> tuple[list[dict], int]:
     """
     records, skipped = [], 0
     with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+        for number, raw in enumerate(_lines(handle), start=1):
+            if raw is None:  # a line longer than any record: not one
+                skipped += 1
+                continue
             if not raw.strip():
                 continue
             try:
@@ -107,7 +154,7 @@ def read_run(folder: Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        recorded = json.loads(path.read_text(encoding="utf-8"))
+        recorded = json.loads(read_small(path, RUN).decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BenchError(f"cannot read {path}: {exc}") from None
     if not isinstance(recorded, dict):

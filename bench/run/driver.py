@@ -5,8 +5,9 @@ cannot fit, executor settings, a folder in use or recorded with other settings) 
 anything is written, so records already in an ``--out`` folder stay as they were. Then the cells
 still missing run on the chosen executor, each record is appended as it arrives, and the summary
 (reports/terminal.py) and the report (reports/) follow. Ctrl-C (or SIGTERM, as Slurm sends at a time
-limit) stops the sweep, still writes the report of what finished and exits 130 (143)
-(docs/architecture.md, "Run lifecycle").
+limit) stops the sweep, still writes the report of what finished and exits 130 (143); a second one
+while the summary or report is written exits at once, quietly, the report files being written whole
+and renamed (docs/architecture.md, "Run lifecycle"). Every command it prints is shell-quoted.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bench.results.record import ResultRecord
 from bench.results.store import RunStore
 from bench.run import code_identity, environment, executors, fingerprint, grid
+from bench.run.environment import command_line
 from bench.run.executors.local import WorkerSettings
 from bench.run.executors.process import worker_cpu_set
 from bench.run.fairness import fairness_rules
-from bench.run.flags import build_sweep, resumed
-from bench.run.lock import RunLock
+from bench.run.flags import build_sweep, result_flags, resumed
+from bench.run.lock import LOCK, RunLock, printable
 from bench.spec.augment import check_image_input
 from bench.spec.cell import Cell
 from bench.spec.data import load_dataset
@@ -87,14 +89,19 @@ def main_run(args: argparse.Namespace) -> int:
     identity = fingerprint.describe(sweep, backend_names, data, threads, args.device)
     code = code_identity.current()
     store = RunStore(out)
-    command = " ".join(["python -m bench"] + args.argv)
-    with RunLock(out, command) as lock:
-        note = fingerprint.check(store, identity, code)  # before anything is written: a refused rerun changes nothing
+    rerun = fingerprint.Rerun(args.resume is not None, result_flags(args.argv), sweep.repeats,
+                              where.get("repeats", "--repeats"))
+    fingerprint.check(store, identity, code, rerun)  # a refused rerun touches nothing, not even the lock file...
+    with RunLock(out, command_line(args.argv)) as lock:
+        note = fingerprint.check(store, identity, code, rerun)  # ...and holds once no other driver can write the folder
         if note:
             console.print(note, markup=False)
         if lock.previous.get("pid"):
-            console.print(f"took over {out} from a driver that is gone (pid {lock.previous['pid']}); "
-                          f"stopped {lock.stopped_leftovers} leftover worker(s)")
+            console.print(f"took over {out} from a driver that is gone (pid {printable(lock.previous['pid'])}); "
+                          f"stopped {lock.stopped_leftovers} leftover worker(s)", markup=False, highlight=False)
+        if lock.left_alone:
+            console.print(f"note: {LOCK} listed live process(es) {lock.left_alone} that are not provably workers of "
+                          f"{out} (their environment lacks its run token): left alone", markup=False, highlight=False)
         fingerprint.record(store, identity, code, args)
         env = environment.capture(args.argv, threads, list(cpu_set), _settings(sweep, backend_names), fairness_rules())
         store.write_environment(env | {"executor": args.executor, "fingerprint": fingerprint.digest(identity)})
@@ -123,7 +130,7 @@ def _sweep(args, sweep, backend_names, data, models, refused, store: RunStore, l
                 sink(ResultRecord.refused(backend, name, sweep.dataset, reason))
     todo = [c for c in cells if (c.cell_id, c.repeat) not in done]
     console.print(
-        f"[bold]bench run[/]: {len(todo)} cells to run ({len(cells) - len(todo)} already in {out}), "
+        f"[bold]bench run[/]: {len(todo)} cells to run ({len(cells) - len(todo)} already in {escape(str(out))}), "
         f"backends {', '.join(backend_names)}, profile {args.profile}, dataset {sweep.dataset} "
         f"({len(data.x_train)} train / {len(data.x_val)} val / {len(data.x_test)} test), {settings.threads} threads, "
         f"executor {args.executor}"
@@ -138,24 +145,34 @@ def _sweep(args, sweep, backend_names, data, models, refused, store: RunStore, l
 
         try:
             with _stop_on_signals():
-                executors.EXECUTORS[args.executor].run(cells, settings, advance, done, args, lock.watch)
+                executors.EXECUTORS[args.executor].run(cells, settings, advance, done, args, lock)
         except KeyboardInterrupt as exc:
             interrupted = exc
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     if interrupted is not None:
-        errors.print(f"interrupted: finished cells are kept in {out}; "
-                     f"resume with: python -m bench run --resume {out}", markup=False, highlight=False, soft_wrap=True)
+        errors.print(f"interrupted: finished cells are kept in {out}; resume with: "
+                     f"{command_line(['run', '--resume', str(out)])} (interrupt again to skip the report)",
+                     markup=False, highlight=False, soft_wrap=True)
     else:
-        console.print(f"[bold]done[/]: {summary or 'nothing to run'}; records in {store.results}")
+        console.print(f"[bold]done[/]: {escape(summary or 'nothing to run')}; records in {escape(str(store.results))}")
+    try:
+        with _stop_on_signals():
+            _summary_and_report(out, store, args)
+    except KeyboardInterrupt as again:  # exit at once: the records are on disk, the previous report still in place
+        return 128 + getattr(again, "signum", signal.SIGINT)
+    if interrupted is not None:
+        return 128 + getattr(interrupted, "signum", signal.SIGINT)
+    return 1 if any(not status.final for status in counts) else 0  # a cell a resume would run again
+
+
+def _summary_and_report(out: Path, store: RunStore, args: argparse.Namespace) -> None:
+    """The terminal summary and the report files (each written whole, then renamed)."""
     if store.has_records():
         from reports.terminal import print_summary  # pandas: loaded once there is something to summarise
 
         print_summary(console, out, args.baseline)
         if not args.no_report:
             _write_report(out, args.baseline)
-    if interrupted is not None:
-        return 128 + getattr(interrupted, "signum", signal.SIGINT)
-    return 1 if any(not status.final for status in counts) else 0  # a cell a resume would run again
 
 
 def _settings(sweep: grid.Sweep, backend_names: list[str]) -> dict:
@@ -169,4 +186,4 @@ def _write_report(out: Path, baseline: str | None) -> None:
     from reports import build_report
 
     result = build_report(out, baseline=baseline)
-    console.print(f"report: {result.html}")
+    console.print(f"report: {result.html}", markup=False, highlight=False)

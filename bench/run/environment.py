@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,12 @@ from bench.run import code_identity
 RESULT_PACKAGES = ("numpy", "torch", "tensorflow", "tensorflow-cpu", "keras", "jax", "jaxlib", "flax", "optax")
 """Packages whose version can change a measured result (part of the run fingerprint)."""
 PACKAGES = RESULT_PACKAGES + ("pandas", "matplotlib", "scipy", "pydantic")
+
+
+def command_line(argv: list[str]) -> str:
+    """``python -m bench ARGV`` as a user can paste it into a shell: every argument quoted as needed
+    (a folder with spaces, parentheses or ';' stays one argument and runs nothing else)."""
+    return shlex.join(["python", "-m", "bench", *argv])
 
 
 def _cpu_name() -> str:
@@ -80,7 +87,7 @@ def matmul_peak_gflops(threads: int, size: int = 1024, seconds: float = 0.5) -> 
 def capture(argv: list[str], threads: int, cpu_set: list[int], settings: dict, fairness: dict) -> dict:
     return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["python -m bench"] + argv),
+        "command": command_line(argv),
         "argv": argv,
         "git_commit": code_identity.commit(),
         "os": platform.platform(),

@@ -4,8 +4,11 @@ A run folder holds one sweep. Resuming matches cells by ``(cell_id, repeat)``, a
 out the seed, the data split, the model's layers and every fixed hyperparameter, so a rerun with
 any of those changed would serve old results under new settings and pool both in one report. The
 fingerprint closes that: a run into a folder whose fingerprint differs is refused before anything
-is written, with the settings that differ. Only ``repeats`` may grow (more samples of the same
-cells); where the run executes (``--executor``, ``--out``, timeouts, report options) is not part of it.
+is written, with the settings that differ and a remedy that works for why they differ (flags
+typed now, an edited run.json, another machine), never the command that was just refused. Only
+``repeats`` may grow (more samples of the same cells): fewer than the folder's run.json or
+records hold is refused, so run.json never claims less than its records show. Where the run
+executes (``--executor``, ``--out``, timeouts, report options) is not part of it.
 
 The settings leave out the code that measures them, so ``run.json`` also keeps the run's code
 identity (bench/run/code_identity.py), beside the fingerprint rather than inside it: a resume
@@ -23,15 +26,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
 from bench.errors import BenchError
-from bench.results.store import RunStore, read_run
+from bench.results.store import RUN, RunStore, read_records, read_run
 from bench.run import environment
 from bench.run.code_identity import CodeIdentity
+from bench.run.environment import command_line
 from bench.run.grid import Sweep
 from bench.spec.data import Dataset
 from bench.spec.train import DEFAULT_LEARNING_RATES, TrainSpec
@@ -51,6 +55,10 @@ class FingerprintMismatch(BenchError):
 
 class CodeChanged(BenchError):
     """The run folder was recorded by other measuring code."""
+
+
+class RepeatsShrink(BenchError):
+    """A rerun asks for fewer repeats than the run folder already holds."""
 
 
 def _suite_version() -> str:
@@ -115,9 +123,10 @@ def differences(recorded: dict, current: dict) -> list[str]:
     return [f"{k}: {_short(old.get(k, _ABSENT))} -> {_short(new.get(k, _ABSENT))}" for k in keys]
 
 
-def check(store: RunStore, settings: dict, code: CodeIdentity) -> str | None:
-    """Refuse a folder recorded with other settings (FingerprintMismatch) or by other measuring code
-    (CodeChanged), both exit 2 with nothing written; a note to print where the recorded code is unknown."""
+def check(store: RunStore, settings: dict, code: CodeIdentity, rerun: Rerun) -> str | None:
+    """Refuse a folder recorded with other settings (FingerprintMismatch), with fewer repeats than it
+    holds (RepeatsShrink) or by other measuring code (CodeChanged), all exit 2 with nothing written;
+    a note to print where the recorded code is unknown."""
     recorded = store.read_run()
     if recorded is None:
         if store.has_records():
@@ -127,12 +136,57 @@ def check(store: RunStore, settings: dict, code: CodeIdentity) -> str | None:
         return None
     if recorded.get("fingerprint") != digest(settings):
         changed = differences(recorded.get("settings", {}), settings)
-        raise FingerprintMismatch(
-            f"run folder {store.folder} was recorded with other settings ({'; '.join(changed) or 'fingerprint differs'}); "
-            f"resume it as recorded with `python -m bench run --resume {store.folder}`, or choose another --out")
+        raise FingerprintMismatch(f"run folder {store.folder} was recorded with other settings "
+                                  f"({'; '.join(changed) or 'fingerprint differs'}); {_remedy(store.folder, recorded, settings, rerun)}")
+    _check_repeats(store, recorded, rerun)
     if not store.has_records():
         return None  # nothing measured yet: no two versions of the code to pool
     return _check_code(store.folder, recorded.get("code"), code)
+
+
+@dataclass(frozen=True)
+class Rerun:
+    """What the command asks of a folder that may already hold a run: how it was typed, for the advice
+    a refusal gives, and how many repeats it wants."""
+
+    resuming: bool
+    overrides: list[str]
+    """The flags typed now that set a result setting (with ``--resume``: that override the recorded ones)."""
+    repeats: int
+    repeats_from: str
+    """The flag or TOML key the repeat count came from."""
+
+
+def _remedy(folder: Path, recorded: dict, settings: dict, rerun: Rerun) -> str:
+    """Advice that works for why the settings differ: never the command that was just refused."""
+    run_json = Path(folder) / RUN
+    if digest(recorded.get("settings", {})) != recorded.get("fingerprint"):
+        if digest(recorded.get("settings", {})) == digest(settings):
+            return (f"its \"fingerprint\" was edited, and its settings, which this run matches, hash to {digest(settings)}: "
+                    f"restore that value in {run_json} to continue it, or choose another --out")
+        return (f"{run_json} was edited (its settings no longer give its fingerprint), so what its records were "
+                "measured with is unknown: restore the original file to continue it, or choose another --out")
+    if not rerun.resuming:
+        return (f"continue it as recorded with `{command_line(['run', '--resume', str(folder)])}`, or choose another "
+                "--out for these settings")
+    if rerun.overrides:
+        return (f"leave out {', '.join(dict.fromkeys(rerun.overrides))} to continue it as recorded, or choose another "
+                "--out for these settings")
+    return (f"the arguments in {run_json} or this machine (framework versions, cores) no longer give the recorded "
+            "values (left of each arrow): restore them to continue it, or run the sweep's flags into another --out")
+
+
+def _check_repeats(store: RunStore, recorded: dict, rerun: Rerun) -> None:
+    """Repeats may only grow: a folder's run.json must never claim fewer repeats than it or its
+    records hold, or the report would pool repeats the run says it does not have."""
+    arguments = recorded.get("arguments") if isinstance(recorded.get("arguments"), dict) else {}
+    held = [arguments.get("repeats")]
+    if store.has_records():
+        held += [record["repeat"] + 1 for record in read_records(store.results)[0] if isinstance(record.get("repeat"), int)]
+    most = max((n for n in held if isinstance(n, int) and not isinstance(n, bool)), default=0)
+    if rerun.repeats < most:
+        raise RepeatsShrink(f"{rerun.repeats_from} {rerun.repeats}: {store.folder} already holds {most} repeat(s) of its "
+                            f"cells, and repeats may only grow; valid: {most} or more (or choose another --out)")
 
 
 def _check_code(folder: Path, recorded: object, code: CodeIdentity) -> str | None:

@@ -56,6 +56,13 @@ FLAGS = {
     "min_window": "--min-window", "window_budget": "--window-budget",
 }
 """The sweep key each run flag sets; an error about the key names the flag."""
+RESULT_FLAGS = (*FLAGS.values(), "--profile", "--config", "--threads", "--device")
+"""The flags that set what a run measures (its fingerprint); the others say where and how it runs."""
+
+
+def result_flags(argv: list[str]) -> list[str]:
+    """The result-setting flags typed in ``argv`` (the advice when a folder's settings differ names them)."""
+    return [flag for arg in argv if (flag := arg.split("=", 1)[0]) in RESULT_FLAGS]
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:

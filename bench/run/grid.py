@@ -22,6 +22,7 @@ from pydantic.fields import FieldInfo
 import backends
 from bench.errors import BenchError, DatasetError, SpecError, did_you_mean, unknown
 from bench.measure.throughput import MIN_WINDOWS
+from bench.results.store import read_small
 from bench.spec.cell import AXES, Cell, WindowPlan
 from bench.spec.data import check_name
 from bench.spec.model import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS, Layer, ModelSpec
@@ -213,7 +214,7 @@ def _table(value: object, what: str, path: Path) -> dict:
 def read_toml(path: Path) -> tuple[dict, dict[str, ModelSpec]]:
     """A TOML file's [sweep] table (its keys checked; merge checks the values) and its [models.NAME] models."""
     try:
-        document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        document = tomllib.loads(read_small(Path(path), "sweep TOML file").decode("utf-8"))
     except FileNotFoundError:
         raise BenchError(f"config file not found: {path}") from None
     except IsADirectoryError:

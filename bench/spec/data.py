@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import re
+import struct
 import tarfile
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -38,8 +42,12 @@ IDX_FILES = {
     },
 }
 SYNTHETIC_SAMPLES = 6000
-SYNTHETIC_BUDGET_BYTES = 2 * 2**30
-"""Largest synthetic image array (float32, all samples) a run may ask for."""
+ARRAY_BUDGET_BYTES = 2 * 2**30
+"""Largest float32 image array a dataset shape or a file's header may make the suite allocate: a synthetic
+shape, an IDX file, a ``bench predict`` input. Sizes are checked against it before anything is allocated,
+so a typo or a small hostile file (a header claiming billions of rows, a decompression bomb) is one line."""
+IDX_UNSIGNED_BYTE = b"\x00\x00\x08"
+"""The first three bytes of an IDX file of unsigned bytes; the fourth is the number of dimensions."""
 SYNTHETIC_SHAPE = re.compile(r"(\d+)x(\d+)x(\d+)")
 CIFAR10_TARBALL = ("cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530")
 CIFAR10_RECORD = 1 + 32 * 32 * 3
@@ -105,20 +113,44 @@ def verified(path: Path, expected_md5: str) -> Path:
     return path
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Parse a gzipped IDX file (the MNIST format): magic, big-endian dimensions, uint8 data."""
+def gib(n_bytes: int) -> str:
+    """A byte count in GiB for a message ('2 GiB', '2.9 GiB', '670,552.3 GiB')."""
+    return f"{n_bytes / 2**30:,.1f}".removesuffix(".0") + " GiB"
+
+
+def read_idx(path: Path, check_dims: Callable[[tuple[int, ...]], None] | None = None) -> np.ndarray:
+    """Parse a gzipped IDX file (the MNIST format): magic, big-endian dimensions, uint8 data.
+
+    Decompression streams, so a small file cannot make it allocate more than its header declares:
+    the header is read first, its dimensions must fit ``ARRAY_BUDGET_BYTES`` as float32 images and
+    pass ``check_dims`` (``bench predict`` checks them against the model's input), then exactly the
+    declared bytes are decompressed and one more is asked for: a file that inflates past its
+    header (a decompression bomb) is refused after reading the declared size, never the rest.
+    """
     try:
-        raw = gzip.decompress(path.read_bytes())
-    except (OSError, EOFError) as exc:
-        raise DatasetError(f"dataset file corrupt: {path} is not a readable gzip file ({exc})") from exc
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DatasetError(f"dataset file corrupt: {path} is not an unsigned-byte IDX file")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    dims = tuple(int(d) for d in np.frombuffer(raw[4:header], dtype=">u4"))
-    if len(raw) - header != int(np.prod(dims)):
-        raise DatasetError(f"dataset file corrupt: {path} holds {len(raw) - header} bytes of data, header says {dims}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+        with gzip.open(path, "rb") as stream:
+            magic = stream.read(4)
+            if len(magic) < 4 or magic[:3] != IDX_UNSIGNED_BYTE:
+                raise DatasetError(f"dataset file corrupt: {path} is not an unsigned-byte IDX file")
+            packed = stream.read(4 * magic[3])
+            if len(packed) < 4 * magic[3]:
+                raise DatasetError(f"dataset file corrupt: {path} ends inside its IDX header")
+            dims = struct.unpack(f">{magic[3]}I", packed)
+            size = math.prod(dims)
+            if 4 * size > ARRAY_BUDGET_BYTES:
+                raise DatasetError(f"{path}: its IDX header declares {dims} images, {gib(4 * size)} as float32, over the "
+                                   f"{gib(ARRAY_BUDGET_BYTES)} limit")
+            if check_dims is not None:
+                check_dims(dims)
+            data = stream.read(size)
+            if len(data) != size:
+                raise DatasetError(f"dataset file corrupt: {path} holds {len(data)} bytes of data, header says {dims}")
+            if stream.read(1):
+                raise DatasetError(f"dataset file corrupt: {path} holds more data than its header's {dims} "
+                                   "(the rest was not decompressed)")
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DatasetError(f"dataset file corrupt: {path} is not a readable gzip file ({exc})") from None
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
 def scale_images(raw: np.ndarray) -> np.ndarray:
@@ -167,9 +199,10 @@ def _cifar_batches(directory: Path) -> dict[str, bytes]:
         path = folder / n
         if not path.is_file():
             raise DatasetError(f"dataset file missing: {path} (or put {CIFAR10_TARBALL[0]} in {directory})")
+        size = path.stat().st_size  # before reading: a hostile or wrong file may be gigabytes
+        if size != CIFAR10_BATCH_BYTES:
+            raise DatasetError(f"dataset file corrupt: {path} has {size} bytes, expected {CIFAR10_BATCH_BYTES}")
         batches[n] = path.read_bytes()
-        if len(batches[n]) != CIFAR10_BATCH_BYTES:
-            raise DatasetError(f"dataset file corrupt: {path} has {len(batches[n])} bytes, expected {CIFAR10_BATCH_BYTES}")
     return batches
 
 
@@ -211,11 +244,11 @@ def parse_synthetic(name: str) -> tuple[int, int, int]:
         raise DatasetError(f"bad synthetic shape {shape!r}: a dimension is 0; valid: positive integers, "
                            "e.g. synthetic:32x32x3")
     need = SYNTHETIC_SAMPLES * h * w * c * 4
-    if need > SYNTHETIC_BUDGET_BYTES:
-        most = SYNTHETIC_BUDGET_BYTES // (4 * SYNTHETIC_SAMPLES)
+    if need > ARRAY_BUDGET_BYTES:
+        most = ARRAY_BUDGET_BYTES // (4 * SYNTHETIC_SAMPLES)
         raise DatasetError(
-            f"synthetic:{h}x{w}x{c} would need {need / 2**30:,.1f} GiB ({SYNTHETIC_SAMPLES} float32 images), over "
-            f"the {SYNTHETIC_BUDGET_BYTES / 2**30:g} GiB limit; valid: at most {most:,} values per image (H*W*C), "
+            f"synthetic:{h}x{w}x{c} would need {gib(need)} ({SYNTHETIC_SAMPLES} float32 images), over "
+            f"the {gib(ARRAY_BUDGET_BYTES)} limit; valid: at most {most:,} values per image (H*W*C), "
             "e.g. synthetic:160x160x3")
     return h, w, c
 

@@ -35,8 +35,8 @@ class Executor(Protocol):
 
     def run(self, cells: list[Cell], settings: WorkerSettings, sink: Callable[[ResultRecord], None],
             done: set[tuple[str, int]], options: argparse.Namespace, watch: WorkerWatch) -> None:
-        """Run every cell not in ``done`` and hand each record to ``sink`` as it finishes; ``watch`` is
-        told of each worker process this driver starts (the run lock's list of leftovers)."""
+        """Run every cell not in ``done`` and hand each record to ``sink`` as it finishes; ``watch`` (the
+        run lock) is told of each worker process this driver starts and gives the mark to start it with."""
 
 
 EXECUTORS: dict[str, Executor] = {"local": LocalExecutor(), "ray": RayExecutor()}

@@ -10,7 +10,8 @@ the parent concludes when it says nothing (it died, it hung), is one ``Message``
 
 Workers die with their driver: on Linux the kernel kills them when the driver dies
 (``PR_SET_PDEATHSIG``), even on SIGKILL; elsewhere the run lock's list of worker pids lets the next
-driver stop leftovers (``bench/run/lock.py``; docs/architecture.md, "Run lifecycle").
+driver stop leftovers, each proven one by the mark its environment was started with
+(``bench/run/lock.py``; docs/architecture.md, "Run lifecycle").
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
@@ -79,8 +81,32 @@ WorkerMain = Callable[[Any, str, Any], None]
 """What a worker runs once isolated, as ``main(conn, backend_name, settings)``: it sends
 ``Message(READY, facts)`` (or UNAVAILABLE / ERROR and returns), then one reply per request until it
 receives None."""
-WorkerWatch = Callable[[int, bool], None]
-"""Told ``(pid, True)`` when a worker process starts and ``(pid, False)`` when it is gone."""
+class WorkerWatch(Protocol):
+    """Who keeps the list of a driver's live workers (the run lock): told ``(pid, True)`` when a
+    worker process starts and ``(pid, False)`` when it is gone. ``mark`` is set in each worker's
+    environment at spawn, so that a later driver can prove a listed pid is one of these workers
+    before it signals it (bench/run/lock.py)."""
+
+    mark: Mapping[str, str]
+
+    def __call__(self, pid: int, alive: bool) -> None: ...
+
+
+@contextmanager
+def _environment(variables: Mapping[str, str]) -> Iterator[None]:
+    """``variables`` in this process's environment for the block: a spawned child starts with the
+    parent's environment (multiprocessing has no per-process env), and the kernel keeps that
+    initial environment in /proc/PID/environ for the child's life."""
+    before = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def worker_cpu_set(threads: int | None = None) -> tuple[int, ...]:
@@ -143,7 +169,8 @@ class Worker:
         context = mp.get_context("spawn")  # a clean interpreter: no framework state inherited
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_child, args=(main, child, backend, settings, os.getpid()), daemon=True)
-        self.process.start()
+        with _environment(watch.mark if watch else {}):
+            self.process.start()
         child.close()
         if watch:
             watch(self.process.pid, True)

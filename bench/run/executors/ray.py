@@ -26,7 +26,12 @@ import argparse
 import fcntl
 import importlib.util
 import logging
+import math
 import os
+import shlex
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -49,12 +54,60 @@ WORKER_NICENESS = "RAY_worker_niceness"
 """Ray starts workers at niceness 15 (behind its own daemons); a measured cell must not run deprioritised."""
 CORE_LOCKS = Path(tempfile.gettempdir()) / "bench-cores"
 CLAIM_POLL = 0.2
+CONNECT_TIMEOUT = 30.0
+"""Seconds a cluster named by ``--ray-address`` has to answer before the run stops (exit 2, nothing written)."""
+CONNECT_TIMEOUT_VARIABLE = "BENCH_RAY_CONNECT_TIMEOUT"
+"""Environment variable that sets another connection timeout (tests use a short one)."""
+PROBE = ("import logging, sys, ray; ray.init(address=sys.argv[1], logging_level=logging.ERROR, log_to_driver=False); "
+         "ray.shutdown()")
+"""What ``reach`` runs in a child process: connect to the cluster, and leave."""
 
 
 def require() -> None:
     """BenchError (one line, exit 2) when Ray is not installed: checked before a run writes anything."""
     if importlib.util.find_spec("ray") is None:
         raise BenchError(f"--executor ray needs Ray, which is not installed ({INSTALL})")
+
+
+def connect_timeout() -> float:
+    """Seconds a cluster has to answer (``CONNECT_TIMEOUT``, or ``$BENCH_RAY_CONNECT_TIMEOUT``)."""
+    text = os.environ.get(CONNECT_TIMEOUT_VARIABLE, str(CONNECT_TIMEOUT))
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise BenchError(f"{CONNECT_TIMEOUT_VARIABLE}={text!r}: valid: a finite number of seconds > 0")
+    return seconds
+
+
+def reach(address: str) -> None:
+    """BenchError (one line naming the address, exit 2) unless a Ray cluster answers at ``address``
+    within ``connect_timeout()``.
+
+    ``ray.init`` on an address where nothing answers retries for minutes inside Ray's C++ client,
+    where no Python timeout reaches it, so the connection is tried in a child process that is
+    killed (its whole session) when the time is up. The run's own ``ray.init`` follows once it
+    answered; nothing has been written before.
+    """
+    shown = shlex.quote(address)
+    if not address.strip():
+        raise BenchError(f"--ray-address {shown}: empty; valid: auto, HOST:PORT or ray://HOST:PORT, or leave it out "
+                         "to start a local Ray")
+    timeout = connect_timeout()
+    probe = subprocess.Popen([sys.executable, "-c", PROBE, address], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    try:
+        _, stderr = probe.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(probe.pid, signal.SIGKILL)
+        probe.wait()
+        raise BenchError(f"--ray-address {shown}: no Ray cluster answered within {timeout:g} s "
+                         f"(${CONNECT_TIMEOUT_VARIABLE} sets the limit); check the address, or start the cluster "
+                         "(ray start --head)") from None
+    if probe.returncode != 0:
+        reason = next((line.strip() for line in reversed(stderr.splitlines()) if line.strip()), f"exit status {probe.returncode}")
+        raise BenchError(f"--ray-address {shown}: cannot connect to a Ray cluster ({reason})")
 
 
 @contextmanager
@@ -156,7 +209,7 @@ def run_sweep(
     if not todo:
         return
     started_here = not ray.is_initialized()
-    if started_here and address:
+    if started_here and address is not None:
         ray.init(address=address, runtime_env=_runtime_env(), logging_level=logging.WARNING)
     elif started_here:
         os.environ.setdefault(WORKER_NICENESS, "0")  # read by the raylet this starts
@@ -191,9 +244,12 @@ class RayExecutor:
     }
 
     def check(self, options: argparse.Namespace) -> None:
+        """Ray installed, a sane GPU request, and the cluster of ``--ray-address`` answering, before anything is written."""
         require()
-        if options.gpus_per_cell < 0:
-            raise BenchError(f"--gpus-per-cell must be 0 or more, got {options.gpus_per_cell:g}")
+        if not (math.isfinite(options.gpus_per_cell) and options.gpus_per_cell >= 0):
+            raise BenchError(f"--gpus-per-cell must be a finite number, 0 or more, got {options.gpus_per_cell:g}")
+        if options.ray_address is not None:
+            reach(options.ray_address)
 
     def run(self, cells: list[Cell], settings: WorkerSettings, sink: Callable[[ResultRecord], None],
             done: set[tuple[str, int]], options: argparse.Namespace, watch: WorkerWatch) -> None:
