@@ -41,7 +41,7 @@ from tests.test_bad_input import snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMPY_SWEEP = ["--backend", "numpy", "--models", "mlp", "--optimizers", "adam", "--activations", "relu",
-               "--train-size", "256", "--epochs", "1"]
+               "--train-size", "256", "--epochs", "1", "--min-window", "0.05", "--window-budget", "0"]
 SWEEP = ["--backend", "torch", "--models", "mlp", "--optimizers", "sgd,adam", "--activations", "relu",
          "--train-size", "256"]
 THREADS = str(min(2, len(usable_cores())))
