@@ -7,6 +7,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 
 from bench.measure.harness import run_cell
 from bench.measure.load import FOREIGN_CPU_LIMIT, LoadMonitor, LoadReading, Snapshot
+from bench.measure.memory import PeakRssSampler
 from bench.measure.throughput import MAX_REMEASURES, MIN_WINDOWS, Windows
 from bench.measure.verdicts import Diverged, check_losses, convergence
 from bench.run import grid
@@ -101,7 +103,8 @@ class _Epochs:
 
     def reading(self, seconds: float, foreign: float = 0.0) -> LoadReading:
         start, own = self.now, self.cores * seconds
-        self.now = Snapshot(start.wall + seconds, start.busy + own + foreign * seconds, start.steal, start.own + own)
+        self.now = Snapshot(start.wall + seconds, start.busy + own + foreign * seconds, start.steal, start.own + own,
+                            start.work + own)
         return LoadReading(start, self.now, self.cores)
 
 
@@ -154,6 +157,34 @@ def test_a_window_is_read_once_from_its_first_epoch_to_its_last():
     load = windows.kept[0].load
     assert load.seconds == pytest.approx(0.35) and load.foreign_cpu_seconds == pytest.approx(0.05)
     assert load.foreign_cpu_cores == pytest.approx(0.05 / 0.35)
+    # ... but the CPU per training sample is the epochs' own: the validation between them is left out
+    epochs.reading(0.2)  # the worker validating with both cores
+    assert windows.record()["cpu_seconds_per_sample"] == pytest.approx(3 * 2 * 0.1 / 3000)
+
+
+def test_the_work_cpu_leaves_out_the_helper_threads():
+    """The RSS sampler's own CPU is not the training's: the monitor subtracts what a helper says it used."""
+    used = {"seconds": 0.0}
+
+    def helper() -> None:
+        end = time.thread_time() + 0.2
+        while time.thread_time() < end:
+            pass
+        used["seconds"] = time.thread_time()
+
+    plain, minding = LoadMonitor(), LoadMonitor(helper_cpu=lambda: used["seconds"])
+    starts = plain.snapshot(), minding.snapshot()
+    thread = threading.Thread(target=helper)
+    thread.start()
+    thread.join()
+    assert plain.since(starts[0]).work_cpu_seconds >= 0.2
+    assert minding.since(starts[1]).work_cpu_seconds < 0.05
+
+
+def test_the_rss_sampler_counts_its_own_cpu():
+    with PeakRssSampler(interval=0.001) as sampler:
+        time.sleep(0.1)
+    assert 0 < sampler.cpu_seconds < 0.1 and sampler.peak > 0
 
 
 def test_the_foreign_cpu_limit_is_in_cores_whatever_the_size_of_the_set():

@@ -25,6 +25,7 @@ from rich.console import Console
 from bench.errors import BenchError
 from bench.results.phases import PHASES, Phase
 from bench.results.record import FIELDS, ResultRecord
+from bench.results.stats import MIN_STEP_SAMPLES
 from bench.spec.cell import Cell
 from bench.spec.model import SEED_MODELS
 from bench.spec.rules import CANONICAL, RULE_TITLES, Rules
@@ -79,7 +80,7 @@ def make_record(backend: str, mode: str, model: str, optimizer: str, activation:
         "epoch_val_loss": [1.0 / (e + 1) for e in range(epochs)], "epoch_val_accuracy": curve,
         "epoch_seconds": epoch_s, "train_samples_per_s": speed, "train_seconds": sum(epoch_s),
         "step_time_ms_p50": 1e3 * batch / speed, "step_time_ms_p90": 1.1e3 * batch / speed,
-        "step_time_ms_p99": 1.3e3 * batch / speed, "compile_seconds": compile_s,
+        "step_time_ms_p99": 1.3e3 * batch / speed, "step_time_samples": 100, "compile_seconds": compile_s,
         "first_step_seconds": compile_s + batch / speed, "warmup_seconds": compile_s + 3 * batch / speed,
         "inference_samples_per_s": 4 * speed, "time_to_target_seconds": epoch_s[0] if curve[0] >= 0.9 else None,
         "device_seconds": None, "cpu_seconds_per_sample": 2 / speed, "peak_rss_bytes": int(600e6 * jitter()),
@@ -449,3 +450,14 @@ def test_every_phase_has_its_record_field_and_a_column_in_each_time_table(tmp_pa
     jax = next(line.split() for line in lines if line.split()[:1] == ["jax"])
     assert jax == ["jax", "3.0", "0.8", "4.0", "8.0", "1.6", "0.4", "0.1", "17.9", "cold"]
     assert "93.0%" in console.file.getvalue() and "vs torch" in console.file.getvalue()
+
+
+def test_a_step_time_percentile_from_too_few_steps_is_not_shown():
+    """The one rule (bench/results/stats.py MIN_STEP_SAMPLES): an older record's p99 of 20 probe steps is
+    their maximum, not a tail, so no view prints it; 100 steps or more are shown with their count."""
+    base = {"cell_id": "c", "backend": "torch", "status": "ok", "step_time_ms_p50": 1.0, "step_time_ms_p90": 2.0,
+            "step_time_ms_p99": 3.0}
+    frame = records_frame([base | {"repeat": 0, "step_time_samples": 20}, base | {"repeat": 1, "step_time_samples": 100},
+                           base | {"repeat": 2}])
+    shown = frame[["step_time_ms_p50", "step_time_ms_p90", "step_time_ms_p99"]].notna().all(axis=1)
+    assert shown.tolist() == [False, True, False] and MIN_STEP_SAMPLES == 100

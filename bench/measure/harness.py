@@ -5,18 +5,25 @@ The protocol (docs/architecture.md, "Measuring"), each phase timed into a ``time
    policy: the framework draws its own, once) and the training arrays placed once;
 2. warm-up (``time_compile_seconds``): the first step runs alone, synchronised and timed -- it
    carries tracing and compilation, reported as ``compile_seconds`` (its excess over a steady-state
-   step) -- then an optional probe of individually synchronised steps gives step-time percentiles;
-   the model is reset to those initial weights and a fresh optimizer (compiled code is kept), so
-   warm-up never changes what is trained;
+   step); the model is reset to those initial weights and a fresh optimizer (compiled code is
+   kept), so warm-up never changes what is trained;
 3. accuracy epochs (``time_train_seconds``): ``train.epochs`` whole epochs of the seed's batch order,
    one synchronisation each; validation after each epoch is off the clock (``time_eval_seconds``);
-4. test loss/accuracy and inference throughput on the model exactly as the accuracy epochs left it;
+4. test loss/accuracy, then inference throughput (bench.measure.inference: windows of prediction
+   passes, like training's) on the model exactly as the accuracy epochs left it;
 5. throughput windows (bench.measure.throughput): the accuracy epochs are steady state, so they are the first
    windows; when they do not give enough windows of at least the minimum length, training goes on
    for further epochs of the same batch order, timed only for throughput
    (``time_window_seconds``). These epochs come after the test evaluation, so they never change an
    accuracy. While every epoch is timed, other load on the cores is read (bench.measure.load); disturbed
-   windows are re-measured or the record is marked ``noisy``.
+   windows are re-measured or the record is marked ``noisy``. ``cpu_seconds_per_sample`` is the
+   CPU time of the windows' epochs alone (bench.measure.load: the RSS sampler's own CPU left out);
+6. step-time probe (``time_window_seconds`` too): ``probe_steps`` individually synchronised steps,
+   when they fit the cell's window budget at the windows' steady step, give the step-time
+   percentiles (none from fewer than bench.results.stats ``MIN_STEP_SAMPLES`` steps). It runs after
+   the windows because a per-step synchronisation inside them would change what they measure, and
+   because only then is the steady step known, so an unaffordable probe costs nothing. Its steps,
+   like the extra epochs', are undone: the model goes back to what the accuracy epochs left.
 
 Every epoch's losses go through one divergence rule and the accuracy curve through one convergence
 rule (bench.measure.verdicts), and the peak host memory is sampled around the timed epochs
@@ -37,7 +44,8 @@ import numpy as np
 
 from backends.base import Backend, Unsupported
 from bench.errors import BenchError
-from bench.measure import training
+from bench.measure import inference, training
+from bench.measure.inference import EVAL_BATCH
 from bench.measure.load import LoadMonitor
 from bench.measure.memory import SAMPLE_SECONDS, PeakRssSampler
 from bench.measure.throughput import Windows
@@ -52,7 +60,6 @@ from bench.spec.data import Dataset
 from bench.spec.shapes import check_fits, parameter_count
 from bench.spec.train import TrainSpec
 
-EVAL_BATCH = 500
 TIMING_METHOD = ("wall clock (perf_counter) over whole epochs, one synchronisation per epoch; throughput is the "
                  "median of auto-ranged windows of whole epochs")
 
@@ -99,22 +106,28 @@ def _timed_step(backend: Backend, batches: np.ndarray, augment: EpochAugment | N
     return time.perf_counter() - start
 
 
-def _warm_up(backend: Backend, n_train: int, train: TrainSpec, probe_steps: int) -> dict:
-    """Compile on the first batch, then time ``probe_steps`` steps one by one for step-time percentiles.
-
-    The caller undoes these steps (canonical weights, fresh optimizer) before the timed epochs.
-    """
+def _warm_up(backend: Backend, n_train: int, train: TrainSpec) -> float:
+    """The first step on the first batch, synchronised and timed: it traces and compiles. The caller
+    undoes it (canonical weights, fresh optimizer) before the timed epochs."""
     batches, augment = training.schedule(n_train, train, backend.input_shape, 0)
     first = _timed_step(backend, batches, augment, 0)
-    probe = np.asarray([_timed_step(backend, batches, augment, step) for step in range(probe_steps)]) * 1e3
     backend.finish_epoch()
-    p50, p90, p99 = percentiles(probe) if probe.size else (None, None, None)
-    return {
-        "first_step_seconds": first,
-        "warmup_seconds": first + float(probe.sum()) / 1e3,
-        "step_time_ms_p50": p50, "step_time_ms_p90": p90, "step_time_ms_p99": p99,
-        "step_time_samples": int(probe.size),
-    }
+    return first
+
+
+def _probe(backend: Backend, n_train: int, train: TrainSpec, steps: int, budget: float, steady_step: float) -> dict:
+    """Step-time percentiles from ``steps`` individually synchronised steps, when they fit in ``budget``
+    seconds at the windows' steady step (the probe runs after the windows, so it knows: a CNN step of
+    50 ms cannot give 100 steps in a quick cell, an MLP's can); fewer than ``MIN_STEP_SAMPLES`` steps
+    (skipped, or cut short by the budget) give no percentiles. The caller undoes these steps."""
+    probe: list[float] = []
+    if steps * steady_step <= budget:
+        batches, augment = training.schedule(n_train, train, backend.input_shape, 0)
+        while len(probe) < steps and sum(probe) <= budget:
+            probe.append(_timed_step(backend, batches, augment, len(probe)))
+        backend.finish_epoch()
+    p50, p90, p99 = percentiles(np.asarray(probe) * 1e3)
+    return {"step_time_ms_p50": p50, "step_time_ms_p90": p90, "step_time_ms_p99": p99, "step_time_samples": len(probe)}
 
 
 def _train(backend: Backend, cell: Cell, data: Dataset, clock: PhaseClock, monitor: LoadMonitor,
@@ -157,14 +170,6 @@ def _more_windows(backend: Backend, cell: Cell, n_train: int, monitor: LoadMonit
     return index - cell.train.epochs
 
 
-def _inference_throughput(backend: Backend, x: np.ndarray) -> float:
-    """Samples/s of ``predict`` over ``x``; the caller has just evaluated ``x`` in the same batches,
-    so the inference path is compiled and warm."""
-    start = time.perf_counter()
-    backend.predict(x, EVAL_BATCH)
-    return len(x) / (time.perf_counter() - start)
-
-
 def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | None = None) -> ResultRecord:
     """Train and measure one cell; always returns a record (status ok, skipped, failed or diverged).
 
@@ -195,19 +200,16 @@ def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | N
         record["mode"] = backend.mode
         record |= hyperparameters(backend.train) | backend.facts()  # the values it runs (native: its framework's)
         with clock.phase("compile"):
-            record |= _warm_up(backend, len(data.x_train), cell.train, cell.probe_steps)
+            record["first_step_seconds"] = record["warmup_seconds"] = _warm_up(backend, len(data.x_train), cell.train)
             training.restart(backend, weights)
         backend.reset_peak_memory()
-        monitor, windows = LoadMonitor(), Windows(cell.window)
-        cpu_start = time.process_time()
-        with PeakRssSampler() as rss:
+        rss = PeakRssSampler()
+        monitor, windows = LoadMonitor(helper_cpu=lambda: rss.cpu_seconds), Windows(cell.window)
+        with rss:
             try:
                 m = _train(backend, cell, data, clock, monitor, windows)
             finally:
-                cpu_seconds = time.process_time() - cpu_start
                 record["peak_rss_bytes"] = rss.peak
-        steps = len(data.x_train) // cell.train.batch_size * cell.train.epochs
-        samples = steps * cell.train.batch_size
         train_seconds = float(sum(m.epoch_seconds))
         record |= {
             "epoch_train_loss": m.epoch_train_loss, "epoch_val_loss": m.epoch_val_loss,
@@ -215,7 +217,6 @@ def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | N
             "final_train_loss": m.epoch_train_loss[-1],
             "val_accuracy": m.epoch_val_accuracy[-1] if m.epoch_val_accuracy else None,
             "train_seconds": train_seconds,
-            "cpu_seconds_per_sample": cpu_seconds / samples,
             "time_to_target_seconds": m.time_to_target,
             "device_seconds": float(sum(m.device_seconds)) if m.device_seconds else None,
             "device_time_method": "cuda events around each epoch" if m.device_seconds else None,
@@ -224,16 +225,22 @@ def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | N
             record["test_loss"], record["test_accuracy"] = backend.evaluate(data.x_test, data.y_test, EVAL_BATCH)
             if not math.isfinite(record["test_loss"]):
                 raise Diverged(f"test loss is {record['test_loss']}")
-            record["inference_samples_per_s"] = _inference_throughput(backend, data.x_test)
+            measured, inference_noise = inference.measure(backend, data.x_test, cell.window, monitor)
+            record |= measured
         record["converged"], record["convergence_note"] = convergence(
             m.epoch_val_accuracy, m.epoch_train_loss, record["test_accuracy"], k)
         with clock.phase("window"):
             evaluated = backend.get_weights()  # the model the accuracy figures describe (and --save keeps)
-            if _more_windows(backend, cell, len(data.x_train), monitor, windows, m.first_loss):
+            trained_more = _more_windows(backend, cell, len(data.x_train), monitor, windows, m.first_loss)
+            record |= windows.record()
+            steady_step = cell.train.batch_size / record["train_samples_per_s"]
+            record |= _probe(backend, len(data.x_train), cell.train, cell.probe_steps, cell.window.budget_seconds,
+                             steady_step)
+            if trained_more or record["step_time_samples"]:
                 training.restart(backend, evaluated)
-        record |= windows.record()
+        if inference_noise and not record["noisy"]:
+            record |= {"noisy": True, "noise_reason": f"inference: {inference_noise}"}
         # Compilation = what the first step cost beyond a steady-state step (from the windows' median).
-        steady_step = cell.train.batch_size / record["train_samples_per_s"]
         record["compile_seconds"] = max(record["first_step_seconds"] - steady_step, 0.0)
         record["compile_cache"] = backend.compile_cache()
         record["achieved_gflops"] = record["flops_per_sample_train"] * record["train_samples_per_s"] / 1e9

@@ -38,7 +38,7 @@ PROFILES: dict[str, dict] = {
     # 128 rows), which measures its throughput and compile time, and is marked not converged rather
     # than presented as a result.
     "quick": {"train_size": None, "test_size": None, "epochs": 2, "batch_sizes": [64], "val_split": 0.1,
-              "probe_steps": 0, "window_budget": 0.5, "model_sizes": {"cnn": {"train": 128, "val": 128, "test": 128}}},
+              "window_budget": 0.5, "model_sizes": {"cnn": {"train": 128, "val": 128, "test": 128}}},
     # The whole bundled sample (7,200 / 800 / 2,000), a few epochs: figures worth comparing.
     "full": {"train_size": None, "test_size": None, "epochs": 3, "batch_sizes": [128], "val_split": 0.1,
              "window_budget": 2.0},
@@ -124,7 +124,7 @@ class Sweep:
     test_size: Annotated[int | None, Field(ge=1, description="an integer >= 1")] = None
     val_split: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False, description="a fraction in [0, 1)")] = 0.1
     target_accuracy: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False, description="a fraction in (0, 1]")] = 0.9
-    probe_steps: Annotated[int, Field(ge=0, description="an integer >= 0")] = 20
+    probe_steps: Annotated[int, Field(ge=0, description="an integer >= 0")] = Cell.probe_steps
     min_window: Annotated[float, Field(gt=0, allow_inf_nan=False, description="seconds > 0 a throughput window lasts at least")] = WindowPlan.min_seconds
     window_budget: Annotated[float, Field(ge=0, allow_inf_nan=False, description="seconds >= 0 a cell's extra windows may take")] = WindowPlan.budget_seconds
     max_windows: Annotated[int, Field(ge=MIN_WINDOWS, description=f"an integer >= {MIN_WINDOWS}")] = WindowPlan.max_windows
