@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.results.stats import MIN_STEP_SAMPLES
 from reports import fmt
 
 

@@ -20,10 +20,10 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.results.record import FIELD_KINDS, FIELDS, PER_EPOCH_FIELDS, Status
+from bench.results.stats import MIN_STEP_SAMPLES
 from bench.results.store import ENVIRONMENT, RESULTS, latest, read_records
 from bench.spec.cell import AXES
 from bench.spec.semantics import HARMONISED
-from bench.results.stats import MIN_STEP_SAMPLES
 from reports.metrics import PEAK_DEVICE_MEMORY, PEAK_HOST_MEMORY, PEAK_MEMORY, SAMPLED
 
 SCHEMA = FIELDS
