@@ -75,6 +75,9 @@ FIRST_STEP = Metric("first_step_seconds", "First step", fmt.seconds, False)
 """The first training step alone: tracing, compilation (or loading compiled code) and one step."""
 COMPILE_CACHE = "compile_cache"
 """The record field saying whether a cell's compiled code came from a persistent cache (off, cold, warm)."""
+WARM_COMPILE_TIME = Metric("warm_compile_seconds", "Warm compile time", fmt.seconds, False)
+"""Under --compile-cache cold: the compile cost again, from the caches the cold compile filled."""
+WARM_FIRST_STEP = Metric("warm_first_step_seconds", "Warm first step", fmt.seconds, False)
 GRAPHS = Metric("graphs", "Compiled graphs", fmt.count, None)
 GRAPH_BREAKS = Metric("graph_breaks", "Graph breaks", fmt.count, False)
 
@@ -93,6 +96,8 @@ METRICS = (
     STEP_TIME_SAMPLES,
     COMPILE_TIME,
     FIRST_STEP,
+    WARM_COMPILE_TIME,
+    WARM_FIRST_STEP,
     GRAPHS,
     GRAPH_BREAKS,
     Metric("warmup_seconds", "Warm-up", fmt.seconds, False),

@@ -153,6 +153,9 @@ class ResultRecord(BaseModel):
     step_time_samples: int | None = _field("Individually synchronised steps the probe timed (the percentiles need "
                                            "MIN_STEP_SAMPLES; 0 when they would not fit the window budget)")
     compile_seconds: float | None = _field("First step minus a mean steady-state step: the compile cost")
+    warm_first_step_seconds: float | None = _field("Under --compile-cache cold: the first step again, its compiled code "
+                                                   "loaded from the persistent cache the cold compile filled")
+    warm_compile_seconds: float | None = _field("warm_first_step_seconds minus a steady-state step: the warm compile cost")
 
     # steady-state training
     epoch_train_loss: list[float | None] | None = _curve("Mean training loss of each epoch")

@@ -20,6 +20,7 @@ from pydantic.dataclasses import dataclass
 from pydantic.fields import FieldInfo
 
 import backends
+from backends.compile_cache import POLICIES as CACHE_POLICIES
 from bench.errors import BenchError, DatasetError, SpecError, did_you_mean, unknown
 from bench.measure.throughput import MIN_WINDOWS
 from bench.spec.cell import AXES, Cell, WindowPlan
@@ -128,6 +129,8 @@ class Sweep:
     min_window: Annotated[float, Field(gt=0, allow_inf_nan=False, description="seconds > 0 a throughput window lasts at least")] = WindowPlan.min_seconds
     window_budget: Annotated[float, Field(ge=0, allow_inf_nan=False, description="seconds >= 0 a cell's extra windows may take")] = WindowPlan.budget_seconds
     max_windows: Annotated[int, Field(ge=MIN_WINDOWS, description=f"an integer >= {MIN_WINDOWS}")] = WindowPlan.max_windows
+    compile_cache: Annotated[Literal[CACHE_POLICIES], Field(description=", ".join(CACHE_POLICIES))] = CACHE_POLICIES[0]
+    """Persistent compilation caches: warm (kept across cells and runs), cold (emptied before each cell) or off."""
     model_sizes: Annotated[dict[str, dict[Literal["train", "val", "test"], Annotated[int, Field(ge=1)]]],
                            Field(description="per model, positive row counts of its train/val/test splits")] = field(default_factory=dict)
     """Per model, rows of the splits it uses ({"train": n, "val": n, "test": n}, each optional)."""
