@@ -17,6 +17,7 @@ so warm-up compiles and the timed epochs never recompile.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -210,7 +211,8 @@ class TorchBackend(Backend):
             framework=self.framework,
             versions={"torch": torch.__version__},
             device=torch.cuda.get_device_name(0) if self.on_gpu else "cpu",
-            threads={"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()},
+            threads={"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads(),
+                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "libgomp default (spin, then sleep)")},
         )
 
     # -- model -----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ unconverged training marked, and a default profile whose accuracies mean somethi
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from bench.measure.harness import run_cell
+from bench.measure.inference import INFERENCE_WINDOWS
 from bench.measure.load import FOREIGN_CPU_LIMIT, LoadMonitor, LoadReading, Snapshot
 from bench.measure.memory import PeakRssSampler
 from bench.measure.throughput import MAX_REMEASURES, MIN_WINDOWS, Windows
@@ -44,7 +46,10 @@ def test_every_ok_record_has_windows_of_at_least_the_minimum_and_its_phase_times
     phases = [record[f"time_{p}_seconds"] for p in ("build", "compile", "train", "eval", "window")]
     assert all(t >= 0 for t in phases) and sum(phases) <= record["duration_seconds"]
     assert record["time_train_seconds"] == pytest.approx(record["train_seconds"])
-    assert record["compile_cache"] in (("cold", "warm") if backend == "jax" else ("off",))
+    assert record["compile_cache"] in {"torch": (None,), "tf": ("off",), "jax": ("cold", "warm")}[backend]
+    inference = record["inference_window_samples_per_s"]
+    assert record["inference_window_seconds"] >= SMALL_WINDOWS.min_seconds and len(inference) == INFERENCE_WINDOWS
+    assert record["inference_samples_per_s"] == pytest.approx(statistics.median(inference))
     assert isinstance(record["converged"], bool) and record["convergence_note"]
 
 
@@ -254,3 +259,20 @@ def test_a_bad_window_setting_is_a_one_line_error():
     result = bench("run", "--backend", "numpy", "--min-window", "0")
     assert result.returncode == 2 and "--min-window 0.0: input should be greater than 0" in result.stderr and result.stderr.count("\n") == 1
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_cold_cache_run_compiles_every_cell_from_nothing_then_times_it_warm(tmp_path):
+    """--compile-cache cold: a repeat of the same cell finds the caches emptied again (cold, not warm),
+    and each cell's second compile, from what it stored, is the warm figure beside the cold one."""
+    pytest.importorskip("jax")
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "bench", "run", "--backend", "jax", "--models", "mlp", "--optimizers",
+                           "adam", "--activations", "relu", "--dataset", "digits", "--repeats", "2", "--compile-cache",
+                           "cold", "--out", str(out), "--no-report"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["compile_cache"], r["compile_cache_policy"]) for r in records] == [("cold", "cold")] * 2
+    for record in records:
+        assert record["warm_first_step_seconds"] < record["first_step_seconds"], record
+        assert 0 <= record["warm_compile_seconds"] < record["compile_seconds"]
+    assert any((out / "compile-cache" / "jax").iterdir())  # the run's own folder, not the shared one

@@ -31,7 +31,7 @@ from bench.spec.model import SEED_MODELS
 from bench.spec.rules import CANONICAL, RULE_TITLES, Rules
 from bench.spec.train import TrainSpec
 from reports import add_compare_arguments, add_report_arguments, build_report, compare_runs, main_compare, main_report
-from reports.costs import time_breakdown
+from reports.costs import compile_table, time_breakdown
 from reports.metrics import METRICS
 from reports.records import SCHEMA, records_frame
 from reports.terminal import print_summary
@@ -461,3 +461,32 @@ def test_a_step_time_percentile_from_too_few_steps_is_not_shown():
                            base | {"repeat": 2}])
     shown = frame[["step_time_ms_p50", "step_time_ms_p90", "step_time_ms_p99"]].notna().all(axis=1)
     assert shown.tolist() == [False, True, False] and MIN_STEP_SAMPLES == 100
+
+
+def test_the_compile_table_sets_cold_and_warm_side_by_side(tmp_path):
+    """A cold cell's own compile and its second compile from the caches it filled, a warm cell's compile,
+    and a framework without a persistent cache ('off'), per backend, mode and model."""
+    base = {"status": "ok", "model": "mlp", "repeat": 0}
+    records = [
+        base | {"cell_id": "t1", "backend": "torch", "mode": "compiled", "compile_cache": "cold", "compile_seconds": 30.0,
+                "first_step_seconds": 30.1, "warm_compile_seconds": 2.0, "warm_first_step_seconds": 2.1,
+                "graphs": 1, "graph_breaks": 0},
+        base | {"cell_id": "t2", "backend": "torch", "mode": "compiled", "compile_cache": "warm", "compile_seconds": 4.0,
+                "first_step_seconds": 4.1, "graphs": 1, "graph_breaks": 0},
+        base | {"cell_id": "t3", "backend": "torch", "mode": "eager", "compile_seconds": 0.0},
+        base | {"cell_id": "f1", "backend": "tf", "mode": "graph", "compile_cache": "off", "compile_seconds": 1.5,
+                "first_step_seconds": 1.6},
+    ]
+    table = compile_table(records_frame(records)).set_index(["backend", "mode"])
+    assert list(table.index) == [("torch", "compiled"), ("tf", "graph")]  # eager compiles nothing
+    torch_row, tf_row = table.loc[("torch", "compiled")], table.loc[("tf", "graph")]
+    assert (torch_row["compile cold"], torch_row["compile warm"]) == (30.0, 3.0)
+    assert torch_row["first step warm"] == pytest.approx(3.1)
+    assert (torch_row["graphs"], torch_row["graph breaks"], torch_row["cells"]) == (1, 0, 2)
+    assert tf_row["compile off"] == 1.5 and np.isnan(tf_row["compile cold"]) and np.isnan(tf_row["compile warm"])
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    build_report(folder)
+    assert "Compile time, cold and warm" in (folder / "report.html").read_text(encoding="utf-8")
+    assert pd.read_csv(folder / "compile.csv")["compile cold"].iloc[0] == 30.0
