@@ -43,8 +43,9 @@ class BackendEntry:
 REGISTRY: dict[str, BackendEntry] = {
     "torch": BackendEntry("torch", "backends.torch_backend", "TorchBackend", ("torch",), "torch", "PyTorch", {
         "eager": Mode("eager: nn.Module op by op"),
-        "compiled": Mode("compiled: torch.compile of the whole train step (gather, forward, loss, backward, "
-                         "optimizer step)", compiles=True),
+        "compiled": Mode("compiled: torch.compile of the train step as one graph (forward, loss, gradients by "
+                         "torch.autograd.grad, weight decay, the optimizer's functional update); the row gather runs "
+                         "eagerly before it", compiles=True),
         "compiled-cudagraphs": Mode("compiled-cudagraphs: the compiled train step replayed as CUDA graphs "
                                     "(torch.compile mode='reduce-overhead'; GPU only)", compiles=True, gpu_only=True),
     }),

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from backends import Mode
+from backends import Mode, compile_cache
 from bench.spec.augment import Params, check_image_input
 from bench.spec.losses import loss_value, probabilities
 from bench.spec.model import ModelSpec
@@ -98,6 +98,8 @@ class Backend(ABC):
     forward pass sees one shape per cell instead of compiling again for the remainder."""
 
     on_gpu: bool = False
+    cache_policy: str = compile_cache.POLICIES[0]
+    """The run's ``--compile-cache`` policy (backends/compile_cache.py), read at ``setup``."""
     train: TrainSpec
     model: ModelSpec
     specs: list[ParamSpec]
@@ -111,6 +113,7 @@ class Backend(ABC):
         if device == "gpu" and not visible:
             raise Unsupported(f"device 'gpu' requested but {self.framework} sees no GPU")
         self.on_gpu = device != "cpu" and visible
+        self.cache_policy = compile_cache.policy()
         return self._setup(threads)
 
     def _gpu_visible(self) -> bool:
@@ -362,10 +365,20 @@ class Backend(ABC):
         """Whether the built model runs the native semantics policy."""
         return getattr(self, "train", None) is not None and self.train.semantics == "native"
 
-    def compile_cache(self) -> str:
-        """Where this cell's compiled code came from: 'off' (no persistent compilation cache),
-        'cold' (compiled here and stored in the cache) or 'warm' (all of it loaded from the cache)."""
-        return "off"
+    def compile_cache(self) -> str | None:
+        """Where the compiled code since the last build came from: 'off' (no persistent compilation
+        cache), 'cold' (compiled here and stored in the cache) or 'warm' (all of it loaded from the
+        cache); None when the mode compiles nothing."""
+        return "off" if self.modes[self.mode].compiles else None
+
+    def forget_compiled(self, disk: bool) -> None:
+        """Drop the compiled code this process holds, and with ``disk`` empty the persistent caches
+        too, so the next build compiles from nothing (``--compile-cache cold``; backends/compile_cache.py)."""
+
+    def compiled_graphs(self) -> dict[str, Any]:
+        """What the compiler captured of the training step since the last build (``graphs``,
+        ``graph_breaks``, ``graph_break_reasons``); empty where the framework does not say."""
+        return {}
 
     def rules(self) -> Rules:
         """The framework rules of the built model (bench.spec.rules), read by parity and the report."""
@@ -384,5 +397,6 @@ class Backend(ABC):
             "init": self.NATIVE.init if self.native else HARMONISED_INIT,
             "init_source": "framework" if self.native else "canonical",
             "bn_momentum_framework": self.bn_momentum_parameter(self.train.bn_momentum),
+            "compile_cache_policy": self.cache_policy,
         }
 

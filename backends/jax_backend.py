@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from backends import REGISTRY, jax_augment, jax_compile_cache
+from backends import REGISTRY, compile_cache, jax_augment, jax_compile_cache
 from backends.base import Backend, BackendInfo, MemoryReading
 from bench.spec.augment import Params
 from bench.spec.rules import Rules
@@ -386,6 +386,13 @@ class JaxBackend(Backend):
         if self._cache_dir is None:
             return "off"
         return "cold" if jax_compile_cache.CacheEvents.misses > self._cache_misses else "warm"
+
+    def forget_compiled(self, disk: bool) -> None:
+        """``jax.clear_caches`` drops every in-memory trace and executable; ``disk`` empties the
+        persistent cache's folder as well."""
+        jax.clear_caches()
+        if disk and self._cache_dir is not None:
+            compile_cache.empty(self._cache_dir)
 
     def peak_memory(self) -> MemoryReading:
         if not self.on_gpu:

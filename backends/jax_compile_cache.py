@@ -1,19 +1,18 @@
-"""JAX's persistent compilation cache for the JAX adapter: where it lives, and whether a cell hit it.
+"""JAX's persistent compilation cache for the JAX adapter: turned on in the run's cache folder, and whether a cell hit it.
 
 A sweep compiles many small steps; a second run loads them instead of compiling again, so every
-record says whether its compile time was ``cold`` or ``warm`` (never compared unlabelled).
+record says whether its compile time was ``cold`` or ``warm`` (never compared unlabelled). Where the
+cache lives and whether it is on follow the run's ``--compile-cache`` (backends/compile_cache.py).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import jax
 
-COMPILE_CACHE_ENV = "BENCH_COMPILE_CACHE"
-"""Folder of JAX's persistent compilation cache (default ~/.cache/bench/jax-compilation); 'off' disables it."""
+from backends import compile_cache
 
 
 class CacheEvents:
@@ -28,19 +27,11 @@ class CacheEvents:
             cls.misses += 1
 
 
-def compile_cache_dir() -> Path | None:
-    """Where the persistent compilation cache lives, or None when the user turned it off."""
-    value = os.environ.get(COMPILE_CACHE_ENV, "")
-    if value.lower() == "off":
-        return None
-    return Path(value) if value else Path.home() / ".cache" / "bench" / "jax-compilation"
-
-
 def enable() -> Path | None:
     """Turn on JAX's persistent compilation cache for every computation, however small or quick to
     compile: the sweep compiles many small steps, and a second run loads them instead (records say
     'cold' or 'warm', so a compile time is never compared across the two unlabelled)."""
-    folder = compile_cache_dir()
+    folder = compile_cache.backend_folder("jax")
     if folder is None:
         jax.config.update("jax_enable_compilation_cache", False)
         return None

@@ -6,14 +6,18 @@ C order; BatchNorm momentum 0.01 (torch's "weight of new" for the suite's 0.99) 
 LeakyReLU slope 0.01; TF-style 'same' padding with the extra pixel after; decoupled weight decay.
 Torch's unbiased running variance cannot be switched off and is declared in ``RULES``.
 
-The compiled modes compile the whole training step (row gather, forward, loss, backward, weight
-decay and optimizer step) with ``torch.compile``, as torch's "Compiling the optimizer" recipe
-does, and keep one optimizer whose state is reset in place, so warm-up compiles and the timed
-epochs never recompile.
+The compiled modes compile the training step (forward, loss, gradients, weight decay and optimizer
+update; the row gather and augmentation run eagerly before it, as a user's data pipeline does) with
+``torch.compile`` as one graph: gradients by ``torch.autograd.grad`` and the update by the
+optimizer's own functional form, because ``loss.backward()`` and ``optimizer.step()`` inside a
+compiled function break it into several graphs in this torch (backends/torch_step.py says why).
+Each record counts the graphs and graph breaks. One optimizer per cell, its state reset in place,
+so warm-up compiles and the timed epochs never recompile.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backends import REGISTRY
+from backends import REGISTRY, compile_cache, torch_step
 from backends.base import Backend, BackendInfo, MemoryReading
 from bench.spec.augment import Params
 from bench.spec.rules import Rules
@@ -196,6 +200,7 @@ class TorchBackend(Backend):
         # start-up so it is not charged to the first cell's time and --cell-timeout.
         import torch._dynamo  # noqa: F401
 
+        torch_step.enable_tracing_autograd()
         torch.set_num_threads(threads)
         try:
             torch.set_num_interop_threads(1)
@@ -206,7 +211,8 @@ class TorchBackend(Backend):
             framework=self.framework,
             versions={"torch": torch.__version__},
             device=torch.cuda.get_device_name(0) if self.on_gpu else "cpu",
-            threads={"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()},
+            threads={"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads(),
+                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "libgomp default (spin, then sleep)")},
         )
 
     # -- model -----------------------------------------------------------------------------------
@@ -234,11 +240,14 @@ class TorchBackend(Backend):
         self.decayed = [self._lookup(s) for s in self.specs if s.trainable]
         # One optimizer per cell, reset in place: a new one would make the compiled step recompile.
         self.optimizer = self.translate("optimizer", t.optimizer)(self.decayed, t, self.on_gpu and compile_options is not None)
+        self._graphs = self._caches = None
         if compile_options is None:
             self.forward, self._train_fn = self.net, self._train_step
         else:
+            self._update = torch_step.functional_update(self.optimizer)
+            self._graphs, self._caches = torch_step.GraphCount(), torch_step.CacheCount()
             self.forward = torch.compile(self.net, **compile_options)  # inference and parity's gradients
-            self._train_fn = torch.compile(self._train_step, **compile_options)
+            self._train_fn = torch.compile(self._one_graph_step, **compile_options)
             if compile_options.get("mode") == "reduce-overhead":
                 self._train_fn = _replayed(self._train_fn)
 
@@ -305,15 +314,28 @@ class TorchBackend(Backend):
         with torch.no_grad():
             return _tensor(self._augment(self._input(x), self._augment_tensors(params)).permute(0, 2, 3, 1))
 
+    def _decay(self) -> None:
+        """Decoupled weight decay, as Keras and AdamW do: w -= lr * wd * w (before the update)."""
+        if self.train.weight_decay:
+            with torch.no_grad():
+                torch._foreach_mul_(self.decayed, 1.0 - self.train.lr * self.train.weight_decay)
+
     def _train_step(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Forward, loss, backward, weight decay and optimizer step: what the compiled modes compile."""
+        """The eager step: forward, loss, backward, weight decay and ``optimizer.step()``."""
         loss = self._forward_loss(self.net, x, labels)
         loss.backward()
-        decay = self.train.weight_decay
-        if decay:
-            with torch.no_grad():  # decoupled, as Keras and AdamW do: w -= lr * wd * w
-                torch._foreach_mul_(self.decayed, 1.0 - self.train.lr * decay)
+        self._decay()
         self.optimizer.step()
+        return loss.detach()
+
+    def _one_graph_step(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The compiled modes' step, traced as one graph: the same arithmetic as ``_train_step``, with
+        ``torch.autograd.grad`` for ``backward`` and the optimizer's functional update for ``step``."""
+        loss = self._forward_loss(self.net, x, labels)
+        grads = torch.autograd.grad(loss, self.decayed)
+        self._decay()
+        with torch.no_grad():
+            self._update(list(grads))
         return loss.detach()
 
     def _step(self, batch: np.ndarray, augment: Params | None) -> torch.Tensor:
@@ -370,6 +392,26 @@ class TorchBackend(Backend):
         return float(loss.item()), grads
 
     # -- measurement and artifacts ---------------------------------------------------------------
+    def compiled_graphs(self) -> dict:
+        return self._graphs.facts() if self._graphs is not None else {}
+
+    def compile_cache(self) -> str | None:
+        """From inductor's FX-graph and AOTAutograd cache counters since the build (torch_step.CacheCount)."""
+        if self._caches is None:
+            return None
+        return "off" if self.cache_policy == "off" else (self._caches.state() or "off")
+
+    def forget_compiled(self, disk: bool) -> None:
+        """Dynamo's compiled frames and inductor's in-memory caches (what ``torch._inductor.utils.fresh_cache``
+        clears); ``disk`` empties inductor's cache folder (compiled graphs, kernels' shared objects)."""
+        import torch._inductor.utils
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        torch._dynamo.reset()
+        torch._inductor.utils.clear_caches()
+        if disk:
+            compile_cache.empty(Path(cache_dir()))
+
     def reset_peak_memory(self) -> None:
         if self.on_gpu:
             torch.cuda.reset_peak_memory_stats()

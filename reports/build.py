@@ -1,4 +1,5 @@
-"""Build a run folder's report: results.csv, curves.csv, summary.csv, figures/*.png and report.html.
+"""Build a run folder's report: results.csv, curves.csv, summary.csv, augmentation.csv, compile.csv,
+figures/*.png and report.html.
 
 This is what ``bench run`` calls at the end and ``bench report RUN_DIR`` calls again; it reads
 only the run folder, so a report can be rebuilt anywhere from the JSON files alone, identically
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from bench.results.store import write_atomic
 from reports.augmentation import augmentation_rows, augmentation_table
-from reports.costs import time_breakdown
+from reports.costs import compile_table, time_breakdown
 from reports.escape import write_csv
 from reports.fastest import fastest_headlines
 from reports.figures import all_figures
@@ -35,6 +36,7 @@ class ReportResult:
     summary_csv: Path
     augmentation_csv: Path
     html: Path
+    compile_csv: Path
     figures: list[Path] = field(default_factory=list)
     skipped_lines: int = 0
     n_records: int = 0
@@ -61,6 +63,7 @@ def build_report(run_dir: Path, baseline: str | None = None) -> ReportResult:
     augmentation = augmentation_rows(frame)
     shown = curves[(curves["semantics_policy"] == policy) & curves["augment"].isin(set(plain["augment"]))]
     costs = time_breakdown(frame)
+    compile_costs = compile_table(frame)
     figures = all_figures(plain, shown, heads, augmentation, costs)
     shifts = policy_comparisons(frame)
     if shifts:
@@ -70,20 +73,22 @@ def build_report(run_dir: Path, baseline: str | None = None) -> ReportResult:
 
     folder = run.folder
     result = ReportResult(folder, folder / "results.csv", folder / "curves.csv", folder / "summary.csv",
-                          folder / "augmentation.csv", folder / "report.html", skipped_lines=run.skipped_lines,
-                          n_records=len(frame), baseline=chosen)
+                          folder / "augmentation.csv", folder / "report.html", folder / "compile.csv",
+                          skipped_lines=run.skipped_lines, n_records=len(frame), baseline=chosen)
     write_csv(results_table(frame), result.results_csv)
     write_csv(curves, result.curves_csv)
     write_csv(summary, result.summary_csv)
     write_csv(augmentation_table(augmentation), result.augmentation_csv)
+    write_csv(compile_costs, result.compile_csv)
     figure_dir = folder / "figures"
     figure_dir.mkdir(exist_ok=True)
     for figure in figures + list(policy_figures.values()):
         path = figure_dir / f"{figure.name}.png"
         write_atomic(path, figure.png)
         result.figures.append(path)
-    files = [p.name for p in (result.results_csv, result.curves_csv, result.summary_csv, result.augmentation_csv)]
+    files = [p.name for p in (result.results_csv, result.curves_csv, result.summary_csv, result.augmentation_csv,
+                              result.compile_csv)]
     page = render(run, summary, heads, figures, evidence(frame), chosen, files + ["figures/"], augmentation, costs,
-                  fastest_headlines(heads), shifts, policy_figures)
+                  fastest_headlines(heads), shifts, policy_figures, compile_costs)
     write_atomic(result.html, page)
     return result

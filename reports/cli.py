@@ -53,7 +53,7 @@ def main_report(args: argparse.Namespace) -> int:
         print(f"skipped {result.skipped_lines} incomplete or unreadable line(s) of results.jsonl")
     print(f"report: {result.html} ({result.n_records} records, {len(result.figures)} figures)")
     print(f"tables: {result.results_csv.name}, {result.summary_csv.name}, {result.curves_csv.name}, "
-          f"{result.augmentation_csv.name} in {result.run_dir}")
+          f"{result.augmentation_csv.name}, {result.compile_csv.name} in {result.run_dir}")
     return 0
 
 

@@ -21,7 +21,7 @@ from bench.spec.rules import CANONICAL, RULE_TEXT, RULE_TITLES, Rules
 from bench.spec.semantics import HARMONISED, NATIVE
 from reports import fmt
 from reports.augmentation import AugmentationRow
-from reports.costs import PARTS
+from reports.costs import COMPILE_COLUMNS, PARTS
 from reports.fastest import FastestHeadline, ModeResult
 from reports.figures import FigureOut
 from reports.frameworks import Evidence
@@ -313,11 +313,23 @@ def _costs_view(costs: pd.DataFrame) -> dict:
     return {"columns": list(PARTS), "rows": rows}
 
 
+def _compile_view(table: pd.DataFrame | None) -> dict:
+    """The cold-and-warm compile table: seconds, and the graph counts as counts."""
+    if table is None:
+        return {"columns": [], "rows": []}
+
+    def shown(column: str, value: float) -> str:
+        return fmt.count(value) if column in ("graphs", "graph breaks") else fmt.seconds(value)
+    rows = [{"backend": r["backend"], "mode": r["mode"], "model": r["model"], "cells": fmt.count(r["cells"]),
+             "figures": [shown(c, r[c]) for c in COMPILE_COLUMNS]} for r in table.to_dict("records")]
+    return {"columns": list(COMPILE_COLUMNS), "rows": rows}
+
+
 def render(run: Run, summary: pd.DataFrame, heads: list[ModelHeadline], figures: list[FigureOut],
            evidence: list[Evidence], baseline: str | None, files: list[str],
            augmentation: list[AugmentationRow] = (), costs: pd.DataFrame | None = None,
            fastest: list[FastestHeadline] = (), policies: list[PolicyComparison] = (),
-           policy_figures: dict[str, FigureOut] | None = None) -> str:
+           policy_figures: dict[str, FigureOut] | None = None, compile_costs: pd.DataFrame | None = None) -> str:
     """The full page as a string."""
     cell_axes = _cell_axes(summary)
     context = {
@@ -332,6 +344,7 @@ def render(run: Run, summary: pd.DataFrame, heads: list[ModelHeadline], figures:
         "cells": _cell_rows(summary, cell_axes), "cell_axes": [axis.replace("_", " ").capitalize() for axis in cell_axes],
         "files": files, "augmentation": _augmentation_view(augmentation),
         "augment_facts": _augment_facts(run.records), "costs": _costs_view(costs) if costs is not None else {"columns": [], "rows": []},
+        "compile_costs": _compile_view(compile_costs),
         "not_converged_note": NOT_CONVERGED_NOTE,
         "fastest": [_fastest_view(f) for f in fastest if f.several_modes],
         "policies": [_policy_view(p, (policy_figures or {}).get(p.model)) for p in policies], "policy_caveat": CAVEAT,

@@ -38,6 +38,9 @@ class Metric:
     """A column of the page's table of every cell."""
     converged_only: bool = False
     """Only records whose training converged count (an unconverged accuracy is not a result)."""
+    sampled_by: str | None = None
+    """The record field counting the samples this figure is taken from: a record with fewer than
+    ``MIN_STEP_SAMPLES`` shows none (reports/records.py hides it), whatever an older record holds."""
 
     @property
     def change_format(self) -> fmt.Formatter:
@@ -76,6 +79,17 @@ PEAK_DEVICE_MEMORY = Metric("peak_device_bytes", "Peak device memory", fmt.nbyte
 PEAK_MEMORY = Metric("peak_memory_bytes", "Peak memory", fmt.nbytes, False, headline=True)
 """Derived by reports/records.py: the device peak where one was measured, else the host's."""
 CELL_DURATION = Metric("duration_seconds", "Cell duration", fmt.seconds, False)
+STEP_TIME_SAMPLES = Metric("step_time_samples", "Step-time samples", fmt.count, None)
+"""How many timed steps the step-time percentiles come from (printed beside them)."""
+FIRST_STEP = Metric("first_step_seconds", "First step", fmt.seconds, False)
+"""The first training step alone: tracing, compilation (or loading compiled code) and one step."""
+COMPILE_CACHE = "compile_cache"
+"""The record field saying whether a cell's compiled code came from a persistent cache (off, cold, warm)."""
+WARM_COMPILE_TIME = Metric("warm_compile_seconds", "Warm compile time", fmt.seconds, False)
+"""Under --compile-cache cold: the compile cost again, from the caches the cold compile filled."""
+WARM_FIRST_STEP = Metric("warm_first_step_seconds", "Warm first step", fmt.seconds, False)
+GRAPHS = Metric("graphs", "Compiled graphs", fmt.count, None)
+GRAPH_BREAKS = Metric("graph_breaks", "Graph breaks", fmt.count, False)
 
 METRICS = (
     TEST_ACCURACY,
@@ -85,11 +99,17 @@ METRICS = (
     TRAIN_THROUGHPUT,
     INFERENCE_THROUGHPUT,
     TRAIN_TIME,
-    Metric("step_time_ms_p50", "Step time p50", fmt.milliseconds, False, compared=True, cell_table=True),
-    Metric("step_time_ms_p90", "Step time p90", fmt.milliseconds, False),
-    Metric("step_time_ms_p99", "Step time p99", fmt.milliseconds, False),
+    Metric("step_time_ms_p50", "Step time p50", fmt.milliseconds, False, compared=True, cell_table=True,
+           sampled_by=STEP_TIME_SAMPLES.field),
+    Metric("step_time_ms_p90", "Step time p90", fmt.milliseconds, False, sampled_by=STEP_TIME_SAMPLES.field),
+    Metric("step_time_ms_p99", "Step time p99", fmt.milliseconds, False, sampled_by=STEP_TIME_SAMPLES.field),
+    STEP_TIME_SAMPLES,
     COMPILE_TIME,
-    Metric("first_step_seconds", "First step", fmt.seconds, False),
+    FIRST_STEP,
+    WARM_COMPILE_TIME,
+    WARM_FIRST_STEP,
+    GRAPHS,
+    GRAPH_BREAKS,
     Metric("warmup_seconds", "Warm-up", fmt.seconds, False),
     TIME_TO_TARGET,
     Metric("device_seconds", "Device time", fmt.seconds, False),
@@ -108,3 +128,5 @@ BY_FIELD: dict[str, Metric] = {m.field: m for m in METRICS}
 HEADLINE = tuple(m for m in METRICS if m.headline)
 COMPARED = tuple(m for m in METRICS if m.compared)
 CELL_TABLE = tuple(m for m in METRICS if m.cell_table)
+SAMPLED = tuple(m for m in METRICS if m.sampled_by)
+"""Figures shown only where enough samples stand behind them (MIN_STEP_SAMPLES)."""

@@ -20,10 +20,11 @@ import pandas as pd
 
 from bench.errors import BenchError
 from bench.results.record import FIELD_KINDS, FIELDS, PER_EPOCH_FIELDS, Status
+from bench.results.stats import MIN_STEP_SAMPLES
 from bench.results.store import ENVIRONMENT, RESULTS, latest, read_records, read_small
 from bench.spec.cell import AXES
 from bench.spec.semantics import HARMONISED
-from reports.metrics import BY_FIELD, PEAK_DEVICE_MEMORY, PEAK_HOST_MEMORY, PEAK_MEMORY
+from reports.metrics import BY_FIELD, PEAK_DEVICE_MEMORY, PEAK_HOST_MEMORY, PEAK_MEMORY, SAMPLED
 
 SCHEMA = FIELDS
 """Every field a record may hold (bench/results/record.py), in order: the leading columns of results.csv."""
@@ -111,6 +112,8 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
 
     Adds two derived columns for the report: ``variant`` (backend, plus mode where a backend ran
     several) and the peak memory metric (``PEAK_MEMORY``: device peak where measured, else host RSS).
+    A figure taken from too few samples (``SAMPLED``: step-time percentiles of fewer than
+    ``MIN_STEP_SAMPLES`` steps, as older records hold) is emptied, so no view prints it.
     """
     frame = pd.DataFrame.from_records(records)
     extras = [c for c in frame.columns if c not in SCHEMA]
@@ -121,6 +124,8 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
         frame[name] = frame[name].astype(object).where(frame[name].notna(), None)
     for name in FLAG_FIELDS:
         frame[name] = pd.Series([v if isinstance(v, bool) else None for v in frame[name]], index=frame.index, dtype=object)
+    for metric in SAMPLED:
+        frame.loc[~(frame[metric.sampled_by] >= MIN_STEP_SAMPLES), metric.field] = float("nan")
     frame = frame.copy()  # one block per dtype again after the per-column conversions (pandas' advice)
     frame["variant"] = _variant_labels(frame)
     frame[PEAK_MEMORY.field] = frame[PEAK_DEVICE_MEMORY.field].fillna(frame[PEAK_HOST_MEMORY.field])

@@ -126,6 +126,8 @@ CASES = {
     "float epochs": Case(f"{SMALL} --epochs 1.5", "argument --epochs: invalid int value: '1.5'"),
     "unknown flag": Case(f"{SMALL} --learningrate 0.1", "unrecognized arguments: --learningrate"),
     "bad device": Case(f"{SMALL} --device tpu", "argument --device: invalid choice: 'tpu'"),
+    "unknown compile cache": Case(f"{SMALL} --compile-cache hot",
+                                  "--compile-cache 'hot': input should be 'warm', 'cold' or 'off'; valid: warm, cold, off"),
     # synthetic shapes
     "synthetic zero": Case(f"{SMALL} --dataset synthetic:0x28x1", "bad synthetic shape '0x28x1': a dimension is 0"),
     "synthetic negative": Case(f"{SMALL} --dataset synthetic:-28x28x1", "bad synthetic shape '-28x28x1'; valid: synthetic:HxWxC"),

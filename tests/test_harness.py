@@ -8,6 +8,7 @@ import statistics
 import pytest
 
 from bench.measure.harness import run_cell
+from bench.measure.inference import EVAL_BATCH, INFERENCE_WINDOWS
 from bench.spec.cell import Cell, WindowPlan
 from bench.spec.model import SEED_MODELS
 from bench.spec.train import TrainSpec
@@ -20,14 +21,14 @@ MEASURED = [
     "step_time_ms_p50", "step_time_ms_p90", "step_time_ms_p99", "compile_seconds", "first_step_seconds",
     "inference_samples_per_s", "cpu_seconds_per_sample", "peak_rss_bytes", "param_count",
     "flops_per_sample_forward", "flops_per_sample_train", "achieved_gflops", "peak_fraction",
-    "throughput_window_seconds", "throughput_spread", "foreign_cpu_cores", "foreign_cpu_fraction", "time_build_seconds",
+    "throughput_window_seconds", "throughput_spread", "inference_window_seconds", "foreign_cpu_cores", "foreign_cpu_fraction", "time_build_seconds",
     "time_compile_seconds", "time_train_seconds", "time_eval_seconds", "time_window_seconds",
 ]
 
 
 def test_an_ok_record_holds_every_measured_figure_and_its_configuration(mnist_small):
     cell = Cell("torch", SEED_MODELS["mlp"], TrainSpec(batch_size=32, epochs=2), "mnist-sample", target_accuracy=0.5,
-                window=WindowPlan(min_seconds=0.05, budget_seconds=0.1))
+                window=WindowPlan(min_seconds=0.05, budget_seconds=30.0))  # room for 100 probe steps under load
     record = run_cell(loaded_backend("torch"), cell, mnist_small, peak_gflops=10.0)
     assert record.status == "ok", record.error
     for key in MEASURED:
@@ -42,7 +43,11 @@ def test_an_ok_record_holds_every_measured_figure_and_its_configuration(mnist_sm
     assert record.time_to_target_seconds is not None and record.time_to_target_seconds <= record.train_seconds
     assert record.peak_fraction == pytest.approx(record.achieved_gflops / 10.0)
     assert record.rules["bn_running_variance"] == "unbiased" and record.bn_epsilon == 1e-3 and record.epsilon == 1e-7
-    assert record.step_time_ms_p50 <= record.step_time_ms_p99
+    assert record.step_time_ms_p50 <= record.step_time_ms_p99 and record.step_time_samples == 100
+    inference = record.inference_window_samples_per_s
+    assert len(inference) == INFERENCE_WINDOWS and record.inference_window_seconds >= 0.05
+    assert record.inference_samples_per_s == pytest.approx(statistics.median(inference))
+    assert record.inference_window_passes >= 1 and record.inference_batch_size == min(EVAL_BATCH, record.n_test)
 
 
 def test_warm_up_never_changes_what_is_trained(mnist_small):

@@ -3,17 +3,21 @@ unconverged training marked, and a default profile whose accuracies mean somethi
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
 import pytest
 
 from bench.measure.harness import run_cell
+from bench.measure.inference import INFERENCE_WINDOWS
 from bench.measure.load import FOREIGN_CPU_LIMIT, LoadMonitor, LoadReading, Snapshot
+from bench.measure.memory import PeakRssSampler
 from bench.measure.throughput import MAX_REMEASURES, MIN_WINDOWS, Windows
 from bench.measure.verdicts import Diverged, check_losses, convergence
 from bench.run import grid
@@ -42,7 +46,10 @@ def test_every_ok_record_has_windows_of_at_least_the_minimum_and_its_phase_times
     phases = [record[f"time_{p}_seconds"] for p in ("build", "compile", "train", "eval", "window")]
     assert all(t >= 0 for t in phases) and sum(phases) <= record["duration_seconds"]
     assert record["time_train_seconds"] == pytest.approx(record["train_seconds"])
-    assert record["compile_cache"] in (("cold", "warm") if backend == "jax" else ("off",))
+    assert record["compile_cache"] in {"torch": (None,), "tf": ("off",), "jax": ("cold", "warm")}[backend]
+    inference = record["inference_window_samples_per_s"]
+    assert record["inference_window_seconds"] >= SMALL_WINDOWS.min_seconds and len(inference) == INFERENCE_WINDOWS
+    assert record["inference_samples_per_s"] == pytest.approx(statistics.median(inference))
     assert isinstance(record["converged"], bool) and record["convergence_note"]
 
 
@@ -101,7 +108,8 @@ class _Epochs:
 
     def reading(self, seconds: float, foreign: float = 0.0) -> LoadReading:
         start, own = self.now, self.cores * seconds
-        self.now = Snapshot(start.wall + seconds, start.busy + own + foreign * seconds, start.steal, start.own + own)
+        self.now = Snapshot(start.wall + seconds, start.busy + own + foreign * seconds, start.steal, start.own + own,
+                            start.work + own)
         return LoadReading(start, self.now, self.cores)
 
 
@@ -154,6 +162,34 @@ def test_a_window_is_read_once_from_its_first_epoch_to_its_last():
     load = windows.kept[0].load
     assert load.seconds == pytest.approx(0.35) and load.foreign_cpu_seconds == pytest.approx(0.05)
     assert load.foreign_cpu_cores == pytest.approx(0.05 / 0.35)
+    # ... but the CPU per training sample is the epochs' own: the validation between them is left out
+    epochs.reading(0.2)  # the worker validating with both cores
+    assert windows.record()["cpu_seconds_per_sample"] == pytest.approx(3 * 2 * 0.1 / 3000)
+
+
+def test_the_work_cpu_leaves_out_the_helper_threads():
+    """The RSS sampler's own CPU is not the training's: the monitor subtracts what a helper says it used."""
+    used = {"seconds": 0.0}
+
+    def helper() -> None:
+        end = time.thread_time() + 0.2
+        while time.thread_time() < end:
+            pass
+        used["seconds"] = time.thread_time()
+
+    plain, minding = LoadMonitor(), LoadMonitor(helper_cpu=lambda: used["seconds"])
+    starts = plain.snapshot(), minding.snapshot()
+    thread = threading.Thread(target=helper)
+    thread.start()
+    thread.join()
+    assert plain.since(starts[0]).work_cpu_seconds >= 0.2
+    assert minding.since(starts[1]).work_cpu_seconds < 0.05
+
+
+def test_the_rss_sampler_counts_its_own_cpu():
+    with PeakRssSampler(interval=0.001) as sampler:
+        time.sleep(0.1)
+    assert 0 < sampler.cpu_seconds < 0.1 and sampler.peak > 0
 
 
 def test_the_foreign_cpu_limit_is_in_cores_whatever_the_size_of_the_set():
@@ -223,3 +259,20 @@ def test_a_bad_window_setting_is_a_one_line_error():
     result = bench("run", "--backend", "numpy", "--min-window", "0")
     assert result.returncode == 2 and "--min-window 0.0: input should be greater than 0" in result.stderr and result.stderr.count("\n") == 1
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_cold_cache_run_compiles_every_cell_from_nothing_then_times_it_warm(tmp_path):
+    """--compile-cache cold: a repeat of the same cell finds the caches emptied again (cold, not warm),
+    and each cell's second compile, from what it stored, is the warm figure beside the cold one."""
+    pytest.importorskip("jax")
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "bench", "run", "--backend", "jax", "--models", "mlp", "--optimizers",
+                           "adam", "--activations", "relu", "--dataset", "digits", "--repeats", "2", "--compile-cache",
+                           "cold", "--out", str(out), "--no-report"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["compile_cache"], r["compile_cache_policy"]) for r in records] == [("cold", "cold")] * 2
+    for record in records:
+        assert record["warm_first_step_seconds"] < record["first_step_seconds"], record
+        assert 0 <= record["warm_compile_seconds"] < record["compile_seconds"]
+    assert any((out / "compile-cache" / "jax").iterdir())  # the run's own folder, not the shared one

@@ -25,12 +25,13 @@ from rich.console import Console
 from bench.errors import BenchError
 from bench.results.phases import PHASES, Phase
 from bench.results.record import FIELDS, ResultRecord
+from bench.results.stats import MIN_STEP_SAMPLES
 from bench.spec.cell import Cell
 from bench.spec.model import SEED_MODELS
 from bench.spec.rules import CANONICAL, RULE_TITLES, Rules
 from bench.spec.train import TrainSpec
 from reports import add_compare_arguments, add_report_arguments, build_report, compare_runs, main_compare, main_report
-from reports.costs import time_breakdown
+from reports.costs import compile_table, time_breakdown
 from reports.metrics import METRICS
 from reports.records import SCHEMA, records_frame
 from reports.terminal import print_summary
@@ -79,7 +80,7 @@ def make_record(backend: str, mode: str, model: str, optimizer: str, activation:
         "epoch_val_loss": [1.0 / (e + 1) for e in range(epochs)], "epoch_val_accuracy": curve,
         "epoch_seconds": epoch_s, "train_samples_per_s": speed, "train_seconds": sum(epoch_s),
         "step_time_ms_p50": 1e3 * batch / speed, "step_time_ms_p90": 1.1e3 * batch / speed,
-        "step_time_ms_p99": 1.3e3 * batch / speed, "compile_seconds": compile_s,
+        "step_time_ms_p99": 1.3e3 * batch / speed, "step_time_samples": 100, "compile_seconds": compile_s,
         "first_step_seconds": compile_s + batch / speed, "warmup_seconds": compile_s + 3 * batch / speed,
         "inference_samples_per_s": 4 * speed, "time_to_target_seconds": epoch_s[0] if curve[0] >= 0.9 else None,
         "device_seconds": None, "cpu_seconds_per_sample": 2 / speed, "peak_rss_bytes": int(600e6 * jitter()),
@@ -515,3 +516,41 @@ def test_a_model_measured_for_throughput_only_shows_its_speed_and_no_accuracy(tm
     assert "†" not in cnn[: cnn.index("</table>")]  # no greyed accuracy in the cnn headline
     figures = {p.stem for p in result.figures}
     assert any("mlp" in f and "accuracy" in f for f in figures) and not any("cnn" in f and "accuracy" in f for f in figures)
+def test_a_step_time_percentile_from_too_few_steps_is_not_shown():
+    """The one rule (bench/results/stats.py MIN_STEP_SAMPLES): an older record's p99 of 20 probe steps is
+    their maximum, not a tail, so no view prints it; 100 steps or more are shown with their count."""
+    base = {"cell_id": "c", "backend": "torch", "status": "ok", "step_time_ms_p50": 1.0, "step_time_ms_p90": 2.0,
+            "step_time_ms_p99": 3.0}
+    frame = records_frame([base | {"repeat": 0, "step_time_samples": 20}, base | {"repeat": 1, "step_time_samples": 100},
+                           base | {"repeat": 2}])
+    shown = frame[["step_time_ms_p50", "step_time_ms_p90", "step_time_ms_p99"]].notna().all(axis=1)
+    assert shown.tolist() == [False, True, False] and MIN_STEP_SAMPLES == 100
+
+
+def test_the_compile_table_sets_cold_and_warm_side_by_side(tmp_path):
+    """A cold cell's own compile and its second compile from the caches it filled, a warm cell's compile,
+    and a framework without a persistent cache ('off'), per backend, mode and model."""
+    base = {"status": "ok", "model": "mlp", "repeat": 0}
+    records = [
+        base | {"cell_id": "t1", "backend": "torch", "mode": "compiled", "compile_cache": "cold", "compile_seconds": 30.0,
+                "first_step_seconds": 30.1, "warm_compile_seconds": 2.0, "warm_first_step_seconds": 2.1,
+                "graphs": 1, "graph_breaks": 0},
+        base | {"cell_id": "t2", "backend": "torch", "mode": "compiled", "compile_cache": "warm", "compile_seconds": 4.0,
+                "first_step_seconds": 4.1, "graphs": 1, "graph_breaks": 0},
+        base | {"cell_id": "t3", "backend": "torch", "mode": "eager", "compile_seconds": 0.0},
+        base | {"cell_id": "f1", "backend": "tf", "mode": "graph", "compile_cache": "off", "compile_seconds": 1.5,
+                "first_step_seconds": 1.6},
+    ]
+    table = compile_table(records_frame(records)).set_index(["backend", "mode"])
+    assert list(table.index) == [("torch", "compiled"), ("tf", "graph")]  # eager compiles nothing
+    torch_row, tf_row = table.loc[("torch", "compiled")], table.loc[("tf", "graph")]
+    assert (torch_row["compile cold"], torch_row["compile warm"]) == (30.0, 3.0)
+    assert torch_row["first step warm"] == pytest.approx(3.1)
+    assert (torch_row["graphs"], torch_row["graph breaks"], torch_row["cells"]) == (1, 0, 2)
+    assert tf_row["compile off"] == 1.5 and np.isnan(tf_row["compile cold"]) and np.isnan(tf_row["compile warm"])
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    build_report(folder)
+    assert "Compile time, cold and warm" in (folder / "report.html").read_text(encoding="utf-8")
+    assert pd.read_csv(folder / "compile.csv")["compile cold"].iloc[0] == 30.0

@@ -5,18 +5,25 @@ The protocol (docs/architecture.md, "Measuring"), each phase timed into a ``time
    policy: the framework draws its own, once) and the training arrays placed once;
 2. warm-up (``time_compile_seconds``): the first step runs alone, synchronised and timed -- it
    carries tracing and compilation, reported as ``compile_seconds`` (its excess over a steady-state
-   step) -- then an optional probe of individually synchronised steps gives step-time percentiles;
-   the model is reset to those initial weights and a fresh optimizer (compiled code is kept), so
-   warm-up never changes what is trained;
+   step); the model is reset to those initial weights and a fresh optimizer (compiled code is
+   kept), so warm-up never changes what is trained;
 3. accuracy epochs (``time_train_seconds``): ``train.epochs`` whole epochs of the seed's batch order,
    one synchronisation each; validation after each epoch is off the clock (``time_eval_seconds``);
-4. test loss/accuracy and inference throughput on the model exactly as the accuracy epochs left it;
+4. test loss/accuracy, then inference throughput (bench.measure.inference: windows of prediction
+   passes, like training's) on the model exactly as the accuracy epochs left it;
 5. throughput windows (bench.measure.throughput): the accuracy epochs are steady state, so they are the first
    windows; when they do not give enough windows of at least the minimum length, training goes on
    for further epochs of the same batch order, timed only for throughput
    (``time_window_seconds``). These epochs come after the test evaluation, so they never change an
    accuracy. While every epoch is timed, other load on the cores is read (bench.measure.load); disturbed
-   windows are re-measured or the record is marked ``noisy``.
+   windows are re-measured or the record is marked ``noisy``. ``cpu_seconds_per_sample`` is the
+   CPU time of the windows' epochs alone (bench.measure.load: the RSS sampler's own CPU left out);
+6. step-time probe (``time_window_seconds`` too): ``probe_steps`` individually synchronised steps,
+   when they fit the cell's window budget at the windows' steady step, give the step-time
+   percentiles (none from fewer than bench.results.stats ``MIN_STEP_SAMPLES`` steps). It runs after
+   the windows because a per-step synchronisation inside them would change what they measure, and
+   because only then is the steady step known, so an unaffordable probe costs nothing. Its steps,
+   like the extra epochs', are undone: the model goes back to what the accuracy epochs left.
 
 Every epoch's losses go through one divergence rule and the accuracy curve through one convergence
 rule (bench.measure.verdicts), and the peak host memory is sampled around the timed epochs
@@ -37,7 +44,8 @@ import numpy as np
 
 from backends.base import Backend, Unsupported
 from bench.errors import BenchError
-from bench.measure import training
+from bench.measure import inference, training
+from bench.measure.inference import EVAL_BATCH
 from bench.measure.load import LoadMonitor
 from bench.measure.memory import SAMPLE_SECONDS, PeakRssSampler
 from bench.measure.throughput import Windows
@@ -49,10 +57,10 @@ from bench.spec.augment import EpochAugment
 from bench.spec.cell import Cell, hyperparameters
 from bench.spec.cost import forward_flops, train_flops
 from bench.spec.data import Dataset
+from bench.spec.model import ModelSpec
 from bench.spec.shapes import check_fits, parameter_count
 from bench.spec.train import TrainSpec
 
-EVAL_BATCH = 500
 TIMING_METHOD = ("wall clock (perf_counter) over whole epochs, one synchronisation per epoch; throughput is the "
                  "median of auto-ranged windows of whole epochs")
 
@@ -99,22 +107,38 @@ def _timed_step(backend: Backend, batches: np.ndarray, augment: EpochAugment | N
     return time.perf_counter() - start
 
 
-def _warm_up(backend: Backend, n_train: int, train: TrainSpec, probe_steps: int) -> dict:
-    """Compile on the first batch, then time ``probe_steps`` steps one by one for step-time percentiles.
-
-    The caller undoes these steps (canonical weights, fresh optimizer) before the timed epochs.
-    """
+def _warm_up(backend: Backend, n_train: int, train: TrainSpec) -> float:
+    """The first step on the first batch, synchronised and timed: it traces and compiles. The caller
+    undoes it (canonical weights, fresh optimizer) before the timed epochs."""
     batches, augment = training.schedule(n_train, train, backend.input_shape, 0)
     first = _timed_step(backend, batches, augment, 0)
-    probe = np.asarray([_timed_step(backend, batches, augment, step) for step in range(probe_steps)]) * 1e3
     backend.finish_epoch()
-    p50, p90, p99 = percentiles(probe) if probe.size else (None, None, None)
-    return {
-        "first_step_seconds": first,
-        "warmup_seconds": first + float(probe.sum()) / 1e3,
-        "step_time_ms_p50": p50, "step_time_ms_p90": p90, "step_time_ms_p99": p99,
-        "step_time_samples": int(probe.size),
-    }
+    return first
+
+
+def _warm_again(backend: Backend, model: ModelSpec, train: TrainSpec, data: Dataset, weights: list[np.ndarray]) -> float | None:
+    """The first step once more, from the persistent caches the cold compile just filled: the
+    compiled code in memory is dropped, the model rebuilt, and the first step timed again. None when
+    the caches did not serve all of it (the figure would not be a warm one)."""
+    backend.forget_compiled(disk=False)
+    training.prepare(backend, model, train, data.x_train, data.y_train, data.num_classes, weights)
+    first = _warm_up(backend, len(data.x_train), train)
+    return first if backend.compile_cache() == "warm" else None
+
+
+def _probe(backend: Backend, n_train: int, train: TrainSpec, steps: int, budget: float, steady_step: float) -> dict:
+    """Step-time percentiles from ``steps`` individually synchronised steps, when they fit in ``budget``
+    seconds at the windows' steady step (the probe runs after the windows, so it knows: a CNN step of
+    50 ms cannot give 100 steps in a quick cell, an MLP's can); fewer than ``MIN_STEP_SAMPLES`` steps
+    (skipped, or cut short by the budget) give no percentiles. The caller undoes these steps."""
+    probe: list[float] = []
+    if steps * steady_step <= budget:
+        batches, augment = training.schedule(n_train, train, backend.input_shape, 0)
+        while len(probe) < steps and sum(probe) <= budget:
+            probe.append(_timed_step(backend, batches, augment, len(probe)))
+        backend.finish_epoch()
+    p50, p90, p99 = percentiles(np.asarray(probe) * 1e3)
+    return {"step_time_ms_p50": p50, "step_time_ms_p90": p90, "step_time_ms_p99": p99, "step_time_samples": len(probe)}
 
 
 def _train(backend: Backend, cell: Cell, data: Dataset, clock: PhaseClock, monitor: LoadMonitor,
@@ -157,21 +181,16 @@ def _more_windows(backend: Backend, cell: Cell, n_train: int, monitor: LoadMonit
     return index - cell.train.epochs
 
 
-def _inference_throughput(backend: Backend, x: np.ndarray) -> float:
-    """Samples/s of ``predict`` over ``x``; the caller has just evaluated ``x`` in the same batches,
-    so the inference path is compiled and warm."""
-    start = time.perf_counter()
-    backend.predict(x, EVAL_BATCH)
-    return len(x) / (time.perf_counter() - start)
-
-
 def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | None = None) -> ResultRecord:
     """Train and measure one cell; always returns a record (status ok, skipped, failed or diverged).
 
     Besides the configuration and the figures of earlier versions, a record holds: the throughput
     window fields of ``bench.measure.throughput.Windows.record`` (``train_samples_per_s`` is their median),
-    the phase times ``time_{build,compile,train,eval,window}_seconds``, ``compile_cache`` (whether a
-    persistent compilation cache was off, cold or warm), and ``converged``/``convergence_note``.
+    the phase times ``time_{build,compile,train,eval,window}_seconds``, ``compile_cache`` (whether the
+    training step's compiled code came from a persistent cache: off, cold or warm; under
+    ``--compile-cache cold`` every cell starts from empty caches and, where it stored code, times
+    its first step again from them: ``warm_first_step_seconds``), what the compiler captured
+    (``graphs``, ``graph_breaks``), and ``converged``/``convergence_note``.
     """
     data = data.head(*cell.sizes)
     record = data.describe() | {
@@ -191,23 +210,25 @@ def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | N
             "flops_per_sample_train": train_flops(model, shape, k),
         }
         with clock.phase("build"):
+            if backend.cache_policy != "warm":
+                backend.forget_compiled(disk=True)
             weights = training.prepare(backend, model, cell.train, data.x_train, data.y_train, k)
         record["mode"] = backend.mode
         record |= hyperparameters(backend.train) | backend.facts()  # the values it runs (native: its framework's)
         with clock.phase("compile"):
-            record |= _warm_up(backend, len(data.x_train), cell.train, cell.probe_steps)
+            record["first_step_seconds"] = record["warmup_seconds"] = _warm_up(backend, len(data.x_train), cell.train)
+            record |= backend.compiled_graphs() | {"compile_cache": backend.compile_cache()}
+            if backend.cache_policy == "cold" and record["compile_cache"] == "cold":
+                record["warm_first_step_seconds"] = _warm_again(backend, model, cell.train, data, weights)
             training.restart(backend, weights)
         backend.reset_peak_memory()
-        monitor, windows = LoadMonitor(), Windows(cell.window)
-        cpu_start = time.process_time()
-        with PeakRssSampler() as rss:
+        rss = PeakRssSampler()
+        monitor, windows = LoadMonitor(helper_cpu=lambda: rss.cpu_seconds), Windows(cell.window)
+        with rss:
             try:
                 m = _train(backend, cell, data, clock, monitor, windows)
             finally:
-                cpu_seconds = time.process_time() - cpu_start
                 record["peak_rss_bytes"] = rss.peak
-        steps = len(data.x_train) // cell.train.batch_size * cell.train.epochs
-        samples = steps * cell.train.batch_size
         train_seconds = float(sum(m.epoch_seconds))
         record |= {
             "epoch_train_loss": m.epoch_train_loss, "epoch_val_loss": m.epoch_val_loss,
@@ -215,7 +236,6 @@ def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | N
             "final_train_loss": m.epoch_train_loss[-1],
             "val_accuracy": m.epoch_val_accuracy[-1] if m.epoch_val_accuracy else None,
             "train_seconds": train_seconds,
-            "cpu_seconds_per_sample": cpu_seconds / samples,
             "time_to_target_seconds": m.time_to_target,
             "device_seconds": float(sum(m.device_seconds)) if m.device_seconds else None,
             "device_time_method": "cuda events around each epoch" if m.device_seconds else None,
@@ -224,18 +244,25 @@ def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | N
             record["test_loss"], record["test_accuracy"] = backend.evaluate(data.x_test, data.y_test, EVAL_BATCH)
             if not math.isfinite(record["test_loss"]):
                 raise Diverged(f"test loss is {record['test_loss']}")
-            record["inference_samples_per_s"] = _inference_throughput(backend, data.x_test)
+            measured, inference_noise = inference.measure(backend, data.x_test, cell.window, monitor)
+            record |= measured
         record["converged"], record["convergence_note"] = convergence(
             m.epoch_val_accuracy, m.epoch_train_loss, record["test_accuracy"], k)
         with clock.phase("window"):
             evaluated = backend.get_weights()  # the model the accuracy figures describe (and --save keeps)
-            if _more_windows(backend, cell, len(data.x_train), monitor, windows, m.first_loss):
+            trained_more = _more_windows(backend, cell, len(data.x_train), monitor, windows, m.first_loss)
+            record |= windows.record()
+            steady_step = cell.train.batch_size / record["train_samples_per_s"]
+            record |= _probe(backend, len(data.x_train), cell.train, cell.probe_steps, cell.window.budget_seconds,
+                             steady_step)
+            if trained_more or record["step_time_samples"]:
                 training.restart(backend, evaluated)
-        record |= windows.record()
+        if inference_noise and not record["noisy"]:
+            record |= {"noisy": True, "noise_reason": f"inference: {inference_noise}"}
         # Compilation = what the first step cost beyond a steady-state step (from the windows' median).
-        steady_step = cell.train.batch_size / record["train_samples_per_s"]
         record["compile_seconds"] = max(record["first_step_seconds"] - steady_step, 0.0)
-        record["compile_cache"] = backend.compile_cache()
+        if record.get("warm_first_step_seconds") is not None:
+            record["warm_compile_seconds"] = max(record["warm_first_step_seconds"] - steady_step, 0.0)
         record["achieved_gflops"] = record["flops_per_sample_train"] * record["train_samples_per_s"] / 1e9
         if peak_gflops:
             record["peak_fraction"] = record["achieved_gflops"] / peak_gflops

@@ -13,6 +13,11 @@ So while training is timed, this module reads, for the cores of this process's C
 - ``load_average``: the 1-minute load average at the end. Recorded, never a trigger: it lags by a
   minute and counts this process's own threads.
 
+Each snapshot also reads the CPU time of this process's own work (``Snapshot.work``): the process's
+CPU clock (every thread, nanosecond resolution, ``time.process_time``) less the CPU its helper
+threads have used (the RSS sampler, bench.measure.memory), so ``cpu_seconds_per_sample`` is the
+training's CPU and nothing else's (docs/architecture.md, "Measuring").
+
 A span is *disturbed* when ``foreign_cpu_cores > FOREIGN_CPU_LIMIT`` or ``steal_fraction >
 STEAL_LIMIT``. The foreign limit is in cores, not per core of the set, because a training step is
 as slow as its slowest thread: one other process spinning on one core of a 2-core set takes about
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psutil
@@ -50,6 +56,8 @@ class Snapshot:
     busy: float
     steal: float | None
     own: float
+    work: float = 0.0
+    """CPU seconds of this process's work so far: every thread's, less its helper threads'."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,11 @@ class LoadReading:
     @property
     def foreign_cpu_fraction(self) -> float:
         return self.foreign_cpu_cores / self.cores
+
+    @property
+    def work_cpu_seconds(self) -> float:
+        """CPU seconds this process's own work used in the span (its helper threads left out)."""
+        return self.end.work - self.start.work
 
     @property
     def steal_fraction(self) -> float | None:
@@ -114,13 +127,17 @@ def usable_cores() -> tuple[int, ...]:
 
 
 class LoadMonitor:
-    """Reads other load on this process's CPU set (fixed at creation: the worker is already pinned)."""
+    """Reads other load on this process's CPU set (fixed at creation: the worker is already pinned),
+    and the CPU time of this process's own work: ``helper_cpu`` says how much CPU its helper threads
+    (the RSS sampler) have used, which the work's CPU leaves out."""
 
-    def __init__(self, cpu_set: list[int] | None = None) -> None:
+    def __init__(self, cpu_set: list[int] | None = None, helper_cpu: Callable[[], float] | None = None) -> None:
         self.cpus = sorted(cpu_set if cpu_set is not None else usable_cores())
         self.process = psutil.Process()
+        self.helper_cpu = helper_cpu or (lambda: 0.0)
 
     def snapshot(self) -> Snapshot:
+        work = time.process_time() - self.helper_cpu()
         per_cpu = psutil.cpu_times(percpu=True)
         mine = [per_cpu[i] for i in self.cpus if i < len(per_cpu)]
         # guest time is already inside user/nice on Linux; idle and iowait are not busy.
@@ -128,7 +145,7 @@ class LoadMonitor:
         steal = sum(t.steal for t in mine) if mine and hasattr(mine[0], "steal") else None
         own = self.process.cpu_times()
         return Snapshot(time.perf_counter(), busy, steal,
-                        own.user + own.system + own.children_user + own.children_system)
+                        own.user + own.system + own.children_user + own.children_system, work)
 
     def since(self, start: Snapshot) -> LoadReading:
         """Other load from ``start`` until now."""

@@ -2,12 +2,14 @@
 
 ``ru_maxrss`` is a lifetime peak and a worker runs many cells, so the harness samples the resident
 set itself around each cell's timed epochs (docs/architecture.md, "Measuring"). Framework-free
-(psutil only), so every backend's ``peak_rss_bytes`` is read the same way.
+(psutil only), so every backend's ``peak_rss_bytes`` is read the same way. The sampler keeps count of
+its own CPU time (``cpu_seconds``), which the load monitor leaves out of the training's CPU time.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 
 import psutil
 
@@ -22,13 +24,17 @@ class PeakRssSampler:
         self.interval = interval
         self.process = psutil.Process()
         self.peak = 0
+        self.cpu_seconds = 0.0
+        """CPU time the sampler thread has used, as of its latest sample (its own thread clock)."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, self.process.memory_info().rss)
+            self.cpu_seconds = time.thread_time()
             self._stop.wait(self.interval)
+        self.cpu_seconds = time.thread_time()
 
     def __enter__(self) -> PeakRssSampler:
         self.peak = self.process.memory_info().rss

@@ -19,6 +19,11 @@ figures are recorded, so the spread is visible.
 A window during which other processes used the cores (bench.measure.load) is re-measured: a new window
 replaces it, at most ``MAX_REMEASURES`` times per cell. When that bound is reached, a disturbed
 window is kept and the record says ``noisy`` with the figure that tripped it.
+
+The CPU time per training sample comes from the same windows: each epoch's own span (validation
+between epochs left out) of this process's CPU clock, less its helper threads' (bench.measure.load).
+Inference throughput (bench.measure.inference) is measured by the same windows, of passes over the
+test set instead of epochs.
 """
 
 from __future__ import annotations
@@ -35,10 +40,14 @@ MAX_REMEASURES = 3
 
 @dataclass(frozen=True)
 class Window:
+    """Consecutive timed units (training epochs, or inference passes over the test set)."""
+
     epochs: int
     seconds: float
     samples: int
     load: LoadReading | None
+    cpu_seconds: float | None = None
+    """CPU time of this process's work while the units ran (their own spans only, helpers left out)."""
 
     @property
     def samples_per_s(self) -> float:
@@ -51,9 +60,13 @@ class Window:
 
 @dataclass
 class Windows:
-    """Collects timed epochs into windows; says when enough clean windows have been measured."""
+    """Collects timed epochs into windows; says when enough clean windows have been measured.
+
+    ``least`` is how many clean windows are always taken (``MIN_WINDOWS`` for training).
+    """
 
     plan: WindowPlan
+    least: int = MIN_WINDOWS
     kept: list[Window] = field(default_factory=list)
     replaced: list[Window] = field(default_factory=list)
     _open: list[tuple[float, int, LoadReading | None]] = field(default_factory=list)
@@ -70,8 +83,11 @@ class Windows:
         if total < self.plan.min_seconds or (sized and len(self._open) < self.epochs_per_window):
             return
         loads = [reading for _, _, reading in self._open]
-        combined = None if None in loads else loads[0].through(loads[-1])
-        window = Window(len(self._open), total, sum(n for _, n, _ in self._open), combined)
+        combined = cpu = None
+        if None not in loads:
+            combined = loads[0].through(loads[-1])
+            cpu = sum(reading.work_cpu_seconds for reading in loads)  # each epoch's own span: gaps left out
+        window = Window(len(self._open), total, sum(n for _, n, _ in self._open), combined, cpu)
         self._open = []
         if window.disturbance and len(self.replaced) < MAX_REMEASURES:
             self.replaced.append(window)
@@ -80,18 +96,33 @@ class Windows:
 
     def wants_more(self) -> bool:
         n = len(self.kept)
-        if n < MIN_WINDOWS:
+        if n < self.least:
             return True
         if n >= self.plan.max_windows:
             return False
         spent = sum(w.seconds for w in self.kept + self.replaced) + sum(s for s, _, _ in self._open)
         return spent + statistics.median(w.seconds for w in self.kept) <= self.plan.budget_seconds
 
+    @property
+    def rates(self) -> list[float]:
+        """Samples/s of each kept window."""
+        return [w.samples_per_s for w in self.kept]
+
+    @property
+    def noisy(self) -> list[Window]:
+        """Kept windows that other load disturbed (kept once the re-measuring bound was reached)."""
+        return [w for w in self.kept if w.disturbance]
+
+    def cpu_seconds_per_sample(self) -> float | None:
+        """CPU seconds of this process's work per sample over the kept windows (None: not read)."""
+        cpus = [w.cpu_seconds for w in self.kept]
+        return None if None in cpus else sum(cpus) / sum(w.samples for w in self.kept)
+
     def record(self) -> dict:
-        """The record's throughput fields (bench.measure.harness documents them)."""
-        rates = [w.samples_per_s for w in self.kept]
+        """The record's training-throughput fields (bench.measure.harness documents them)."""
+        rates = self.rates
         median = statistics.median(rates)
-        noisy = [w for w in self.kept if w.disturbance]
+        noisy = self.noisy
         readings = [w.load for w in self.kept if w.load is not None]
         steals = [r.steal_fraction for r in readings if r.steal_fraction is not None]
         worst = max(readings, key=lambda r: r.foreign_cpu_cores, default=None)
@@ -103,6 +134,7 @@ class Windows:
             "throughput_window_samples_per_s": rates,
             "throughput_spread": (max(rates) - min(rates)) / median,
             "throughput_remeasured": len(self.replaced),
+            "cpu_seconds_per_sample": self.cpu_seconds_per_sample(),
             "noisy": bool(noisy),
             "noise_reason": noisy[0].disturbance if noisy else None,
             "foreign_cpu_cores": worst.foreign_cpu_cores if worst else None,

@@ -148,12 +148,18 @@ class ResultRecord(BaseModel):
     started_at: str | None = _field("UTC time the cell started, ISO 8601")
     timing_method: str | None = _field("How the training clock was read")
     first_step_seconds: float | None = _field("The first training step alone, synchronised (tracing, compilation)")
-    warmup_seconds: float | None = _field("First step plus the step-time probe")
-    step_time_ms_p50: float | None = _field("Median of individually synchronised steps, ms")
-    step_time_ms_p90: float | None = _field("90th percentile step time, ms")
-    step_time_ms_p99: float | None = _field("99th percentile step time, ms")
-    step_time_samples: int | None = _field("Steps in the step-time probe (0: no percentiles)")
+    warmup_seconds: float | None = _field("Seconds of warm-up: the first step alone (older records: plus the "
+                                          "step-time probe, which now runs after the throughput windows)")
+    step_time_ms_p50: float | None = _field("Median of individually synchronised steps, ms (None: fewer than "
+                                            "bench/results/stats.py MIN_STEP_SAMPLES steps)")
+    step_time_ms_p90: float | None = _field("90th percentile step time, ms (same rule)")
+    step_time_ms_p99: float | None = _field("99th percentile step time, ms (same rule)")
+    step_time_samples: int | None = _field("Individually synchronised steps the probe timed (the percentiles need "
+                                           "MIN_STEP_SAMPLES; 0 when they would not fit the window budget)")
     compile_seconds: float | None = _field("First step minus a mean steady-state step: the compile cost")
+    warm_first_step_seconds: float | None = _field("Under --compile-cache cold: the first step again, its compiled code "
+                                                   "loaded from the persistent cache the cold compile filled")
+    warm_compile_seconds: float | None = _field("warm_first_step_seconds minus a steady-state step: the warm compile cost")
 
     # steady-state training
     epoch_train_loss: list[float | None] | None = _curve("Mean training loss of each epoch")
@@ -164,7 +170,8 @@ class ResultRecord(BaseModel):
     val_accuracy: float | None = _field("Validation accuracy after the last epoch")
     train_seconds: float | None = _field("Wall seconds of all timed epochs")
     train_samples_per_s: float | None = _field("Training throughput over the timed epochs")
-    cpu_seconds_per_sample: float | None = _field("Process CPU seconds per training sample")
+    cpu_seconds_per_sample: float | None = _field("CPU seconds of the worker's work per training sample over the "
+                                                  "throughput windows' epochs only (no validation, no RSS sampler)")
     time_to_target_seconds: float | None = _field("Training seconds until validation accuracy reached the target")
     device_seconds: float | None = _field("Device (GPU) time of the timed epochs")
     device_time_method: str | None = _field("How device time was measured")
@@ -174,7 +181,13 @@ class ResultRecord(BaseModel):
     # evaluation and memory
     test_loss: float | None = _field("Loss on the test split")
     test_accuracy: float | None = _field("Accuracy on the test split")
-    inference_samples_per_s: float | None = _field("Prediction throughput on the test split")
+    inference_samples_per_s: float | None = _field("Prediction throughput on the test split: the median of the "
+                                                   "inference windows")
+    inference_window_seconds: float | None = _field("Length of the shortest kept inference window (>= the minimum)")
+    inference_window_samples_per_s: list[float] | None = _field("Samples/s of each kept inference window")
+    inference_window_passes: int | None = _field("Whole prediction passes over the test split in one inference window")
+    inference_remeasured: int | None = _field("Inference windows measured again because other load disturbed them")
+    inference_batch_size: int | None = _field("Rows per prediction batch (the test split's size when smaller)")
     peak_rss_bytes: int | None = _field("Peak resident memory of the worker while training")
     peak_device_bytes: int | None = _field("Peak device memory while training (None on CPU)")
     memory_method: str | None = _field("How host and device memory were measured")
@@ -195,11 +208,18 @@ class ResultRecord(BaseModel):
     steal_fraction: float | None = _field("CPU steal over the worst window, where the kernel reports it")
     load_average: float | None = _field("1-minute load average after the last window")
     time_build_seconds: float | None = _field("Seconds building the model and loading weights and data")
-    time_compile_seconds: float | None = _field("Seconds of warm-up: the first (compiling) step and the probe")
+    time_compile_seconds: float | None = _field("Seconds of warm-up: the first (compiling) step")
     time_train_seconds: float | None = _field("Seconds of the accuracy epochs")
     time_eval_seconds: float | None = _field("Seconds of validation, test evaluation and inference throughput")
-    time_window_seconds: float | None = _field("Seconds of extra epochs timed only for throughput")
-    compile_cache: str | None = _field("Persistent compilation cache: off, cold or warm")
+    time_window_seconds: float | None = _field("Seconds of extra epochs timed only for throughput, and of the step-time probe")
+    compile_cache: str | None = _field("Where the cell's compiled code came from: off (no persistent cache), cold "
+                                       "(compiled here), warm (all loaded from the persistent cache); None: nothing compiled")
+    compile_cache_policy: str | None = _field("The run's --compile-cache: cold (caches emptied before each cell), warm "
+                                              "(kept across cells and runs) or off (persistent caches disabled)")
+    graphs: int | None = _field("Graphs the compiler captured for the compiled training step (torch: dynamo's "
+                                "unique graphs; None where the mode compiles nothing)")
+    graph_breaks: int | None = _field("Graph breaks inside the compiled training step (0: one graph)")
+    graph_break_reasons: list[str] | None = _field("Why each graph break happened, as the compiler says it")
     converged: bool | None = _field("False when the training budget was too short to converge (bench/measure/harness.py)")
     convergence_note: str | None = _field("Why a cell counts as not converged")
     worker_setup_seconds: float | None = _field("Seconds the worker took to import and set up its framework")

@@ -262,7 +262,19 @@ def benjamini_hochberg(pvalues: Iterable[float]) -> np.ndarray:
     return out
 
 
-def percentiles(values, qs=(50, 90, 99)) -> list[float]:
-    """The ``qs`` percentiles of ``values`` (NaN for each when there are none)."""
+STEP_TIME_QUANTILES = (50, 90, 99)
+"""The step-time percentiles a record gives."""
+MIN_STEP_SAMPLES = 100
+"""The one rule for step-time percentiles: each is given from at least this many timed steps, or not
+at all. The 99th percentile of fewer than 100 steps is the largest step (of 20, it is the maximum
+within interpolation), so it would report one outlier as a tail; p50 and p90 are held to the same
+floor so the three printed beside one sample count come from the same steps. The harness records
+none below it, and the reports hide older records' percentiles below it (reports/metrics.py)."""
+
+
+def percentiles(values, qs=STEP_TIME_QUANTILES) -> list[float | None]:
+    """The ``qs`` percentiles of ``values``; None for each when there are fewer than ``MIN_STEP_SAMPLES``."""
     data = np.asarray(values, dtype=np.float64)
-    return [float(np.percentile(data, q)) for q in qs] if data.size else [float("nan")] * len(qs)
+    if data.size < MIN_STEP_SAMPLES:
+        return [None] * len(qs)
+    return [float(np.percentile(data, q)) for q in qs]

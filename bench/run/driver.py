@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from backends import compile_cache
 from bench.results.record import ResultRecord
 from bench.results.store import RunStore
 from bench.run import code_identity, environment, executors, fingerprint, grid
@@ -108,7 +109,9 @@ def main_run(args: argparse.Namespace) -> int:
         return _sweep(args, sweep, backend_names, data, models, refused, store, lock, code,
                       WorkerSettings(threads, cpu_set, args.device, sweep.data_dir, sweep.val_split,
                                      sweep.train_size, sweep.test_size, env["matmul_peak_gflops"],
-                                     save_models_in=str(out) if args.save else None))
+                                     save_models_in=str(out) if args.save else None,
+                                     compile_cache=sweep.compile_cache,
+                                     compile_cache_dir=str(compile_cache.folder(sweep.compile_cache, out))))
 
 
 def _sweep(args, sweep, backend_names, data, models, refused, store: RunStore, lock: RunLock, code: code_identity.CodeIdentity,

@@ -11,6 +11,7 @@ the values as they are when a run starts.
 from __future__ import annotations
 
 from bench.measure import harness, load, throughput, verdicts
+from bench.run.executors import process
 from bench.spec import augment, cell, semantics
 from bench.spec.train import training_rules
 
@@ -20,7 +21,8 @@ def fairness_rules() -> dict[str, str]:
     return training_rules() | {
         "initial weights": f"drawn once in NumPy ({semantics.HARMONISED_INIT}, bias 0) and loaded into every backend",
         "data": "same arrays, split, per-epoch batch order (NumPy, from the seed); last partial batch dropped",
-        "threads": "one worker process per backend, same CPU set and intra-op thread count, one backend at a time",
+        "threads": "one worker process per backend, same CPU set and intra-op thread count, one backend at a time; "
+                   f"idle OpenMP threads sleep (OMP_WAIT_POLICY={process.OMP_WAIT_POLICY})",
         "timing": f"warm-up (compile) timed apart; {harness.TIMING_METHOD}; eval off the clock",
         "augmentation": "random parameters drawn in NumPy from the seed before each epoch; each backend transforms "
                         f"natively inside its step; {augment.INTERPOLATION} interpolation, {augment.FILL} fill; "

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 import backends
+from backends import compile_cache
 from bench.errors import BenchError
 from bench.run import fingerprint, grid
 from bench.run.executors import DEFAULT_EXECUTOR, EXECUTORS
@@ -53,7 +54,7 @@ FLAGS = {
     "dataset": "--dataset", "data_dir": "--data-dir", "epochs": "--epochs", "learning_rate": "--learning-rate",
     "train_size": "--train-size", "val_split": "--val-split", "repeats": "--repeats", "seed": "--seed",
     "target_accuracy": "--target", "augment": "--augment", "semantics": "--semantics",
-    "min_window": "--min-window", "window_budget": "--window-budget",
+    "min_window": "--min-window", "window_budget": "--window-budget", "compile_cache": "--compile-cache",
 }
 """The sweep key each run flag sets; an error about the key names the flag."""
 RESULT_FLAGS = (*FLAGS.values(), "--profile", "--config", "--threads", "--device")
@@ -94,6 +95,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-window", type=float, help=f"seconds a throughput window lasts at least (default {DEFAULT_MIN_SECONDS:g})")
     p.add_argument("--window-budget", type=float,
                    help="seconds a cell's throughput windows may take before no more are added (at least 2 are taken)")
+    p.add_argument("--compile-cache", help=f"persistent compilation caches: {', '.join(compile_cache.POLICIES)} "
+                                           "(default warm: kept across cells and runs; cold: emptied before each cell, "
+                                           "then the first step timed again from them; off: disabled)")
     p.add_argument("--threads", type=int, help="intra-op threads and CPU-set size for every backend (default: all cores)")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu", "auto"))
     p.add_argument("--cell-timeout", type=float,
@@ -139,7 +143,7 @@ def build_sweep(args: argparse.Namespace) -> tuple[grid.Sweep, dict[str, str]]:
     scalars = {"dataset": args.dataset, "data_dir": args.data_dir, "epochs": args.epochs,
                "learning_rate": args.learning_rate, "train_size": args.train_size, "val_split": args.val_split,
                "repeats": args.repeats, "seed": args.seed, "target_accuracy": args.target,
-               "min_window": args.min_window, "window_budget": args.window_budget}
+               "min_window": args.min_window, "window_budget": args.window_budget, "compile_cache": args.compile_cache}
     flags |= {key: value for key, value in scalars.items() if value is not None}
     where |= {key: FLAGS[key] for key in flags}
     sweep = grid.merge(sweep, flags, where)

@@ -20,6 +20,7 @@ from pydantic.dataclasses import dataclass
 from pydantic.fields import FieldInfo
 
 import backends
+from backends.compile_cache import POLICIES as CACHE_POLICIES
 from bench.errors import BenchError, DatasetError, SpecError, did_you_mean, unknown
 from bench.measure.throughput import MIN_WINDOWS
 from bench.results.store import read_small
@@ -39,7 +40,7 @@ PROFILES: dict[str, dict] = {
     # 128 rows), which measures its throughput and compile time, and is marked not converged rather
     # than presented as a result.
     "quick": {"train_size": None, "test_size": None, "epochs": 2, "batch_sizes": [64], "val_split": 0.1,
-              "probe_steps": 0, "window_budget": 0.5, "model_sizes": {"cnn": {"train": 128, "val": 128, "test": 128}},
+              "window_budget": 0.5, "model_sizes": {"cnn": {"train": 128, "val": 128, "test": 128}},
               "throughput_only": ["cnn"]},
     # The whole bundled sample (7,200 / 800 / 2,000), a few epochs: figures worth comparing.
     "full": {"train_size": None, "test_size": None, "epochs": 3, "batch_sizes": [128], "val_split": 0.1,
@@ -126,10 +127,12 @@ class Sweep:
     test_size: Annotated[int | None, Field(ge=1, description="an integer >= 1")] = None
     val_split: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False, description="a fraction in [0, 1)")] = 0.1
     target_accuracy: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False, description="a fraction in (0, 1]")] = 0.9
-    probe_steps: Annotated[int, Field(ge=0, description="an integer >= 0")] = 20
+    probe_steps: Annotated[int, Field(ge=0, description="an integer >= 0")] = Cell.probe_steps
     min_window: Annotated[float, Field(gt=0, allow_inf_nan=False, description="seconds > 0 a throughput window lasts at least")] = WindowPlan.min_seconds
     window_budget: Annotated[float, Field(ge=0, allow_inf_nan=False, description="seconds >= 0 a cell's extra windows may take")] = WindowPlan.budget_seconds
     max_windows: Annotated[int, Field(ge=MIN_WINDOWS, description=f"an integer >= {MIN_WINDOWS}")] = WindowPlan.max_windows
+    compile_cache: Annotated[Literal[CACHE_POLICIES], Field(description=", ".join(CACHE_POLICIES))] = CACHE_POLICIES[0]
+    """Persistent compilation caches: warm (kept across cells and runs), cold (emptied before each cell) or off."""
     model_sizes: Annotated[dict[str, dict[Literal["train", "val", "test"], Annotated[int, Field(ge=1)]]],
                            Field(description="per model, positive row counts of its train/val/test splits")] = field(default_factory=dict)
     """Per model, rows of the splits it uses ({"train": n, "val": n, "test": n}, each optional)."""

@@ -39,8 +39,9 @@ class Cell:
     dataset: str
     repeat: int = 0
     target_accuracy: float = 0.9
-    probe_steps: int = 20
-    """Individually synchronised steps timed after warm-up for step-time percentiles (0: none)."""
+    probe_steps: int = 100
+    """Individually synchronised steps timed after warm-up for step-time percentiles (0: none); the
+    default is the fewest any percentile is given from (bench/results/stats.py MIN_STEP_SAMPLES)."""
     window: WindowPlan = WindowPlan()
     sizes: tuple[int | None, int | None, int | None] = (None, None, None)
     """Rows of the train, validation and test splits this cell uses (None: all), for a model that

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import backends
+from backends import compile_cache
 from backends.base import Unsupported
 from bench.errors import BenchError
 from bench.measure.harness import run_cell
@@ -50,11 +51,17 @@ class WorkerSettings:
     peak_gflops: float | None
     save_models_in: str | None = None
     """Run folder under whose ``models/`` each ok cell's trained model is saved (``bench run --save``)."""
+    compile_cache: str = compile_cache.POLICIES[0]
+    """The run's ``--compile-cache`` policy (backends/compile_cache.py)."""
+    compile_cache_dir: str | None = None
+    """Folder of the persistent compilation caches (None: the warm policy's shared folder)."""
 
 
 def _worker_main(conn, backend_name: str, settings: WorkerSettings) -> None:
     """A sweep worker, isolated already: set up the backend, then run each cell it is sent until None."""
     started = time.perf_counter()
+    caches = Path(settings.compile_cache_dir) if settings.compile_cache_dir else compile_cache.warm_folder()
+    os.environ.update(compile_cache.environment(backend_name, settings.compile_cache, caches))  # before the import
     try:
         backend = backends.load(backend_name)
         info = backend.setup(settings.threads, settings.device)

@@ -31,6 +31,13 @@ from typing import Any, Protocol
 from bench.errors import BenchError
 from bench.measure.load import usable_cores
 
+OMP_WAIT_POLICY = "PASSIVE"
+"""How idle OpenMP threads wait in every worker: they sleep at once instead of spinning first (libgomp's
+default spins ~300,000 iterations). torch runs its intra-op pool (and MKL) on libgomp; with both
+threads of a 2-core set spinning, any other runnable thread makes a step wait for a descheduled
+partner, and torch's MLP fell to 0.8k-5k samples/s beside ~1.5 cores of other work, against
+12k-23k with passive waiting (benchmarks/torch_modes.py; README, "Torch's two modes"). TF's and
+XLA's own thread pools do not read it."""
 STARTUP_TIMEOUT = 600.0
 """Seconds a worker may take to import its framework, or to load a dataset before a cell."""
 POLL_SECONDS = 0.05
@@ -126,6 +133,7 @@ def isolate(threads: int, cpu_set: tuple[int, ...]) -> None:
         os.sched_setaffinity(0, cpu_set)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
         os.environ[var] = str(threads)
+    os.environ["OMP_WAIT_POLICY"] = OMP_WAIT_POLICY
     os.environ["TF_NUM_INTEROP_THREADS"] = "1"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # so JAX's device-memory peak means something
