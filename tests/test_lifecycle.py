@@ -33,7 +33,7 @@ from bench.run.executors import ray as ray_executor
 from bench.run.executors.local import WorkerSettings, run_sweep
 from bench.run.executors.process import worker_cpu_set
 from bench.run.lock import LOCK, WORKER_MARK, RunLock, RunLocked
-from bench.spec.cell import Cell
+from bench.spec.cell import Cell, WindowPlan
 from bench.spec.model import SEED_MODELS
 from bench.spec.train import TrainSpec
 from reports.records import load_run
@@ -183,7 +183,9 @@ def test_the_cell_timeout_does_not_count_the_worker_start_up(tmp_path, monkeypat
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     records = []
     began = time.monotonic()
-    cells = [Cell("numpy", SEED_MODELS["mlp"], TrainSpec(batch_size=32), "mnist-sample")]
+    # a cell well inside the timeout (short windows, no step-time probe), so only the start-up could exceed it
+    cells = [Cell("numpy", SEED_MODELS["mlp"], TrainSpec(batch_size=32), "mnist-sample", probe_steps=0,
+                  window=WindowPlan(min_seconds=0.05, budget_seconds=0.1))]
     run_sweep(cells, NUMPY, records.append, cell_timeout=slow_start - 1)
     assert time.monotonic() - began > slow_start
     assert [r.status for r in records] == ["ok"], records[0].reason
