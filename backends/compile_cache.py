@@ -27,6 +27,7 @@ its cache settings at import), and the adapters empty their caches (``Backend.fo
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,8 +86,6 @@ def backend_folder(backend: str) -> Path | None:
 
 def empty(where: Path) -> None:
     """Remove everything inside ``where`` (the folder itself stays, as the framework was told it)."""
-    import shutil
-
     where = Path(where)
     if where.is_dir():
         for entry in where.iterdir():

@@ -79,7 +79,7 @@ PEAK_DEVICE_MEMORY = Metric("peak_device_bytes", "Peak device memory", fmt.nbyte
 PEAK_MEMORY = Metric("peak_memory_bytes", "Peak memory", fmt.nbytes, False, headline=True)
 """Derived by reports/records.py: the device peak where one was measured, else the host's."""
 CELL_DURATION = Metric("duration_seconds", "Cell duration", fmt.seconds, False)
-STEP_TIME_SAMPLES = Metric("step_time_samples", "Step-time samples", fmt.count, None)
+STEP_TIME_SAMPLES = Metric("step_time_samples", "Step-time samples", fmt.count, None, cell_table=True)
 """How many timed steps the step-time percentiles come from (printed beside them)."""
 FIRST_STEP = Metric("first_step_seconds", "First step", fmt.seconds, False)
 """The first training step alone: tracing, compilation (or loading compiled code) and one step."""

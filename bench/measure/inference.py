@@ -6,8 +6,10 @@ test set in batches of ``EVAL_BATCH`` (eval mode, class probabilities back in Nu
 prediction costs), timed on its own, and passes are gathered into windows by the same rules as
 training epochs (bench.measure.throughput): each window lasts at least ``--min-window`` seconds, a
 window beside other load is measured again (or kept and marked noisy), and the figure is the
-median window. ``INFERENCE_WINDOWS`` windows are taken, never more: the test set and the model do
-not change between them, so more windows buy only time (docs/architecture.md, "Measuring").
+median window. ``INFERENCE_WINDOWS`` clean windows are taken, never more: the test set and the
+model do not change between them, so more windows buy only time, and the default sweep's 240 cells
+cannot afford them (each costs a quarter second a cell, a minute a sweep; docs/architecture.md,
+"Measuring").
 
 The harness calls this right after the test evaluation, which ran the same batches, so the
 inference path is compiled and warm before the first timed pass.
@@ -27,8 +29,8 @@ from bench.spec.cell import WindowPlan
 
 EVAL_BATCH = 500
 """Rows per batch of evaluation and prediction (the last batch of a pass may be smaller)."""
-INFERENCE_WINDOWS = 2
-"""Windows of prediction passes per cell: two, so the record shows their spread."""
+INFERENCE_WINDOWS = 1
+"""Clean windows of prediction passes per cell (disturbed ones are measured again on top)."""
 
 
 def measure(backend: Backend, x: np.ndarray, plan: WindowPlan, monitor: LoadMonitor) -> tuple[dict, str | None]:
