@@ -15,6 +15,7 @@ from bench.cli import COMMANDS
 from bench.measure import harness, load, throughput, verdicts
 from bench.results.phases import PHASES
 from bench.results.record import SCHEMA_VERSION
+from bench.run.executors import process
 from bench.run.fairness import fairness_rules
 from bench.spec import augment, cell, semantics
 from reports.headline import headlines
@@ -65,6 +66,7 @@ def test_a_command_loads_only_its_own_modules():
     (throughput, "MAX_REMEASURES", 5, "throughput", "at most 5 times"),
     (verdicts, "LOSS_BOUND", 5e7, "divergence", "above 5e+07"),
     (verdicts, "EXPLOSION_FACTOR", 250.0, "divergence", "above 250x"),
+    (process, "OMP_WAIT_POLICY", "ACTIVE", "threads", "OMP_WAIT_POLICY=ACTIVE"),
 ])
 def test_the_fairness_text_is_rendered_from_the_constants_it_describes(monkeypatch, module, name, value, rule, shown):
     before = fairness_rules()[rule]
