@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+import backends
 from bench.measure.harness import run_cell
 from bench.measure.load import FOREIGN_CPU_LIMIT, LoadMonitor, LoadReading, Snapshot
 from bench.measure.throughput import MAX_REMEASURES, MIN_WINDOWS, Windows
@@ -42,7 +43,8 @@ def test_every_ok_record_has_windows_of_at_least_the_minimum_and_its_phase_times
     phases = [record[f"time_{p}_seconds"] for p in ("build", "compile", "train", "eval", "window")]
     assert all(t >= 0 for t in phases) and sum(phases) <= record["duration_seconds"]
     assert record["time_train_seconds"] == pytest.approx(record["train_seconds"])
-    assert record["compile_cache"] in (("cold", "warm") if backend == "jax" else ("off",))
+    assert record["compile_cache"] in (("cold", "warm") if backends.REGISTRY[backend].engine == "jax" else ("off",))
+    assert (record["engine"], record["wrapper"]) == (backends.REGISTRY[backend].engine, backends.REGISTRY[backend].wrapper)
     assert isinstance(record["converged"], bool) and record["convergence_note"]
 
 

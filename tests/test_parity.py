@@ -40,6 +40,8 @@ EXPECTED_RULES = {
     "torch": Rules(bn_running_variance="unbiased"),
     "tf": Rules(rmsprop_eps="inside_sqrt", adam_eps="uncorrected", momentum_form="velocity"),
     "jax": Rules(leaky_relu_grad_at_zero="one"),
+    "keras-jax": Rules(rmsprop_eps="inside_sqrt", adam_eps="uncorrected", momentum_form="velocity", leaky_relu_grad_at_zero="one"),
+    "keras-torch": Rules(rmsprop_eps="inside_sqrt", adam_eps="uncorrected", momentum_form="velocity"),
 }
 
 

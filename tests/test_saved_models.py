@@ -251,7 +251,7 @@ def test_predict_input_and_model_errors_are_one_line_and_exit_2(neutral, tmp_pat
     shutil.copytree(neutral, truncated)
     (truncated / "weights.safetensors").write_bytes((truncated / "weights.safetensors").read_bytes()[:1000])
     cases = [
-        (["--model", str(neutral), "--backend", "mxnet", "--input", str(good)], "unknown backend 'mxnet'; valid: torch, tf, jax, numpy"),
+        (["--model", str(neutral), "--backend", "mxnet", "--input", str(good)], "unknown backend 'mxnet'; valid: torch, tf, jax, keras-jax, keras-torch, numpy"),
         (["--model", str(neutral), "--backend", "numpy", "--input", str(wrong)], "the model expects (N, 28, 28, 1)"),
         (["--model", str(truncated), "--backend", "numpy", "--input", str(good)], "saved model weights corrupt"),
         (["--model", str(tmp_path / "none"), "--backend", "numpy", "--input", str(good)], "saved model not found"),

@@ -25,11 +25,15 @@ def main_list(args: argparse.Namespace) -> int:
     table = Table(title="backends")
     table.add_column("name")
     table.add_column("framework")
+    table.add_column("engine")
     table.add_column("status")
     for name, entry in backends.REGISTRY.items():
         reason = backends.unavailable_reason(name)
-        table.add_row(name, entry.description, "installed" if reason is None else f"not available: {reason}")
+        engine = f"{entry.engine} (through {entry.wrapper})" if entry.wrapper else entry.engine
+        table.add_row(name, entry.description, engine, "installed" if reason is None else f"not available: {reason}")
     console.print(table)
+    console.print("groups:      " + "; ".join(f"{g} = {', '.join(m)}" for g, m in backends.GROUPS.items())
+                  + "  (--backend all is the default; a comma list may mix groups and names: all,keras)")
     console.print("models:      " + ", ".join(f"{m} ({spec.description})" for m, spec in SEED_MODELS.items()))
     console.print("optimizers:  " + ", ".join(OPTIMIZERS))
     console.print("activations: " + ", ".join(ACTIVATIONS))
