@@ -9,8 +9,9 @@ TensorFlow adapter beside it in the suite, so its row says so.
 Per model, each wrapper is compared with its engine's adapter on the configurations both finished
 (paired per configuration, bootstrap intervals over repeats, as the headline does): train and
 inference throughput ratios, compile time and peak memory side by side, and the test-accuracy
-difference. Under ``harmonised`` both start from the same weights and batches and compute the same
-model, so that difference must be zero within ``ACCURACY_TOLERANCE``; where the two follow different
+difference (of converged cells only, as in the headline). Under ``harmonised`` both start from the
+same weights and batches and compute the same model, so that difference must be zero within
+``ACCURACY_TOLERANCE``; where the two follow different
 framework rules (bench/spec/rules.py: Keras' epsilon placement, torch's unbiased running variance),
 the row names them. Each backend is taken at its fastest mode in the run (its only mode unless
 ``--modes`` asked for more), as in "each framework at its fastest". The second table answers which
@@ -98,8 +99,8 @@ def _fastest_mode(records: pd.DataFrame, backend: str) -> Side:
     return Side(backend, mode, mine[mine["mode"] == mode])
 
 
-def _estimate(side: Side, field: str) -> Estimate:
-    return grouped_median_interval(by_config(side.records, field, sorted(set(config_keys(side.records)))))
+def _estimate(side: Side, field: str, converged_only: bool = False) -> Estimate:
+    return grouped_median_interval(by_config(side.records, field, sorted(set(config_keys(side.records))), converged_only))
 
 
 def _rules(a: pd.DataFrame, b: pd.DataFrame) -> tuple[str, ...]:
@@ -114,9 +115,9 @@ def _cost(wrapped: Side, engine: str, native: Side | None) -> WrapperCost:
     if not keys:
         return WrapperCost(wrapped, engine, native)
 
-    def compare(field: str, combine) -> Estimate:
-        return grouped_comparison(by_config(wrapped.records, field, keys), by_config(native.records, field, keys),
-                                  combine, paired=True)
+    def compare(field: str, combine, converged_only: bool = False) -> Estimate:
+        return grouped_comparison(by_config(wrapped.records, field, keys, converged_only),
+                                  by_config(native.records, field, keys, converged_only), combine, paired=True)
 
     def both(field: str) -> tuple[Estimate, Estimate]:
         return (grouped_median_interval(by_config(wrapped.records, field, keys)),
@@ -124,12 +125,14 @@ def _cost(wrapped: Side, engine: str, native: Side | None) -> WrapperCost:
 
     return WrapperCost(wrapped, engine, native, len(keys), compare(TRAIN_THROUGHPUT.field, np.divide),
                        compare(INFERENCE_THROUGHPUT.field, np.divide), both(COMPILE_TIME.field), both(PEAK_MEMORY.field),
-                       compare(TEST_ACCURACY.field, np.subtract), _rules(wrapped.records, native.records))
+                       compare(TEST_ACCURACY.field, np.subtract, TEST_ACCURACY.converged_only),
+                       _rules(wrapped.records, native.records))
 
 
 def _engines(sides: list[tuple[Side, str]]) -> list[EngineRow]:
     rows = [EngineRow(side, engine, _estimate(side, TRAIN_THROUGHPUT.field), _estimate(side, INFERENCE_THROUGHPUT.field),
-                      _estimate(side, COMPILE_TIME.field), _estimate(side, TEST_ACCURACY.field)) for side, engine in sides]
+                      _estimate(side, COMPILE_TIME.field), _estimate(side, TEST_ACCURACY.field, TEST_ACCURACY.converged_only))
+            for side, engine in sides]
     finished = [r for r in rows if r.train.ok]
     if len(finished) < 2:
         return rows

@@ -4,7 +4,7 @@ and what is particular to Keras' JAX and torch steps.
 Keras reads ``KERAS_BACKEND`` once per process, so this test process hosts one Keras backend
 (tests/conftest.py ``KERAS_ENGINE``, tensorflow by default). The adapter tests parametrised over
 ``FRAMEWORKS``/``INSTALLED`` (conformance against the oracle, augmentation against the NumPy
-reference, saved models, rules and the compact parity ladder) then cover the hosted one, and
+reference, saved models, rules and the compact parity ladder) then cover the hosted one, and the
 ``test_a_keras_engine_passes_the_adapter_tests_in_a_process_of_its_own`` runs them for every other
 installed Keras engine in a pytest process with ``KERAS_BACKEND`` set, selecting that backend's
 parametrisations (``-k keras-jax``). The rest of this module runs where its backend is hosted.
@@ -33,9 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 KERAS = [n for n, e in backends.REGISTRY.items() if e.wrapper == "keras" and backends.unavailable_reason(n) is None]
 ELSEWHERE = [n for n in KERAS if backends.REGISTRY[n].engine != KERAS_ENGINE]
 """Installed Keras backends this process cannot host."""
-SUITE = ("tests/test_backend_conformance.py", "tests/test_augment.py", "tests/test_saved_models.py",
-         "tests/test_parity.py", "tests/test_measurement.py", "tests/test_keras_engines.py")
-"""The test files whose parametrisations by backend name make up a Keras engine's adapter tests."""
+SUITE = ("tests/test_backend_conformance.py", "tests/test_augment.py", "tests/test_keras_engines.py")
+"""The adapter tests every default run repeats for each other Keras engine (about a minute each):
+conformance against the oracle, augmentation against the NumPy reference, and this module's
+engine-specific checks. ``tox -e keras-jax`` / ``tox -e keras-torch`` add saved models, the rules
+and the compact ladder, and the records (tests/test_saved_models.py, test_parity.py,
+test_measurement.py); ``bench parity`` runs the whole ladder, and the slow end-to-end test of
+tests/test_saved_models.py predicts a saved model with ``bench predict`` on every Keras engine."""
 
 
 @pytest.mark.parametrize("name", ELSEWHERE)
