@@ -144,3 +144,14 @@ def test_the_keras_group_is_keras_on_each_engine_and_not_in_all():
     assert [(e.engine, e.wrapper) for e in entries] == [("tensorflow", "keras"), ("jax", "keras"), ("torch", "keras")]
     assert not set(backends.GROUPS["keras"][1:]) & set(backends.GROUPS["all"])
     assert backends.expand(["all", "keras", "keras-jax"]) == ["torch", "tf", "jax", "keras-jax", "keras-torch"]
+
+
+def test_a_group_skips_its_missing_members_and_a_name_alone_must_be_installed(monkeypatch):
+    from bench.errors import BenchError
+    from bench.run.flags import resolve_backends
+
+    real = backends.unavailable_reason
+    monkeypatch.setattr(backends, "unavailable_reason", lambda n: "torch not installed" if n == "keras-torch" else real(n))
+    assert resolve_backends(["keras"]) == ["tf", "keras-jax", "keras-torch"]  # recorded as skipped by the run
+    with pytest.raises(BenchError, match="backend 'keras-torch' is not available: torch not installed; use a group"):
+        resolve_backends(["all", "keras-torch"])
