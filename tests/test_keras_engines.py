@@ -37,8 +37,8 @@ SUITE = ("tests/test_backend_conformance.py", "tests/test_augment.py", "tests/te
 """The adapter tests every default run repeats for each other Keras engine (about a minute each):
 conformance against the oracle, augmentation against the NumPy reference, and this module's
 engine-specific checks. ``tox -e keras-jax`` / ``tox -e keras-torch`` add saved models, the rules
-and the compact ladder, and the records (tests/test_saved_models.py, test_parity.py,
-test_measurement.py); ``bench parity`` runs the whole ladder, and the slow end-to-end test of
+and the compact ladder, the records and the native policy (tests/test_saved_models.py,
+test_parity.py, test_measurement.py, test_semantics.py); ``bench parity`` runs the whole ladder, and the slow end-to-end test of
 tests/test_saved_models.py predicts a saved model with ``bench predict`` on every Keras engine."""
 
 
