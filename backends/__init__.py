@@ -38,6 +38,13 @@ class BackendEntry:
     """The backend's execution modes, the default first. Declared here, not in the adapter, so the CLI
     checks a requested mode and expands ``best`` without importing a framework; the adapter reads
     them (``modes = REGISTRY[name].modes``) and implements what each one does."""
+    engine: str
+    """The framework whose kernels run the maths: torch, tensorflow, jax or numpy."""
+    wrapper: str | None = None
+    """The library between the spec and the engine, where there is one: ``keras`` for Keras 3, whose
+    engine is its ``KERAS_BACKEND`` (the adapters set it from here). Every record states both
+    (``Backend.facts``), so the report's wrapper-cost view pairs a wrapper with the native adapter
+    of its engine without importing this registry (docs/architecture.md, "Keras engines")."""
 
 
 REGISTRY: dict[str, BackendEntry] = {
@@ -48,24 +55,40 @@ REGISTRY: dict[str, BackendEntry] = {
                          "eagerly before it", compiles=True),
         "compiled-cudagraphs": Mode("compiled-cudagraphs: the compiled train step replayed as CUDA graphs "
                                     "(torch.compile mode='reduce-overhead'; GPU only)", compiles=True, gpu_only=True),
-    }),
+    }, engine="torch"),
     "tf": BackendEntry("tf", "backends.keras_backend", "KerasBackend", ("tensorflow", "keras"), "tf", "Keras 3 on TensorFlow", {
         "graph": Mode("graph: tf.function, no XLA", compiles=True),
         "eager": Mode("eager: op by op (run_eagerly)"),
         "xla": Mode("xla: tf.function(jit_compile=True)", compiles=True),
-    }),
+    }, engine="tensorflow", wrapper="keras"),
     "jax": BackendEntry("jax", "backends.jax_backend", "JaxBackend", ("jax", "flax", "optax"), "jax", "JAX with Flax and Optax", {
         "jit": Mode("jit: jax.jit train step, state donated", compiles=True),
         "eager": Mode("eager: jax.disable_jit, op by op"),
-    }),
+    }, engine="jax"),
+    "keras-jax": BackendEntry("keras-jax", "backends.keras_jax_backend", "KerasJaxBackend", ("keras", "jax"), "keras-jax",
+                              "Keras 3 on JAX", {
+        "jit": Mode("jit: Keras' JAX train step (stateless_call, optimizer.stateless_apply) under jax.jit, state donated "
+                    "(jit_compile=True, Keras' default on JAX)", compiles=True),
+        "eager": Mode("eager: the same step op by op (run_eagerly)"),
+    }, engine="jax", wrapper="keras"),
+    "keras-torch": BackendEntry("keras-torch", "backends.keras_torch_backend", "KerasTorchBackend", ("keras", "torch"),
+                                "keras-torch", "Keras 3 on PyTorch", {
+        "eager": Mode("eager: Keras' torch train step, op by op (jit_compile=False, Keras' default on torch)"),
+        "compiled": Mode("compiled: the same step under torch.compile (jit_compile=True)", compiles=True),
+    }, engine="torch", wrapper="keras"),
     "numpy": BackendEntry("numpy", "backends.numpy_backend", "NumpyBackend", ("numpy",), "",
                           "the NumPy reference (oracle, slow)", {
         "eager": Mode("eager: NumPy, float64 inside, float32 at the boundary"),
-    }),
+    }, engine="numpy"),
 }
-ALIASES = {"pytorch": "torch", "tensorflow": "tf", "keras": "tf", "reference": "numpy"}
+ALIASES = {"pytorch": "torch", "tensorflow": "tf", "keras-tf": "tf", "keras-tensorflow": "tf", "reference": "numpy"}
 FRAMEWORK_BACKENDS = ("torch", "tf", "jax")
-"""What ``--backend all`` means: the frameworks compared. The NumPy oracle is opt-in by name."""
+"""What ``--backend all`` means: the frameworks compared, each through its usual API. The NumPy
+oracle is opt-in by name; Keras on JAX and on torch through the ``keras`` group."""
+GROUPS = {"all": FRAMEWORK_BACKENDS, "keras": ("tf", "keras-jax", "keras-torch")}
+"""Names that stand for several backends in ``--backend`` (a comma list may mix them: ``all,keras``
+is all five). Missing members of a group are recorded as skipped; a backend named alone must be
+installed. ``keras`` is not in ``all``: the default sweep keeps its ~5 minute budget on 2 cores."""
 
 
 BEST = "best"
@@ -84,8 +107,19 @@ def expand_modes(name: str, modes: list[str], on_gpu: bool) -> list[str]:
 def canonical_name(name: str) -> str:
     key = ALIASES.get(name.strip().lower(), name.strip().lower())
     if key not in REGISTRY:
-        raise BackendUnavailable(unknown("backend", name, [*REGISTRY, "all"]))
+        raise BackendUnavailable(unknown("backend", name, [*REGISTRY, *GROUPS]))
     return key
+
+
+def group_of(name: str) -> tuple[str, ...] | None:
+    """The members of group ``name`` (``all``, ``keras``), None when it names no group."""
+    return GROUPS.get(name.strip().lower())
+
+
+def expand(names: list[str]) -> list[str]:
+    """Registry names for ``--backend`` values: groups become their members, aliases their backend;
+    order kept, duplicates dropped; BackendUnavailable for a name that is neither."""
+    return list(dict.fromkeys(n for name in names for n in (group_of(name) or [canonical_name(name)])))
 
 
 def missing_packages(name: str) -> list[str]:

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from backends import Mode, compile_cache
+from backends import REGISTRY, Mode, compile_cache
 from bench.spec.augment import Params, check_image_input
 from bench.spec.losses import loss_value, probabilities
 from bench.spec.model import ModelSpec
@@ -389,9 +389,12 @@ class Backend(ABC):
         return bn_momentum
 
     def facts(self) -> dict[str, Any]:
-        """What a record says this backend ran: its typed rules, the execution mode's meaning, the
-        semantics policy and what it changed (initial weights, BatchNorm momentum as passed)."""
+        """What a record says this backend ran: its engine and wrapper (from its registry entry), its
+        typed rules, the execution mode's meaning, the semantics policy and what it changed (initial
+        weights, BatchNorm momentum as passed)."""
+        entry = REGISTRY[self.name]
         return {
+            "engine": entry.engine, "wrapper": entry.wrapper,
             "rules": self.rules().as_dict(), "mode_description": self.modes[self.mode].description,
             "semantics_policy": self.train.semantics,
             "init": self.NATIVE.init if self.native else HARMONISED_INIT,

@@ -17,7 +17,6 @@ step, and the training arrays live on the device; each step gathers its rows ins
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from backends import REGISTRY, compile_cache, jax_augment, jax_compile_cache
+from backends import REGISTRY, jax_augment, jax_compile_cache, jax_runtime
 from backends.base import Backend, BackendInfo, MemoryReading
 from bench.spec.augment import Params
 from bench.spec.rules import Rules
@@ -117,21 +116,6 @@ class SpecNet(nn.Module):
         return x.astype(jnp.float32)  # logits and loss always in fp32
 
 
-def pick_device(on_gpu: bool) -> jax.Device:
-    return jax.devices("gpu")[0] if on_gpu else jax.devices("cpu")[0]
-
-
-def affinity_cores() -> int:
-    """Cores this process may run on: XLA's CPU thread pool is sized from them, not from a setting.
-
-    Read here rather than taken from ``bench.measure.load.usable_cores`` (the suite's owner of the
-    reading) because an adapter may import only the spec floor (docs/architecture.md, "Floors"); and
-    not taken from ``setup``'s ``threads``, because the record keeps it to show what XLA got, which
-    equals the request only where a worker pinned itself first (``bench/run/executors/process.py``).
-    """
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
-
-
 class JaxBackend(Backend):
     """The spec on JAX: Flax Linen model, Optax optimizer, one donated jit step (or eager ops)."""
 
@@ -206,24 +190,16 @@ class JaxBackend(Backend):
 
     # -- process ---------------------------------------------------------------------------------
     def _gpu_visible(self) -> bool:
-        try:
-            return bool(jax.devices("gpu"))
-        except RuntimeError:
-            return False
+        return jax_runtime.gpu_visible()
 
     def _setup(self, threads: int) -> BackendInfo:
-        """JAX has no thread-count knob after import: threads come from XLA_FLAGS and CPU affinity,
-        which the worker sets before importing this module; we record what is in force."""
-        jax.config.update("jax_enable_x64", False)
-        jax.config.update("jax_default_matmul_precision", "highest")
-        self._device = pick_device(self.on_gpu)
-        jax.config.update("jax_default_device", self._device)
+        self._device = jax_runtime.configure(self.on_gpu)
         self._cache_dir = jax_compile_cache.enable()
         return BackendInfo(
             framework=self.framework,
             versions={"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__, "optax": optax.__version__},
             device=str(self._device),
-            threads={"requested": threads, "affinity_cores": affinity_cores(), "xla_flags": os.environ.get("XLA_FLAGS", "")},
+            threads=jax_runtime.threads(threads),
         )
 
     @property
@@ -388,20 +364,10 @@ class JaxBackend(Backend):
         return "cold" if jax_compile_cache.CacheEvents.misses > self._cache_misses else "warm"
 
     def forget_compiled(self, disk: bool) -> None:
-        """``jax.clear_caches`` drops every in-memory trace and executable; ``disk`` empties the
-        persistent cache's folder as well."""
-        jax.clear_caches()
-        if disk and self._cache_dir is not None:
-            compile_cache.empty(self._cache_dir)
+        jax_compile_cache.forget(self._cache_dir, disk)
 
     def peak_memory(self) -> MemoryReading:
-        if not self.on_gpu:
-            return super().peak_memory()
-        peak = (self.device.memory_stats() or {}).get("peak_bytes_in_use")
-        return MemoryReading(
-            int(peak) if peak is not None else None,
-            "jax device.memory_stats()['peak_bytes_in_use']: per-process peak, JAX cannot reset it",
-        )
+        return jax_runtime.peak_memory(self.device) if self.on_gpu else super().peak_memory()
 
     def save_native(self, directory: Path) -> Path:
         """Flax's own format: ``flax.serialization.to_bytes`` (msgpack) of the Linen variables

@@ -42,4 +42,12 @@ def enable() -> Path | None:
     return folder
 
 
+def forget(folder: Path | None, disk: bool) -> None:
+    """``jax.clear_caches`` drops every in-memory trace and executable; ``disk`` empties the
+    persistent cache's folder as well (``--compile-cache cold``; backends/compile_cache.py)."""
+    jax.clear_caches()
+    if disk and folder is not None:
+        compile_cache.empty(folder)
+
+
 jax.monitoring.register_event_listener(CacheEvents.listen)

@@ -17,7 +17,6 @@ so warm-up compiles and the timed epochs never recompile.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backends import REGISTRY, compile_cache, torch_step
+from backends import REGISTRY, torch_runtime, torch_step
 from backends.base import Backend, BackendInfo, MemoryReading
 from bench.spec.augment import Params
 from bench.spec.rules import Rules
@@ -196,30 +195,17 @@ class TorchBackend(Backend):
         return torch.cuda.is_available()
 
     def _setup(self, threads: int) -> BackendInfo:
-        # torch.optim imports torch._dynamo on the first optimizer it builds (seconds): import it at
-        # start-up so it is not charged to the first cell's time and --cell-timeout.
-        import torch._dynamo  # noqa: F401
-
         torch_step.enable_tracing_autograd()
-        torch.set_num_threads(threads)
-        try:
-            torch.set_num_interop_threads(1)
-        except RuntimeError:  # already set in this process (inter-op pool started)
-            pass
+        pools = torch_runtime.configure(threads)
         self.device = torch.device("cuda" if self.on_gpu else "cpu")
-        return BackendInfo(
-            framework=self.framework,
-            versions={"torch": torch.__version__},
-            device=torch.cuda.get_device_name(0) if self.on_gpu else "cpu",
-            threads={"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads(),
-                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "libgomp default (spin, then sleep)")},
-        )
+        return BackendInfo(framework=self.framework, versions={"torch": torch.__version__},
+                           device=torch_runtime.device_name(self.on_gpu), threads=pools)
 
     # -- model -----------------------------------------------------------------------------------
     def _build(self) -> None:
         t = self.train
-        if self.on_gpu:  # fp32 means full fp32: no TF32 unless asked for
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = t.precision == "tf32"
+        if self.on_gpu:
+            torch_runtime.full_fp32(t.precision)
         self.autocast_dtype = torch.bfloat16 if t.precision == "bf16" else None
         compile_options = self.COMPILE_OPTIONS.get(self.mode)
         if compile_options is not None:
@@ -402,24 +388,14 @@ class TorchBackend(Backend):
         return "off" if self.cache_policy == "off" else (self._caches.state() or "off")
 
     def forget_compiled(self, disk: bool) -> None:
-        """Dynamo's compiled frames and inductor's in-memory caches (what ``torch._inductor.utils.fresh_cache``
-        clears); ``disk`` empties inductor's cache folder (compiled graphs, kernels' shared objects)."""
-        import torch._inductor.utils
-        from torch._inductor.runtime.cache_dir_utils import cache_dir
-
-        torch._dynamo.reset()
-        torch._inductor.utils.clear_caches()
-        if disk:
-            compile_cache.empty(Path(cache_dir()))
+        torch_runtime.forget_compiled(disk)
 
     def reset_peak_memory(self) -> None:
         if self.on_gpu:
             torch.cuda.reset_peak_memory_stats()
 
     def peak_memory(self) -> MemoryReading:
-        if self.on_gpu:
-            return MemoryReading(int(torch.cuda.max_memory_allocated()), "torch.cuda.max_memory_allocated")
-        return super().peak_memory()
+        return torch_runtime.peak_memory() if self.on_gpu else super().peak_memory()
 
     def save_native(self, directory: Path) -> Path:
         """The module's ``state_dict`` (torch layouts, BatchNorm buffers included) via ``torch.save``."""

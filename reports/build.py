@@ -24,6 +24,7 @@ from reports.html import render
 from reports.policies import headline_policy, policy_comparisons, policy_curves
 from reports.records import curves_table, load_run, plain_records, results_table
 from reports.summary import summary_table
+from reports.wrappers import wrapper_views
 
 
 @dataclass
@@ -89,6 +90,6 @@ def build_report(run_dir: Path, baseline: str | None = None) -> ReportResult:
     files = [p.name for p in (result.results_csv, result.curves_csv, result.summary_csv, result.augmentation_csv,
                               result.compile_csv)]
     page = render(run, summary, heads, figures, evidence(frame), chosen, files + ["figures/"], augmentation, costs,
-                  fastest_headlines(heads), shifts, policy_figures, compile_costs)
+                  fastest_headlines(heads), shifts, policy_figures, compile_costs, wrapper_views(plain))
     write_atomic(result.html, page)
     return result

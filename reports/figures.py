@@ -35,7 +35,8 @@ matplotlib.rcParams.update({
     "axes.grid": True, "grid.alpha": 0.3, "figure.dpi": 100, "savefig.dpi": 100,
 })
 
-BACKEND_COLOURS = {"torch": "#e4572e", "tf": "#f0a202", "jax": "#3a86ff", "numpy": "#6c757d"}
+BACKEND_COLOURS = {"torch": "#e4572e", "tf": "#f0a202", "jax": "#3a86ff", "keras-jax": "#5e60ce", "keras-torch": "#c9184a",
+                   "numpy": "#6c757d"}
 OTHER_COLOURS = ("#8338ec", "#2a9d8f", "#b5179e", "#264653")
 WIDTH = 11.0  # inches at 100 dpi: the page's content width
 

@@ -30,6 +30,7 @@ from reports.metrics import CELL_TABLE, HEADLINE, TRAIN_THROUGHPUT, Metric
 from reports.policies import CAVEAT, PolicyComparison, describe_values
 from reports.records import CONFIG_AXES, PROBLEM_STATUSES, VARIANT_AXES, Run
 from reports.summary import first_line
+from reports.wrappers import ACCURACY_TOLERANCE, WrapperView
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -302,6 +303,33 @@ def _policy_view(comparison: PolicyComparison, figure: FigureOut | None) -> dict
     return {"model": comparison.model, "rows": rows, "figure": _figure_view(figure) if figure else None}
 
 
+def _ratio_view(est: Estimate) -> dict:
+    """A ratio with its interval, 'same' when the interval includes 1 (or rests on one repeat)."""
+    if not est.ok:
+        return {"text": fmt.DASH, "ci": "", "cls": ""}
+    cls = "same" if not est.excludes(1.0) else ("better" if est.value > 1 else "worse")
+    return {"text": fmt.ratio(est.value), "ci": fmt.interval(est, fmt.ratio), "cls": cls}
+
+
+def _wrapper_view(view: WrapperView) -> dict:
+    """What the wrapper costs (reports/wrappers.py): wrapper / native per model, and the engines ranked."""
+    costs = [{
+        "backend": c.wrapped.backend, "mode": c.wrapped.mode, "engine": c.engine,
+        "native": c.native.backend if c.native else None, "native_mode": c.native.mode if c.native else "",
+        "configs": c.n_configs, "train": _ratio_view(c.train), "inference": _ratio_view(c.inference),
+        "compile": [_value(e, fmt.seconds) for e in c.compile], "memory": [_value(e, fmt.nbytes) for e in c.memory],
+        "accuracy": _value(c.accuracy, fmt.points) | {"cls": {True: "same", False: "worse", None: ""}[c.accuracy_agrees]},
+        "rules": ", ".join(RULE_TITLES.get(r, r) for r in c.rules),
+    } for c in view.costs]
+    engines = [{
+        "backend": r.side.backend, "engine": r.engine, "mode": r.side.mode, "fastest": r.fastest,
+        "train": _value(r.train, fmt.rate), "versus": _ratio_view(r.versus_fastest) if r.versus_fastest.ok else None,
+        "inference": _value(r.inference, fmt.rate), "compile": _value(r.compile, fmt.seconds),
+        "accuracy": _value(r.accuracy, fmt.percent),
+    } for r in view.engines]
+    return {"model": view.model, "wrapper": view.wrapper, "costs": costs, "engines": engines}
+
+
 def _costs_view(costs: pd.DataFrame) -> dict:
     """The "where the time went" table: seconds per backend and phase, each with its share of the total."""
     rows = []
@@ -329,7 +357,8 @@ def render(run: Run, summary: pd.DataFrame, heads: list[ModelHeadline], figures:
            evidence: list[Evidence], baseline: str | None, files: list[str],
            augmentation: list[AugmentationRow] = (), costs: pd.DataFrame | None = None,
            fastest: list[FastestHeadline] = (), policies: list[PolicyComparison] = (),
-           policy_figures: dict[str, FigureOut] | None = None, compile_costs: pd.DataFrame | None = None) -> str:
+           policy_figures: dict[str, FigureOut] | None = None, compile_costs: pd.DataFrame | None = None,
+           wrappers: list[WrapperView] = ()) -> str:
     """The full page as a string."""
     cell_axes = _cell_axes(summary)
     context = {
@@ -348,5 +377,6 @@ def render(run: Run, summary: pd.DataFrame, heads: list[ModelHeadline], figures:
         "not_converged_note": NOT_CONVERGED_NOTE,
         "fastest": [_fastest_view(f) for f in fastest if f.several_modes],
         "policies": [_policy_view(p, (policy_figures or {}).get(p.model)) for p in policies], "policy_caveat": CAVEAT,
+        "wrappers": [_wrapper_view(w) for w in wrappers], "accuracy_tolerance": f"{100 * ACCURACY_TOLERANCE:g} pp",
     }
     return _environment().get_template("report.html.j2").render(context)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -13,8 +15,23 @@ from bench.spec.shapes import param_specs
 from bench.spec.train import TrainSpec
 from bench.spec.weights import canonical_weights
 
-INSTALLED = [name for name in backends.REGISTRY if backends.unavailable_reason(name) is None]
-FRAMEWORKS = [name for name in backends.FRAMEWORK_BACKENDS if name in INSTALLED]
+KERAS_ENGINE = os.environ.get("KERAS_BACKEND", "tensorflow")
+"""The engine Keras runs on in this test process. Keras reads ``KERAS_BACKEND`` once per process, so
+a test process hosts one Keras backend (tf by default; ``KERAS_BACKEND=jax pytest`` tests keras-jax
+instead); tests/test_keras_engines.py runs the other Keras engines' tests in processes of their own."""
+
+
+def _hosted(name: str) -> bool:
+    entry = backends.REGISTRY[name]
+    return entry.wrapper != "keras" or entry.engine == KERAS_ENGINE
+
+
+INSTALLED = [name for name in backends.REGISTRY if backends.unavailable_reason(name) is None and _hosted(name)]
+"""The backends this process can load: installed, and for Keras the one on this process's engine."""
+FRAMEWORKS = [name for name in INSTALLED if name != "numpy"]
+"""The framework adapters this process tests (the oracle aside)."""
+ALL = [name for name in backends.FRAMEWORK_BACKENDS if backends.unavailable_reason(name) is None]
+"""The installed members of ``--backend all``, for tests that run a sweep in workers."""
 
 
 @pytest.fixture(scope="session")

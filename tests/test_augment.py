@@ -26,7 +26,7 @@ from bench.spec import augment
 from bench.spec.cell import Cell
 from bench.spec.model import SEED_MODELS
 from bench.spec.train import AUGMENTATIONS, Augment, TrainSpec
-from tests.conftest import FRAMEWORKS, INSTALLED, loaded_backend
+from tests.conftest import ALL, FRAMEWORKS, INSTALLED, loaded_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 ATOL_RESAMPLED = 1e-5
@@ -256,7 +256,7 @@ def test_a_bad_augment_flag_is_one_line_and_exit_2(value, message):
 # -- a run, end to end ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("dataset,model,extra", [("digits", "mlp", []), ("mnist-sample", "cnn", ["--train-size", "512"])])
 def test_an_augmented_run_completes_every_cell_and_reports_the_cost_per_backend(tmp_path, dataset, model, extra):
-    if not FRAMEWORKS:
+    if not ALL:
         pytest.skip("no framework installed")
     out = tmp_path / "run"
     result = subprocess.run(
@@ -265,8 +265,8 @@ def test_an_augmented_run_completes_every_cell_and_reports_the_cost_per_backend(
         capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert result.returncode == 0, result.stderr + result.stdout
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    finished = [r for r in records if r["backend"] in FRAMEWORKS]
-    assert {r["status"] for r in finished} == {"ok"} and len(finished) == 2 * len(FRAMEWORKS)
+    finished = [r for r in records if r["backend"] in ALL]
+    assert {r["status"] for r in finished} == {"ok"} and len(finished) == 2 * len(ALL)
     assert {r["augment"] for r in finished} == {"none", "hflip,rotate=15,noise=0.05"}
     augmented = [r for r in finished if r["augment"] != "none"]
     assert all(r["augment_interpolation"] == "bilinear" and r["augment_fill"] == "constant 0" for r in augmented)
@@ -275,7 +275,7 @@ def test_an_augmented_run_completes_every_cell_and_reports_the_cost_per_backend(
     import pandas as pd
 
     table = pd.read_csv(out / "augmentation.csv")
-    assert sorted(table["backend"]) == sorted(FRAMEWORKS) and (table["throughput_ratio"] > 0).all()
+    assert sorted(table["backend"]) == sorted(ALL) and (table["throughput_ratio"] > 0).all()
 
 
 # -- the report ----------------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ NEWER_MESSAGE = f"newer/results.jsonl, line 2: a record was written by record sc
 
 CASES = {
     # names, each with what is valid and, for a typo, the likely intent
-    "unknown backend": Case(f"{SMALL} --backend mxnet", "--backend: unknown backend 'mxnet'; valid: torch, tf, jax, numpy, all"),
+    "unknown backend": Case(f"{SMALL} --backend mxnet", "--backend: unknown backend 'mxnet'; valid: torch, tf, jax, keras-jax, keras-torch, numpy, all, keras"),
     "backend typo": Case(f"{SMALL} --backend jaxx", "unknown backend 'jaxx' (did you mean 'jax'?)"),
     "unknown model": Case(f"{SMALL} --models resnet", "--models: unknown model 'resnet'; valid: mlp, mlp_bn, mlp_dropout, cnn"),
     "model typo": Case(f"{SMALL} --models mpl", "unknown model 'mpl' (did you mean 'mlp'?)"),

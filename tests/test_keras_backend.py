@@ -8,8 +8,10 @@ import gc
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow")
-pytest.importorskip("keras")
+from tests.conftest import INSTALLED
+
+if "tf" not in INSTALLED:  # importing the tf adapter would start Keras on TensorFlow in this process
+    pytest.skip("Keras on TensorFlow is not this process's Keras engine (or not installed)", allow_module_level=True)
 
 from backends.base import Unsupported  # noqa: E402
 from backends.keras_backend import KerasBackend  # noqa: E402

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+import backends
 from bench.measure.harness import run_cell
 from bench.measure.inference import INFERENCE_WINDOWS
 from bench.measure.load import FOREIGN_CPU_LIMIT, LoadMonitor, LoadReading, Snapshot
@@ -46,7 +47,9 @@ def test_every_ok_record_has_windows_of_at_least_the_minimum_and_its_phase_times
     phases = [record[f"time_{p}_seconds"] for p in ("build", "compile", "train", "eval", "window")]
     assert all(t >= 0 for t in phases) and sum(phases) <= record["duration_seconds"]
     assert record["time_train_seconds"] == pytest.approx(record["train_seconds"])
-    assert record["compile_cache"] in {"torch": (None,), "tf": ("off",), "jax": ("cold", "warm")}[backend]
+    assert record["compile_cache"] in {"torch": (None,), "tf": ("off",), "jax": ("cold", "warm"),
+                                       "keras-jax": ("cold", "warm"), "keras-torch": (None,)}[backend]
+    assert (record["engine"], record["wrapper"]) == (backends.REGISTRY[backend].engine, backends.REGISTRY[backend].wrapper)
     inference = record["inference_window_samples_per_s"]
     assert record["inference_window_seconds"] >= SMALL_WINDOWS.min_seconds and len(inference) == INFERENCE_WINDOWS
     assert record["inference_samples_per_s"] == pytest.approx(statistics.median(inference))

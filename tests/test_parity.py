@@ -40,6 +40,8 @@ EXPECTED_RULES = {
     "torch": Rules(bn_running_variance="unbiased"),
     "tf": Rules(rmsprop_eps="inside_sqrt", adam_eps="uncorrected", momentum_form="velocity"),
     "jax": Rules(leaky_relu_grad_at_zero="one"),
+    "keras-jax": Rules(rmsprop_eps="inside_sqrt", adam_eps="uncorrected", momentum_form="velocity", leaky_relu_grad_at_zero="one"),
+    "keras-torch": Rules(rmsprop_eps="inside_sqrt", adam_eps="uncorrected", momentum_form="velocity"),
 }
 
 
@@ -238,7 +240,7 @@ def test_cli_runs_the_ladder_and_returns_its_status(capsys):
     "argv,named",
     [
         (["--models", "nosuch"], "mlp, mlp_bn, mlp_dropout, cnn, all"),
-        (["--backend", "nosuch"], "torch, tf, jax, numpy, all"),
+        (["--backend", "nosuch"], "torch, tf, jax, keras-jax, keras-torch, numpy, all, keras"),
         (["--optimizers", "x"], "sgd, momentum, rmsprop, adam, all"),
         (["--activations", "relu,x"], "relu, leaky_relu, tanh, sigmoid, linear, all"),
         (["--losses", "x"], "cce, mse, mae, bce, hinge, all"),

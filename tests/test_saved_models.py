@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
+import backends
 from bench.errors import SavedModelError
 from bench.models import saved as saved_format
 from bench.models.saved import load_neutral, model_folder_name, save_neutral
@@ -299,7 +300,7 @@ def test_predict_input_and_model_errors_are_one_line_and_exit_2(neutral, tmp_pat
         "idx-inflates-past-header": (_idx(tmp_path / "more-idx3-ubyte.gz", (2, 28, 28), bytes(3 * 784)), "holds more data than its header's (2, 28, 28)"),
     }
     cases = [
-        (["--model", str(neutral), "--backend", "mxnet", "--input", str(good)], "unknown backend 'mxnet'; valid: torch, tf, jax, numpy"),
+        (["--model", str(neutral), "--backend", "mxnet", "--input", str(good)], "unknown backend 'mxnet'; valid: torch, tf, jax, keras-jax, keras-torch, numpy"),
         (["--model", str(neutral), "--backend", "numpy", "--input", str(wrong)], "the model expects (N, 28, 28, 1)"),
         (["--model", str(truncated), "--backend", "numpy", "--input", str(good)], "saved model weights corrupt"),
         (["--model", str(tmp_path / "none"), "--backend", "numpy", "--input", str(good)], "saved model not found"),
@@ -367,15 +368,16 @@ def test_run_save_then_predict_on_other_frameworks_gives_identical_classes(tmp_p
     test = load_dataset("mnist-sample")  # the bundled test split, all 2,000 rows
     np.save(tmp_path / "test.npy", test.x_test)
     predicted = {}
-    for name in [b for b in ("jax", "tf") if b in INSTALLED]:
+    others = [b for b in ("jax", "tf", "keras-jax", "keras-torch") if backends.unavailable_reason(b) is None]
+    for name in others:  # each `bench predict` is a process of its own: any Keras engine
         result = bench("predict", "--model", str(folder), "--backend", name, "--input", str(tmp_path / "test.npy"))
         assert result.returncode == 0, result.stderr
         predicted[name] = np.array(result.stdout.split(), dtype=int)
         assert len(predicted[name]) == 2000
         # the run evaluated the first n_test rows of the same split on torch: same classes, same accuracy
         assert np.mean(predicted[name][: record["n_test"]] == test.y_test[: record["n_test"]]) == record["test_accuracy"]
-    if len(predicted) == 2:
-        np.testing.assert_array_equal(predicted["jax"], predicted["tf"])
+    for name in others[1:]:
+        np.testing.assert_array_equal(predicted[name], predicted[others[0]])
 
     (folder / "weights.safetensors").write_bytes((folder / "weights.safetensors").read_bytes()[:-100])
     broken = bench("predict", "--model", str(folder), "--backend", "jax", "--input", str(tmp_path / "test.npy"))

@@ -40,8 +40,10 @@ NATIVE_VALUES = {
     "jax": {"epsilon": 1e-8, "rho": 0.9, "bn_momentum_framework": 0.99, "bn_epsilon": 1e-5,
             "leaky_relu_slope": 0.01, "init": "lecun_normal"},
 }
-NATIVE_RMSPROP_EPS = {"torch": "outside_sqrt", "tf": "inside_sqrt", "jax": "inside_sqrt"}
-HARMONISED_BN_MOMENTUM = {"torch": 0.01, "tf": 0.99, "jax": 0.99}
+NATIVE_VALUES |= {"keras-jax": NATIVE_VALUES["tf"], "keras-torch": NATIVE_VALUES["tf"]}  # Keras' defaults, any engine
+NATIVE_RMSPROP_EPS = {"torch": "outside_sqrt", "tf": "inside_sqrt", "jax": "inside_sqrt", "keras-jax": "inside_sqrt",
+                      "keras-torch": "inside_sqrt"}
+HARMONISED_BN_MOMENTUM = {"torch": 0.01, "tf": 0.99, "jax": 0.99, "keras-jax": 0.99, "keras-torch": 0.99}
 
 
 def _kernel_std(scheme: str, fan_in: int, fan_out: int) -> float:

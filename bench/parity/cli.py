@@ -34,12 +34,12 @@ def _choices(flag: str, values: list[str] | None, valid: list[str], default: lis
 
 
 def _backend_names(values: list[str] | None) -> list[str]:
-    """Registry names from --backend values; 'all' means the compared frameworks (not the oracle)."""
+    """Registry names from --backend values; a group (all: the compared frameworks, not the oracle;
+    keras: Keras on each engine) means its members."""
     items = [v.strip() for value in values or ["all"] for v in value.split(",") if v.strip()]
-    names = [n for item in items for n in (backends.FRAMEWORK_BACKENDS if item.lower() == "all" else [backends.canonical_name(item)])]
-    if not names:
-        raise BenchError(f"--backend names no backend; valid: {', '.join(list(backends.REGISTRY) + ['all'])}")
-    return list(dict.fromkeys(names))
+    if not items:
+        raise BenchError(f"--backend names no backend; valid: {', '.join([*backends.REGISTRY, *backends.GROUPS])}")
+    return backends.expand(items)
 
 
 def _positive(flag: str, value: float) -> float:
@@ -49,8 +49,9 @@ def _positive(flag: str, value: float) -> float:
 
 
 def add_parity_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", action="append", help="backend(s) to check, comma-separated or repeated (default: "
-                        f"all = {', '.join(backends.FRAMEWORK_BACKENDS)}; 'numpy' checks the oracle against itself)")
+    parser.add_argument("--backend", action="append", help="backend(s) or groups to check, comma-separated or repeated "
+                        f"(default: all = {', '.join(backends.FRAMEWORK_BACKENDS)}; keras = {', '.join(backends.GROUPS['keras'])}; "
+                        "'numpy' checks the oracle against itself)")
     parser.add_argument("--models", action="append", help=f"default: all ({', '.join(SEED_MODELS)})")
     parser.add_argument("--optimizers", action="append", help=f"default: all ({', '.join(OPTIMIZERS)})")
     parser.add_argument("--activations", action="append", help=f"default: all ({', '.join(ACTIVATIONS)})")

@@ -90,8 +90,12 @@ class ResultRecord(BaseModel):
                                      "or untracked changes (None outside a checkout)")
 
     # configuration (bench/spec/cell.py: Cell.config, from AXES)
-    backend: str | None = _field("Suite backend name: torch, tf, jax or numpy")
+    backend: str | None = _field("Suite backend name: torch, tf, jax, keras-jax, keras-torch or numpy")
     framework: str | None = _field("Framework and version the backend ran, e.g. 'torch 2.13.0'")
+    engine: str | None = _field("The framework whose kernels ran the maths (torch, tensorflow, jax, numpy): "
+                                "a wrapper and its engine's own adapter name the same one")
+    wrapper: str | None = _field("The library between the spec and the engine ('keras' for Keras 3 on any "
+                                 "engine); None where the backend is the framework's own API")
     model: str | None = _field("Model spec name")
     optimizer: str | None = _field(f"Optimizer: {', '.join(OPTIMIZERS)}")
     activation: str | None = _field("Hidden activation of the model")

@@ -36,15 +36,16 @@ def _batch_sizes(text: str) -> list[int | str]:
 
 
 def resolve_backends(names: list[str], label: str = "--backend") -> list[str]:
-    """'all' means every framework (missing ones are recorded as skipped); a backend named
-    explicitly must be installed, else the run stops before it starts with the reason."""
-    if any(n.strip().lower() == "all" for n in names):
-        return list(backends.FRAMEWORK_BACKENDS)
-    chosen = list(dict.fromkeys(backends.canonical_name(n) for n in names))
+    """A group (``all``, ``keras``: backends/__init__.py ``GROUPS``) means its members, missing ones
+    recorded as skipped; a backend named explicitly must be installed, else the run stops before it
+    starts with the reason."""
+    chosen = backends.expand(names)
+    grouped = {member for name in names for member in backends.group_of(name) or ()}
     for name in chosen:
-        reason = backends.unavailable_reason(name)
+        reason = None if name in grouped else backends.unavailable_reason(name)
         if reason:
-            raise BenchError(f"{label}: backend {name!r} is not available: {reason}; use --backend all to skip missing ones")
+            raise BenchError(f"{label}: backend {name!r} is not available: {reason}; "
+                             f"use a group ({', '.join(backends.GROUPS)}) to skip missing ones")
     return chosen
 
 
@@ -67,7 +68,9 @@ def result_flags(argv: list[str]) -> list[str]:
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", help="torch, tf, jax, numpy, a comma list, or all (default: all frameworks)")
+    p.add_argument("--backend", help=f"{', '.join(backends.REGISTRY)}, a group ("
+                   + "; ".join(f"{g} = {', '.join(m)}" for g, m in backends.GROUPS.items())
+                   + "), or a comma list of them (default: all)")
     p.add_argument("--models", help=f"comma list (default: all seed models: {', '.join(SEED_MODELS)})")
     p.add_argument("--optimizers", help=f"comma list of {', '.join(OPTIMIZERS)} (default: all)")
     p.add_argument("--activations", help=f"comma list of {', '.join(ACTIVATIONS)} (default: all)")

@@ -63,12 +63,10 @@ def _names_in(kind: str, valid: tuple[str, ...]) -> AfterValidator:
 
 
 def _backend_names(names: list[str]) -> list[str]:
-    for name in names:
-        if name.strip().lower() != "all":
-            try:
-                backends.canonical_name(name)
-            except BenchError as exc:
-                raise ValueError(str(exc)) from None
+    try:
+        backends.expand(names)
+    except BenchError as exc:
+        raise ValueError(str(exc)) from None
     return names
 
 

@@ -25,14 +25,18 @@ def main_list(args: argparse.Namespace) -> int:
     table = Table(title="backends")
     table.add_column("name")
     table.add_column("framework")
+    table.add_column("engine")
     table.add_column("status")
     broken = backends.import_problems(list(backends.REGISTRY))
     for name, entry in backends.REGISTRY.items():
         reason = backends.unavailable_reason(name)
+        engine = f"{entry.engine} (through {entry.wrapper})" if entry.wrapper else entry.engine
         status = (f"not available: {reason}" if reason is not None else
                   f"broken: {broken[name]}" if name in broken else "installed")
-        table.add_row(name, entry.description, status)
+        table.add_row(name, entry.description, engine, status)
     console.print(table)
+    console.print("groups:      " + "; ".join(f"{g} = {', '.join(m)}" for g, m in backends.GROUPS.items())
+                  + "  (--backend all is the default; a comma list may mix groups and names: all,keras)")
     console.print("models:      " + ", ".join(f"{m} ({spec.description})" for m, spec in SEED_MODELS.items()))
     console.print("optimizers:  " + ", ".join(OPTIMIZERS))
     console.print("activations: " + ", ".join(ACTIVATIONS))
