@@ -295,6 +295,13 @@ class Backend(ABC):
     def _read_losses(self, pending: list[Any]) -> np.ndarray:
         """The pending losses as one NumPy array (the epoch's one read-back)."""
 
+    @property
+    def synchronous_steps(self) -> bool:
+        """Whether ``train_step`` returns only once its work is done (no asynchronous dispatch), so the
+        clock read as each step returns times that step: the harness then takes step-time percentiles
+        from the accuracy epochs instead of a probe. False unless an adapter knows its framework is."""
+        return False
+
     def synchronize(self) -> None:
         """Block until all dispatched work (losses and parameters) is done."""
         self._synchronize(self._pending)

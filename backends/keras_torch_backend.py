@@ -134,6 +134,11 @@ class KerasTorchBackend(KerasBase):
         return float(loss.item()), self._canonical_gradients(grads)
 
     # -- measurement -----------------------------------------------------------------------------
+    @property
+    def synchronous_steps(self) -> bool:
+        """On a CPU a torch op returns once its kernel (and its OpenMP pool) is done; CUDA queues work."""
+        return not self.on_gpu
+
     def compile_cache(self) -> str | None:
         """From inductor's cache counters since the build, as the torch adapter reads them (torch_step.CacheCount)."""
         if self._caches is None:

@@ -34,6 +34,8 @@ class NumpyBackend(Backend):
     def __init__(self, rules: Rules = CANONICAL) -> None:
         self.RULES = rules  # the oracle follows whichever rules it is given
 
+    synchronous_steps = True  # NumPy computes as it is called
+
     def _setup(self, threads: int) -> BackendInfo:
         self._thread_limit = threadpool_limits(limits=threads)  # BLAS pools; kept alive for the process
         blas = {info["internal_api"]: info["num_threads"] for info in threadpool_info()}

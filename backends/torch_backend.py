@@ -381,6 +381,11 @@ class TorchBackend(Backend):
     def compiled_graphs(self) -> dict:
         return self._graphs.facts() if self._graphs is not None else {}
 
+    @property
+    def synchronous_steps(self) -> bool:
+        """On a CPU a torch op returns once its kernel (and its OpenMP pool) is done; CUDA queues work."""
+        return not self.on_gpu
+
     def compile_cache(self) -> str | None:
         """From inductor's FX-graph and AOTAutograd cache counters since the build (torch_step.CacheCount)."""
         if self._caches is None:

@@ -81,3 +81,16 @@ def test_without_a_probe_there_are_no_step_percentiles_but_compile_time_still_is
     record = run_cell(loaded_backend("torch"), cell, mnist_small)
     assert record.status == "ok" and record.step_time_samples == 0 and record.step_time_ms_p50 is None
     assert record.compile_seconds >= 0 and record.warmup_seconds == record.first_step_seconds
+
+
+@pytest.mark.parametrize(("backend", "source"), [("torch", "accuracy epochs"), ("jax", "probe")])
+def test_step_times_come_from_the_accuracy_epochs_only_where_steps_are_synchronous(backend, source, mnist_small):
+    """Torch on a CPU finishes a step before it returns, so the accuracy epochs' 112 steps are the
+    sample and no probe runs; JAX dispatches asynchronously, so its steps are timed by the probe."""
+    pytest.importorskip(backend)
+    cell = Cell(backend, SEED_MODELS["mlp"], TrainSpec(batch_size=8), "mnist-sample", probe_steps=100,
+                window=WindowPlan(min_seconds=0.05, budget_seconds=30.0))
+    record = run_cell(loaded_backend(backend), cell, mnist_small)
+    assert record.status == "ok", record.error
+    assert record.step_time_source.startswith(source) and record.step_time_ms_p50 is not None
+    assert record.step_time_samples == (record.n_train // 8 if source == "accuracy epochs" else 100)

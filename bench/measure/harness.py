@@ -18,12 +18,16 @@ The protocol (docs/architecture.md, "Measuring"), each phase timed into a ``time
    accuracy. While every epoch is timed, other load on the cores is read (bench.measure.load); disturbed
    windows are re-measured or the record is marked ``noisy``. ``cpu_seconds_per_sample`` is the
    CPU time of the windows' epochs alone (bench.measure.load: the RSS sampler's own CPU left out);
-6. step-time probe (``time_window_seconds`` too): ``probe_steps`` individually synchronised steps,
-   when they fit the cell's window budget at the windows' steady step, give the step-time
-   percentiles (none from fewer than bench.results.stats ``MIN_STEP_SAMPLES`` steps). It runs after
-   the windows because a per-step synchronisation inside them would change what they measure, and
-   because only then is the steady step known, so an unaffordable probe costs nothing. Its steps,
-   like the extra epochs', are undone: the model goes back to what the accuracy epochs left.
+6. step times (``step_time_source`` says which): where the backend's steps are synchronous
+   (``Backend.synchronous_steps``: torch and NumPy on a CPU), the clock read as each accuracy-epoch
+   step returns already times that step, so the percentiles come from those steps when there are at
+   least ``probe_steps`` of them, at no cost. Elsewhere a probe (``time_window_seconds`` too):
+   ``probe_steps`` individually synchronised steps, when they fit the cell's window budget at the
+   windows' steady step. It runs after the windows because a per-step synchronisation inside them
+   would change what they measure, and because only then is the steady step known, so an
+   unaffordable probe costs nothing. Its steps, like the extra epochs', are undone: the model goes
+   back to what the accuracy epochs left. No percentile comes from fewer than
+   bench.results.stats ``MIN_STEP_SAMPLES`` steps.
 
 Every epoch's losses go through one divergence rule and the accuracy curve through one convergence
 rule (bench.measure.verdicts), and the peak host memory is sampled around the timed epochs
@@ -94,6 +98,7 @@ class _Measurements:
     epoch_val_accuracy: list[float] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
     device_seconds: list[float] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
     time_to_target: float | None = None
     first_loss: float | None = None
 
@@ -126,19 +131,25 @@ def _warm_again(backend: Backend, model: ModelSpec, train: TrainSpec, data: Data
     return first if backend.compile_cache() == "warm" else None
 
 
-def _probe(backend: Backend, n_train: int, train: TrainSpec, steps: int, budget: float, steady_step: float) -> dict:
-    """Step-time percentiles from ``steps`` individually synchronised steps, when they fit in ``budget``
-    seconds at the windows' steady step (the probe runs after the windows, so it knows: a CNN step of
-    50 ms cannot give 100 steps in a quick cell, an MLP's can); fewer than ``MIN_STEP_SAMPLES`` steps
-    (skipped, or cut short by the budget) give no percentiles. The caller undoes these steps."""
+def _probe(backend: Backend, n_train: int, train: TrainSpec, steps: int, budget: float, steady_step: float) -> list[float]:
+    """``steps`` individually synchronised step times, when they fit in ``budget`` seconds at the
+    windows' steady step (the probe runs after the windows, so it knows: a CNN step of 50 ms cannot
+    give 100 steps in a quick cell, an MLP's can); none when they do not, fewer when the budget cuts
+    them short. The caller undoes these steps."""
     probe: list[float] = []
     if steps * steady_step <= budget:
         batches, augment = training.schedule(n_train, train, backend.input_shape, 0)
         while len(probe) < steps and sum(probe) <= budget:
             probe.append(_timed_step(backend, batches, augment, len(probe)))
         backend.finish_epoch()
-    p50, p90, p99 = percentiles(np.asarray(probe) * 1e3)
-    return {"step_time_ms_p50": p50, "step_time_ms_p90": p90, "step_time_ms_p99": p99, "step_time_samples": len(probe)}
+    return probe
+
+
+def _step_times(steps: list[float], source: str) -> dict:
+    """Step-time percentiles and their sample (none from fewer than ``MIN_STEP_SAMPLES`` steps)."""
+    p50, p90, p99 = percentiles(np.asarray(steps) * 1e3)
+    return {"step_time_ms_p50": p50, "step_time_ms_p90": p90, "step_time_ms_p99": p99,
+            "step_time_samples": len(steps), "step_time_source": source if steps else None}
 
 
 def _train(backend: Backend, cell: Cell, data: Dataset, clock: PhaseClock, monitor: LoadMonitor,
@@ -153,6 +164,8 @@ def _train(backend: Backend, cell: Cell, data: Dataset, clock: PhaseClock, monit
         m.epoch_seconds.append(epoch.seconds)
         if result.device_seconds is not None:
             m.device_seconds.append(result.device_seconds)
+        if backend.synchronous_steps:
+            m.step_seconds.extend(epoch.step_seconds)
         if m.first_loss is None and result.losses.size:
             m.first_loss = float(result.losses[0])
         m.epoch_train_loss.append(float(result.losses.mean()) if np.isfinite(result.losses).all() else float("nan"))
@@ -253,9 +266,14 @@ def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | N
             trained_more = _more_windows(backend, cell, len(data.x_train), monitor, windows, m.first_loss)
             record |= windows.record()
             steady_step = cell.train.batch_size / record["train_samples_per_s"]
-            record |= _probe(backend, len(data.x_train), cell.train, cell.probe_steps, cell.window.budget_seconds,
-                             steady_step)
-            if trained_more or record["step_time_samples"]:
+            if cell.probe_steps and len(m.step_seconds) >= cell.probe_steps:  # the steps already ran
+                record |= _step_times(m.step_seconds, "accuracy epochs (synchronous steps)")
+            else:
+                probe = _probe(backend, len(data.x_train), cell.train, cell.probe_steps, cell.window.budget_seconds,
+                               steady_step)
+                record |= _step_times(probe, "probe (each step synchronised)")
+                trained_more += len(probe)
+            if trained_more:
                 training.restart(backend, evaluated)
         if inference_noise and not record["noisy"]:
             record |= {"noisy": True, "noise_reason": f"inference: {inference_noise}"}

@@ -37,6 +37,9 @@ class Epoch:
     seconds: float
     load: LoadReading | None = None
     batch_size: int = 0
+    step_seconds: np.ndarray | None = None
+    """Each step's wall time (end to end of consecutive steps). A step's own time only where the
+    backend's steps are synchronous (``Backend.synchronous_steps``); elsewhere it is dispatch time."""
 
     @property
     def samples(self) -> int:
@@ -80,13 +83,17 @@ def schedule(n_train: int, train: TrainSpec, input_shape: tuple[int, ...], epoch
     return batches, draw_epoch(train.augment, input_shape, len(batches), train.batch_size, train.seed, epoch)
 
 
-def run_steps(backend: Backend, batches: Iterable[np.ndarray], augment: Iterable[Params] | None = None) -> tuple[EpochResult, float]:
+def run_steps(backend: Backend, batches: Iterable[np.ndarray], augment: Iterable[Params] | None = None,
+              step_ends: list[float] | None = None) -> tuple[EpochResult, float]:
     """Train on each batch of row indices (with its step's augmentation parameters, when given); the
-    result and the wall time including the one sync."""
+    result and the wall time including the one sync. ``step_ends`` (when given) collects the clock,
+    relative to the epoch's start, as each step returns: one clock read a step, no synchronisation."""
     backend.begin_epoch()
     start = time.perf_counter()
     for rows, params in zip(batches, itertools.repeat(None) if augment is None else augment):
         backend.train_step(rows, params)
+        if step_ends is not None:
+            step_ends.append(time.perf_counter() - start)
     result = backend.finish_epoch()
     return result, time.perf_counter() - start
 
@@ -95,8 +102,10 @@ def epoch(backend: Backend, n_train: int, train: TrainSpec, index: int, monitor:
     """Epoch ``index`` of the seed's batch order (the same on every backend), with its augmentation, timed."""
     batches, augment = schedule(n_train, train, backend.input_shape, index)
     start = monitor.snapshot() if monitor else None
-    result, seconds = run_steps(backend, batches, augment)
-    return Epoch(index, result, seconds, monitor.since(start) if monitor else None, train.batch_size)
+    ends: list[float] = []
+    result, seconds = run_steps(backend, batches, augment, ends)
+    return Epoch(index, result, seconds, monitor.since(start) if monitor else None, train.batch_size,
+                 np.diff(ends, prepend=0.0))
 
 
 def epochs(backend: Backend, n_train: int, train: TrainSpec, monitor: LoadMonitor | None = None) -> Iterator[Epoch]:

@@ -158,8 +158,10 @@ class ResultRecord(BaseModel):
                                             "bench/results/stats.py MIN_STEP_SAMPLES steps)")
     step_time_ms_p90: float | None = _field("90th percentile step time, ms (same rule)")
     step_time_ms_p99: float | None = _field("99th percentile step time, ms (same rule)")
-    step_time_samples: int | None = _field("Individually synchronised steps the probe timed (the percentiles need "
-                                           "MIN_STEP_SAMPLES; 0 when they would not fit the window budget)")
+    step_time_samples: int | None = _field("Individually synchronised steps the percentiles come from (they need "
+                                           "MIN_STEP_SAMPLES; 0 when the probe would not fit the window budget)")
+    step_time_source: str | None = _field("Which steps were timed: the accuracy epochs' own (a backend whose steps "
+                                          "are synchronous) or the probe's, each with its own synchronisation")
     compile_seconds: float | None = _field("First step minus a mean steady-state step: the compile cost")
     warm_first_step_seconds: float | None = _field("Under --compile-cache cold: the first step again, its compiled code "
                                                    "loaded from the persistent cache the cold compile filled")
