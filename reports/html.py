@@ -317,7 +317,8 @@ def _wrapper_view(view: WrapperView) -> dict:
         "backend": c.wrapped.backend, "mode": c.wrapped.mode, "engine": c.engine,
         "native": c.native.backend if c.native else None, "native_mode": c.native.mode if c.native else "",
         "configs": c.n_configs, "train": _ratio_view(c.train), "inference": _ratio_view(c.inference),
-        "compile": [_value(e, fmt.seconds) for e in c.compile], "memory": [_value(e, fmt.nbytes) for e in c.memory],
+        "compile": [_value(e, fmt.seconds) for e in c.compile], "host_memory": [_value(e, fmt.nbytes) for e in c.host_memory],
+        "device_memory": [_value(e, fmt.nbytes) for e in c.device_memory],
         "accuracy": _value(c.accuracy, fmt.points) | {"cls": {True: "same", False: "worse", None: ""}[c.accuracy_agrees]},
         "rules": ", ".join(RULE_TITLES.get(r, r) for r in c.rules),
     } for c in view.costs]

@@ -25,7 +25,7 @@ from bench.spec.train import TrainSpec
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_WINDOWS = WindowPlan(min_seconds=0.05, budget_seconds=0.1)  # a cell well inside the 3 s timeout
 SETTINGS = WorkerSettings(threads=1, cpu_set=worker_cpu_set(1), device="cpu", data_dir=None,
-                          val_split=0.1, train_size=600, test_size=200, peak_gflops=None)
+                          val_split=0.1, train_size=600, test_size=200)
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
 
 
