@@ -35,6 +35,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+
 from bench.errors import BenchError
 
 DEVICES = ("cpu", "gpu", "auto")
@@ -132,6 +134,12 @@ class DeviceOps(Protocol):
 
     def precisions(self) -> dict[str, str | None]:
         """Per reduced precision (tf32, bf16): None where the device runs it, else why not."""
+
+
+def uniform(n: int) -> np.ndarray:
+    """The n x n float32 values every ``DeviceOps.matrix`` holds: uniform in [-1, 1) (zero mean, so a
+    product's rounding is not hidden under a large sum), the same on every framework."""
+    return np.random.default_rng(n).random((n, n), dtype=np.float32) * 2 - 1
 
 
 def ops(engine: str, on_gpu: bool) -> DeviceOps:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from backends.device import MemoryReading, SyncTimer
+from backends.device import MemoryReading, SyncTimer, uniform
 
 CUDA_PLUGINS = ("jax_cuda13_plugin", "jax_cuda12_plugin")
 PRECISION = {"fp32": lax.Precision.HIGHEST, "tf32": lax.Precision.DEFAULT, "bf16": lax.Precision.DEFAULT}
@@ -88,7 +88,7 @@ class Ops:
         return self.device.device_kind if self.on_gpu else str(self.device)
 
     def matrix(self, n: int, precision: str) -> jax.Array:
-        values = np.random.default_rng(n).random((n, n), dtype=np.float32)
+        values = uniform(n)
         return jax.device_put(values, self.device).astype(jnp.bfloat16 if precision == "bf16" else jnp.float32)
 
     def placed_on(self, x: jax.Array) -> str:

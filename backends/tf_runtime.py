@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's INFO/WARNING banners;
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from backends.device import MemoryReading, SyncTimer  # noqa: E402
+from backends.device import MemoryReading, SyncTimer, uniform  # noqa: E402
 
 SYNC_METHOD = ("wall clock between tf.test.experimental.sync_devices() at each timed epoch's start and end "
                "(TensorFlow has no device events)")
@@ -63,7 +63,7 @@ class Ops:
         return gpu_name() if self.on_gpu else "cpu"
 
     def matrix(self, n: int, precision: str) -> tf.Tensor:
-        values = np.random.default_rng(n).random((n, n), dtype=np.float32)
+        values = uniform(n)
         with tf.device(self.name):  # tf.identity copies onto the device
             return tf.identity(tf.cast(tf.constant(values), tf.bfloat16 if precision == "bf16" else tf.float32))
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from backends import compile_cache
-from backends.device import MemoryReading
+from backends.device import MemoryReading, uniform
 
 
 def configure(threads: int) -> dict[str, int | str]:
@@ -78,7 +78,8 @@ class EventTimer:
 
 def gpu_report() -> dict:
     """Whether this torch can use the worker's GPU, and its CUDA stack (a probe child's answer)."""
-    stack = {"torch": torch.__version__, "cuda": torch.version.cuda or "none", "cudnn": str(torch.backends.cudnn.version())}
+    stack = {"torch": torch.__version__, "cuda": torch.version.cuda or "none",
+             "cudnn": str(torch.backends.cudnn.version() or "none")}
     if torch.version.cuda is None:
         problem = (f"torch {torch.__version__} is a CPU-only build; install the CUDA build "
                    "(README, 'GPU install': pip install torch --index-url https://download.pytorch.org/whl/cu130)")
@@ -104,7 +105,7 @@ class Ops:
         return device_name(self.on_gpu)
 
     def matrix(self, n: int, precision: str) -> torch.Tensor:
-        values = np.random.default_rng(n).random((n, n), dtype=np.float32)
+        values = uniform(n)
         return torch.from_numpy(values).to(self.device, torch.bfloat16 if precision == "bf16" else torch.float32)
 
     def placed_on(self, x: torch.Tensor) -> str:
