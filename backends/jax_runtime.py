@@ -38,7 +38,8 @@ def gpu_report() -> dict:
         device = jax.devices("gpu")[0]
     except RuntimeError as exc:
         return {"problem": f"jax {jax.__version__} ({', '.join(plugins)}) sees no GPU: {str(exc).splitlines()[0]}", "stack": stack}
-    return {"problem": None, "stack": stack | {"cuda": str(device.client.platform_version), "device": device.device_kind}}
+    cuda = getattr(getattr(device, "client", None), "platform_version", "unknown")
+    return {"problem": None, "stack": stack | {"cuda": str(cuda), "plugin": ", ".join(plugins), "device": device.device_kind}}
 
 
 def gpu_visible() -> bool:
@@ -122,6 +123,8 @@ class Ops:
     def precisions(self) -> dict[str, str | None]:
         if not self.on_gpu:
             return {"tf32": "TF32 is an NVIDIA GPU format", "bf16": None}
-        capability = getattr(self.device, "compute_capability", "0")
+        capability = getattr(self.device, "compute_capability", None)  # '9.0' on a CUDA device
+        if capability is None:
+            return {"tf32": None, "bf16": None}
         ampere = None if float(capability) >= 8.0 else f"needs compute capability 8.0 or more; this GPU has {capability}"
         return {"tf32": ampere, "bf16": ampere}

@@ -21,8 +21,9 @@ produced; the record keeps them (``graphs``, ``graph_breaks`` and each break's r
 inductor and AOTAutograd cache counters say whether compiled code came from the persistent cache.
 Under ``mode="reduce-overhead"`` inductor may still decide not to use CUDA graphs (CPU tensors in
 the graph, mutated inputs, dynamic shapes); it then bumps ``counters["inductor"]["cudagraph_skips"]``
-and logs "skipping cudagraphs due to ..." on its ``cudagraphs`` artifact logger, which
-``CudagraphSkips`` reads, so the record says ``used`` or ``skipped: <inductor's reason>``.
+and logs "skipping cudagraphs due to ..." (on its ``cudagraphs`` artifact logger in this torch, on
+``perf_hints`` in earlier ones), which ``CudagraphSkips`` reads, so the record says ``used`` or
+``skipped: <inductor's reason>``.
 """
 
 from __future__ import annotations
@@ -117,26 +118,34 @@ class GraphCount:
         }
 
 
+SKIP_LOGGERS = ("torch._inductor.cudagraph_utils.__cudagraphs", "torch._inductor.cudagraph_utils.__perf_hints")
+"""Inductor's artifact loggers that say "skipping cudagraphs due to ..." (a handler on a logger gets its
+warnings whether or not the artifact is enabled)."""
+SKIP_PREFIX = "skipping cudagraphs due to "
+
+
 class CudagraphSkips(logging.Handler):
     """Whether inductor used CUDA graphs for what it compiled since ``__init__``, and if not, why."""
 
     def __init__(self) -> None:
-        from torch._inductor.cudagraph_utils import cudagraphs_log
-
         super().__init__(logging.WARNING)
-        self.log, self.skips, self.reasons = cudagraphs_log, counters["inductor"]["cudagraph_skips"], []
-        self.log.addHandler(self)
+        self.skips, self.reasons = counters["inductor"]["cudagraph_skips"], []
+        for name in SKIP_LOGGERS:
+            logging.getLogger(name).addHandler(self)
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.reasons.append(record.getMessage().removeprefix("skipping cudagraphs due to "))
+        message = record.getMessage()
+        if message.startswith(SKIP_PREFIX):
+            self.reasons.append(message.removeprefix(SKIP_PREFIX))
 
     def close(self) -> None:
-        self.log.removeHandler(self)
+        for name in SKIP_LOGGERS:
+            logging.getLogger(name).removeHandler(self)
         super().close()
 
     def verdict(self) -> str:
         """'used', or 'skipped: ' and inductor's reasons."""
-        if counters["inductor"]["cudagraph_skips"] == self.skips:
+        if counters["inductor"]["cudagraph_skips"] == self.skips and not self.reasons:
             return "used"
         return "skipped: " + ("; ".join(dict.fromkeys(self.reasons)) or "inductor gave no reason")
 

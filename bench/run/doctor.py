@@ -219,7 +219,7 @@ def main_doctor(args: argparse.Namespace) -> int:
     cpu_set = worker_cpu_set()
     settings = DoctorSettings(len(cpu_set), cpu_set, "gpu" if on_gpu else "cpu", args.gpu,
                               matmul_peak_gflops(len(cpu_set)))
-    no_gpu = "no GPU present; " if not gpus and args.device != "cpu" else ""
+    no_gpu = "no GPU present; " if not gpus and not on_gpu and args.device != "cpu" else ""
     table = Table(title=f"bench doctor: {'GPU ' + str(args.gpu) if on_gpu else 'CPU'} "
                         f"({', '.join(g.name for g in gpus) or 'no NVIDIA GPU on this machine'})")
     for column in ("framework", "check", "result", "detail"):
