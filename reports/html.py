@@ -148,9 +148,23 @@ def _text(value) -> str:
     return "" if value is None else str(value)
 
 
+def _device_text(placement: dict | None) -> str | None:
+    """environment.json's ``device`` section (backends/device.py ``Placement.describe``) in one line."""
+    if not placement:
+        return None
+    text = placement.get("device", "?") + (f" (GPU {placement['gpu_index']})" if placement.get("gpu_index") is not None else "")
+    text += f", asked {placement.get('requested')}" + (f": {placement['note']}" if placement.get("note") else "")
+    stacks = "; ".join(f"{engine} " + ", ".join(f"{k} {v}" for k, v in stack.items()) for engine, stack in
+                       (placement.get("stacks") or {}).items())
+    peaks = "; ".join(f"{engine} " + ", ".join(f"{p} {fmt.sig(g)} GFLOP/s" for p, g in by.items()) for engine, by in
+                      (placement.get("peaks") or {}).items())
+    return text + (f"; {stacks}" if stacks else "") + (f"; matmul peaks: {peaks}" if peaks else "")
+
+
 def _environment_view(run: Run) -> dict:
     env = run.environment
     hardware = [
+        ("Device", _device_text(env.get("device"))),
         ("CPU", env.get("cpu")), ("Cores", env.get("cores")), ("Threads per backend", env.get("threads")),
         ("CPU set", env.get("cpu_set")), ("GPU", (env.get("gpu") or "none") if "gpu" in env else None),
         ("OS", env.get("os")),
