@@ -33,13 +33,16 @@
 # = 160 s, their 16 warm repeats (inductor's cache) ~4 s = 64 s, 12 eager cells ~3 s = 36 s; jax's 24
 # cells each in a fresh worker (its peak memory cannot be reset) ~3 s start + ~3 s = 144 s; one worker
 # start for torch ~5 s; the GPU probes and matmul peaks ~20 s; the report ~20 s: ~450 s. The doctor
-# (~30 s) comes first. The sweep is stopped at SWEEP_SECONDS (SIGTERM: the driver keeps the finished
-# cells and still writes the report) so the script ends inside 8 minutes whatever the compile times
-# are; jax runs first and cells run repeat by repeat, so a cut run keeps both frameworks and whole repeats.
+# (~30 s) comes first. These compile and start-up times are estimates (no GPU was lent when this was
+# written), so the sweep is stopped at SWEEP_SECONDS, 360 by default (SIGTERM: the driver keeps the
+# finished cells and still writes the report, within the 60 s grace before a KILL), and the script ends
+# inside 8 minutes whatever the compile times are: jax runs first and cells run repeat by repeat, so a cut
+# run keeps both frameworks and whole repeats, summary.txt counts what ran, and
+# `python3 -m bench run --resume /tmp/gpu-check-run` finishes the rest on the same machine.
 set -u -o pipefail
 
 out=${1:?usage: bash scripts/gpu_check.sh OUTDIR}
-SWEEP_SECONDS=${SWEEP_SECONDS:-380}
+SWEEP_SECONDS=${SWEEP_SECONDS:-360}
 mkdir -p "$out"
 started=$(date +%s)
 
