@@ -28,7 +28,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from backends import REGISTRY, Mode, compile_cache
+from backends import REGISTRY, Mode, compile_cache, device
+from backends.device import DEVICES, DeviceOps, DeviceTimer, MemoryReading
 from bench.spec.augment import Params, check_image_input
 from bench.spec.losses import loss_value, probabilities
 from bench.spec.model import ModelSpec
@@ -36,8 +37,6 @@ from bench.spec.rules import CANONICAL, Rules
 from bench.spec.semantics import HARMONISED_INIT, Native
 from bench.spec.shapes import ParamSpec, param_specs
 from bench.spec.train import TrainSpec
-
-DEVICES = ("cpu", "gpu", "auto")
 
 
 class Unsupported(Exception):
@@ -54,14 +53,6 @@ class EpochResult:
 
     losses: np.ndarray
     device_seconds: float | None = None
-
-
-@dataclass
-class MemoryReading:
-    """Peak device memory since the last reset, and how it was read (None on CPU-only runs)."""
-
-    device_peak_bytes: int | None
-    method: str
 
 
 @dataclass
@@ -98,6 +89,10 @@ class Backend(ABC):
     forward pass sees one shape per cell instead of compiling again for the remainder."""
 
     on_gpu: bool = False
+    ops: DeviceOps | None = None
+    """The framework's device as its runtime module reads it (backends/device.py), set by ``setup``;
+    None for the NumPy reference, which has no device but the CPU."""
+    _timer: DeviceTimer | None = None
     cache_policy: str = compile_cache.POLICIES[0]
     """The run's ``--compile-cache`` policy (backends/compile_cache.py), read at ``setup``."""
     train: TrainSpec
@@ -114,11 +109,18 @@ class Backend(ABC):
             raise Unsupported(f"device 'gpu' requested but {self.framework} sees no GPU")
         self.on_gpu = device != "cpu" and visible
         self.cache_policy = compile_cache.policy()
-        return self._setup(threads)
+        info = self._setup(threads)
+        self.ops = self._device_ops()
+        self._timer = self.ops.timer(self.synchronize) if self.on_gpu and self.ops is not None else None
+        return info
 
     def _gpu_visible(self) -> bool:
         """Whether the framework sees a GPU, asked without starting its runtime."""
         return False
+
+    def _device_ops(self) -> DeviceOps | None:
+        """The runtime module's ``Ops`` for ``self.on_gpu`` (called once ``_setup`` has configured the device)."""
+        return None
 
     @abstractmethod
     def _setup(self, threads: int) -> BackendInfo:
@@ -277,7 +279,9 @@ class Backend(ABC):
         """``_augment`` on ``x`` as the training step runs it (same compilation mode), as an array."""
 
     def begin_epoch(self) -> None:
-        """Hook before the first step of a timed epoch (start device timers)."""
+        """Before the first step of a timed epoch: start the device clock (on a GPU)."""
+        if self._timer is not None:
+            self._timer.start()
 
     def finish_epoch(self) -> EpochResult:
         """Wait for every pending step and return the per-step losses since the last call."""
@@ -288,8 +292,14 @@ class Backend(ABC):
         return EpochResult(np.asarray(losses, dtype=np.float64).reshape(-1), device_seconds)
 
     def _epoch_device_seconds(self) -> float | None:
-        """Device busy time since ``begin_epoch`` where the device can time itself (None on CPU)."""
-        return None
+        """Device time since ``begin_epoch`` (None on the CPU, and for steps timed without ``begin_epoch``)."""
+        return self._timer.stop() if self._timer is not None else None
+
+    def device_time_method(self) -> str:
+        """How ``device_seconds`` is measured, or why it is null (docs/architecture.md, "Devices")."""
+        if self._timer is not None:
+            return self._timer.method
+        return device.CPU_ONLY if self.ops is None else device.CPU_DEVICE_TIME
 
     @abstractmethod
     def _read_losses(self, pending: list[Any]) -> np.ndarray:
@@ -316,12 +326,17 @@ class Backend(ABC):
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Eval-mode logits for one batch."""
 
+    def pads_eval_batches(self) -> bool:
+        """Whether ``evaluate`` and ``predict`` pad a last partial batch (``PAD_EVAL_BATCHES``, or a mode's need)."""
+        return self.PAD_EVAL_BATCHES
+
     def _all_logits(self, x: np.ndarray, batch_size: int) -> np.ndarray:
         outs = []
+        pad = self.pads_eval_batches()
         for i in range(0, len(x), batch_size):
             chunk = x[i : i + batch_size]
             rows = len(chunk)
-            if self.PAD_EVAL_BATCHES and i and rows < batch_size:  # eval mode: padding rows change no real row
+            if pad and i and rows < batch_size:  # eval mode: padding rows change no real row
                 chunk = np.concatenate([chunk, np.zeros((batch_size - rows, *chunk.shape[1:]), chunk.dtype)])
             outs.append(self.logits(chunk)[:rows])
         return np.concatenate(outs)
@@ -344,10 +359,21 @@ class Backend(ABC):
 
     # -- measurement and artifacts ---------------------------------------------------------------
     def reset_peak_memory(self) -> None:
-        """Start a new peak-device-memory window (no-op on CPU)."""
+        """Start a new peak-device-memory window (on the CPU, and on JAX which cannot reset, nothing)."""
+        if self.on_gpu and self.ops is not None:
+            self.ops.reset_peak_memory()
 
     def peak_memory(self) -> MemoryReading:
-        return MemoryReading(None, "none (cpu)")
+        """Peak device memory since ``reset_peak_memory``, and how it was read; None with the reason on the CPU."""
+        if self.on_gpu and self.ops is not None:
+            return self.ops.peak_memory()
+        return MemoryReading(None, device.CPU_ONLY if self.ops is None else device.CPU_DEVICE_MEMORY)
+
+    @property
+    def fresh_worker_per_cell(self) -> bool:
+        """Whether each cell needs a worker of its own: on a GPU, where the framework cannot reset its
+        peak-memory reading (JAX), a fresh process is what makes the reading one cell's."""
+        return self.on_gpu and self.ops is not None and not self.ops.PEAK_RESETS
 
     @abstractmethod
     def save_native(self, directory: Path) -> Path:

@@ -32,7 +32,7 @@ import optax
 from jax import lax
 
 from backends import REGISTRY, jax_augment, jax_compile_cache, jax_runtime
-from backends.base import Backend, BackendInfo, MemoryReading
+from backends.base import Backend, BackendInfo
 from bench.spec.augment import Params
 from bench.spec.rules import Rules
 from bench.spec.semantics import Native
@@ -202,6 +202,9 @@ class JaxBackend(Backend):
             threads=jax_runtime.threads(threads),
         )
 
+    def _device_ops(self) -> jax_runtime.Ops:
+        return jax_runtime.Ops(self.on_gpu)
+
     @property
     def device(self) -> jax.Device:
         if self._device is None:
@@ -365,9 +368,6 @@ class JaxBackend(Backend):
 
     def forget_compiled(self, disk: bool) -> None:
         jax_compile_cache.forget(self._cache_dir, disk)
-
-    def peak_memory(self) -> MemoryReading:
-        return jax_runtime.peak_memory(self.device) if self.on_gpu else super().peak_memory()
 
     def save_native(self, directory: Path) -> Path:
         """Flax's own format: ``flax.serialization.to_bytes`` (msgpack) of the Linen variables

@@ -2,16 +2,44 @@
 
 Both adapters run on the same XLA runtime, so a cell of either is configured and described the
 same way (docs/architecture.md, "Keras engines"): 32-bit types, fp32 matmuls at "highest"
-precision, one default device, and threads as XLA gets them from the worker's CPU affinity.
+precision, one default device, and threads as XLA gets them from the worker's CPU affinity. Their
+device is read through one ``Ops`` (backends/device.py ``DeviceOps``): JAX has no device events, so
+an epoch's device time is the wall clock between two ``jax.block_until_ready`` of the training
+state; and its peak device memory cannot be reset, so on a GPU each cell runs in a fresh worker
+(docs/architecture.md, "Devices").
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
-from backends.base import MemoryReading
+from backends.device import MemoryReading, SyncTimer, uniform
+
+CUDA_PLUGINS = ("jax_cuda13_plugin", "jax_cuda12_plugin")
+PRECISION = {"fp32": lax.Precision.HIGHEST, "tf32": lax.Precision.DEFAULT, "bf16": lax.Precision.DEFAULT}
+"""XLA's matmul precision per suite precision: on NVIDIA, DEFAULT runs fp32 as TF32."""
+
+
+def gpu_report() -> dict:
+    """Whether this JAX can use the worker's GPU, and its stack (a probe child's answer)."""
+    stack = {"jax": jax.__version__}
+    plugins = [name for name in CUDA_PLUGINS if importlib.util.find_spec(name) is not None]
+    if not plugins:
+        return {"problem": f"jax {jax.__version__} has no CUDA plugin (a CPU-only jax); install jax[cuda13] or "
+                           "jax[cuda12] (README, 'GPU install')", "stack": stack}
+    try:
+        device = jax.devices("gpu")[0]
+    except RuntimeError as exc:
+        return {"problem": f"jax {jax.__version__} ({', '.join(plugins)}) sees no GPU: {str(exc).splitlines()[0]}", "stack": stack}
+    cuda = getattr(getattr(device, "client", None), "platform_version", "unknown")
+    return {"problem": None, "stack": stack | {"cuda": str(cuda), "plugin": ", ".join(plugins), "device": device.device_kind}}
 
 
 def gpu_visible() -> bool:
@@ -47,9 +75,56 @@ def threads(requested: int) -> dict[str, int | str]:
     return {"requested": requested, "affinity_cores": affinity_cores(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
-def peak_memory(device: jax.Device) -> MemoryReading:
-    peak = (device.memory_stats() or {}).get("peak_bytes_in_use")
-    return MemoryReading(
-        int(peak) if peak is not None else None,
-        "jax device.memory_stats()['peak_bytes_in_use']: per-process peak, JAX cannot reset it",
-    )
+class Ops:
+    """JAX's device for the measurements every framework shares (backends/device.py ``DeviceOps``)."""
+
+    framework = "jax"
+    PEAK_RESETS = False
+
+    def __init__(self, on_gpu: bool) -> None:
+        self.on_gpu = on_gpu
+        self.device = jax.devices("gpu")[0] if on_gpu else jax.devices("cpu")[0]
+
+    def device_name(self) -> str:
+        return self.device.device_kind if self.on_gpu else str(self.device)
+
+    def matrix(self, n: int, precision: str) -> jax.Array:
+        values = uniform(n)
+        return jax.device_put(values, self.device).astype(jnp.bfloat16 if precision == "bf16" else jnp.float32)
+
+    def placed_on(self, x: jax.Array) -> str:
+        return ", ".join(sorted(str(d) for d in x.devices()))
+
+    def matmul(self, a: jax.Array, b: jax.Array, precision: str) -> jax.Array:
+        return jnp.matmul(a, b, precision=PRECISION[precision])
+
+    def synchronize(self, x: jax.Array) -> None:
+        jax.block_until_ready(x)
+
+    def read_back(self, x: jax.Array) -> float:
+        return float(x[0, 0])
+
+    def numpy(self, x: jax.Array) -> np.ndarray:
+        return np.asarray(x, dtype=np.float32)
+
+    def timer(self, synchronize: Callable[[], None]) -> SyncTimer:
+        return SyncTimer(synchronize, "wall clock between jax.block_until_ready of the losses and training state at "
+                                      "each timed epoch's start and end (JAX has no device events)")
+
+    def reset_peak_memory(self) -> None:
+        """JAX cannot reset its peak: the executor runs each GPU cell in a fresh worker instead."""
+
+    def peak_memory(self) -> MemoryReading:
+        peak = (self.device.memory_stats() or {}).get("peak_bytes_in_use")
+        return MemoryReading(int(peak) if peak is not None else None,
+                             "jax device.memory_stats()['peak_bytes_in_use'] in a worker started for this cell alone "
+                             "(JAX cannot reset its peak): the cell's build, warm-up and training")
+
+    def precisions(self) -> dict[str, str | None]:
+        if not self.on_gpu:
+            return {"tf32": "TF32 is an NVIDIA GPU format", "bf16": None}
+        capability = getattr(self.device, "compute_capability", None)  # '9.0' on a CUDA device
+        if capability is None:
+            return {"tf32": None, "bf16": None}
+        ampere = None if float(capability) >= 8.0 else f"needs compute capability 8.0 or more; this GPU has {capability}"
+        return {"tf32": ampere, "bf16": ampere}

@@ -30,8 +30,8 @@ import tensorflow as tf  # noqa: E402
 # about "excessive retracing" after five cells. Errors still show.
 tf.get_logger().setLevel(logging.ERROR)
 
-from backends import REGISTRY  # noqa: E402
-from backends.base import BackendInfo, MemoryReading, Unsupported  # noqa: E402
+from backends import REGISTRY, tf_runtime  # noqa: E402
+from backends.base import BackendInfo, Unsupported  # noqa: E402
 from backends.keras_base import RESAMPLING, KerasBase  # noqa: E402
 from bench.spec.augment import Params, param_shapes  # noqa: E402
 
@@ -75,6 +75,9 @@ class KerasBackend(KerasBase):
         wanted, self.on_gpu = self.on_gpu, bool(tf.config.list_logical_devices("GPU"))  # what TF will really use
         if wanted and not self.on_gpu:
             raise Unsupported("device 'gpu' requested but TensorFlow's runtime already started without it")
+        if self.on_gpu and not wanted:  # never a CPU cell measured on the GPU (the worker hides GPUs before the import)
+            raise RuntimeError("device 'cpu' requested but TensorFlow's runtime already started with the GPU visible; "
+                               "start the process with CUDA_VISIBLE_DEVICES='' (backends/device.py environment)")
         # TF and Keras leave ~500k objects alive from import on; freezing them keeps the gc.collect
         # in every cell's clear_session at milliseconds instead of ~0.3 s (measured, 2 cores).
         gc.collect()
@@ -85,13 +88,15 @@ class KerasBackend(KerasBase):
         }
         if kept:
             self._threads["note"] = f"runtime already started; kept the existing {', '.join(kept)}"
-        name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", gpus[0].name) if self.on_gpu else "cpu"
         return BackendInfo(
             framework=self.framework,
             versions={"tensorflow": tf.__version__, "keras": keras.__version__},
-            device=name,
+            device=tf_runtime.gpu_name() if self.on_gpu else "cpu",
             threads=dict(self._threads),
         )
+
+    def _device_ops(self) -> tf_runtime.Ops:
+        return tf_runtime.Ops(self.on_gpu)
 
     # -- model -----------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -206,13 +211,3 @@ class KerasBackend(KerasBase):
         for v, value in state:
             v.assign(value)
         return float(loss.numpy()), self._canonical_gradients([self._numpy(g) for g in grads])
-
-    # -- measurement -----------------------------------------------------------------------------
-    def reset_peak_memory(self) -> None:
-        if self.on_gpu:
-            tf.config.experimental.reset_memory_stats("GPU:0")
-
-    def peak_memory(self) -> MemoryReading:
-        if not self.on_gpu:
-            return super().peak_memory()
-        return MemoryReading(int(tf.config.experimental.get_memory_info("GPU:0")["peak"]), "tf.config.experimental.get_memory_info")

@@ -27,7 +27,7 @@ import jaxlib  # noqa: E402
 import numpy as np  # noqa: E402
 
 from backends import REGISTRY, jax_compile_cache, jax_runtime  # noqa: E402
-from backends.base import BackendInfo, MemoryReading  # noqa: E402
+from backends.base import BackendInfo  # noqa: E402
 from backends.keras_base import RULES, KerasBase, native  # noqa: E402
 from bench.spec.augment import Params  # noqa: E402
 
@@ -63,6 +63,9 @@ class KerasJaxBackend(KerasBase):
             device=str(self._device),
             threads=jax_runtime.threads(threads),
         )
+
+    def _device_ops(self) -> jax_runtime.Ops:
+        return jax_runtime.Ops(self.on_gpu)
 
     # -- model -----------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -161,6 +164,3 @@ class KerasJaxBackend(KerasBase):
 
     def forget_compiled(self, disk: bool) -> None:
         jax_compile_cache.forget(self._cache_dir, disk)
-
-    def peak_memory(self) -> MemoryReading:
-        return jax_runtime.peak_memory(self._device) if self.on_gpu else super().peak_memory()

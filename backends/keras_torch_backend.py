@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from backends import REGISTRY, torch_runtime, torch_step  # noqa: E402
-from backends.base import BackendInfo, MemoryReading  # noqa: E402
+from backends.base import BackendInfo  # noqa: E402
 from backends.keras_base import KerasBase  # noqa: E402
 from bench.spec.augment import Params  # noqa: E402
 
@@ -53,6 +53,9 @@ class KerasTorchBackend(KerasBase):
         keras.device(self.device.type).__enter__()
         return BackendInfo(framework=self.framework, versions={"torch": torch.__version__, "keras": keras.__version__},
                            device=torch_runtime.device_name(self.on_gpu), threads=pools)
+
+    def _device_ops(self) -> torch_runtime.Ops:
+        return torch_runtime.Ops(self.on_gpu)
 
     # -- model -----------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -147,10 +150,3 @@ class KerasTorchBackend(KerasBase):
 
     def forget_compiled(self, disk: bool) -> None:
         torch_runtime.forget_compiled(disk)
-
-    def peak_memory(self) -> MemoryReading:
-        return torch_runtime.peak_memory() if self.on_gpu else super().peak_memory()
-
-    def reset_peak_memory(self) -> None:
-        if self.on_gpu:
-            torch.cuda.reset_peak_memory_stats()

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backends import REGISTRY, torch_runtime, torch_step
-from backends.base import Backend, BackendInfo, MemoryReading
+from backends.base import Backend, BackendInfo
 from bench.spec.augment import Params
 from bench.spec.rules import Rules
 from bench.spec.semantics import Native
@@ -189,6 +189,7 @@ class TorchBackend(Backend):
     def __init__(self) -> None:
         self.device = torch.device("cpu")
         self.net: nn.Module | None = None
+        self._cudagraphs: torch_step.CudagraphSkips | None = None
 
     # -- process ---------------------------------------------------------------------------------
     def _gpu_visible(self) -> bool:
@@ -200,6 +201,9 @@ class TorchBackend(Backend):
         self.device = torch.device("cuda" if self.on_gpu else "cpu")
         return BackendInfo(framework=self.framework, versions={"torch": torch.__version__},
                            device=torch_runtime.device_name(self.on_gpu), threads=pools)
+
+    def _device_ops(self) -> torch_runtime.Ops:
+        return torch_runtime.Ops(self.on_gpu)
 
     # -- model -----------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -227,6 +231,9 @@ class TorchBackend(Backend):
         # One optimizer per cell, reset in place: a new one would make the compiled step recompile.
         self.optimizer = self.translate("optimizer", t.optimizer)(self.decayed, t, self.on_gpu and compile_options is not None)
         self._graphs = self._caches = None
+        if self._cudagraphs is not None:  # the previous cell's listener
+            self._cudagraphs.close()
+            self._cudagraphs = None
         if compile_options is None:
             self.forward, self._train_fn = self.net, self._train_step
         else:
@@ -235,6 +242,7 @@ class TorchBackend(Backend):
             self.forward = torch.compile(self.net, **compile_options)  # inference and parity's gradients
             self._train_fn = torch.compile(self._one_graph_step, **compile_options)
             if compile_options.get("mode") == "reduce-overhead":
+                self._cudagraphs = torch_step.CudagraphSkips()
                 self._train_fn = _replayed(self._train_fn)
 
     def _activation(self, name: str) -> nn.Module:
@@ -336,19 +344,6 @@ class TorchBackend(Backend):
             x = self._augment(x, self._augment_tensors(augment))
         return self._train_fn(x, self.y[index])
 
-    def begin_epoch(self) -> None:
-        if self.on_gpu:
-            self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-            self._events[0].record()
-
-    def _epoch_device_seconds(self) -> float | None:
-        events, self._events = getattr(self, "_events", None), None
-        if events is None:
-            return None
-        events[1].record()
-        events[1].synchronize()
-        return events[0].elapsed_time(events[1]) / 1000.0
-
     def _read_losses(self, pending: list[torch.Tensor]) -> np.ndarray:
         return _tensor(torch.stack(pending).float())
 
@@ -379,7 +374,14 @@ class TorchBackend(Backend):
 
     # -- measurement and artifacts ---------------------------------------------------------------
     def compiled_graphs(self) -> dict:
-        return self._graphs.facts() if self._graphs is not None else {}
+        """Dynamo's graphs and breaks; under CUDA graphs also whether inductor used them (``cudagraphs``)."""
+        facts = self._graphs.facts() if self._graphs is not None else {}
+        return facts | ({"cudagraphs": self._cudagraphs.verdict()} if self._cudagraphs is not None else {})
+
+    def pads_eval_batches(self) -> bool:
+        """CUDA graphs record one graph per input shape: evaluation pads its last partial batch, so the
+        compiled forward replays one shape (a ragged batch would record another graph)."""
+        return self.mode == "compiled-cudagraphs"
 
     @property
     def synchronous_steps(self) -> bool:
@@ -394,13 +396,6 @@ class TorchBackend(Backend):
 
     def forget_compiled(self, disk: bool) -> None:
         torch_runtime.forget_compiled(disk)
-
-    def reset_peak_memory(self) -> None:
-        if self.on_gpu:
-            torch.cuda.reset_peak_memory_stats()
-
-    def peak_memory(self) -> MemoryReading:
-        return torch_runtime.peak_memory() if self.on_gpu else super().peak_memory()
 
     def save_native(self, directory: Path) -> Path:
         """The module's ``state_dict`` (torch layouts, BatchNorm buffers included) via ``torch.save``."""

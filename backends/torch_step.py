@@ -19,10 +19,16 @@ place by the adapter's reset, so the graph's guards on those tensors keep holdin
 Dynamo's counters (``torch._dynamo.utils.counters``) say how many graphs and graph breaks a call
 produced; the record keeps them (``graphs``, ``graph_breaks`` and each break's reason), and the
 inductor and AOTAutograd cache counters say whether compiled code came from the persistent cache.
+Under ``mode="reduce-overhead"`` inductor may still decide not to use CUDA graphs (CPU tensors in
+the graph, mutated inputs, dynamic shapes); it then bumps ``counters["inductor"]["cudagraph_skips"]``
+and logs "skipping cudagraphs due to ..." (on its ``cudagraphs`` artifact logger in this torch, on
+``perf_hints`` in earlier ones), which ``CudagraphSkips`` reads, so the record says ``used`` or
+``skipped: <inductor's reason>``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable
 
@@ -110,6 +116,38 @@ class GraphCount:
             "graph_breaks": sum(breaks.values()),
             "graph_break_reasons": [reason.splitlines()[0] for reason in breaks],
         }
+
+
+SKIP_LOGGERS = ("torch._inductor.cudagraph_utils.__cudagraphs", "torch._inductor.cudagraph_utils.__perf_hints")
+"""Inductor's artifact loggers that say "skipping cudagraphs due to ..." (a handler on a logger gets its
+warnings whether or not the artifact is enabled)."""
+SKIP_PREFIX = "skipping cudagraphs due to "
+
+
+class CudagraphSkips(logging.Handler):
+    """Whether inductor used CUDA graphs for what it compiled since ``__init__``, and if not, why."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.skips, self.reasons = counters["inductor"]["cudagraph_skips"], []
+        for name in SKIP_LOGGERS:
+            logging.getLogger(name).addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith(SKIP_PREFIX):
+            self.reasons.append(message.removeprefix(SKIP_PREFIX))
+
+    def close(self) -> None:
+        for name in SKIP_LOGGERS:
+            logging.getLogger(name).removeHandler(self)
+        super().close()
+
+    def verdict(self) -> str:
+        """'used', or 'skipped: ' and inductor's reasons."""
+        if counters["inductor"]["cudagraph_skips"] == self.skips and not self.reasons:
+            return "used"
+        return "skipped: " + ("; ".join(dict.fromkeys(self.reasons)) or "inductor gave no reason")
 
 
 CACHE_COUNTERS = (("inductor", "fxgraph_cache_hit", "fxgraph_cache_miss"),

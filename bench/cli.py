@@ -7,6 +7,7 @@ installed, a run folder in use or recorded with other settings) and every usage 
 command included, is one line on stderr and exit status 2, never a traceback. Ctrl-C outside a sweep
 exits 130 and a reader that closes stdout early (``| head``) exits 141, both quietly. What a command does
 lives with its floor: ``bench run`` in bench/run/driver.py, ``bench list`` in bench/run/listing.py,
+``bench doctor`` in bench/run/doctor.py,
 ``bench parity`` in bench/parity/, ``bench report``, ``bench compare`` and ``bench history`` in reports/,
 ``bench predict`` in bench/models/ (docs/architecture.md, "Floors").
 """
@@ -25,7 +26,7 @@ from rich.console import Console
 
 from bench.errors import BenchError
 from bench.models import predict
-from bench.run import driver, listing
+from bench.run import doctor, driver, listing
 from bench.run.flags import add_run_arguments
 from reports import cli as report_cli
 from reports.history import cli as history_cli
@@ -62,6 +63,8 @@ COMMANDS: dict[str, Command] = {
     "run": Command("run a sweep and write a run folder with its report", add_run_arguments, driver.main_run),
     "list": Command("what models, optimizers, activations, datasets and backends exist", _no_arguments,
                     listing.main_list),
+    "doctor": Command("check that each framework sees the device, times it and reads its memory correctly",
+                      doctor.add_doctor_arguments, doctor.main_doctor),
     "parity": Command("check every backend against the NumPy reference", _add_parity_arguments, _main_parity),
     "report": Command("rebuild a run folder's CSV and HTML report", report_cli.add_report_arguments,
                       report_cli.main_report),

@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+from backends import device  # noqa: E402
 from bench.measure.load import LoadMonitor, usable_cores  # noqa: E402
 from bench.measure.throughput import Windows  # noqa: E402
 from bench.run.executors.process import isolate, worker_cpu_set  # noqa: E402
@@ -55,7 +56,7 @@ def plain(name: str, args: argparse.Namespace) -> dict:
     import plain_loops
 
     cpus = worker_cpu_set(args.threads)
-    isolate(args.threads, cpus)
+    isolate(args.threads, cpus, device.environment("cpu"))
     _threads(name, args.threads)
     data = load_dataset("mnist-sample", val_split=0.1)
     train, plan = _setting(args)

@@ -44,12 +44,13 @@ removed first, so ``default`` is what torch does out of the box and ``passive`` 
 
 def measure(name: str, args: argparse.Namespace) -> dict:
     """One configuration in this (fresh) process: the windows' samples/s and foreign CPU."""
+    from backends import device
     from bench.run.executors.process import isolate, worker_cpu_set
 
     config = CONFIGS[name]
     cpus = worker_cpu_set(args.threads)
     threads = config.get("threads", len(cpus))
-    isolate(threads, cpus)
+    isolate(threads, cpus, device.environment("cpu"))
     os.environ.pop("OMP_WAIT_POLICY", None)
     os.environ.update(config["env"])
     from contextlib import nullcontext

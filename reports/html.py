@@ -148,9 +148,23 @@ def _text(value) -> str:
     return "" if value is None else str(value)
 
 
+def _device_text(placement: dict | None) -> str | None:
+    """environment.json's ``device`` section (backends/device.py ``Placement.describe``) in one line."""
+    if not placement:
+        return None
+    text = placement.get("device", "?") + (f" (GPU {placement['gpu_index']})" if placement.get("gpu_index") is not None else "")
+    text += f", asked {placement.get('requested')}" + (f": {placement['note']}" if placement.get("note") else "")
+    stacks = "; ".join(f"{engine} " + ", ".join(f"{k} {v}" for k, v in stack.items()) for engine, stack in
+                       (placement.get("stacks") or {}).items())
+    peaks = "; ".join(f"{engine} " + ", ".join(f"{p} {fmt.sig(g)} GFLOP/s" for p, g in by.items()) for engine, by in
+                      (placement.get("peaks") or {}).items())
+    return text + (f"; {stacks}" if stacks else "") + (f"; matmul peaks: {peaks}" if peaks else "")
+
+
 def _environment_view(run: Run) -> dict:
     env = run.environment
     hardware = [
+        ("Device", _device_text(env.get("device"))),
         ("CPU", env.get("cpu")), ("Cores", env.get("cores")), ("Threads per backend", env.get("threads")),
         ("CPU set", env.get("cpu_set")), ("GPU", (env.get("gpu") or "none") if "gpu" in env else None),
         ("OS", env.get("os")),
@@ -317,7 +331,8 @@ def _wrapper_view(view: WrapperView) -> dict:
         "backend": c.wrapped.backend, "mode": c.wrapped.mode, "engine": c.engine,
         "native": c.native.backend if c.native else None, "native_mode": c.native.mode if c.native else "",
         "configs": c.n_configs, "train": _ratio_view(c.train), "inference": _ratio_view(c.inference),
-        "compile": [_value(e, fmt.seconds) for e in c.compile], "memory": [_value(e, fmt.nbytes) for e in c.memory],
+        "compile": [_value(e, fmt.seconds) for e in c.compile], "host_memory": [_value(e, fmt.nbytes) for e in c.host_memory],
+        "device_memory": [_value(e, fmt.nbytes) for e in c.device_memory],
         "accuracy": _value(c.accuracy, fmt.points) | {"cls": {True: "same", False: "worse", None: ""}[c.accuracy_agrees]},
         "rules": ", ".join(RULE_TITLES.get(r, r) for r in c.rules),
     } for c in view.costs]

@@ -74,10 +74,10 @@ TRAIN_TIME = Metric("train_seconds", "Train time", fmt.seconds, False)
 COMPILE_TIME = Metric("compile_seconds", "Compile time", fmt.seconds, False, headline=True, compared=True,
                       cell_table=True)
 TIME_TO_TARGET = Metric("time_to_target_seconds", "Time to target", fmt.seconds, False)
-PEAK_HOST_MEMORY = Metric("peak_rss_bytes", "Peak host memory", fmt.nbytes, False)
-PEAK_DEVICE_MEMORY = Metric("peak_device_bytes", "Peak device memory", fmt.nbytes, False)
-PEAK_MEMORY = Metric("peak_memory_bytes", "Peak memory", fmt.nbytes, False, headline=True)
-"""Derived by reports/records.py: the device peak where one was measured, else the host's."""
+PEAK_HOST_MEMORY = Metric("peak_rss_bytes", "Peak host memory", fmt.nbytes, False, headline=True)
+PEAK_DEVICE_MEMORY = Metric("peak_device_bytes", "Peak device memory", fmt.nbytes, False, headline=True)
+"""Host RSS and device bytes are different quantities, each in a column of its own: a GPU cell's
+device memory is never compared with a CPU cell's resident set (docs/architecture.md, "Devices")."""
 CELL_DURATION = Metric("duration_seconds", "Cell duration", fmt.seconds, False)
 STEP_TIME_SAMPLES = Metric("step_time_samples", "Step-time samples", fmt.count, None, cell_table=True)
 """How many timed steps the step-time percentiles come from (printed beside them)."""
@@ -116,12 +116,12 @@ METRICS = (
     Metric("cpu_seconds_per_sample", "CPU time per sample", fmt.seconds, False),
     PEAK_HOST_MEMORY,
     PEAK_DEVICE_MEMORY,
-    PEAK_MEMORY,
     Metric("param_count", "Parameters", fmt.count, None),
     Metric("flops_per_sample_forward", "Forward FLOPs per sample", fmt.sig, None),
     Metric("flops_per_sample_train", "Train FLOPs per sample", fmt.sig, None),
     Metric("achieved_gflops", "Achieved GFLOP/s", fmt.sig, True),
     Metric("peak_fraction", "Fraction of matmul peak", fmt.percent, True),
+    Metric("peak_gflops", "Matmul peak of the cell's device and precision", fmt.sig, None),
     CELL_DURATION,
 )
 BY_FIELD: dict[str, Metric] = {m.field: m for m in METRICS}

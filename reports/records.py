@@ -24,7 +24,7 @@ from bench.results.stats import MIN_STEP_SAMPLES
 from bench.results.store import ENVIRONMENT, RESULTS, latest, read_records, read_small
 from bench.spec.cell import AXES
 from bench.spec.semantics import HARMONISED
-from reports.metrics import BY_FIELD, PEAK_DEVICE_MEMORY, PEAK_HOST_MEMORY, PEAK_MEMORY, SAMPLED
+from reports.metrics import BY_FIELD, SAMPLED
 
 SCHEMA = FIELDS
 """Every field a record may hold (bench/results/record.py), in order: the leading columns of results.csv."""
@@ -35,7 +35,7 @@ FLAG_FIELDS = tuple(name for name in SCHEMA if FIELD_KINDS[name] == "flag")
 """True/False, or None where a record (an older one, or one that did not finish) does not say."""
 """Lists and dicts: kept as Python objects in memory, written to CSV as JSON text."""
 CURVE_FIELDS = PER_EPOCH_FIELDS
-DERIVED_FIELDS = ("variant", PEAK_MEMORY.field)
+DERIVED_FIELDS = ("variant",)
 """Columns the reader adds to every frame (see records_frame); not stored in results.csv."""
 
 VARIANT_AXES = tuple(axis.field for axis in AXES if axis.backend_specific)
@@ -110,8 +110,7 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
     """Current records (as the store's reader gives them) as a frame with every schema column
     (missing ones empty), numbers as floats.
 
-    Adds two derived columns for the report: ``variant`` (backend, plus mode where a backend ran
-    several) and the peak memory metric (``PEAK_MEMORY``: device peak where measured, else host RSS).
+    Adds a derived column for the report: ``variant`` (backend, plus mode where a backend ran several).
     A figure taken from too few samples (``SAMPLED``: step-time percentiles of fewer than
     ``MIN_STEP_SAMPLES`` steps, as older records hold) is emptied, so no view prints it.
     """
@@ -128,7 +127,6 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
         frame.loc[~(frame[metric.sampled_by] >= MIN_STEP_SAMPLES), metric.field] = float("nan")
     frame = frame.copy()  # one block per dtype again after the per-column conversions (pandas' advice)
     frame["variant"] = _variant_labels(frame)
-    frame[PEAK_MEMORY.field] = frame[PEAK_DEVICE_MEMORY.field].fillna(frame[PEAK_HOST_MEMORY.field])
     return frame
 
 

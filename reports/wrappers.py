@@ -28,7 +28,14 @@ import pandas as pd
 from bench.results.record import Status
 from bench.results.stats import MISSING, Estimate, grouped_comparison, grouped_median_interval
 from reports.headline import by_config
-from reports.metrics import COMPILE_TIME, INFERENCE_THROUGHPUT, PEAK_MEMORY, TEST_ACCURACY, TRAIN_THROUGHPUT
+from reports.metrics import (
+    COMPILE_TIME,
+    INFERENCE_THROUGHPUT,
+    PEAK_DEVICE_MEMORY,
+    PEAK_HOST_MEMORY,
+    TEST_ACCURACY,
+    TRAIN_THROUGHPUT,
+)
 from reports.records import config_keys
 
 ACCURACY_TOLERANCE = 0.005
@@ -59,7 +66,9 @@ class WrapperCost:
     inference: Estimate = MISSING
     compile: tuple[Estimate, Estimate] = (MISSING, MISSING)
     """Compile time of the wrapper and of the native adapter."""
-    memory: tuple[Estimate, Estimate] = (MISSING, MISSING)
+    host_memory: tuple[Estimate, Estimate] = (MISSING, MISSING)
+    device_memory: tuple[Estimate, Estimate] = (MISSING, MISSING)
+    """Peak host RSS and peak device memory of the wrapper and of the native adapter (two quantities, never mixed)."""
     accuracy: Estimate = MISSING
     """Wrapper minus native test accuracy, paired per configuration."""
     rules: tuple[str, ...] = ()
@@ -124,7 +133,8 @@ def _cost(wrapped: Side, engine: str, native: Side | None) -> WrapperCost:
                 grouped_median_interval(by_config(native.records, field, keys)))
 
     return WrapperCost(wrapped, engine, native, len(keys), compare(TRAIN_THROUGHPUT.field, np.divide),
-                       compare(INFERENCE_THROUGHPUT.field, np.divide), both(COMPILE_TIME.field), both(PEAK_MEMORY.field),
+                       compare(INFERENCE_THROUGHPUT.field, np.divide), both(COMPILE_TIME.field),
+                       both(PEAK_HOST_MEMORY.field), both(PEAK_DEVICE_MEMORY.field),
                        compare(TEST_ACCURACY.field, np.subtract, TEST_ACCURACY.converged_only),
                        _rules(wrapped.records, native.records))
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from backends.device import CPU_DEVICE_TIME
 from bench.cli import COMMANDS
 from bench.measure import harness, load, throughput, verdicts
 from bench.results.phases import PHASES
@@ -101,6 +102,9 @@ def test_a_run_writes_the_folder_records_every_outcome_and_resumes(tmp_path):
     assert header == ["backend", "start", *(phase.column for phase in PHASES), "other", "total", "cache"]
     environment = json.loads((out / "environment.json").read_text())
     assert environment["versions"]["torch"].startswith("2.") and environment["matmul_peak_gflops"] > 0
+    assert environment["device"]["device"] == "cpu" and environment["device"]["worker_environment"]["JAX_PLATFORMS"] == "cpu"
+    assert {(r["device_kind"], r["device_time_method"], r["peak_gflops"]) for r in records} == {
+        ("cpu", CPU_DEVICE_TIME, environment["matmul_peak_gflops"])}
 
     again = bench(*args, "--learning-rate", "0.001")
     assert again.returncode == 0 and "0 cells to run (4 already" in again.stdout

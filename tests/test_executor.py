@@ -16,7 +16,7 @@ import backends
 from bench.cli import main, parser
 from bench.errors import BenchError
 from bench.run import executors
-from bench.run.executors.local import WorkerSettings, run_sweep
+from bench.run.executors.local import CellWorker, WorkerSettings, run_sweep
 from bench.run.executors.process import worker_cpu_set
 from bench.spec.cell import Cell, WindowPlan
 from bench.spec.model import SEED_MODELS
@@ -25,7 +25,7 @@ from bench.spec.train import TrainSpec
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_WINDOWS = WindowPlan(min_seconds=0.05, budget_seconds=0.1)  # a cell well inside the 3 s timeout
 SETTINGS = WorkerSettings(threads=1, cpu_set=worker_cpu_set(1), device="cpu", data_dir=None,
-                          val_split=0.1, train_size=600, test_size=200, peak_gflops=None)
+                          val_split=0.1, train_size=600, test_size=200)
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
 
 
@@ -49,6 +49,26 @@ def test_a_worker_killed_mid_cell_fails_that_cell_and_the_sweep_finishes():
     assert records[0].worker_pid != records[2].worker_pid  # a fresh worker took over
     assert records[0].threads == 1 and records[0].backend_threads["intra_op"] == 1
     assert records[0].cpu_set == list(SETTINGS.cpu_set)
+    # the device policy was applied before torch loaded, and is recorded
+    assert records[0].device_kind == "cpu" and records[0].fresh_worker_per_cell is False
+    assert records[0].device_environment == {"CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu",
+                                             "XLA_PYTHON_CLIENT_PREALLOCATE": "false", "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+
+
+@needs_torch
+def test_a_worker_that_cannot_reset_its_peak_memory_runs_one_cell_only(monkeypatch):
+    """JAX on a GPU says so when ready (``fresh_worker_per_cell``); each of its cells gets a fresh worker."""
+    ready = CellWorker.wait_ready
+
+    def says_fresh(self):
+        message = ready(self)
+        self.facts["fresh_worker_per_cell"] = True
+        return message
+
+    monkeypatch.setattr(CellWorker, "wait_ready", says_fresh)
+    records = []
+    run_sweep(_cells(2), SETTINGS, records.append)
+    assert [r.status for r in records] == ["ok", "ok"] and records[0].worker_pid != records[1].worker_pid
 
 
 @needs_torch

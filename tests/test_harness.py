@@ -7,8 +7,10 @@ import statistics
 
 import pytest
 
+from backends import device
 from bench.measure.harness import run_cell
 from bench.measure.inference import EVAL_BATCH, INFERENCE_WINDOWS
+from bench.measure.peaks import MatmulPeaks
 from bench.spec.cell import Cell, WindowPlan
 from bench.spec.model import SEED_MODELS
 from bench.spec.train import TrainSpec
@@ -29,7 +31,7 @@ MEASURED = [
 def test_an_ok_record_holds_every_measured_figure_and_its_configuration(mnist_small):
     cell = Cell("torch", SEED_MODELS["mlp"], TrainSpec(batch_size=32, epochs=2), "mnist-sample", target_accuracy=0.5,
                 window=WindowPlan(min_seconds=0.05, budget_seconds=30.0))  # room for 100 probe steps under load
-    record = run_cell(loaded_backend("torch"), cell, mnist_small, peak_gflops=10.0)
+    record = run_cell(loaded_backend("torch"), cell, mnist_small, MatmulPeaks(10.0, "planted CPU peak"))
     assert record.status == "ok", record.error
     for key in MEASURED:
         value = getattr(record, key)
@@ -42,6 +44,11 @@ def test_an_ok_record_holds_every_measured_figure_and_its_configuration(mnist_sm
     assert record.train_samples_per_s == pytest.approx(statistics.median(windows))
     assert record.time_to_target_seconds is not None and record.time_to_target_seconds <= record.train_seconds
     assert record.peak_fraction == pytest.approx(record.achieved_gflops / 10.0)
+    assert (record.peak_gflops, record.peak_method) == (10.0, "planted CPU peak")
+    # a CPU cell has no device clock or memory: null, and the method fields say why
+    assert record.device_seconds is None and record.device_time_method == device.CPU_DEVICE_TIME
+    assert record.peak_device_bytes is None and record.device_memory_method == device.CPU_DEVICE_MEMORY
+    assert record.peak_rss_bytes > 0
     assert record.rules["bn_running_variance"] == "unbiased" and record.bn_epsilon == 1e-3 and record.epsilon == 1e-7
     assert record.step_time_ms_p50 <= record.step_time_ms_p99 and record.step_time_samples == 100
     inference = record.inference_window_samples_per_s

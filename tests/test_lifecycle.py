@@ -46,7 +46,7 @@ SWEEP = ["--backend", "torch", "--models", "mlp", "--optimizers", "sgd,adam", "-
          "--train-size", "256"]
 THREADS = str(min(2, len(usable_cores())))
 NUMPY = WorkerSettings(threads=1, cpu_set=worker_cpu_set(1), device="cpu", data_dir=None,
-                       val_split=0.1, train_size=256, test_size=100, peak_gflops=None)
+                       val_split=0.1, train_size=256, test_size=100)
 
 
 def bench(*args: str) -> subprocess.CompletedProcess:

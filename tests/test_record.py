@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 import backends
+from backends import device
 from bench.errors import BenchError
 from bench.measure.harness import run_cell
 from bench.results.record import FIELD_KINDS, FIELDS, SCHEMA_VERSION, ResultRecord, Status
@@ -77,7 +78,7 @@ def test_the_executor_failure_paths_write_declared_versioned_records(tmp_path, m
     parent, and a backend that is not installed is skipped: all three records follow the schema."""
     pytest.importorskip("torch")
     settings = WorkerSettings(threads=1, cpu_set=(sorted(os.sched_getaffinity(0))[0],), device="cpu",
-                              data_dir=None, val_split=0.1, train_size=300, test_size=100, peak_gflops=None)
+                              data_dir=None, val_split=0.1, train_size=300, test_size=100)
     train = TrainSpec(batch_size=64)
     cells = [Cell("torch", SEED_MODELS["mlp"], train, "nosuch"),
              Cell("torch", SEED_MODELS["mlp"], train, "mnist-sample", repeat=1),
@@ -112,12 +113,18 @@ def test_reading_upgrades_old_records_keeps_unknown_fields_and_fills_missing_one
     assert oldest["schema_version"] == LEGACY_SCHEMA_VERSION  # the version it was written with, as results.csv says
     assert oldest["status"] == "ok" and upgrade({"error": "RuntimeError: boom"})["status"] == "failed"
     assert upgrade({})["backend"] == "unknown"
-    assert {name: oldest[name] for name in ABSENT_MEANS} == {"augment": "none", "semantics_policy": "harmonised"}
+    assert {name: oldest[name] for name in ABSENT_MEANS} == {"augment": "none", "semantics_policy": "harmonised",
+                                                            "device_time_method": "not recorded",
+                                                            "device_memory_method": "not recorded"}
+    # a CPU record of before said nothing (null): "not recorded"; an old GPU record keeps its method
+    assert upgrade({"backend": "torch", "device_time_method": None})["device_time_method"] == "not recorded"
+    assert upgrade({"backend": "torch", "device_time_method": "cuda events"})["device_time_method"] == "cuda events"
     assert upgrade(oldest) == oldest  # a step applied twice changes nothing
     record = ResultRecord.model_validate(oldest)
     assert record.test_accuracy is None and record.model_extra == {"energy_joules": 12.5}
     current = {"schema_version": SCHEMA_VERSION, "cell_id": "a", "repeat": 0, "backend": "tf", "status": "failed",
-               "augment": "hflip", "semantics_policy": "native"}
+               "augment": "hflip", "semantics_policy": "native", "device_time_method": device.CPU_DEVICE_TIME,
+               "device_memory_method": device.CPU_DEVICE_MEMORY}
     assert upgrade(current) == current
 
 

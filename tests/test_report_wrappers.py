@@ -56,7 +56,7 @@ def test_each_wrapper_is_set_beside_its_engines_own_adapter_with_ratios_and_cost
     assert jax.inference.value == pytest.approx(0.7, rel=0.03)
     assert torch.train.value == pytest.approx(0.25, rel=0.03)
     assert jax.compile[0].value == pytest.approx(3 * jax.compile[1].value, rel=0.1)
-    assert jax.memory[0].value > jax.memory[1].value
+    assert jax.host_memory[0].value > jax.host_memory[1].value
     assert jax.accuracy.value == pytest.approx(0.0, abs=1e-12) and jax.accuracy_agrees
     assert "rmsprop_eps" in jax.rules  # Keras' epsilon inside the root, Optax's outside: named beside the accuracy
     assert costs["tf"].native is None and costs["tf"].engine == "tensorflow"  # Keras on TF: no native TF adapter

@@ -123,6 +123,8 @@ ENVIRONMENT = {
     "cpu_set": [0, 1], "threads": 2, "python": "3.11.7",
     "versions": {"numpy": "2.1.0", "torch": "2.13.0", "tensorflow-cpu": "2.21.0", "jax": "0.10.0"},
     "gpu": None, "matmul_peak_gflops": 95.2,
+    "device": {"requested": "auto", "device": "cpu", "gpu_index": None, "note": "--device auto runs on the CPU: <none>",
+               "gpus": [], "stacks": {}, "peaks": {}, "worker_environment": {"CUDA_VISIBLE_DEVICES": ""}},
     "fairness": {"initial weights": "glorot_uniform drawn in numpy", "bn_momentum": "0.99 (Keras sense)"},
     "settings": {"repeats": 3, "models": ["mlp", "cnn"]},
 }
@@ -195,6 +197,7 @@ def test_page_escapes_every_recorded_string(built):
     assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page  # the run name, as text
     assert "RuntimeError: &lt;boom&gt; &amp; shape mismatch" in page
     assert "Test CPU &lt;fast&gt;" in page
+    assert "cpu, asked auto: --device auto runs on the CPU: &lt;none&gt;" in page  # the device section, one line
 
 
 def test_page_is_self_contained_with_embedded_figures(built):

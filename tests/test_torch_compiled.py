@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from backends import torch_step
 from bench.measure import training
 from bench.spec.data import epoch_batches
 from bench.spec.model import SEED_MODELS
@@ -56,8 +57,42 @@ def test_the_compiled_step_is_one_graph_matches_eager_and_never_recompiles(model
     backend = loaded_backend("torch")
     assert none == {} and backend.mode == "compiled" and "one graph" in backend.facts()["mode_description"]
     assert graphs["graph_breaks"] == 0 and graphs["graphs"] == 1, graphs["graph_break_reasons"]
+    assert "cudagraphs" not in graphs  # said under compiled-cudagraphs only: the record's field is null here
     assert seen[0][0] > 0, "the compiled mode compiled nothing"
     assert seen[1] == seen[0], f"recompiled after the first steps: (frames, graphs) {seen[0]} -> {seen[1]}"
     assert compiled.shape == (STEPS,) and np.all(np.isfinite(compiled))
     np.testing.assert_allclose(compiled, eager, rtol=1e-4)
     assert compiled[-1] < compiled[0]  # it trains
+
+
+def test_the_record_says_when_inductor_skipped_cuda_graphs_and_why():
+    """What a compiled-cudagraphs record says, from inductor's own counter and message (CPU-testable:
+    inductor's logging function is called as its compiler calls it)."""
+    from torch._inductor.cudagraph_utils import log_cudagraph_skip_and_bump_counter
+
+    listener = torch_step.CudagraphSkips()
+    assert listener.verdict() == "used"
+    log_cudagraph_skip_and_bump_counter("skipping cudagraphs due to mutated inputs (1 instances)")
+    assert listener.verdict() == "skipped: mutated inputs (1 instances)"
+    listener.close()
+    assert torch_step.CudagraphSkips().verdict() == "used"  # a new cell starts counting afresh
+
+
+def test_cuda_graph_mode_evaluates_in_full_batches_only(mnist_small):
+    """A CUDA graph is recorded per input shape: under compiled-cudagraphs the last partial batch is
+    padded, so evaluation replays one shape (the padding rows change no real row's logits)."""
+    backend = loaded_backend("torch")
+    training.prepare(backend, SEED_MODELS["mlp"], TrainSpec(), mnist_small.x_train, mnist_small.y_train, 10)
+    x = mnist_small.x_train[:700]
+    shapes = []
+    logits = backend.logits
+    backend.logits = lambda rows: shapes.append(len(rows)) or logits(rows)
+    try:
+        plain = backend._all_logits(x, 500)
+        backend.mode = "compiled-cudagraphs"  # the mode's evaluation rule, with the eager forward of this CPU
+        padded = backend._all_logits(x, 500)
+    finally:
+        del backend.logits
+        backend.mode = "eager"
+    assert shapes == [500, 200, 500, 500]
+    np.testing.assert_allclose(padded, plain, rtol=1e-5, atol=1e-6)

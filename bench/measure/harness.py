@@ -52,6 +52,7 @@ from bench.measure import inference, training
 from bench.measure.inference import EVAL_BATCH
 from bench.measure.load import LoadMonitor
 from bench.measure.memory import SAMPLE_SECONDS, PeakRssSampler
+from bench.measure.peaks import MatmulPeaks
 from bench.measure.throughput import Windows
 from bench.measure.verdicts import Diverged, check_losses, convergence
 from bench.results.phases import PHASES
@@ -194,7 +195,7 @@ def _more_windows(backend: Backend, cell: Cell, n_train: int, monitor: LoadMonit
     return index - cell.train.epochs
 
 
-def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | None = None) -> ResultRecord:
+def run_cell(backend: Backend, cell: Cell, data: Dataset, peaks: MatmulPeaks = MatmulPeaks()) -> ResultRecord:
     """Train and measure one cell; always returns a record (status ok, skipped, failed or diverged).
 
     Besides the configuration and the figures of earlier versions, a record holds: the throughput
@@ -203,7 +204,10 @@ def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | N
     training step's compiled code came from a persistent cache: off, cold or warm; under
     ``--compile-cache cold`` every cell starts from empty caches and, where it stored code, times
     its first step again from them: ``warm_first_step_seconds``), what the compiler captured
-    (``graphs``, ``graph_breaks``), and ``converged``/``convergence_note``.
+    (``graphs``, ``graph_breaks``), and ``converged``/``convergence_note``. Device time and peak
+    device memory are the backend's readings (docs/architecture.md, "Devices"), null on the CPU with
+    their method fields saying why; ``peak_fraction`` divides by the peak of the cell's own device and
+    precision (``peaks``).
     """
     data = data.head(*cell.sizes)
     record = data.describe() | {
@@ -251,7 +255,7 @@ def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | N
             "train_seconds": train_seconds,
             "time_to_target_seconds": m.time_to_target,
             "device_seconds": float(sum(m.device_seconds)) if m.device_seconds else None,
-            "device_time_method": "cuda events around each epoch" if m.device_seconds else None,
+            "device_time_method": backend.device_time_method(),
         }
         with clock.phase("eval"):
             record["test_loss"], record["test_accuracy"] = backend.evaluate(data.x_test, data.y_test, EVAL_BATCH)
@@ -282,12 +286,12 @@ def run_cell(backend: Backend, cell: Cell, data: Dataset, peak_gflops: float | N
         if record.get("warm_first_step_seconds") is not None:
             record["warm_compile_seconds"] = max(record["warm_first_step_seconds"] - steady_step, 0.0)
         record["achieved_gflops"] = record["flops_per_sample_train"] * record["train_samples_per_s"] / 1e9
-        if peak_gflops:
-            record["peak_fraction"] = record["achieved_gflops"] / peak_gflops
+        peak, record["peak_method"] = peaks.for_cell(backend.on_gpu, record["engine"], backend.train.precision)
+        if peak:
+            record["peak_gflops"], record["peak_fraction"] = peak, record["achieved_gflops"] / peak
         memory = backend.peak_memory()
-        record["peak_device_bytes"], record["memory_method"] = memory.device_peak_bytes, (
-            f"host: psutil RSS sampled every {SAMPLE_SECONDS * 1e3:g} ms; device: {memory.method}"
-        )
+        record |= {"peak_device_bytes": memory.device_peak_bytes, "device_memory_method": memory.method,
+                   "memory_method": f"host: psutil RSS sampled every {SAMPLE_SECONDS * 1e3:g} ms; device: {memory.method}"}
     except Diverged as exc:
         record |= {"status": Status.DIVERGED, "reason": str(exc)}
     except (Unsupported, BenchError) as exc:

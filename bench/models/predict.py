@@ -6,7 +6,9 @@ model path, checksum, input file, input shape, size and values) is checked befor
 imported, and is one ``error:`` line with exit 2. Sizes are checked from headers before anything
 is allocated, so a small hostile file cannot exhaust memory (docs/architecture.md, "Saved models").
 
-It runs in this process: one short command, one framework, nothing to keep apart. Inference is
+It runs in this process: one short command, one framework, nothing to keep apart; the device
+variables a sweep's workers get (backends/device.py ``environment``: one visible GPU, JAX's 75 %
+preallocation off, TF's memory growth on) are set before the framework loads. Inference is
 always fp32 in the backend's default mode (the weights are stored in fp32, and a mode such as
 torch's ``compiled`` does not exist on every backend).
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 import backends
+from backends import device
 from backends.base import Unsupported
 from bench.errors import BackendUnavailable, BenchError
 from bench.measure.load import usable_cores
@@ -40,7 +43,8 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
                    help=".npy array (N, *input shape) of floats in [0, 1] or uint8 (scaled by 1/255), or an IDX .gz of uint8 images")
     p.add_argument("--probabilities", action="store_true", help="print each row's class probabilities after its class")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help=f"rows per forward pass (default {DEFAULT_BATCH})")
-    p.add_argument("--device", default="cpu", choices=("cpu", "gpu", "auto"))
+    p.add_argument("--device", default="cpu", choices=device.DEVICES)
+    p.add_argument("--gpu", type=int, default=0, metavar="INDEX", help="the GPU to use with --device gpu or auto (default 0)")
 
 
 def _expected(input_shape: tuple[int, ...]) -> str:
@@ -156,8 +160,11 @@ def main_predict(args: argparse.Namespace) -> int:
         raise BackendUnavailable(f"backend {name!r} is not available: {reason}")
     if args.batch_size < 1:
         raise BenchError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    if args.gpu < 0:
+        raise BenchError(f"--gpu {args.gpu}: valid: a GPU index, 0 or more (nvidia-smi -L lists them)")
     saved = load_neutral(args.model)
     x = read_input(args.input, saved.input_shape)
+    os.environ.update(device.environment(args.device, args.gpu))  # before predict imports the framework
     probabilities = predict(saved, name, x, args.batch_size, args.device)
     classes = probabilities.argmax(axis=1)
     if args.probabilities:

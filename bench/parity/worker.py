@@ -44,6 +44,9 @@ class ParitySettings:
     batch: Batch
     epsilon: float
     mode: str
+    device: str = "cpu"
+    """The ladder runs on the CPU: its tolerances are fp32's, which a GPU's TF32 or kernels need not meet."""
+    gpu: int = 0
 
 
 def _measure(backend: Backend, settings: ParitySettings, job: Job) -> Measured:
@@ -111,7 +114,7 @@ def serve(conn, backend_name: str, settings: ParitySettings) -> None:
     """The worker process, isolated already: load and set up the backend, then answer requests until None."""
     try:
         backend = backends.load(backend_name)
-        info = backend.setup(settings.threads, "cpu")
+        info = backend.setup(settings.threads, settings.device)
     except (BenchError, Unsupported) as exc:  # not installed, or no such device here: the backend is skipped
         conn.send(Message(Kind.UNAVAILABLE, str(exc)))
         return

@@ -135,6 +135,13 @@ class ResultRecord(BaseModel):
     threads: int | None = _field("Intra-op threads the suite gave every backend")
     cpu_set: list[int] | None = _field("CPU cores the worker was pinned to")
     device: str | None = _field("Device the backend ran on, as the framework names it")
+    device_kind: str | None = _field("cpu or gpu: where the cell ran (backends/device.py; the NumPy reference: cpu only)")
+    device_environment: dict[str, str] | None = _field(
+        "What the worker's environment was given before its framework loaded: the one visible GPU "
+        "(CUDA_VISIBLE_DEVICES), TF memory growth, JAX preallocation off (backends/device.py environment)")
+    fresh_worker_per_cell: bool | None = _field(
+        "The cell ran in a worker started for it alone: on a GPU, for a framework that cannot reset its "
+        "peak-memory reading (JAX)")
     backend_threads: dict[str, int | str] | None = _field("Thread pools as the framework reports them")
     framework_versions: dict[str, str] | None = _field("Versions of the framework's packages in the worker")
     worker_pid: int | None = _field("Process id of the worker that ran the cell")
@@ -179,10 +186,15 @@ class ResultRecord(BaseModel):
     cpu_seconds_per_sample: float | None = _field("CPU seconds of the worker's work per training sample over the "
                                                   "throughput windows' epochs only (no validation, no RSS sampler)")
     time_to_target_seconds: float | None = _field("Training seconds until validation accuracy reached the target")
-    device_seconds: float | None = _field("Device (GPU) time of the timed epochs")
-    device_time_method: str | None = _field("How device time was measured")
+    device_seconds: float | None = _field("Device (GPU) time of the timed epochs (None on the CPU: device_time_method says why)")
+    device_time_method: str | None = _field("How device time was measured, or why there is none ('not recorded' in "
+                                            "records written before every backend said)")
     achieved_gflops: float | None = _field("Training FLOP rate, GFLOP/s")
-    peak_fraction: float | None = _field("achieved_gflops over the machine's measured matmul peak")
+    peak_fraction: float | None = _field("achieved_gflops over peak_gflops: the matmul peak of the cell's own device "
+                                         "and precision")
+    peak_gflops: float | None = _field("The matmul peak peak_fraction divides by: on a GPU the engine's at the cell's "
+                                       "precision, measured once per run; on the CPU the NumPy fp32 peak")
+    peak_method: str | None = _field("How peak_gflops was measured")
 
     # evaluation and memory
     test_loss: float | None = _field("Loss on the test split")
@@ -195,8 +207,11 @@ class ResultRecord(BaseModel):
     inference_remeasured: int | None = _field("Inference windows measured again because other load disturbed them")
     inference_batch_size: int | None = _field("Rows per prediction batch (the test split's size when smaller)")
     peak_rss_bytes: int | None = _field("Peak resident memory of the worker while training")
-    peak_device_bytes: int | None = _field("Peak device memory while training (None on CPU)")
+    peak_device_bytes: int | None = _field("Peak device memory while training (None on the CPU: "
+                                           "device_memory_method says why); host memory is peak_rss_bytes")
     memory_method: str | None = _field("How host and device memory were measured")
+    device_memory_method: str | None = _field("How peak_device_bytes was read and over what span, or why there is "
+                                              "none ('not recorded' in records written before every backend said)")
     duration_seconds: float | None = _field("Wall seconds the whole cell took, set-up to evaluation")
     # measurement windows, load and phases (bench/measure/throughput.py, bench/measure/load.py, bench/results/phases.py)
     min_window_seconds: float | None = _field("The shortest throughput window asked for (--min-window)")
@@ -226,6 +241,8 @@ class ResultRecord(BaseModel):
                                 "unique graphs; None where the mode compiles nothing)")
     graph_breaks: int | None = _field("Graph breaks inside the compiled training step (0: one graph)")
     graph_break_reasons: list[str] | None = _field("Why each graph break happened, as the compiler says it")
+    cudagraphs: str | None = _field("torch compiled-cudagraphs: 'used', or 'skipped: ' and inductor's reason "
+                                    "(None in every other mode and on the CPU)")
     converged: bool | None = _field("False when the training budget was too short to converge (bench/measure/harness.py)")
     convergence_note: str | None = _field("Why a cell counts as not converged")
     worker_setup_seconds: float | None = _field("Seconds the worker took to import and set up its framework")

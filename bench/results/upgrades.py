@@ -12,8 +12,8 @@ only when an existing field changes meaning or type (record.py's rule), so readi
 as the current version would misread it rather than miss a field.
 
 Optional fields join the schema without a bump, so a record of any version may lack one; where
-that absence meant a value (the cell trained before the axis existed, at what is now its default),
-``ABSENT_MEANS`` says so.
+that absence meant a value (the cell trained before the axis existed, at what is now its default,
+or a method a record did not yet state), ``ABSENT_MEANS`` says so.
 """
 
 from __future__ import annotations
@@ -45,11 +45,15 @@ STEPS: dict[int, Callable[[dict], dict]] = {1: _from_v1}
 """The step from each version to the next; one entry per version before ``SCHEMA_VERSION``."""
 
 _DEFAULT = TrainSpec()
+NOT_RECORDED = "not recorded"
 ABSENT_MEANS: dict[str, str] = {
     "augment": _DEFAULT.augment.label,  # before augmentation existed, every cell trained plain
     "semantics_policy": _DEFAULT.semantics,  # before policies existed, every cell ran harmonised
+    "device_time_method": NOT_RECORDED,  # before every backend said how (or why not), CPU cells said nothing
+    "device_memory_method": NOT_RECORDED,
 }
-"""Optional fields whose absence (or null) in a record of any version means a value: the axis's default."""
+"""Optional fields whose absence (or null) in a record of any version means a value: the axis's default,
+or for a method field, that the record did not say."""
 
 
 def stored_version(stored: dict) -> int:

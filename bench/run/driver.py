@@ -24,7 +24,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from backends import compile_cache
+import backends
+from backends import compile_cache, device
+from bench.measure.peaks import MatmulPeaks
 from bench.results.record import ResultRecord
 from bench.results.store import RunStore
 from bench.run import code_identity, environment, executors, fingerprint, grid
@@ -87,6 +89,10 @@ def main_run(args: argparse.Namespace) -> int:
     cpu_set = worker_cpu_set(args.threads)
     threads = len(cpu_set)
     executors.check(args)
+    engines = [backends.REGISTRY[name].engine for name in backend_names if backends.unavailable_reason(name) is None]
+    placement = device.resolve(args.device, args.gpu, engines, sweep.precisions)  # --device gpu without one: exit 2 here
+    if placement.note:
+        console.print(placement.note, markup=False, highlight=False)
     identity = fingerprint.describe(sweep, backend_names, data, threads, args.device)
     code = code_identity.current()
     store = RunStore(out)
@@ -105,10 +111,12 @@ def main_run(args: argparse.Namespace) -> int:
                           f"{out} (their environment lacks its run token): left alone", markup=False, highlight=False)
         fingerprint.record(store, identity, code, args)
         env = environment.capture(args.argv, threads, list(cpu_set), _settings(sweep, backend_names), fairness_rules())
-        store.write_environment(env | {"executor": args.executor, "fingerprint": fingerprint.digest(identity)})
+        store.write_environment(env | {"executor": args.executor, "fingerprint": fingerprint.digest(identity),
+                                       "device": placement.describe(args.device)})
+        peaks = MatmulPeaks.of(env["matmul_peak_gflops"], env["matmul_peak_method"], placement.peaks)
         return _sweep(args, sweep, backend_names, data, models, refused, store, lock, code,
-                      WorkerSettings(threads, cpu_set, args.device, sweep.data_dir, sweep.val_split,
-                                     sweep.train_size, sweep.test_size, env["matmul_peak_gflops"],
+                      WorkerSettings(threads, cpu_set, placement.device, sweep.data_dir, sweep.val_split,
+                                     sweep.train_size, sweep.test_size, peaks, placement.gpu,
                                      save_models_in=str(out) if args.save else None,
                                      compile_cache=sweep.compile_cache,
                                      compile_cache_dir=str(compile_cache.folder(sweep.compile_cache, out))))
@@ -118,7 +126,7 @@ def _sweep(args, sweep, backend_names, data, models, refused, store: RunStore, l
            settings: WorkerSettings) -> int:
     """Run what is left of the sweep, then print the summary and write the report (also after Ctrl-C)."""
     out = store.folder
-    cells = grid.cells(sweep, backend_names, models, len(data.x_train), on_gpu=args.device != "cpu")
+    cells = grid.cells(sweep, backend_names, models, len(data.x_train), on_gpu=settings.device == "gpu")
     done = store.finished()
     run_id = out.name
     counts: dict[str, int] = {}

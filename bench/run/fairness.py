@@ -10,6 +10,7 @@ the values as they are when a run starts.
 
 from __future__ import annotations
 
+from backends import device
 from bench.measure import harness, load, throughput, verdicts
 from bench.run.executors import process
 from bench.spec import augment, cell, semantics
@@ -24,6 +25,13 @@ def fairness_rules() -> dict[str, str]:
         "threads": "one worker process per backend, same CPU set and intra-op thread count, one backend at a time; "
                    f"idle OpenMP threads sleep (OMP_WAIT_POLICY={process.OMP_WAIT_POLICY})",
         "timing": f"warm-up (compile) timed apart; {harness.TIMING_METHOD}; eval off the clock",
+        "device": "every worker sees one device, set before its framework loads (CUDA_VISIBLE_DEVICES names its one "
+                  "GPU, --gpu, and none on the CPU; "
+                  + ", ".join(f"{k}={v}" for k, v in device.environment("gpu").items() if k != "CUDA_VISIBLE_DEVICES")
+                  + "); never a mix of CPU and GPU cells in one run; device "
+                  "time from CUDA events (torch) or the wall clock between explicit syncs (JAX, TensorFlow); peak "
+                  "device memory reset before each cell (JAX cannot reset: a fresh worker per cell); peak_fraction "
+                  "against the matmul peak of the cell's own device and precision",
         "augmentation": "random parameters drawn in NumPy from the seed before each epoch; each backend transforms "
                         f"natively inside its step; {augment.INTERPOLATION} interpolation, {augment.FILL} fill; "
                         f"order {augment.ORDER}",

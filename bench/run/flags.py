@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 import backends
-from backends import compile_cache
+from backends import compile_cache, device
 from bench.errors import BenchError
 from bench.run import fingerprint, grid
 from bench.run.executors import DEFAULT_EXECUTOR, EXECUTORS
@@ -102,7 +102,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                                            "(default warm: kept across cells and runs; cold: emptied before each cell, "
                                            "then the first step timed again from them; off: disabled)")
     p.add_argument("--threads", type=int, help="intra-op threads and CPU-set size for every backend (default: all cores)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "gpu", "auto"))
+    p.add_argument("--device", default="cpu", choices=device.DEVICES,
+                   help="cpu (default), gpu (an error where the machine or a selected framework's build cannot use "
+                        "one), or auto (the GPU where every selected framework can use it, else the CPU for all)")
+    p.add_argument("--gpu", type=int, default=0, metavar="INDEX",
+                   help="the GPU every worker sees (CUDA_VISIBLE_DEVICES; default 0), with --device gpu or auto")
     p.add_argument("--cell-timeout", type=float,
                    help="seconds a cell may run, from when it starts (worker start-up not counted) (default: none)")
     p.add_argument("--out", type=Path, help="run folder (default: runs/<date-time>); rerun into it to resume")
@@ -123,6 +127,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 def _check_run_flags(args: argparse.Namespace) -> None:
     """The run flags that are not sweep settings."""
     worker_cpu_set(args.threads)  # refuses more threads than this process has cores
+    if args.gpu < 0:
+        raise BenchError(f"--gpu {args.gpu}: valid: a GPU index, 0 or more (nvidia-smi -L lists them)")
     if args.cell_timeout is not None and not (math.isfinite(args.cell_timeout) and args.cell_timeout > 0):
         raise BenchError(f"--cell-timeout {args.cell_timeout}: valid: a finite number of seconds > 0")
 

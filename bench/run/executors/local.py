@@ -6,7 +6,9 @@ framework is imported); it records what it got. A worker that crashes or outruns
 is killed and replaced; its cell is recorded as failed or timeout and the sweep goes on. A worker
 that dies while starting is started again (``STARTUP_ATTEMPTS``) before its cells are recorded
 failed. A cell's clock starts when the worker says the cell began (framework imported, dataset
-loaded), so ``cell_timeout`` never counts a fresh worker's start-up.
+loaded), so ``cell_timeout`` never counts a fresh worker's start-up. A worker whose framework cannot
+reset its peak device memory (JAX on a GPU) says so when ready and runs one cell only, so each of
+its cells' readings is that cell's (docs/architecture.md, "Devices").
 
 The process plumbing (spawn, isolation, parent death, messages) is ``process.py``'s; this module is
 the scheduling and the cell loop a sweep worker runs (docs/architecture.md, "Run lifecycle").
@@ -24,11 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import backends
-from backends import compile_cache
+from backends import compile_cache, device
 from backends.base import Unsupported
 from bench.errors import BenchError
 from bench.measure.harness import run_cell
 from bench.measure.load import usable_cores
+from bench.measure.peaks import MatmulPeaks
 from bench.models.saved import save_trained_model
 from bench.results.record import ResultRecord, Status
 from bench.run.executors.process import STARTUP_TIMEOUT, Kind, Message, Worker, WorkerWatch
@@ -44,11 +47,15 @@ class WorkerSettings:
     threads: int
     cpu_set: tuple[int, ...]
     device: str
+    """``cpu`` or ``gpu``: resolved by the driver before anything is written (backends/device.py ``resolve``)."""
     data_dir: str | None
     val_split: float
     train_size: int | None
     test_size: int | None
-    peak_gflops: float | None
+    peaks: MatmulPeaks = MatmulPeaks()
+    """The run's matmul peaks, per device and precision (bench/measure/peaks.py)."""
+    gpu: int = 0
+    """The one GPU the worker sees (``--gpu``; under Ray, the one Ray gave the task)."""
     save_models_in: str | None = None
     """Run folder under whose ``models/`` each ok cell's trained model is saved (``bench run --save``)."""
     compile_cache: str = compile_cache.POLICIES[0]
@@ -80,6 +87,9 @@ def _worker_main(conn, backend_name: str, settings: WorkerSettings) -> None:
         "worker_pid": os.getpid(),
         "host": socket.gethostname(),
         "niceness": os.nice(0) if hasattr(os, "nice") else None,  # a deprioritised worker measures less
+        "device_kind": "gpu" if backend.on_gpu else "cpu",
+        "device_environment": {name: os.environ.get(name, "") for name in device.environment(settings.device)},
+        "fresh_worker_per_cell": backend.fresh_worker_per_cell,
         "worker_setup_seconds": time.perf_counter() - started,  # framework import and setup, once per worker
     }
     conn.send(Message(Kind.READY, facts))
@@ -94,7 +104,7 @@ def _worker_main(conn, backend_name: str, settings: WorkerSettings) -> None:
                     cell.dataset, settings.data_dir, settings.val_split, settings.train_size, settings.test_size
                 )
             conn.send(Message(Kind.STARTED))  # the cell's clock starts here, after the data is in memory
-            record = run_cell(backend, cell, datasets[cell.dataset], settings.peak_gflops)
+            record = run_cell(backend, cell, datasets[cell.dataset], settings.peaks)
             if settings.save_models_in and record.status == Status.OK:  # after evaluation, off the clock
                 model = cell.model.resolve(cell.train.activation)
                 saved = save_trained_model(backend, record.to_json_dict() | facts, model, Path(settings.save_models_in))
@@ -179,6 +189,9 @@ def run_sweep(
                     on_cell_start(cell, worker.pid)
                 record, alive = worker.run(cell, cell_timeout)
                 record_sink(record)
+                if alive and worker.facts.get("fresh_worker_per_cell"):
+                    worker.stop()
+                    alive = False
                 if not alive:
                     worker = None
         except BaseException:

@@ -4,8 +4,9 @@ Frameworks never share a process (their thread pools and allocators would interf
 (``local.py``, ``ray.py``) and the parity ladder (``bench/parity/worker.py``) both run a backend in
 a ``Worker`` built here. Every worker is started the same way: a fresh spawned interpreter (no
 framework state inherited) that first makes the kernel kill it with its parent
-(``die_with_parent``), then pins itself to its CPU set and caps every thread pool (``isolate``),
-and only then runs its ``main``, which imports the framework. Whatever a worker says, and whatever
+(``die_with_parent``), then pins itself to its CPU set, caps every thread pool and takes its
+device environment (``isolate``: exactly one GPU visible, or none; backends/device.py), and only
+then runs its ``main``, which imports the framework. Whatever a worker says, and whatever
 the parent concludes when it says nothing (it died, it hung), is one ``Message``.
 
 Workers die with their driver: on Linux the kernel kills them when the driver dies
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
+from backends import device
 from bench.errors import BenchError
 from bench.measure.load import usable_cores
 
@@ -78,10 +80,13 @@ class Message:
 
 
 class Isolation(Protocol):
-    """What every worker's settings carry: the thread count and the CPU set it is pinned to."""
+    """What every worker's settings carry: the thread count, the CPU set it is pinned to, and its
+    device (``cpu`` or ``gpu``, resolved by the driver) with the index of its one GPU."""
 
     threads: int
     cpu_set: tuple[int, ...]
+    device: str
+    gpu: int
 
 
 WorkerMain = Callable[[Any, str, Any], None]
@@ -127,8 +132,9 @@ def worker_cpu_set(threads: int | None = None) -> tuple[int, ...]:
     return cores[:threads]
 
 
-def isolate(threads: int, cpu_set: tuple[int, ...]) -> None:
-    """Pin this process to the shared CPU set and cap every thread pool before a framework loads."""
+def isolate(threads: int, cpu_set: tuple[int, ...], device_environment: Mapping[str, str]) -> None:
+    """Pin this process to the shared CPU set, cap every thread pool and set the device variables
+    (backends/device.py ``environment``) before a framework loads."""
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cpu_set)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
@@ -136,8 +142,7 @@ def isolate(threads: int, cpu_set: tuple[int, ...]) -> None:
     os.environ["OMP_WAIT_POLICY"] = OMP_WAIT_POLICY
     os.environ["TF_NUM_INTEROP_THREADS"] = "1"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # so JAX's device-memory peak means something
-    os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
+    os.environ.update(device_environment)
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -156,7 +161,7 @@ def die_with_parent(parent_pid: int) -> None:
 def _child(main: WorkerMain, conn, backend_name: str, settings: Isolation, parent_pid: int) -> None:
     """Every worker's first steps, in this order, before its ``main`` imports a framework."""
     die_with_parent(parent_pid)
-    isolate(settings.threads, settings.cpu_set)
+    isolate(settings.threads, settings.cpu_set, device.environment(settings.device, settings.gpu))
     main(conn, backend_name, settings)
 
 

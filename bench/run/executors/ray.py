@@ -1,13 +1,15 @@
 """``--executor ray``: fan the sweep's cells out over a Ray cluster, one Ray task per cell.
 
-Each task asks Ray for ``threads`` CPUs (and ``--gpus-per-cell`` GPUs), claims that many cores of
+Each task asks Ray for ``threads`` CPUs (and GPUs: ``--gpus-per-cell``, by default one on a GPU
+run, since Ray hides every GPU from a task that asks for none), claims that many cores of
 its node (per-core lock files, so no two cells on one machine ever share a core, whoever started
 them), and runs its cell in a worker process exactly as the local executor does
 (``local.CellWorker`` on ``process.py``: the same affinity and thread settings applied before the
 framework loads, the same start-up retries, a timeout that starts with the cell, a worker that dies
 with its parent). A Ray worker keeps its last worker process warm for the next cell of the same
 backend, as the local executor keeps one per backend, so frameworks never share a process and are
-not imported once per cell.
+not imported once per cell (except JAX on a GPU, whose peak memory needs a fresh worker per cell).
+The worker sees the GPU Ray gave the task (``ray.get_gpu_ids``) as its one device.
 
 Ray retries a task whose Ray worker or node was lost (``MAX_RETRIES``); records come back as
 cells finish (``ray.wait``) and the driver appends them to the run's one store. Without
@@ -167,14 +169,17 @@ def _run_cell_task(cell: Cell, settings: WorkerSettings, cell_timeout: float | N
     import ray
 
     with claim_cores(settings.threads) as cpu_set:
-        local = replace(settings, cpu_set=cpu_set)
-        key = (cell.backend, local, tuple(ray.get_gpu_ids()))
+        given = ray.get_gpu_ids()
+        local = replace(settings, cpu_set=cpu_set, gpu=int(given[0]) if given else settings.gpu)
+        key = (cell.backend, local, tuple(given))
         worker, failure = _worker_for(key, local)
         if worker is None:
             return ResultRecord.for_cell(cell, **failure)
         record, alive = worker.run(cell, cell_timeout)
-        if alive:
+        if alive and not worker.facts.get("fresh_worker_per_cell"):
             _warm[key] = worker
+        elif alive:
+            worker.stop()
         return record
 
 
@@ -192,6 +197,14 @@ def _lost(cell: Cell, exc: Exception) -> ResultRecord:
                                  traceback=str(exc))
 
 
+def gpus_per_cell(requested: float | None, device: str) -> float:
+    """GPUs each task asks Ray for: ``--gpus-per-cell`` where given, else one on a GPU run and none on
+    the CPU (Ray hides the GPUs from a task that asks for none, so a GPU run needs at least a share)."""
+    if requested is not None:
+        return requested
+    return 1.0 if device == "gpu" else 0.0
+
+
 def run_sweep(
     grid: list[Cell],
     settings: WorkerSettings,
@@ -199,7 +212,7 @@ def run_sweep(
     done: set[tuple[str, int]] = frozenset(),
     cell_timeout: float | None = None,
     address: str | None = None,
-    gpus_per_cell: float = 0.0,
+    gpus: float = 0.0,
 ) -> None:
     """Run every cell not in ``done`` as a Ray task and hand each record to ``record_sink`` as it arrives."""
     require()
@@ -215,7 +228,7 @@ def run_sweep(
         os.environ.setdefault(WORKER_NICENESS, "0")  # read by the raylet this starts
         ray.init(num_cpus=len(settings.cpu_set), include_dashboard=False, runtime_env=_runtime_env(),
                  logging_level=logging.WARNING)
-    task = ray.remote(_run_cell_task).options(num_cpus=settings.threads, num_gpus=gpus_per_cell, max_retries=MAX_RETRIES)
+    task = ray.remote(_run_cell_task).options(num_cpus=settings.threads, num_gpus=gpus, max_retries=MAX_RETRIES)
     cells = {task.remote(cell, settings, cell_timeout): cell for cell in todo}
     pending = list(cells)
     try:
@@ -240,13 +253,14 @@ class RayExecutor:
     description = "one Ray task per cell"
     flags: dict[str, dict] = {
         "--ray-address": {"help": "Ray cluster to join (e.g. auto, or HOST:6379); default: start a local Ray"},
-        "--gpus-per-cell": {"type": float, "default": 0.0, "help": "GPUs each Ray task requests (--executor ray)"},
+        "--gpus-per-cell": {"type": float, "default": None,
+                            "help": "GPUs each Ray task requests (--executor ray; default 1 with --device gpu, else 0)"},
     }
 
     def check(self, options: argparse.Namespace) -> None:
         """Ray installed, a sane GPU request, and the cluster of ``--ray-address`` answering, before anything is written."""
         require()
-        if not (math.isfinite(options.gpus_per_cell) and options.gpus_per_cell >= 0):
+        if options.gpus_per_cell is not None and not (math.isfinite(options.gpus_per_cell) and options.gpus_per_cell >= 0):
             raise BenchError(f"--gpus-per-cell must be a finite number, 0 or more, got {options.gpus_per_cell:g}")
         if options.ray_address is not None:
             reach(options.ray_address)
@@ -254,4 +268,5 @@ class RayExecutor:
     def run(self, cells: list[Cell], settings: WorkerSettings, sink: Callable[[ResultRecord], None],
             done: set[tuple[str, int]], options: argparse.Namespace, watch: WorkerWatch) -> None:
         """``watch`` is unused: the worker processes are children of Ray's workers, not of this driver."""
-        run_sweep(cells, settings, sink, done, options.cell_timeout, options.ray_address, options.gpus_per_cell)
+        run_sweep(cells, settings, sink, done, options.cell_timeout, options.ray_address,
+                  gpus_per_cell(options.gpus_per_cell, settings.device))
