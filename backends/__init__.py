@@ -150,6 +150,8 @@ def load(name: str):
         raise BackendUnavailable(f"backend {entry.name!r} unavailable: {reason}")
     try:
         module = importlib.import_module(entry.module)
+    except BackendUnavailable:  # available, but not in this process (backends/keras_engine.py)
+        raise
     except Exception as exc:  # an installed framework whose import raises, whatever it raises, is broken
         raise BackendBroken(f"backend {entry.name!r} is installed but does not import: "
                             f"{type(exc).__name__}: {exc}") from exc

@@ -4,7 +4,7 @@ Keras reads ``KERAS_BACKEND`` when it is first imported and cannot change engine
 Keras adapter (``keras_backend`` on TensorFlow, ``keras_jax_backend``, ``keras_torch_backend``)
 calls ``start`` at the top of its module, before it imports ``keras_base``. Workers are fresh
 spawned processes (bench/run/executors/process.py) that import one adapter by name, so each gets
-its engine; a process where Keras already runs on another engine is refused with an ImportError,
+its engine; a process where Keras already runs on another engine is refused (``EngineTaken``),
 never silently measured on the wrong one (docs/architecture.md, "Keras engines").
 """
 
@@ -15,6 +15,13 @@ import sys
 from types import ModuleType
 
 from backends import REGISTRY
+from bench.errors import BackendUnavailable
+
+
+class EngineTaken(BackendUnavailable, ImportError):
+    """Keras already runs on another engine in this process: the backend is unavailable *here* (a
+    fresh process has it), not broken, so ``backends.load`` lets it through as unavailable; an
+    ImportError too, because it is raised while the adapter's module is imported."""
 
 
 def start(backend_name: str) -> ModuleType:
@@ -27,6 +34,6 @@ def start(backend_name: str) -> ModuleType:
 
     running = keras.backend.backend()
     if running != engine:
-        raise ImportError(f"keras is already running on {running!r} in this process; the {backend_name} backend "
+        raise EngineTaken(f"keras is already running on {running!r} in this process; the {backend_name} backend "
                           f"needs Keras on {engine!r}, in a fresh process (KERAS_BACKEND={engine})")
     return keras
