@@ -62,9 +62,9 @@ def _jitted_logits(net: SpecNet, has_bn: bool) -> Callable:
     return jax.jit(logits)
 
 
-def layer_scope(index: int) -> str:
-    """Linen scope name of spec layer ``index``: the bridge between the spec and the pytrees."""
-    return f"layer_{index}"
+def layer_scope(path: str) -> str:
+    """Linen scope name of the spec layer at ``path`` (``ParamSpec.layer``): the bridge between the spec and the pytrees."""
+    return f"layer_{path}"
 
 
 def _activate(net: SpecNet, name: str, x: jax.Array) -> jax.Array:
@@ -112,7 +112,7 @@ class SpecNet(nn.Module):
     def __call__(self, x: jax.Array, training: bool) -> jax.Array:
         x = x.astype(self.dtype)
         for i, layer in enumerate(self.layers):
-            x = JaxBackend.translate("layer", layer.type)(self, layer, layer_scope(i), x, training)
+            x = JaxBackend.translate("layer", layer.type)(self, layer, layer_scope(str(i)), x, training)
         return x.astype(jnp.float32)  # logits and loss always in fp32
 
 

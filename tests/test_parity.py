@@ -239,7 +239,7 @@ def test_cli_runs_the_ladder_and_returns_its_status(capsys):
 @pytest.mark.parametrize(
     "argv,named",
     [
-        (["--models", "nosuch"], "mlp, mlp_bn, mlp_dropout, cnn, all"),
+        (["--models", "nosuch"], "mlp, mlp_bn, mlp_dropout, cnn, resnet, vit, all"),
         (["--backend", "nosuch"], "torch, tf, jax, keras-jax, keras-torch, numpy, all, keras"),
         (["--optimizers", "x"], "sgd, momentum, rmsprop, adam, all"),
         (["--activations", "relu,x"], "relu, leaky_relu, tanh, sigmoid, linear, all"),

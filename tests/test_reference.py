@@ -168,7 +168,7 @@ def test_dropout_scales_kept_units_and_eval_mode_ignores_it():
     net = R.Network(model, TrainSpec(), (4,), 2)
     net.set_weights([np.ones((4, 2)), np.zeros(2)])
     x = np.ones((1, 4))
-    keep = {1: np.array([[True, False, True, False]])}
+    keep = {"1": np.array([[True, False, True, False]])}
     assert net.forward(x, training=True, masks=keep).logits[0, 0] == 4.0  # two kept units, each x2
     assert net.forward(x, training=False).logits[0, 0] == 4.0  # all four, unscaled
     with pytest.raises(ValueError, match="keep-mask"):

@@ -17,7 +17,7 @@ from bench.parity import equivalence
 from bench.parity.ladder import PARITY_EPSILON
 from bench.parity.render import render
 from bench.parity.runner import run_parity
-from bench.spec.model import ACTIVATIONS, LOSSES, OPTIMIZERS, SEED_MODELS
+from bench.spec.model import ACTIVATIONS, BUILTIN_MODELS, LOSSES, OPTIMIZERS, SEED_MODELS
 
 
 def _choices(flag: str, values: list[str] | None, valid: list[str], default: list[str]) -> list[str]:
@@ -52,7 +52,8 @@ def add_parity_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", action="append", help="backend(s) or groups to check, comma-separated or repeated "
                         f"(default: all = {', '.join(backends.FRAMEWORK_BACKENDS)}; keras = {', '.join(backends.GROUPS['keras'])}; "
                         "'numpy' checks the oracle against itself)")
-    parser.add_argument("--models", action="append", help=f"default: all ({', '.join(SEED_MODELS)})")
+    parser.add_argument("--models", action="append", help=f"default: the seed models ({', '.join(SEED_MODELS)}); "
+                        f"also: {', '.join(m for m in BUILTIN_MODELS if m not in SEED_MODELS)}")
     parser.add_argument("--optimizers", action="append", help=f"default: all ({', '.join(OPTIMIZERS)})")
     parser.add_argument("--activations", action="append", help=f"default: all ({', '.join(ACTIVATIONS)})")
     parser.add_argument("--losses", action="append", help=f"losses for the loss and gradient rungs (default: cce; all = {', '.join(LOSSES)})")
@@ -69,7 +70,7 @@ def main_parity(args: argparse.Namespace) -> int:
     """Validate the options, run the ladder and print it; exit status 1 on any failure."""
     selection = dict(
         backend_names=_backend_names(args.backend),
-        models=_choices("--models", args.models, list(SEED_MODELS), list(SEED_MODELS)),
+        models=_choices("--models", args.models, list(BUILTIN_MODELS), list(SEED_MODELS)),
         optimizers=_choices("--optimizers", args.optimizers, list(OPTIMIZERS), list(OPTIMIZERS)),
         activations=_choices("--activations", args.activations, list(ACTIVATIONS), list(ACTIVATIONS)),
         losses=_choices("--losses", args.losses, list(LOSSES), ["cce"]),

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.spec.model import SEED_MODELS, Conv2D, MaxPool2D
+from bench.spec.model import BUILTIN_MODELS, Conv2D, MaxPool2D
 from bench.spec.rules import Rules
 
 REL_FLOOR = 1e-2
@@ -42,7 +42,7 @@ ADAPTIVE = ("rmsprop", "adam")
 
 
 def is_convolutional(model: str) -> bool:
-    return any(isinstance(layer, (Conv2D, MaxPool2D)) for layer in SEED_MODELS[model].layers)
+    return any(isinstance(layer, (Conv2D, MaxPool2D)) for layer in BUILTIN_MODELS[model].layers)
 
 
 @dataclass(frozen=True)

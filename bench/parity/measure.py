@@ -19,7 +19,7 @@ from bench.parity.ladder import BATCH, INPUT_SHAPE, N_ROWS, N_STEPS, NUM_CLASSES
 from bench.parity.plan import Job, training_model
 from bench.reference.optimizer import Optimizer
 from bench.spec.data import epoch_batches, load_dataset
-from bench.spec.model import SEED_MODELS
+from bench.spec.model import BUILTIN_MODELS
 from bench.spec.rules import CANONICAL, Rules
 from bench.spec.shapes import param_specs
 from bench.spec.train import TrainSpec
@@ -67,7 +67,7 @@ def job_train(job: Job, epsilon: float = PARITY_EPSILON, mode: str = "default") 
 
 def measure(backend: Backend, job: Job, batch: Batch, epsilon: float = PARITY_EPSILON, mode: str = "default") -> Measured:
     """Run one job: build, set_weights, logits, loss and gradients, steps, get_weights."""
-    model = SEED_MODELS[job.model].resolve(job.activation)
+    model = BUILTIN_MODELS[job.model].resolve(job.activation)
     train = job_train(job, epsilon, mode)
     weights = canonical_weights(model, INPUT_SHAPE, NUM_CLASSES, WEIGHT_SEED)
     x, y = batch.x[:BATCH], batch.y[:BATCH]
@@ -122,7 +122,7 @@ class Oracle:
         """The trainable weights after one step of the oracle's update rule (``rules``) from the
         canonical weights, fed ``gradients`` (a backend's own): what that backend's first step must give
         if its optimizer is right, whatever the rounding of its gradients."""
-        model = training_model(SEED_MODELS[job.model].resolve(job.activation))
+        model = training_model(BUILTIN_MODELS[job.model].resolve(job.activation))
         specs = param_specs(model, INPUT_SHAPE, NUM_CLASSES)
         params = [np.array(w, np.float64) for w in canonical_weights(model, INPUT_SHAPE, NUM_CLASSES, WEIGHT_SEED)]
         trainable = [i for i, spec in enumerate(specs) if spec.trainable]

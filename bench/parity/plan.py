@@ -10,7 +10,7 @@ import itertools
 from dataclasses import dataclass, replace
 
 from bench.parity.ladder import ADAPTIVE, deviations_of, is_convolutional
-from bench.spec.model import SEED_MODELS, BatchNorm, Conv2D, Dense, Dropout, ModelSpec
+from bench.spec.model import BUILTIN_MODELS, BatchNorm, Conv2D, Dense, Dropout, ModelSpec
 from bench.spec.rules import CANONICAL, RULE_OPTIONS, Rules
 
 
@@ -48,7 +48,7 @@ def relevant_rules(rules: Rules, job: Job) -> Rules:
     used = {
         "rmsprop_eps": job.optimizer == "rmsprop",
         "adam_eps": job.optimizer == "adam",
-        "bn_running_variance": SEED_MODELS[job.model].has_batchnorm,
+        "bn_running_variance": BUILTIN_MODELS[job.model].has_batchnorm,
         "leaky_relu_grad_at_zero": job.activation == "leaky_relu",
         "momentum_form": job.optimizer == "momentum",
     }
@@ -71,7 +71,7 @@ def not_compared(job: Job) -> set[str]:
     """Parameter keys the deviation ``bias_before_batchnorm`` leaves out of its rungs."""
     if job.optimizer not in ADAPTIVE:
         return set()
-    layers = SEED_MODELS[job.model].layers
+    layers = BUILTIN_MODELS[job.model].layers
     return {
         key
         for i, (layer, after) in enumerate(itertools.pairwise(layers))

@@ -48,6 +48,7 @@ _DEFAULT = TrainSpec()
 ABSENT_MEANS: dict[str, str] = {
     "augment": _DEFAULT.augment.label,  # before augmentation existed, every cell trained plain
     "semantics_policy": _DEFAULT.semantics,  # before policies existed, every cell ran harmonised
+    "schedule": _DEFAULT.schedule,  # before schedules existed, every cell trained at a constant rate
 }
 """Optional fields whose absence (or null) in a record of any version means a value: the axis's default."""
 
