@@ -86,7 +86,7 @@ CASES = {
     "backend typo": Case(f"{SMALL} --backend jaxx", "unknown backend 'jaxx' (did you mean 'jax'?)"),
     "unknown model": Case(f"{SMALL} --models xyz", "--models: unknown model 'xyz'; valid: mlp, mlp_bn, mlp_dropout, cnn, resnet, vit"),
     "model typo": Case(f"{SMALL} --models mpl", "unknown model 'mpl' (did you mean 'mlp'?)"),
-    "unknown optimizer": Case(f"{SMALL} --optimizers adagrad", "unknown optimizer 'adagrad'; valid: sgd, momentum, rmsprop, adam"),
+    "unknown optimizer": Case(f"{SMALL} --optimizers adagrad", "unknown optimizer 'adagrad'; valid: sgd, momentum, rmsprop, adam, adamw"),
     "optimizer typo": Case(f"{SMALL} --optimizers adma", "--optimizers: unknown optimizer 'adma' (did you mean 'adam'?)"),
     "unknown activation": Case(f"{SMALL} --activations gelu", "unknown activation 'gelu'"),
     "activation typo": Case(f"{SMALL} --activations rleu", "(did you mean 'relu'?)"),

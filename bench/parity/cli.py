@@ -18,6 +18,7 @@ from bench.parity.ladder import PARITY_EPSILON
 from bench.parity.render import render
 from bench.parity.runner import run_parity
 from bench.spec.model import ACTIVATIONS, BUILTIN_MODELS, LOSSES, OPTIMIZERS, SEED_MODELS
+from bench.spec.train import SCHEDULES
 
 
 def _choices(flag: str, values: list[str] | None, valid: list[str], default: list[str]) -> list[str]:
@@ -42,6 +43,12 @@ def _backend_names(values: list[str] | None) -> list[str]:
     return backends.expand(items)
 
 
+def _schedule(value: str | None) -> str:
+    if value is not None and value not in SCHEDULES:
+        raise BenchError(f"--schedule: {unknown('schedule', value, SCHEDULES)}")
+    return value or SCHEDULES[0]
+
+
 def _positive(flag: str, value: float) -> float:
     if not value > 0:
         raise BenchError(f"{flag} must be positive, got {value:g}")
@@ -57,6 +64,8 @@ def add_parity_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizers", action="append", help=f"default: all ({', '.join(OPTIMIZERS)})")
     parser.add_argument("--activations", action="append", help=f"default: all ({', '.join(ACTIVATIONS)})")
     parser.add_argument("--losses", action="append", help=f"losses for the loss and gradient rungs (default: cce; all = {', '.join(LOSSES)})")
+    parser.add_argument("--schedule", help=f"learning-rate schedule of the step rungs over their 20 steps: "
+                        f"{', '.join(SCHEDULES)} (default constant)")
     parser.add_argument("--epsilon", type=float, default=PARITY_EPSILON,
                         help=f"RMSprop/Adam epsilon (default {PARITY_EPSILON:g}, why: bench/parity/ladder.py)")
     parser.add_argument("--mode", default="default", help="execution mode of every backend (default: each backend's first)")
@@ -77,6 +86,7 @@ def main_parity(args: argparse.Namespace) -> int:
         epsilon=_positive("--epsilon", args.epsilon),
         seeds=int(_positive("--seeds", args.seeds)),
         epochs=int(_positive("--epochs", args.epochs)),
+        schedule=_schedule(args.schedule),
     )
     console = Console() if sys.stdout.isatty() else Console(width=140)  # files and pipes get whole tables
     with console.status("parity") as status:
