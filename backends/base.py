@@ -141,6 +141,8 @@ class Backend(ABC):
             raise Unsupported("tf32 needs an NVIDIA GPU")
         train = self.native_train(train) if train.semantics == "native" else train
         self.train, self.model = train, model.resolve(train.activation)
+        if self.native:
+            self.model = self.NATIVE.model(self.model)  # the framework's layer defaults where the spec leaves them
         self.input_shape, self.num_classes = tuple(input_shape), num_classes
         self.specs = param_specs(self.model, self.input_shape, num_classes)
         check_image_input(train.augment, self.input_shape)
