@@ -160,7 +160,8 @@ class JaxBackend(Backend):
         dtype, precision = self.PRECISIONS[train.precision]
         for _, layer in walk(self.model.layers):  # an unknown name fails here, naming the valid ones
             self.translate("layer", layer.type)
-            self.translate("activation", getattr(layer, "activation", "linear"))
+            if hasattr(layer, "activation"):
+                self.translate("activation", layer.activation)
         self._net = SpecNet(layers=self.model.layers, leaky_slope=train.leaky_relu_slope, bn_momentum=train.bn_momentum,
                             bn_epsilon=train.bn_epsilon, dtype=dtype, precision=precision)
         by_path = dict(walk(self.model.layers))
