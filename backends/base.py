@@ -34,6 +34,7 @@ from bench.spec.augment import Params, check_image_input
 from bench.spec.losses import loss_value, probabilities
 from bench.spec.model import ModelSpec
 from bench.spec.rules import CANONICAL, Rules
+from bench.spec.schedule import learning_rates, rate_at
 from bench.spec.semantics import HARMONISED_INIT, Native
 from bench.spec.shapes import ParamSpec, param_specs
 from bench.spec.train import TrainSpec
@@ -142,6 +143,8 @@ class Backend(ABC):
             raise Unsupported("tf32 needs an NVIDIA GPU")
         train = self.native_train(train) if train.semantics == "native" else train
         self.train, self.model = train, model.resolve(train.activation)
+        if self.native:
+            self.model = self.NATIVE.model(self.model)  # the framework's layer defaults where the spec leaves them
         self.input_shape, self.num_classes = tuple(input_shape), num_classes
         self.specs = param_specs(self.model, self.input_shape, num_classes)
         check_image_input(train.augment, self.input_shape)
@@ -221,6 +224,7 @@ class Backend(ABC):
         never report an earlier run's losses, and no adapter touches the buffer.
         """
         self._pending: list[Any] = []
+        self._steps_taken = 0
         self._reset_optimizer()
 
     @abstractmethod
@@ -229,9 +233,11 @@ class Backend(ABC):
 
     # -- training --------------------------------------------------------------------------------
     def load_data(self, x: np.ndarray, y: np.ndarray) -> None:
-        """Place the training arrays where the steps read them (once per build, off the clock)."""
+        """Place the training arrays where the steps read them (once per build, off the clock), and
+        compute the rate of every step of the train spec's schedule over them (bench/spec/schedule.py)."""
         self._place_data(x, y)
         self._data_placed = True
+        self.learning_rates = learning_rates(self.train, len(x) // self.train.batch_size)
 
     @abstractmethod
     def _place_data(self, x: np.ndarray, y: np.ndarray) -> None:
@@ -250,12 +256,18 @@ class Backend(ABC):
         if (augment is None) == bool(self._augmentations):
             raise ValueError(f"train_step needs augmentation parameters exactly when the train spec augments "
                              f"(augment={self.train.augment.label!r}, parameters {'missing' if augment is None else 'given'})")
+        self.step_lr = rate_at(self.learning_rates, self._steps_taken)
         self._pending.append(self._step(np.asarray(batch), augment))
+        self._steps_taken += 1
+
+    step_lr: float
+    """The learning rate of the step being dispatched, from the schedule (``learning_rates``, counted from
+    the last ``reset_optimizer``): every adapter feeds its optimizer this value, never a scheduler of its own."""
 
     @abstractmethod
     def _step(self, batch: np.ndarray, augment: Params | None) -> Any:
-        """Dispatch one step (augmenting its images with ``augment`` when given); return its loss as the
-        framework holds it (not read back)."""
+        """Dispatch one step (augmenting its images with ``augment`` when given) at rate ``self.step_lr``;
+        return its loss as the framework holds it (not read back)."""
 
     def _augment(self, x: Any, params: Mapping[str, Any]) -> Any:
         """The train spec's transforms, in order, through this adapter's ``augment`` table.

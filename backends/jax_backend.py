@@ -11,19 +11,23 @@ to get the same functional form.
 Fairness (docs/architecture.md): weights are the canonical NumPy arrays the harness loads, every optimizer,
 BatchNorm and activation hyperparameter is passed from the TrainSpec, matmuls and convolutions run
 at "highest" precision in fp32, the dropout key is folded with the step count so masks change every
-step, and the training arrays live on the device; each step gathers its rows inside the jit.
+step, and the training arrays live on the device; each step gathers its rows inside the jit. Each
+step's learning rate (the spec's schedule, ``Backend.step_lr``) is an argument of that one compiled
+step, never an Optax schedule. The layers themselves, and where each canonical array sits in Flax's
+variables, are backends/jax_layers.py.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import flax
-import flax.linen as nn
 import flax.serialization
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import jaxlib
@@ -31,26 +35,19 @@ import numpy as np
 import optax
 from jax import lax
 
-from backends import REGISTRY, jax_augment, jax_compile_cache, jax_runtime
+from backends import REGISTRY, jax_augment, jax_compile_cache, jax_layers, jax_runtime
 from backends.base import Backend, BackendInfo
+from backends.jax_layers import LEAVES, SpecNet, layer_scope
 from bench.spec.augment import Params
+from bench.spec.model import walk
 from bench.spec.rules import Rules
 from bench.spec.semantics import Native
-from bench.spec.shapes import same_padding
 from bench.spec.train import TrainSpec
 
-Tree = dict[str, dict[str, jax.Array]]
-
-# Canonical parameter name -> (Linen collection, leaf name inside the layer's scope).
-_LEAVES = {
-    "kernel": ("params", "kernel"),
-    "bias": ("params", "bias"),
-    "gamma": ("params", "scale"),
-    "beta": ("params", "bias"),
-    "moving_mean": ("batch_stats", "mean"),
-    "moving_variance": ("batch_stats", "var"),
-}
+Tree = dict[str, Any]
 WEIGHTS_FILE = "model.msgpack"
+
+
 @functools.lru_cache(maxsize=64)
 def _jitted_logits(net: SpecNet, has_bn: bool) -> Callable:
     """One compiled eval forward per distinct network (model, activation, precision): cells that
@@ -62,58 +59,21 @@ def _jitted_logits(net: SpecNet, has_bn: bool) -> Callable:
     return jax.jit(logits)
 
 
-def layer_scope(index: int) -> str:
-    """Linen scope name of spec layer ``index``: the bridge between the spec and the pytrees."""
-    return f"layer_{index}"
+@dataclass(frozen=True)
+class Slot:
+    """One canonical array's place in Flax's variables: collection, flattened keys and Flax's shape."""
 
-
-def _activate(net: SpecNet, name: str, x: jax.Array) -> jax.Array:
-    return JaxBackend.translate("activation", name)(x, net.leaky_slope)
-
-
-def _dense(net: SpecNet, layer, name: str, x: jax.Array, training: bool) -> jax.Array:
-    x = nn.Dense(layer.units, dtype=net.dtype, precision=net.precision, name=name)(x)
-    return _activate(net, layer.activation, x)
-
-
-def _conv(net: SpecNet, layer, name: str, x: jax.Array, training: bool) -> jax.Array:
-    # TF 'same': the extra pixel goes after, spelled out
-    padding: Any = [same_padding(s, layer.kernel, layer.stride) for s in x.shape[1:3]] if layer.padding == "same" else "VALID"
-    x = nn.Conv(layer.filters, (layer.kernel, layer.kernel), strides=(layer.stride, layer.stride), padding=padding,
-                dtype=net.dtype, precision=net.precision, name=name)(x)
-    return _activate(net, layer.activation, x)
-
-
-def _pool(pool: Callable) -> Callable:
-    return lambda net, layer, name, x, training: pool(x, (layer.size,) * 2, strides=(layer.size,) * 2, padding="VALID")
-
-
-def _batchnorm(net: SpecNet, layer, name: str, x: jax.Array, training: bool) -> jax.Array:
-    return nn.BatchNorm(use_running_average=not training, momentum=net.bn_momentum, epsilon=net.bn_epsilon, dtype=net.dtype,
-                        use_fast_variance=False,  # two-pass biased variance, as Keras and the reference
-                        name=name)(x)
+    collection: str
+    keys: tuple[str, ...]
+    shape: tuple[int, ...]
 
 
 def _sgd(t: TrainSpec, momentum: bool) -> list[optax.GradientTransformation]:
     return [optax.trace(decay=t.momentum, nesterov=False)] if momentum else []  # buf = m*buf + g: torch form
 
 
-class SpecNet(nn.Module):
-    """A resolved ModelSpec as one Linen module; every framework default is overridden explicitly."""
-
-    layers: tuple[Any, ...]
-    leaky_slope: float
-    bn_momentum: float  # Keras sense (weight of the old statistic), which is Flax's sense too
-    bn_epsilon: float
-    dtype: Any  # compute dtype: float32, or bfloat16 with float32 parameters
-    precision: lax.Precision
-
-    @nn.compact
-    def __call__(self, x: jax.Array, training: bool) -> jax.Array:
-        x = x.astype(self.dtype)
-        for i, layer in enumerate(self.layers):
-            x = JaxBackend.translate("layer", layer.type)(self, layer, layer_scope(i), x, training)
-        return x.astype(jnp.float32)  # logits and loss always in fp32
+def _adam(t: TrainSpec, rules: Rules) -> list[optax.GradientTransformation]:
+    return [optax.scale_by_adam(b1=t.beta1, b2=t.beta2, eps=t.epsilon, eps_root=0.0)]
 
 
 class JaxBackend(Backend):
@@ -125,31 +85,16 @@ class JaxBackend(Backend):
     RULES = Rules(leaky_relu_grad_at_zero="one")  # jax.nn.leaky_relu is where(x >= 0, x, slope * x)
     NATIVE = Native(
         # optax.adam eps 1e-8; optax.rmsprop decay 0.9, eps 1e-8 inside the root (eps_in_sqrt=True);
-        # flax BatchNorm momentum 0.99, epsilon 1e-5; flax/jax leaky_relu slope 0.01
+        # flax BatchNorm momentum 0.99, epsilon 1e-5; flax/jax leaky_relu slope 0.01; flax LayerNorm epsilon 1e-6
         overrides={"epsilon": 1e-8, "rho": 0.9, "bn_momentum": 0.99, "bn_epsilon": 1e-5, "leaky_relu_slope": 0.01},
         init="lecun_normal",
         rules=Rules(leaky_relu_grad_at_zero="one", rmsprop_eps="inside_sqrt"),
+        layers={"LayerNorm": {"epsilon": 1e-6}},
     )
     PAD_EVAL_BATCHES = True
     TRANSLATIONS = {
-        # layer: (SpecNet, spec layer, scope name, x, training) -> x
-        "layer": {
-            "Flatten": lambda net, layer, name, x, training: x.reshape(x.shape[0], -1),  # NHWC flattens in H, W, C order
-            "Dense": _dense,
-            "Conv2D": _conv,
-            "MaxPool2D": _pool(nn.max_pool),
-            "AvgPool2D": _pool(nn.avg_pool),
-            "BatchNorm": _batchnorm,
-            "Dropout": lambda net, layer, name, x, training: nn.Dropout(layer.rate, deterministic=not training, name=name)(x),
-            "Activation": lambda net, layer, name, x, training: _activate(net, layer.activation, x),
-        },
-        "activation": {
-            "relu": lambda x, slope: nn.relu(x),
-            "leaky_relu": lambda x, slope: nn.leaky_relu(x, negative_slope=slope),
-            "tanh": lambda x, slope: jnp.tanh(x),
-            "sigmoid": lambda x, slope: nn.sigmoid(x),
-            "linear": lambda x, slope: x,
-        },
+        "layer": jax_layers.LAYERS,  # (SpecNet, spec layer, path, x, training) -> x
+        "activation": jax_layers.ACTIVATIONS,
         # loss: (logits, integer labels) -> mean loss, as bench.spec.losses defines it
         "loss": {
             "cce": lambda z, y: optax.softmax_cross_entropy_with_integer_labels(z, y).mean(),
@@ -164,7 +109,8 @@ class JaxBackend(Backend):
             "momentum": lambda t, rules: _sgd(t, momentum=True),
             "rmsprop": lambda t, rules: [optax.scale_by_rms(decay=t.rho, eps=t.epsilon, initial_scale=0.0, bias_correction=False,
                                                             eps_in_sqrt=rules.rmsprop_eps == "inside_sqrt")],
-            "adam": lambda t, rules: [optax.scale_by_adam(b1=t.beta1, b2=t.beta2, eps=t.epsilon, eps_root=0.0)],
+            "adam": _adam,
+            "adamw": _adam,  # its decoupled decay is make_optimizer's, as for every optimizer with weight_decay > 0
         },
         "augment": {
             "hflip": jax_augment.flip(2),
@@ -215,8 +161,15 @@ class JaxBackend(Backend):
     def _build(self) -> None:
         train = self.train
         dtype, precision = self.PRECISIONS[train.precision]
+        for _, layer in walk(self.model.layers):  # an unknown name fails here, naming the valid ones
+            self.translate("layer", layer.type)
+            if hasattr(layer, "activation"):
+                self.translate("activation", layer.activation)
         self._net = SpecNet(layers=self.model.layers, leaky_slope=train.leaky_relu_slope, bn_momentum=train.bn_momentum,
                             bn_epsilon=train.bn_epsilon, dtype=dtype, precision=precision)
+        by_path = dict(walk(self.model.layers))
+        self._slots = [Slot(leaf.collection, (layer_scope(p.layer), *leaf.keys), leaf.native_shape(p.shape, by_path.get(p.layer)))
+                       for p, leaf in ((p, LEAVES[p.name]) for p in self.specs)]
         self._check_layout()
         self._has_bn = self.model.has_batchnorm
         self._loss = self.translate("loss", train.loss)
@@ -233,14 +186,15 @@ class JaxBackend(Backend):
         self._set_weights([np.zeros(p.shape, np.float32) for p in self.specs])  # state exists; the caller loads weights
 
     def _check_layout(self) -> None:
-        """Fail at build, not at the first step, if Flax's parameter tree disagrees with the spec."""
+        """Fail at build, not at the first step, if Flax's variables are not exactly the spec's arrays
+        (every one where ``LEAVES`` puts it, in its Flax shape, and nothing else)."""
         init = functools.partial(self._net.init, training=False)
         shapes = jax.eval_shape(init, jax.random.key(0), jax.ShapeDtypeStruct((1, *self.input_shape), jnp.float32))
-        for p in self.specs:
-            collection, leaf = _LEAVES[p.name]
-            actual = tuple(shapes[collection][layer_scope(p.layer)][leaf].shape)
-            if actual != p.shape:
-                raise AssertionError(f"Flax {collection}/{layer_scope(p.layer)}/{leaf} has shape {actual}, spec {p.shape}")
+        flax_has = {(c, *keys): a.shape for c, tree in shapes.items() for keys, a in flax.traverse_util.flatten_dict(tree).items()}
+        spec_has = {(s.collection, *s.keys): s.shape for s in self._slots}
+        if flax_has != spec_has:
+            differ = sorted(set(flax_has.items()) ^ set(spec_has.items()))
+            raise AssertionError(f"Flax's variables disagree with the spec's arrays at {differ}")
 
     def _compiled_or_eager(self, fn: Callable) -> Callable:
         if self.mode == "jit":
@@ -254,11 +208,10 @@ class JaxBackend(Backend):
 
     # -- weights ---------------------------------------------------------------------------------
     def _set_weights(self, weights: list[np.ndarray]) -> None:
-        trees: dict[str, Tree] = {"params": {}, "batch_stats": {}}
-        for p, w in zip(self.specs, weights):
-            collection, leaf = _LEAVES[p.name]
-            trees[collection].setdefault(layer_scope(p.layer), {})[leaf] = jax.device_put(w, self.device)
-        self._params, self._stats = trees["params"], trees["batch_stats"]
+        flat: dict[str, dict[tuple[str, ...], jax.Array]] = {"params": {}, "batch_stats": {}}
+        for slot, w in zip(self._slots, weights, strict=True):
+            flat[slot.collection][slot.keys] = jax.device_put(w.reshape(slot.shape), self.device)
+        self._params, self._stats = (flax.traverse_util.unflatten_dict(flat[c]) for c in ("params", "batch_stats"))
         self._reset_optimizer()
 
     def _initialise_natively(self) -> None:
@@ -270,12 +223,9 @@ class JaxBackend(Backend):
         self._reset_optimizer()
 
     def get_weights(self) -> list[np.ndarray]:
-        trees = {"params": self._params, "batch_stats": self._stats}
-        out = []
-        for p in self.specs:
-            collection, leaf = _LEAVES[p.name]
-            out.append(np.array(trees[collection][layer_scope(p.layer)][leaf], dtype=np.float32, copy=True))
-        return out
+        flat = {c: flax.traverse_util.flatten_dict(tree) for c, tree in self._native_tree().items()}
+        return [np.array(flat[slot.collection][slot.keys], dtype=np.float32).reshape(p.shape)
+                for p, slot in zip(self.specs, self._slots, strict=True)]
 
     def _reset_optimizer(self) -> None:
         """Fresh Optax state of the same structure, shapes and dtypes, so the compiled step is reused.
@@ -299,13 +249,16 @@ class JaxBackend(Backend):
 
     def _train_step(
         self, params: Tree, stats: Tree, opt_state: Any, step_no: jax.Array, key: jax.Array,
-        x_all: jax.Array, y_all: jax.Array, idx: jax.Array, augment: dict[str, jax.Array] | None,
+        x_all: jax.Array, y_all: jax.Array, idx: jax.Array, lr: jax.Array, augment: dict[str, jax.Array] | None,
     ) -> tuple[Tree, Tree, Any, jax.Array, jax.Array]:
-        """One step; ``augment`` is None or a dict of fixed-shape arrays, so either way it compiles once per cell."""
+        """One step at rate ``lr``; ``augment`` is None or a dict of fixed-shape arrays, so either way it compiles
+        once per cell. The rate is an argument, a traced scalar like the batch indices: the schedule's rate
+        of every step (``Backend.step_lr``) runs through the one compiled step, never retracing it."""
         rng = jax.random.fold_in(key, step_no)  # a new dropout stream every step
         x = x_all[idx] if augment is None else self._augment(x_all[idx], augment)
         (loss, stats), grads = jax.value_and_grad(self._train_loss, has_aux=True)(params, stats, x, y_all[idx], rng)
-        updates, opt_state = self._tx.update(grads, opt_state, params)
+        direction, opt_state = self._tx.update(grads, opt_state, params)
+        updates = jax.tree.map(lambda d: -lr * d, direction)  # what optax.scale_by_learning_rate(lr) does
         return optax.apply_updates(params, updates), stats, opt_state, step_no + 1, loss
 
     def _counted_step(self, *args: Any) -> Any:
@@ -325,7 +278,8 @@ class JaxBackend(Backend):
         self._y = jax.device_put(np.asarray(y, np.int32), self.device)
 
     def _step(self, batch: np.ndarray, augment: Params | None) -> jax.Array:
-        args = (self._params, self._stats, self._opt_state, self._step_no, self._key, self._x, self._y, batch.astype(np.int32), augment)
+        args = (self._params, self._stats, self._opt_state, self._step_no, self._key, self._x, self._y, batch.astype(np.int32),
+                np.float32(self.step_lr), augment)
         if self.mode == "eager":
             with jax.disable_jit():
                 out = self._train_step(*args)
@@ -356,9 +310,9 @@ class JaxBackend(Backend):
             self._params, self._stats, jax.device_put(np.asarray(x, np.float32), self.device),
             jax.device_put(np.asarray(y, np.int32), self.device), key,
         )
-        leaves = (_LEAVES[p.name][1] for p in self.specs if p.trainable)
-        scopes = (layer_scope(p.layer) for p in self.specs if p.trainable)
-        return float(loss), [np.asarray(grads[scope][leaf], dtype=np.float32) for scope, leaf in zip(scopes, leaves)]
+        flat = flax.traverse_util.flatten_dict(grads)
+        return float(loss), [np.asarray(flat[slot.keys], dtype=np.float32).reshape(p.shape)
+                             for p, slot in zip(self.specs, self._slots, strict=True) if p.trainable]
 
     # -- measurement and artifacts ---------------------------------------------------------------
     def compile_cache(self) -> str:
@@ -392,11 +346,14 @@ class JaxBackend(Backend):
 
 
 def make_optimizer(train: TrainSpec, direction: list[optax.GradientTransformation]) -> optax.GradientTransformation:
-    """Optax chain with every hyperparameter explicit; decoupled weight decay before the lr scale.
+    """Optax chain with every hyperparameter explicit: the direction, then decoupled weight decay; the
+    step scales it by -lr_t, the schedule's rate of that step (``JaxBackend._train_step``).
 
-    Equal to optax.sgd / sgd(momentum=) / rmsprop / adam, written as their parts so that weight
-    decay (when on) sits between the direction and the learning rate, as in adamw: the update is
-    -lr * (direction + wd * p) for every optimizer, like Keras' and torch's AdamW decoupled form.
+    Equal to optax.sgd / sgd(momentum=) / rmsprop / adam / adamw, written as their parts so that weight
+    decay (when on) sits between the direction and the learning rate, as in ``optax.adamw``: the update is
+    -lr_t * (direction + wd * p) for every optimizer, i.e. p -= lr_t * wd * p before the direction's step,
+    torch's and Keras' decoupled AdamW form and the oracle's (docs/architecture.md, "Framework rules").
     """
     decay = [optax.add_decayed_weights(train.weight_decay)] if train.weight_decay > 0 else []
-    return optax.chain(*direction, *decay, optax.scale_by_learning_rate(train.lr))
+    parts = [*direction, *decay]
+    return optax.chain(*parts) if parts else optax.identity()  # plain SGD: the gradient itself

@@ -187,11 +187,11 @@ class KerasBase(Backend):
         def act(name: str) -> list[keras.layers.Layer]:
             return self.translate("activation", name)(train.leaky_relu_slope, policy)
 
-        holders: list[keras.layers.Layer | None] = []  # per spec layer: the Keras layer holding its parameters
+        holders: dict[str, keras.layers.Layer | None] = {}  # by ParamSpec.layer path: the Keras layer holding its parameters
         layers: list[keras.layers.Layer] = []
         for index, layer in enumerate(self.model.layers):
             translated = self.translate("layer", layer.type)(layer, index, train, policy, act)
-            holders.append(translated[0] if translated else None)
+            holders[str(index)] = translated[0] if translated else None
             layers += translated
         if policy != "float32":  # logits leave the model in float32, whatever the compute dtype
             layers.append(keras.layers.Activation("linear", dtype="float32"))

@@ -21,6 +21,7 @@ from bench.reference.ops import ACTIVATIONS
 from bench.reference.optimizer import UPDATES
 from bench.spec import augment
 from bench.spec.losses import LOSS_TABLE
+from bench.spec.model import walk
 from bench.spec.rules import CANONICAL, Rules
 
 
@@ -46,8 +47,9 @@ class NumpyBackend(Backend):
             raise Unsupported("the NumPy reference runs on the CPU only")
         if self.train.precision != "fp32":
             raise Unsupported(f"the NumPy reference computes in float64; precision {self.train.precision!r} is not modelled")
-        names = [("layer", layer.type) for layer in self.model.layers] + [("loss", self.train.loss), ("optimizer", self.train.optimizer)]
-        names += [("activation", layer.activation) for layer in self.model.layers if hasattr(layer, "activation")]
+        layers = [layer for _, layer in walk(self.model.layers)]
+        names = [("layer", layer.type) for layer in layers] + [("loss", self.train.loss), ("optimizer", self.train.optimizer)]
+        names += [("activation", layer.activation) for layer in layers if hasattr(layer, "activation")]
         for kind, name in names:
             self.translate(kind, name)
         self.net = reference.Network(self.model, self.train, self.input_shape, self.num_classes, self.RULES)
@@ -71,7 +73,7 @@ class NumpyBackend(Backend):
 
     def _step(self, batch: np.ndarray, params: augment.Params | None) -> float:
         x = self.x[batch] if params is None else self._augment(self.x[batch], params)
-        return reference.train_step(self.net, self.optimizer, x, self.y[batch], self._masks(len(batch), self.rng))
+        return reference.train_step(self.net, self.optimizer, x, self.y[batch], self._masks(len(batch), self.rng), self.step_lr)
 
     def _augmented(self, x: np.ndarray, params: augment.Params) -> np.ndarray:
         return self._augment(x, params)

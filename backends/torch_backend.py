@@ -218,11 +218,11 @@ class TorchBackend(Backend):
         befores = [self.input_shape] + layer_shapes(self.model, self.input_shape, self.num_classes)
         act = self._activation
         modules: list[nn.Module] = []
-        self.owners: dict[int, nn.Module] = {}
+        self.owners: dict[str, nn.Module] = {}  # by ParamSpec.layer path
         for i, layer in enumerate(self.model.layers):
             owner, translated = self.translate("layer", layer.type)(layer, befores[i], act, t)
             if owner is not None:
-                self.owners[i] = owner
+                self.owners[str(i)] = owner
             modules += translated
         self.net = nn.Sequential(*modules).to(self.device)
         self.images = len(self.input_shape) == 3

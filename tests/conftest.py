@@ -68,7 +68,7 @@ def perturbed_weights(model: ModelSpec, shape: tuple[int, ...], seed: int = 3) -
     for spec, w in zip(param_specs(model, shape, 10), weights):
         if spec.name in ("gamma", "moving_variance"):
             w *= rng.uniform(0.5, 1.5, w.shape)
-        elif spec.name != "kernel":
+        elif not spec.name.endswith("kernel"):
             w += rng.normal(0.0, 0.1, w.shape)
     return weights
 

@@ -14,7 +14,7 @@ from bench.run import grid
 from bench.spec.cell import AXES, Cell
 from bench.spec.model import SEED_MODELS
 from bench.spec.semantics import POLICIES
-from bench.spec.train import Augment, TrainSpec
+from bench.spec.train import SCHEDULES, Augment, TrainSpec
 from reports.records import CONFIG_AXES, VARIANT_AXES, config_axes_but
 
 MLP = SEED_MODELS["mlp"]
@@ -57,22 +57,23 @@ def test_a_cells_record_states_every_axis_as_read():
     assert {axis.field: config[axis.field] for axis in AXES} == {
         "backend": "torch", "model": "mlp", "optimizer": "adam", "activation": "relu", "loss": "mse", "batch_size": 128,
         "epochs": 1, "learning_rate": 0.001, "precision": "bf16", "mode": "default", "dataset": "mnist-sample",
-        "semantics_policy": "native", "augment": "crop=4,zoom=0.1"}
+        "semantics_policy": "native", "augment": "crop=4,zoom=0.1", "schedule": "constant"}
 
 
 def test_the_grid_is_the_product_of_every_axis_with_one_id_per_cell():
     augment = [Augment(), Augment(hflip=True)]
     sweep = grid.Sweep(models=["mlp", "mlp_bn"], optimizers=["sgd", "adam"], activations=["relu", "tanh"],
                        losses=["cce", "mse"], batch_sizes=[32, "full"], precisions=["fp32", "bf16"],
-                       modes=["eager", "compiled"], semantics=list(POLICIES), augment=augment, repeats=2)
+                       modes=["eager", "compiled"], semantics=list(POLICIES), augment=augment,
+                       schedules=list(SCHEDULES), repeats=2)
     cells = grid.cells(sweep, ["torch", "numpy"], ["mlp", "mlp_bn"], 500)
-    assert len(cells) == 2 * 2 * 2 ** 9  # backends x repeats x nine axes of two values
+    assert len(cells) == 2 * 2 * 2 ** 10  # backends x repeats x ten axes of two values
     assert len({(c.cell_id, c.repeat) for c in cells}) == len(cells)
     values = {axis.field: {axis.read(c) for c in cells} for axis in AXES}
     assert values["batch_size"] == {32, 500} and values["mode"] == {"eager", "compiled"}
     assert [field for field, seen in values.items() if len(seen) < 2] == ["epochs", "dataset"]  # the learning rate follows the optimizer
     # the product nests in AXES order: the last axis varies fastest, within one backend and repeat
-    first = [tuple(axis.read(c) for axis in AXES) for c in cells[:2 ** 9]]
+    first = [tuple(axis.read(c) for axis in AXES) for c in cells[:2 ** 10]]
     assert first == sorted(first, key=lambda point: [_rank(cells, axis, v) for axis, v in zip(AXES, point)])
 
 
@@ -90,9 +91,9 @@ def test_the_reports_group_by_every_axis_once():
 
 def test_an_axis_left_out_of_the_id_is_only_left_out_at_its_old_value():
     omitted = [axis for axis in AXES if axis.id_omits is not None]
-    assert [axis.field for axis in omitted] == ["semantics_policy", "augment"]
+    assert [axis.field for axis in omitted] == ["semantics_policy", "augment", "schedule"]
     plain = Cell("torch", MLP, TrainSpec(), "mnist-sample")
     assert [axis.read(plain) for axis in omitted] == [axis.id_omits for axis in omitted]
-    for other in itertools.product(POLICIES, [Augment(), Augment(noise=0.1)]):
-        cell = Cell("torch", MLP, TrainSpec(semantics=other[0], augment=other[1]), "mnist-sample")
-        assert cell.cell_id.count("|") == 10 + (other[0] != POLICIES[0]) + other[1].active
+    for policy, augment, schedule in itertools.product(POLICIES, [Augment(), Augment(noise=0.1)], SCHEDULES):
+        cell = Cell("torch", MLP, TrainSpec(semantics=policy, augment=augment, schedule=schedule), "mnist-sample")
+        assert cell.cell_id.count("|") == 10 + (policy != POLICIES[0]) + augment.active + (schedule != SCHEDULES[0])

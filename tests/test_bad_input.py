@@ -84,9 +84,9 @@ CASES = {
     # names, each with what is valid and, for a typo, the likely intent
     "unknown backend": Case(f"{SMALL} --backend mxnet", "--backend: unknown backend 'mxnet'; valid: torch, tf, jax, keras-jax, keras-torch, numpy, all, keras"),
     "backend typo": Case(f"{SMALL} --backend jaxx", "unknown backend 'jaxx' (did you mean 'jax'?)"),
-    "unknown model": Case(f"{SMALL} --models resnet", "--models: unknown model 'resnet'; valid: mlp, mlp_bn, mlp_dropout, cnn"),
+    "unknown model": Case(f"{SMALL} --models xyz", "--models: unknown model 'xyz'; valid: mlp, mlp_bn, mlp_dropout, cnn, resnet, vit"),
     "model typo": Case(f"{SMALL} --models mpl", "unknown model 'mpl' (did you mean 'mlp'?)"),
-    "unknown optimizer": Case(f"{SMALL} --optimizers adagrad", "unknown optimizer 'adagrad'; valid: sgd, momentum, rmsprop, adam"),
+    "unknown optimizer": Case(f"{SMALL} --optimizers adagrad", "unknown optimizer 'adagrad'; valid: sgd, momentum, rmsprop, adam, adamw"),
     "optimizer typo": Case(f"{SMALL} --optimizers adma", "--optimizers: unknown optimizer 'adma' (did you mean 'adam'?)"),
     "unknown activation": Case(f"{SMALL} --activations gelu", "unknown activation 'gelu'"),
     "activation typo": Case(f"{SMALL} --activations rleu", "(did you mean 'relu'?)"),
@@ -163,7 +163,7 @@ CASES = {
                                      "[sweep] modes 'jit': no selected backend (torch) has this execution mode",
                                      {"sweep.toml": '[sweep]\nmodes = ["jit"]\n'}),
     "TOML undefined model": _toml('[sweep]\nmodels = ["tiny", "big"]\n' + MLP_TOML,
-                                  "[sweep] models: unknown model 'big'; valid: mlp, mlp_bn, mlp_dropout, cnn, tiny"),
+                                  "[sweep] models: unknown model 'big'; valid: mlp, mlp_bn, mlp_dropout, cnn, resnet, vit, tiny"),
     "custom model redefines a built-in": _toml('[models.mlp]\nlayers = [{type = "Dense", units = 10}]\n',
                                                "[models.mlp] redefines the built-in model 'mlp'"),
     "unknown key in a model table": _toml(MLP_TOML + 'activation = "relu"\n', "[models.tiny]: unknown key 'activation'"),
@@ -193,7 +193,7 @@ CASES = {
     "compare with nothing in common": Case("compare {tmp}/other {run} --fail-on 0.05", "share no cell", OTHER_RUN),
     "report of a newer record schema": Case("report {tmp}/newer", NEWER_MESSAGE, NEWER_RUN),
     "compare with a newer record schema": Case("compare {run} {tmp}/newer", NEWER_MESSAGE, NEWER_RUN),
-    "parity unknown model": Case("parity --models nosuch", "--models: unknown value 'nosuch'; valid: mlp, mlp_bn, mlp_dropout, cnn, all"),
+    "parity unknown model": Case("parity --models nosuch", "--models: unknown value 'nosuch'; valid: mlp, mlp_bn, mlp_dropout, cnn, resnet, vit, all"),
     "parity unknown backend": Case("parity --backend nosuch", "unknown backend 'nosuch'"),
 }
 

@@ -15,13 +15,14 @@ import pytest
 from backends.numpy_backend import NumpyBackend
 from bench import reference as R
 from bench.measure import training
-from bench.reference import ops
+from bench.reference import network, ops
 from bench.spec.data import epoch_batches, load_dataset
 from bench.spec.losses import loss_gradient
 from bench.spec.losses import loss_value as numpy_loss
 from bench.spec.model import (
     ACTIVATIONS,
     LOSSES,
+    MODERN_MODELS,
     SEED_MODELS,
     Activation,
     AvgPool2D,
@@ -33,8 +34,12 @@ from bench.spec.model import (
     MaxPool2D,
     ModelSpec,
 )
+from bench.spec.schedule import learning_rates
+from bench.spec.shapes import ATTENTION_LAYOUT, attention_scale
 from bench.spec.train import TrainSpec
 from bench.spec.weights import canonical_weights
+from tests.conftest import perturbed_weights
+from tests.layer_models import LAYER_MODELS, LAYER_SHAPE, check_against_oracle
 
 # Every layer type in one small model: 'same' conv with stride 2 on an odd size (asymmetric pad),
 # BatchNorm over a conv output, both pools, dropout, a separate Activation layer.
@@ -168,7 +173,7 @@ def test_dropout_scales_kept_units_and_eval_mode_ignores_it():
     net = R.Network(model, TrainSpec(), (4,), 2)
     net.set_weights([np.ones((4, 2)), np.zeros(2)])
     x = np.ones((1, 4))
-    keep = {1: np.array([[True, False, True, False]])}
+    keep = {"1": np.array([[True, False, True, False]])}
     assert net.forward(x, training=True, masks=keep).logits[0, 0] == 4.0  # two kept units, each x2
     assert net.forward(x, training=False).logits[0, 0] == 4.0  # all four, unscaled
     with pytest.raises(ValueError, match="keep-mask"):
@@ -260,3 +265,134 @@ def test_numpy_backend_trains_digits_and_saves_canonical_arrays(tmp_path):
     assert [k for k in saved] == [f"{s.layer}.{s.name}" for s in backend.net.specs]
     assert all(w.dtype == np.float32 for w in backend.get_weights())
     assert backend.rules() == R.CANONICAL  # the oracle names no deviation
+
+
+# -- the layers of residual nets and transformers ------------------------------------------------------
+def _layer_network(model: ModelSpec, shape: tuple[int, ...], n: int = 3, seed: int = 0, train: TrainSpec | None = None):
+    train = train or TrainSpec()
+    model = model.resolve(train.activation)
+    net = R.Network(model, train, shape, 10)
+    rng = np.random.default_rng(seed)
+    net.set_weights([np.asarray(w, np.float64) for w in perturbed_weights(model, shape, seed)])
+    return net, rng.random((n, *shape)), rng.integers(0, 10, n)
+
+
+@pytest.mark.parametrize("layer", LAYER_MODELS)
+def test_each_new_layers_backward_matches_central_differences(layer):
+    """Every parameter of a small model around the layer (so its input gradient is checked as well)."""
+    net, x, y = _layer_network(LAYER_MODELS[layer], LAYER_SHAPE, train=TrainSpec(activation="tanh"))
+    _, grads, _ = net.loss_and_gradients(x, y)
+    for index, grad in zip(net.trainable, grads, strict=True):
+        expected = _numerical_gradient(net, x, y, None, index)
+        np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-9 * max(1.0, np.abs(expected).max()),
+                                   err_msg=net.specs[index].key)
+
+
+@pytest.mark.parametrize("name", ["resnet", "vit"])
+def test_resnet_and_vit_backward_match_central_differences(name):
+    """Whole models at full size on two images: three entries of every trainable array, chosen at random."""
+    net, x, y = _layer_network(MODERN_MODELS[name], (28, 28, 1), n=2, seed=1)
+    _, grads, _ = net.loss_and_gradients(x, y)
+    rng = np.random.default_rng(2)
+    for index, grad in zip(net.trainable, grads, strict=True):
+        param = net.params[index]
+        for flat in rng.choice(param.size, size=min(3, param.size), replace=False):
+            i = np.unravel_index(flat, param.shape)
+            old = param[i]
+            param[i] = old + 1e-6
+            up = net.loss_and_gradients(x, y)[0]
+            param[i] = old - 1e-6
+            down = net.loss_and_gradients(x, y)[0]
+            param[i] = old
+            numeric = (up - down) / 2e-6
+            assert grad[i] == pytest.approx(numeric, rel=1e-5, abs=1e-9), f"{net.specs[index].key}{i}"
+
+
+def test_attention_is_softmax_of_scaled_scores_per_head_in_the_declared_layout():
+    """The oracle's attention against a direct per-head loop over the canonical (D, D) kernels' column blocks."""
+    rng = np.random.default_rng(0)
+    x, heads, dim = rng.standard_normal((2, 5, 6)), 3, 6
+    w = {name: rng.standard_normal((dim, dim) if name.endswith("kernel") else (dim,)) for name in ATTENTION_LAYOUT}
+    out, _ = ops.attention_forward(x, w, heads, attention_scale(dim, heads))
+    d = dim // heads
+    merged = np.zeros_like(x)
+    for h in range(heads):
+        cols = slice(h * d, (h + 1) * d)
+        q, k, v = (x @ w[f"{p}_kernel"][:, cols] + w[f"{p}_bias"][cols] for p in ("query", "key", "value"))
+        scores = q @ k.transpose(0, 2, 1) / math.sqrt(d)
+        probs = np.exp(scores) / np.exp(scores).sum(axis=-1, keepdims=True)
+        merged[..., cols] = probs @ v
+    np.testing.assert_allclose(out, merged @ w["output_kernel"] + w["output_bias"], rtol=1e-12)
+
+
+def test_gelu_forms_and_layernorm_statistics():
+    z = np.linspace(-4, 4, 81)
+    exact, tanh = ops.gelu(z, "exact"), ops.gelu(z, "tanh")
+    assert np.abs(exact - tanh).max() < 1e-3 and np.abs(exact - tanh).max() > 1e-5  # close, but not the same function
+    np.testing.assert_allclose(ops.gelu(np.array([1.0]), "exact"), [0.8413447460685429])  # Phi(1)
+    out, _ = ops.layernorm_forward(np.array([[1.0, 2.0, 3.0, 6.0]]), None, None, 1e-5)
+    np.testing.assert_allclose(out.mean(), 0.0, atol=1e-12)
+    np.testing.assert_allclose(out.var(), 3.5 / (3.5 + 1e-5), rtol=1e-12)  # biased variance 3.5
+
+
+def test_batchnorm_statistics_inside_a_residual_update_like_top_level_ones():
+    net, x, y = _layer_network(LAYER_MODELS["Residual_identity"], LAYER_SHAPE)
+    before = {spec.key: p.copy() for spec, p in zip(net.specs, net.params, strict=True)}
+    _, _, fwd = net.loss_and_gradients(x, y)
+    net.update_running_stats(fwd)
+    after = dict(zip((s.key for s in net.specs), net.params, strict=True))
+    inner = fwd.caches["1.1"][0]  # the first BatchNorm inside the Residual at layer 1
+    np.testing.assert_allclose(after["1.1.moving_mean"], 0.99 * before["1.1.moving_mean"] + 0.01 * inner.mean)
+    assert not np.allclose(after["1.4.moving_variance"], before["1.4.moving_variance"])
+
+
+def test_adamw_is_adam_after_the_decay_at_the_steps_rate():
+    """torch.optim.AdamW's order: w *= 1 - lr*wd, then Adam's step from the same gradient."""
+    g, w0, lr, wd = np.array([0.5, -0.2]), np.array([1.0, -2.0]), 0.01, 0.1
+    params = [w0.copy()]
+    R.Optimizer(TrainSpec(optimizer="adamw", learning_rate=lr, weight_decay=wd, epsilon=1e-8)).step(params, [g], [0])
+    m, v = 0.1 * g, 0.001 * g**2
+    expected = w0 * (1 - lr * wd) - lr * (m / 0.1) / (np.sqrt(v / 0.001) + 1e-8)
+    np.testing.assert_allclose(params[0], expected, rtol=1e-12)
+    with pytest.raises(ValueError, match="needs each step's rate"):
+        R.Optimizer(TrainSpec(schedule="warmup_cosine")).step([w0.copy()], [g], [0])
+
+
+def test_numpy_backend_trains_resnet_and_vit_at_each_steps_scheduled_rate():
+    """The adapter feeds the oracle ``step_lr``: its trajectory is a hand-written loop over ``learning_rates``."""
+    data = load_dataset("synthetic:14x14x1")
+    x, y = data.x_train[:64], data.y_train[:64]
+    for name in ("resnet", "vit"):
+        model = MODERN_MODELS[name].resolve("relu")
+        train = TrainSpec(optimizer="adamw", schedule="warmup_cosine", warmup_fraction=0.25, batch_size=16, epochs=2,
+                          learning_rate=0.003)
+        backend = NumpyBackend()
+        backend.setup(threads=1)
+        weights = training.prepare(backend, model, train, x, y, data.num_classes)
+        losses = np.concatenate([e.result.losses for e in training.fit(backend, len(x), train)])
+        net, opt = R.Network(model, train, x.shape[1:], data.num_classes), R.Optimizer(train)
+        net.set_weights(weights)
+        rates = learning_rates(train, len(x) // 16)
+        batches = [b for epoch in range(2) for b in epoch_batches(len(x), 16, 0, epoch)]
+        by_hand = [R.train_step(net, opt, x[b], y[b], lr=rates[step]) for step, b in enumerate(batches)]
+        np.testing.assert_allclose(losses, by_hand, rtol=1e-12)
+        assert rates[0] < rates[1] and rates[-1] < rates[3] and len(losses) == len(rates) == 8
+        np.testing.assert_allclose(backend.get_weights()[0], net.params[0].astype(np.float32))
+
+
+def test_the_layer_check_passes_the_numpy_adapter_and_fails_a_planted_attention_scale(monkeypatch):
+    """tests/layer_models.py is what the adapters are held to: dividing scores by D instead of sqrt(D/heads) fails it."""
+    backend = NumpyBackend()
+    backend.setup(threads=1)
+    for model in LAYER_MODELS.values():
+        check_against_oracle(backend, model)
+
+    class Planted(NumpyBackend):
+        def _build(self) -> None:  # the oracle's answer is in hand by now: only this adapter's scores change
+            super()._build()
+            monkeypatch.setattr(network, "attention_scale", lambda dim, heads: 1.0 / dim)
+
+    planted = Planted()
+    planted.setup(threads=1)
+    with pytest.raises(AssertionError, match="layer_SelfAttention: eval logits"):
+        check_against_oracle(planted, LAYER_MODELS["SelfAttention"])

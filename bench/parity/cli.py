@@ -17,7 +17,8 @@ from bench.parity import equivalence
 from bench.parity.ladder import PARITY_EPSILON
 from bench.parity.render import render
 from bench.parity.runner import run_parity
-from bench.spec.model import ACTIVATIONS, LOSSES, OPTIMIZERS, SEED_MODELS
+from bench.spec.model import ACTIVATIONS, BUILTIN_MODELS, LOSSES, OPTIMIZERS, SEED_MODELS
+from bench.spec.train import SCHEDULES
 
 
 def _choices(flag: str, values: list[str] | None, valid: list[str], default: list[str]) -> list[str]:
@@ -42,6 +43,12 @@ def _backend_names(values: list[str] | None) -> list[str]:
     return backends.expand(items)
 
 
+def _schedule(value: str | None) -> str:
+    if value is not None and value not in SCHEDULES:
+        raise BenchError(f"--schedule: {unknown('schedule', value, SCHEDULES)}")
+    return value or SCHEDULES[0]
+
+
 def _positive(flag: str, value: float) -> float:
     if not value > 0:
         raise BenchError(f"{flag} must be positive, got {value:g}")
@@ -52,10 +59,13 @@ def add_parity_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", action="append", help="backend(s) or groups to check, comma-separated or repeated "
                         f"(default: all = {', '.join(backends.FRAMEWORK_BACKENDS)}; keras = {', '.join(backends.GROUPS['keras'])}; "
                         "'numpy' checks the oracle against itself)")
-    parser.add_argument("--models", action="append", help=f"default: all ({', '.join(SEED_MODELS)})")
+    parser.add_argument("--models", action="append", help=f"default: the seed models ({', '.join(SEED_MODELS)}); "
+                        f"also: {', '.join(m for m in BUILTIN_MODELS if m not in SEED_MODELS)}")
     parser.add_argument("--optimizers", action="append", help=f"default: all ({', '.join(OPTIMIZERS)})")
     parser.add_argument("--activations", action="append", help=f"default: all ({', '.join(ACTIVATIONS)})")
     parser.add_argument("--losses", action="append", help=f"losses for the loss and gradient rungs (default: cce; all = {', '.join(LOSSES)})")
+    parser.add_argument("--schedule", help=f"learning-rate schedule of the step rungs over their 20 steps: "
+                        f"{', '.join(SCHEDULES)} (default constant)")
     parser.add_argument("--epsilon", type=float, default=PARITY_EPSILON,
                         help=f"RMSprop/Adam epsilon (default {PARITY_EPSILON:g}, why: bench/parity/ladder.py)")
     parser.add_argument("--mode", default="default", help="execution mode of every backend (default: each backend's first)")
@@ -69,13 +79,14 @@ def main_parity(args: argparse.Namespace) -> int:
     """Validate the options, run the ladder and print it; exit status 1 on any failure."""
     selection = dict(
         backend_names=_backend_names(args.backend),
-        models=_choices("--models", args.models, list(SEED_MODELS), list(SEED_MODELS)),
+        models=_choices("--models", args.models, list(BUILTIN_MODELS), list(SEED_MODELS)),
         optimizers=_choices("--optimizers", args.optimizers, list(OPTIMIZERS), list(OPTIMIZERS)),
         activations=_choices("--activations", args.activations, list(ACTIVATIONS), list(ACTIVATIONS)),
         losses=_choices("--losses", args.losses, list(LOSSES), ["cce"]),
         epsilon=_positive("--epsilon", args.epsilon),
         seeds=int(_positive("--seeds", args.seeds)),
         epochs=int(_positive("--epochs", args.epochs)),
+        schedule=_schedule(args.schedule),
     )
     console = Console() if sys.stdout.isatty() else Console(width=140)  # files and pipes get whole tables
     with console.status("parity") as status:

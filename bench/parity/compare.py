@@ -14,7 +14,7 @@ import numpy as np
 from bench.parity.ladder import DEVIATIONS, ONE_STEP, REL_FLOOR, RUNG, RUNGS, deviations_of
 from bench.parity.measure import Measured, Oracle
 from bench.parity.plan import Job, not_compared, relevant_rules, rule_variants
-from bench.spec.model import SEED_MODELS
+from bench.spec.model import BUILTIN_MODELS
 from bench.spec.rules import CANONICAL, Rules
 
 
@@ -86,7 +86,7 @@ def compare(name: str, job: Job, got: Measured, oracle: Oracle) -> list[Check]:
         named = [d for d in deviations_of(rules) if rung in DEVIATIONS[d].rungs]
         if named:
             check.canonical_rel = difference(got.values[rung], expected(job, got, oracle, rung, CANONICAL), keys)[1]
-        if SEED_MODELS[job.model].has_dropout and rung in DEVIATIONS["dropout_masks"].rungs:
+        if BUILTIN_MODELS[job.model].has_dropout and rung in DEVIATIONS["dropout_masks"].rungs:
             named.append("dropout_masks")
         if skipped_here:
             named.append("bias_before_batchnorm")

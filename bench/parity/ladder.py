@@ -27,22 +27,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.spec.model import SEED_MODELS, Conv2D, MaxPool2D
+from bench.spec.model import BUILTIN_MODELS, Conv2D, MaxPool2D, walk
 from bench.spec.rules import Rules
 
 REL_FLOOR = 1e-2
 BATCH = 16
 N_ROWS = 64  # rows loaded for the 20-step rungs: 4 shuffled batches of 16 per epoch, as training draws them
 N_STEPS = 20
+STEP_EPOCHS = -(-N_STEPS // (N_ROWS // BATCH))
+"""Epochs of N_ROWS the 20 steps span: a learning-rate schedule of the step rungs runs over exactly these."""
 INPUT_SHAPE = (28, 28, 1)  # the bundled MNIST sample: every seed model, the cnn included, fits it
 NUM_CLASSES = 10
 WEIGHT_SEED = 0
 PARITY_EPSILON = 1e-3
-ADAPTIVE = ("rmsprop", "adam")
+ADAPTIVE = ("rmsprop", "adam", "adamw")
 
 
 def is_convolutional(model: str) -> bool:
-    return any(isinstance(layer, (Conv2D, MaxPool2D)) for layer in SEED_MODELS[model].layers)
+    """Convolutions and max-pools with ReLU-like kinks (a ViT's patch embedding is one strided product, kept dense)."""
+    return any(isinstance(layer, (Conv2D, MaxPool2D)) for _, layer in walk(BUILTIN_MODELS[model].layers))
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,11 @@ RUNGS = (
     Rung("step_1", 1e-5, 1e-5, "trainable weights after one step, against the oracle's update applied to the "
          "backend's own gradients of that batch: the update rule alone, so the gradients' rounding stays in the "
          "gradient rung and the CNN needs no looser tolerance (measured up to 3.0e-6, any model)"),
+    Rung("bn_running_stats_1", 1e-5, 1e-5, "BatchNorm moving mean and variance after that one step, folded from the "
+         "step's own batch statistics: the check of the BatchNorms the convolutional models (resnet's, inside its "
+         "Residual blocks included) get, as they skip the 20 steps; fp32 batch means and variances over 16 x H x W "
+         "values, weighted 0.01 (not yet measured on the frameworks for resnet; the dense models' 20-step rung "
+         "measured <= 1.6e-6)"),
     Rung("losses_20", 3e-5, None, "training loss of each of 20 steps over 4 shuffled batches (measured <= 1.0e-5)"),
     Rung("steps_20", 1e-4, None, "trainable weights after the 20 steps: rounding compounds (measured <= 4.4e-5)"),
     Rung("bn_running_stats", 1e-5, None, "BatchNorm moving mean and variance after the 20 steps (measured <= 1.6e-6)"),
@@ -101,7 +109,7 @@ DEVIATIONS = {
         Deviation("adam_eps_uncorrected", _TRAINED,
                   "Keras 3 Adam adds eps to the uncorrected sqrt(v): w -= lr*sqrt(1-b2^t)/(1-b1^t) * m/(sqrt(v)+eps), "
                   "the torch/Optax rule with eps scaled by 1/sqrt(1-b2^t) (31.6x at step 1)."),
-        Deviation("bn_unbiased_running_variance", ("bn_running_stats",),
+        Deviation("bn_unbiased_running_variance", ("bn_running_stats_1", "bn_running_stats"),
                   "torch's BatchNorm folds the unbiased batch variance var*m/(m-1) into running_var and cannot be "
                   "told otherwise; Keras and Flax fold the biased one. Normalisation in training is biased everywhere."),
         Deviation("leaky_relu_grad_at_zero_one", ("gradients",) + _TRAINED,
@@ -110,7 +118,7 @@ DEVIATIONS = {
         Deviation("momentum_velocity_form", _TRAINED,
                   "Keras 3 SGD keeps a velocity v = mu*v - lr*g and adds it (w += v); torch keeps a buffer "
                   "buf = mu*buf + g and subtracts lr*buf. Equal in exact arithmetic for a constant lr; the rounding differs."),
-        Deviation("dropout_masks", ("loss", "gradients") + _TRAINED,
+        Deviation("dropout_masks", ("loss", "gradients", "bn_running_stats_1") + _TRAINED,
                   "frameworks never draw the same dropout masks, so the training-mode rungs of a dropout model run "
                   "it with Dropout rate 0; the forward rung keeps the dropout layers (eval mode ignores them)."),
         Deviation("bias_before_batchnorm", ("step_1", "steps_20", "bn_running_stats"),

@@ -15,12 +15,13 @@ import numpy as np
 from backends.base import Backend
 from backends.numpy_backend import NumpyBackend
 from bench.measure import training
-from bench.parity.ladder import BATCH, INPUT_SHAPE, N_ROWS, N_STEPS, NUM_CLASSES, PARITY_EPSILON, WEIGHT_SEED
+from bench.parity.ladder import BATCH, INPUT_SHAPE, N_ROWS, N_STEPS, NUM_CLASSES, PARITY_EPSILON, STEP_EPOCHS, WEIGHT_SEED
 from bench.parity.plan import Job, training_model
 from bench.reference.optimizer import Optimizer
 from bench.spec.data import epoch_batches, load_dataset
-from bench.spec.model import SEED_MODELS
+from bench.spec.model import BUILTIN_MODELS
 from bench.spec.rules import CANONICAL, Rules
+from bench.spec.schedule import learning_rates, rate_at
 from bench.spec.shapes import param_specs
 from bench.spec.train import TrainSpec
 from bench.spec.weights import canonical_weights
@@ -37,8 +38,7 @@ class Batch:
 
 def fixed_batch() -> Batch:
     data = load_dataset("mnist-sample", val_split=0.0, train_size=N_ROWS)
-    epochs = -(-N_STEPS // (N_ROWS // BATCH))
-    schedule = [rows for epoch in range(epochs) for rows in epoch_batches(N_ROWS, BATCH, WEIGHT_SEED, epoch)]
+    schedule = [rows for epoch in range(STEP_EPOCHS) for rows in epoch_batches(N_ROWS, BATCH, WEIGHT_SEED, epoch)]
     return Batch(data.x_train, data.y_train, schedule[:N_STEPS])
 
 
@@ -60,14 +60,14 @@ def _train(backend: Backend, weights: list[np.ndarray], schedule: list[np.ndarra
 
 
 def job_train(job: Job, epsilon: float = PARITY_EPSILON, mode: str = "default") -> TrainSpec:
-    """The training spec every side of a job runs."""
+    """The training spec every side of a job runs: its learning-rate schedule spans the 20 steps."""
     return TrainSpec(optimizer=job.optimizer, activation=job.activation, loss=job.loss, batch_size=BATCH,
-                     epsilon=epsilon, mode=mode)
+                     epsilon=epsilon, mode=mode, schedule=job.schedule, epochs=STEP_EPOCHS)
 
 
 def measure(backend: Backend, job: Job, batch: Batch, epsilon: float = PARITY_EPSILON, mode: str = "default") -> Measured:
     """Run one job: build, set_weights, logits, loss and gradients, steps, get_weights."""
-    model = SEED_MODELS[job.model].resolve(job.activation)
+    model = BUILTIN_MODELS[job.model].resolve(job.activation)
     train = job_train(job, epsilon, mode)
     weights = canonical_weights(model, INPUT_SHAPE, NUM_CLASSES, WEIGHT_SEED)
     x, y = batch.x[:BATCH], batch.y[:BATCH]
@@ -94,6 +94,8 @@ def measure(backend: Backend, job: Job, batch: Batch, epsilon: float = PARITY_EP
     if job.step:
         after, _ = _train(backend, weights, [np.arange(BATCH)])
         out.values["step_1"] = {s.key: w for s, w in zip(specs, after, strict=True) if s.trainable}
+        if model.has_batchnorm:
+            out.values["bn_running_stats_1"] = {s.key: w for s, w in zip(specs, after, strict=True) if not s.trainable}
     if job.multi_step:
         after, losses = _train(backend, weights, batch.schedule)
         out.values["losses_20"] = {"losses": losses}
@@ -122,10 +124,11 @@ class Oracle:
         """The trainable weights after one step of the oracle's update rule (``rules``) from the
         canonical weights, fed ``gradients`` (a backend's own): what that backend's first step must give
         if its optimizer is right, whatever the rounding of its gradients."""
-        model = training_model(SEED_MODELS[job.model].resolve(job.activation))
+        model = training_model(BUILTIN_MODELS[job.model].resolve(job.activation))
         specs = param_specs(model, INPUT_SHAPE, NUM_CLASSES)
         params = [np.array(w, np.float64) for w in canonical_weights(model, INPUT_SHAPE, NUM_CLASSES, WEIGHT_SEED)]
         trainable = [i for i, spec in enumerate(specs) if spec.trainable]
-        Optimizer(job_train(job, self.epsilon), rules).step(
-            params, [np.asarray(gradients[specs[i].key], np.float64) for i in trainable], trainable)
+        train = job_train(job, self.epsilon)
+        Optimizer(train, rules).step(params, [np.asarray(gradients[specs[i].key], np.float64) for i in trainable],
+                                     trainable, rate_at(learning_rates(train, N_ROWS // BATCH), 0))
         return {specs[i].key: params[i] for i in trainable}

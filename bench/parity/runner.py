@@ -84,6 +84,7 @@ def run_parity(
     statistical: bool = True,
     seeds: int = equivalence.SEEDS,
     epochs: int = equivalence.EPOCHS,
+    schedule: str = "constant",
     instances: dict[str, Backend] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ParityReport:
@@ -99,7 +100,7 @@ def run_parity(
     batch = fixed_batch()
     settings = ParitySettings(threads, worker_cpu_set(threads), batch, epsilon, mode)
     oracle = Oracle(batch, epsilon, threads)
-    jobs = plan(list(models), list(optimizers), list(activations), list(losses))
+    jobs = plan(list(models), list(optimizers), list(activations), list(losses), schedule)
     accuracies: dict[str, list[float]] = {}
     for name in backend_names:
         session = _open(name, settings, instances, report)

@@ -2,16 +2,19 @@
 
 Plain NumPy written from the formulas, favouring plainness over speed, in the canonical layouts
 (NHWC activations, Dense kernel (in, out), Conv kernel HWIO). Where frameworks document different
-formulas, the ``Rules`` argument (bench.spec.rules) selects one.
+formulas, the ``Rules`` argument (bench.spec.rules) selects one. Token sequences are (n, T, D), and
+attention's parameters follow ``bench.spec.shapes.ATTENTION_LAYOUT``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+from scipy.special import erf
 
 from bench.spec.rules import CANONICAL, Rules
 from bench.spec.shapes import same_padding
@@ -53,13 +56,14 @@ def activation_grad(z: np.ndarray, y: np.ndarray, name: str, slope: float, rules
 
 # -- dense -----------------------------------------------------------------------------------------
 def dense_forward(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """The neuron's weighted sum: z_j = sum_i x_i w_ij + b_j, for every sample at once."""
+    """The neuron's weighted sum on the last axis: z_j = sum_i x_i w_ij + b_j, for every sample (and token) at once."""
     return x @ kernel + bias
 
 
 def dense_backward(x: np.ndarray, kernel: np.ndarray, dz: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gradients (dx, dkernel, dbias) of a dense layer given dL/dz."""
-    return dz @ kernel.T, x.T @ dz, dz.sum(axis=0)
+    """Gradients (dx, dkernel, dbias) of a dense layer given dL/dz; every sample and token adds to the kernel's."""
+    rows, drows = x.reshape(-1, x.shape[-1]), dz.reshape(-1, dz.shape[-1])
+    return dz @ kernel.T, rows.T @ drows, drows.sum(axis=0)
 
 
 # -- convolution (im2col) --------------------------------------------------------------------------
@@ -196,3 +200,114 @@ def running_stats_update(
 def dropout_forward(x: np.ndarray, keep: np.ndarray, rate: float) -> np.ndarray:
     """Inverted dropout: kept units are scaled by 1/(1-rate) so eval mode needs no rescaling."""
     return x * keep / (1.0 - rate)
+
+
+# -- layer normalisation (statistics per position, over the last axis) -----------------------------
+@dataclass
+class LayerNormCache:
+    xhat: np.ndarray
+    inv_std: np.ndarray  # (..., 1)
+
+
+def layernorm_forward(
+    x: np.ndarray, gamma: np.ndarray | None, beta: np.ndarray | None, eps: float
+) -> tuple[np.ndarray, LayerNormCache]:
+    """(x - mean) / sqrt(var + eps) over the last axis (biased variance, as every framework), then gamma, beta."""
+    mean = x.mean(axis=-1, keepdims=True)
+    inv_std = 1.0 / np.sqrt(x.var(axis=-1, keepdims=True) + eps)
+    xhat = (x - mean) * inv_std
+    return (xhat if gamma is None else gamma * xhat + beta), LayerNormCache(xhat, inv_std)
+
+
+def layernorm_backward(
+    dy: np.ndarray, gamma: np.ndarray | None, cache: LayerNormCache
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dx, dgamma, dbeta): BatchNorm's formula with the statistics taken over the last axis of each position,
+    dx = inv_std/D * (D*dxhat - sum(dxhat) - xhat*sum(dxhat*xhat))."""
+    dxhat = dy if gamma is None else dy * gamma
+    d = dy.shape[-1]
+    sums = dxhat.sum(axis=-1, keepdims=True), (dxhat * cache.xhat).sum(axis=-1, keepdims=True)
+    dx = cache.inv_std / d * (d * dxhat - sums[0] - cache.xhat * sums[1])
+    axes = tuple(range(dy.ndim - 1))
+    return dx, (dy * cache.xhat).sum(axis=axes), dy.sum(axis=axes)
+
+
+# -- GELU --------------------------------------------------------------------------------------------
+_TANH_C = math.sqrt(2.0 / math.pi)
+
+
+def gelu(x: np.ndarray, approximate: str) -> np.ndarray:
+    """x * Phi(x) with the normal CDF from erf (``exact``), or 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3)))."""
+    if approximate == "tanh":
+        return 0.5 * x * (1.0 + np.tanh(_TANH_C * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+def gelu_grad(x: np.ndarray, approximate: str) -> np.ndarray:
+    """d gelu / dx: Phi(x) + x phi(x) exactly, or the tanh form's own derivative."""
+    if approximate == "tanh":
+        t = np.tanh(_TANH_C * (x + 0.044715 * x**3))
+        return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t**2) * _TANH_C * (1.0 + 3 * 0.044715 * x**2)
+    return 0.5 * (1.0 + erf(x / math.sqrt(2.0))) + x * np.exp(-0.5 * x**2) / math.sqrt(2.0 * math.pi)
+
+
+# -- global average pooling (over every axis between the batch and the last) ------------------------
+def global_avgpool_forward(x: np.ndarray) -> np.ndarray:
+    return x.mean(axis=tuple(range(1, x.ndim - 1)))
+
+
+def global_avgpool_backward(x_shape: tuple[int, ...], dy: np.ndarray) -> np.ndarray:
+    """Each position gets an equal share of its channel's gradient."""
+    count = math.prod(x_shape[1:-1])
+    return np.broadcast_to((dy / count).reshape(x_shape[0], *([1] * (len(x_shape) - 2)), x_shape[-1]), x_shape).copy()
+
+
+# -- multi-head self-attention ------------------------------------------------------------------------
+@dataclass
+class AttentionCache:
+    x: np.ndarray  # (n, T, D)
+    q: np.ndarray  # (n, heads, T, d), and k, v alike
+    k: np.ndarray
+    v: np.ndarray
+    probs: np.ndarray  # (n, heads, T, T): softmax over the keys
+    merged: np.ndarray  # (n, T, D): the heads' outputs, heads-major
+    scale: float
+
+
+def _split_heads(z: np.ndarray, heads: int) -> np.ndarray:
+    """(n, T, D) -> (n, heads, T, d): feature h*d + j is feature j of head h."""
+    n, t, dim = z.shape
+    return z.reshape(n, t, heads, dim // heads).transpose(0, 2, 1, 3)
+
+
+def _merge_heads(z: np.ndarray) -> np.ndarray:
+    n, heads, t, d = z.shape
+    return z.transpose(0, 2, 1, 3).reshape(n, t, heads * d)
+
+
+def attention_forward(x: np.ndarray, w: dict[str, np.ndarray], heads: int, scale: float) -> tuple[np.ndarray, AttentionCache]:
+    """softmax(q k^T * scale) v per head, heads concatenated, then the output projection."""
+    q, k, v = (_split_heads(dense_forward(x, w[f"{p}_kernel"], w[f"{p}_bias"]), heads) for p in ("query", "key", "value"))
+    scores = q @ k.transpose(0, 1, 3, 2) * scale
+    scores = scores - scores.max(axis=-1, keepdims=True)
+    probs = np.exp(scores)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    merged = _merge_heads(probs @ v)
+    return dense_forward(merged, w["output_kernel"], w["output_bias"]), AttentionCache(x, q, k, v, probs, merged, scale)
+
+
+def attention_backward(dy: np.ndarray, w: dict[str, np.ndarray], cache: AttentionCache) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(dx, gradients by parameter name). Through the softmax: ds = p * (dp - sum(dp * p)) over the keys."""
+    grads: dict[str, np.ndarray] = {}
+    dmerged, grads["output_kernel"], grads["output_bias"] = dense_backward(cache.merged, w["output_kernel"], dy)
+    heads = cache.q.shape[1]
+    dout = _split_heads(dmerged, heads)
+    dprobs = dout @ cache.v.transpose(0, 1, 3, 2)
+    dv = cache.probs.transpose(0, 1, 3, 2) @ dout
+    dscores = cache.probs * (dprobs - (dprobs * cache.probs).sum(axis=-1, keepdims=True)) * cache.scale
+    dq, dk = dscores @ cache.k, dscores.transpose(0, 1, 3, 2) @ cache.q
+    dx = np.zeros_like(cache.x)
+    for name, dz in (("query", dq), ("key", dk), ("value", dv)):
+        dxi, grads[f"{name}_kernel"], grads[f"{name}_bias"] = dense_backward(cache.x, w[f"{name}_kernel"], _merge_heads(dz))
+        dx += dxi
+    return dx, grads

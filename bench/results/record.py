@@ -113,6 +113,8 @@ class ResultRecord(BaseModel):
     beta2: float | None = _field("Adam second-moment decay")
     epsilon: float | None = _field("Optimizer epsilon passed to every framework")
     weight_decay: float | None = _field("Decoupled weight decay")
+    schedule: str | None = _field("Learning-rate schedule: constant or warmup_cosine (bench/spec/schedule.py)")
+    warmup_fraction: float | None = _field("Share of the steps the warmup_cosine schedule warms up over (0 for constant)")
     bn_momentum: float | None = _field("BatchNorm momentum, Keras sense (weight of the old statistic)")
     bn_epsilon: float | None = _field("BatchNorm epsilon")
     leaky_relu_slope: float | None = _field("Negative slope of leaky ReLU")

@@ -51,6 +51,7 @@ ABSENT_MEANS: dict[str, str] = {
     "semantics_policy": _DEFAULT.semantics,  # before policies existed, every cell ran harmonised
     "device_time_method": NOT_RECORDED,  # before every backend said how (or why not), CPU cells said nothing
     "device_memory_method": NOT_RECORDED,
+    "schedule": _DEFAULT.schedule,  # before schedules existed, every cell trained at a constant rate
 }
 """Optional fields whose absence (or null) in a record of any version means a value: the axis's default,
 or for a method field, that the record did not say."""

@@ -18,7 +18,8 @@ from bench.run.executors import DEFAULT_EXECUTOR, EXECUTORS
 from bench.run.executors.process import worker_cpu_set
 from bench.spec.cell import DEFAULT_MIN_SECONDS
 from bench.spec.data import DATASETS
-from bench.spec.model import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS
+from bench.spec.model import ACTIVATIONS, LOSSES, MODERN_MODELS, OPTIMIZERS, PRECISIONS, SEED_MODELS
+from bench.spec.train import SCHEDULES
 
 
 def _names(text: str) -> list[str]:
@@ -54,7 +55,7 @@ FLAGS = {
     "losses": "--losses", "precisions": "--precision", "modes": "--modes", "batch_sizes": "--batch-size",
     "dataset": "--dataset", "data_dir": "--data-dir", "epochs": "--epochs", "learning_rate": "--learning-rate",
     "train_size": "--train-size", "val_split": "--val-split", "repeats": "--repeats", "seed": "--seed",
-    "target_accuracy": "--target", "augment": "--augment", "semantics": "--semantics",
+    "target_accuracy": "--target", "augment": "--augment", "semantics": "--semantics", "schedules": "--schedule",
     "min_window": "--min-window", "window_budget": "--window-budget", "compile_cache": "--compile-cache",
 }
 """The sweep key each run flag sets; an error about the key names the flag."""
@@ -71,7 +72,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", help=f"{', '.join(backends.REGISTRY)}, a group ("
                    + "; ".join(f"{g} = {', '.join(m)}" for g, m in backends.GROUPS.items())
                    + "), or a comma list of them (default: all)")
-    p.add_argument("--models", help=f"comma list (default: all seed models: {', '.join(SEED_MODELS)})")
+    p.add_argument("--models", help=f"comma list (default: all seed models: {', '.join(SEED_MODELS)}; "
+                                    f"also built in: {', '.join(MODERN_MODELS)})")
     p.add_argument("--optimizers", help=f"comma list of {', '.join(OPTIMIZERS)} (default: all)")
     p.add_argument("--activations", help=f"comma list of {', '.join(ACTIVATIONS)} (default: all)")
     p.add_argument("--losses", help=f"comma list of {', '.join(LOSSES)} (default: cce)")
@@ -88,6 +90,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                                    "or backend modes (eager, compiled, compiled-cudagraphs, graph, xla, jit)")
     p.add_argument("--semantics", help="comma list of semantics policies: harmonised (one set of values and the same "
                                        "initial weights everywhere, default), native (each framework's own defaults)")
+    p.add_argument("--schedule", help=f"comma list of learning-rate schedules: {', '.join(SCHEDULES)} (default: "
+                                      "constant; warmup_cosine warms up linearly over 0.1 of the steps, then decays as a cosine)")
     p.add_argument("--precision", help=f"comma list of {', '.join(PRECISIONS)} (default: fp32)")
     p.add_argument("--augment", action="append", metavar="SPEC",
                    help="augmentation axis: e.g. flip,rotate=15,zoom=0.1,crop=4,brightness=0.2,noise=0.05; repeat the "
@@ -145,7 +149,7 @@ def build_sweep(args: argparse.Namespace) -> tuple[grid.Sweep, dict[str, str]]:
         sweep = grid.merge(sweep, settings | {"custom_models": sweep.custom_models | custom}, where)
     lists = {"backends": args.backend, "models": args.models, "optimizers": args.optimizers,
              "activations": args.activations, "losses": args.losses, "precisions": args.precision, "modes": args.modes,
-             "semantics": args.semantics}
+             "semantics": args.semantics, "schedules": args.schedule}
     flags = {key: _names(text) for key, text in lists.items() if text is not None}
     flags |= {"batch_sizes": _batch_sizes(args.batch_size)} if args.batch_size is not None else {}
     flags |= {"augment": args.augment} if args.augment is not None else {}

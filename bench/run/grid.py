@@ -26,10 +26,10 @@ from bench.measure.throughput import MIN_WINDOWS
 from bench.results.store import read_small
 from bench.spec.cell import AXES, Cell, WindowPlan
 from bench.spec.data import check_name
-from bench.spec.model import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS, Layer, ModelSpec
+from bench.spec.model import ACTIVATIONS, BUILTIN_MODELS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS, Layer, ModelSpec
 from bench.spec.semantics import HARMONISED, POLICIES
 from bench.spec.shapes import check_fits
-from bench.spec.train import Augment, TrainSpec
+from bench.spec.train import SCHEDULES, Augment, TrainSpec
 
 PROFILES: dict[str, dict] = {
     # Every seed model x optimizer x activation on all backends within 5 minutes on 2 cores, with
@@ -45,6 +45,14 @@ PROFILES: dict[str, dict] = {
     # The whole bundled sample (7,200 / 800 / 2,000), a few epochs: figures worth comparing.
     "full": {"train_size": None, "test_size": None, "epochs": 3, "batch_sizes": [128], "val_split": 0.1,
              "window_budget": 2.0},
+    # Residual nets and transformers at the settings they are trained with: AdamW, a warm-up then a cosine
+    # decay, 15 epochs of the whole bundled sample. Measured on the oracle and a plain torch loop (1 thread):
+    # vit 0.939 test accuracy after 10 epochs, 0.9465 after 20; resnet 0.96 after 7, 0.986 after 15 (its
+    # eval-mode BatchNorm statistics, momentum 0.99, need ~700 steps to forget their initial variance of 1:
+    # 0.13 after 2 epochs). One activation: vit's GELU ignores the axis.
+    "modern": {"models": ["resnet", "vit"], "optimizers": ["adamw"], "activations": ["relu"],
+               "schedules": ["warmup_cosine"], "train_size": None, "test_size": None, "epochs": 15,
+               "batch_sizes": [64], "val_split": 0.1, "window_budget": 2.0},
     # The seed document's own settings: 10 epochs, batch 32, validation split 0.2.
     "seed": {"train_size": None, "test_size": None, "epochs": 10, "batch_sizes": [32], "val_split": 0.2,
              "window_budget": 2.0},
@@ -115,6 +123,8 @@ class Sweep:
     semantics: Annotated[list[str], _names("semantics policies"), _names_in("semantics policy", POLICIES)] = field(
         default_factory=lambda: [HARMONISED])
     augment: Annotated[list[Augment], BeforeValidator(_augment_axis)] = field(default_factory=lambda: [Augment()])
+    schedules: Annotated[list[str], _names("learning-rate schedules"), _names_in("learning-rate schedule", SCHEDULES)] = field(
+        default_factory=lambda: ["constant"])
     epochs: Annotated[int, Field(ge=1, description="an integer >= 1")] = 1
     learning_rate: Annotated[float | None, Field(gt=0, allow_inf_nan=False, description="a finite number > 0, e.g. 0.001")] = None
     repeats: Annotated[int, Field(ge=1, description="an integer >= 1")] = 1
@@ -144,7 +154,7 @@ class Sweep:
     config key or a flag), so every record can say where its split sizes came from; not a setting."""
 
     def model_specs(self) -> dict[str, ModelSpec]:
-        return SEED_MODELS | self.custom_models
+        return BUILTIN_MODELS | self.custom_models
 
 
 SWEEP_KEYS = {f.name for f in fields(Sweep)} - {"custom_models", "models_explicit", "size_sources"}
@@ -239,8 +249,8 @@ def read_toml(path: Path) -> tuple[dict, dict[str, ModelSpec]]:
 
 def _custom_model(name: str, table: object, path: Path) -> ModelSpec:
     where = f"config file {path}: [models.{name}]"
-    if name in SEED_MODELS:
-        raise BenchError(f"{where} redefines the built-in model {name!r}; valid: a new name (built-in: {', '.join(SEED_MODELS)})")
+    if name in BUILTIN_MODELS:
+        raise BenchError(f"{where} redefines the built-in model {name!r}; valid: a new name (built-in: {', '.join(BUILTIN_MODELS)})")
     table = _table(table, f"[models.{name}]", path)
     for key in table:
         if key not in MODEL_KEYS:
@@ -284,14 +294,17 @@ def _layer_problem(model: str, exc: ValidationError) -> str:
     loc = error["loc"]
     if not loc:  # the list itself
         return _explain(f"{model} layers", error, "a non-empty list of layer tables")
-    where = f"{model} layer {loc[0]}"
+    path, rest = [str(loc[0])], loc[1:]
+    while len(rest) >= 3 and rest[1] == "layers" and isinstance(rest[2], int):  # into a Residual's layers
+        path, rest = [*path, str(rest[2])], rest[3:]
+    where = f"{model} layer {'.'.join(path)}"
     if error["type"] == "union_tag_invalid":
         return f"{where}: {unknown('layer type', error['ctx']['tag'], list(LAYER_CLASSES))}"
     if error["type"] == "union_tag_not_found":
         return f"{where} has no type; valid: type = one of {', '.join(LAYER_CLASSES)}"
-    if len(loc) < 3:  # not a table
+    if len(rest) < 2:  # not a table
         return _explain(where, error, "a table such as " + LAYER_EXAMPLE)
-    kind, key = loc[1], loc[2]
+    kind, key = rest[0], rest[1]
     if error["type"] == "extra_forbidden":
         valid = [name for name in LAYER_CLASSES[kind].model_fields if name != "type"]
         return f"{where} ({kind}): unknown key {key!r}{did_you_mean(key, valid)}; valid: {', '.join(valid) or 'none'}"

@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import backends
 from bench.run import grid
 from bench.spec.data import DATASETS
-from bench.spec.model import ACTIVATIONS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS
-from bench.spec.train import AUGMENT_DEFAULTS, AUGMENTATIONS
+from bench.spec.model import ACTIVATIONS, LAYER_TYPES, LOSSES, MODERN_MODELS, OPTIMIZERS, PRECISIONS, SEED_MODELS
+from bench.spec.train import AUGMENT_DEFAULTS, AUGMENTATIONS, SCHEDULES
 
 console = Console(stderr=False)
 
@@ -38,7 +39,11 @@ def main_list(args: argparse.Namespace) -> int:
     console.print("groups:      " + "; ".join(f"{g} = {', '.join(m)}" for g, m in backends.GROUPS.items())
                   + "  (--backend all is the default; a comma list may mix groups and names: all,keras)")
     console.print("models:      " + ", ".join(f"{m} ({spec.description})" for m, spec in SEED_MODELS.items()))
+    console.print("also built in (not in the default sweep; --models resnet,vit): "
+                  + ", ".join(f"{m} ({spec.description})" for m, spec in MODERN_MODELS.items()))
+    console.print("layers:      " + ", ".join(LAYER_TYPES) + "  (for a sweep TOML's " + escape("[models.NAME]") + "; Residual nests a layers list)")
     console.print("optimizers:  " + ", ".join(OPTIMIZERS))
+    console.print("schedules:   " + ", ".join(SCHEDULES))
     console.print("activations: " + ", ".join(ACTIVATIONS))
     console.print("losses:      " + ", ".join(LOSSES))
     console.print("precisions:  " + ", ".join(PRECISIONS))

@@ -54,7 +54,7 @@ class Cell:
     @property
     def cell_id(self) -> str:
         """Every axis' value joined by '|', in ``AXES`` order, less the values an axis leaves out
-        (``Axis.id_omits``): unaugmented, harmonised cells keep the id they had before those axes
+        (``Axis.id_omits``): unaugmented, harmonised, constant-rate cells keep the id they had before those axes
         existed, so old runs still resume."""
         values = ((axis, axis.read(self)) for axis in AXES)
         return "|".join(axis.id_format.format(value) for axis, value in values if value != axis.id_omits)
@@ -83,6 +83,7 @@ def hyperparameters(t: TrainSpec) -> dict:
     return {
         "momentum": t.momentum if t.optimizer == "momentum" else 0.0,
         "rho": t.rho, "beta1": t.beta1, "beta2": t.beta2, "epsilon": t.epsilon, "weight_decay": t.weight_decay,
+        "warmup_fraction": t.warmup_fraction if t.schedule != "constant" else 0.0,
         "bn_momentum": t.bn_momentum, "bn_epsilon": t.bn_epsilon, "leaky_relu_slope": t.leaky_relu_slope,
     }
 
@@ -127,5 +128,6 @@ AXES: tuple[Axis, ...] = (
     Axis("dataset", "dataset", None, lambda cell: cell.dataset),
     Axis("semantics_policy", "semantics", "semantics", _train("semantics"), id_omits=HARMONISED),
     Axis("augment", "augment", "augment", lambda cell: cell.train.augment.label, "aug={}", id_omits=Augment().label),
+    Axis("schedule", "schedules", "schedule", _train("schedule"), "sched={}", id_omits="constant"),
 )
 """What tells two cells apart, in ``cell_id`` order (the grid's nesting too: the last varies fastest)."""

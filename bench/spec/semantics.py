@@ -15,9 +15,10 @@ as class data (docs/architecture.md, "Semantics policies"); nothing here knows a
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from bench.spec.model import ModelSpec, Residual
 from bench.spec.rules import Rules
 
 Policy = Literal["harmonised", "native"]
@@ -35,6 +36,8 @@ HARMONISED_INIT: InitScheme = "glorot_uniform"
 
 NATIVE_FIELDS = ("epsilon", "rho", "bn_momentum", "bn_epsilon", "leaky_relu_slope")
 """The TrainSpec fields a framework's defaults may change; every other field stays the sweep's."""
+NATIVE_LAYER_FIELDS: dict[str, tuple[str, ...]] = {"LayerNorm": ("epsilon",)}
+"""The layer fields a framework's defaults may change, by layer type, where a layer leaves the field unset."""
 
 
 @dataclass(frozen=True)
@@ -44,13 +47,29 @@ class Native:
     ``overrides`` are TrainSpec values in the spec's conventions (``bn_momentum`` is the weight of
     the old statistic, as in Keras and Flax; the torch adapter converts), ``init`` the scheme of the
     framework's default initialisers, ``rules`` the formulas it then follows (bench.spec.rules).
+    ``layers`` are its layer defaults by layer type (``{"LayerNorm": {"epsilon": 1e-6}}``): what a
+    layer of the model gets for a field it does not set itself (``NATIVE_LAYER_FIELDS``).
     """
 
     overrides: Mapping[str, float]
     init: InitScheme
     rules: Rules
+    layers: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = set(self.overrides) - set(NATIVE_FIELDS)
         if unknown:
             raise ValueError(f"native overrides may only set {', '.join(NATIVE_FIELDS)}; got {sorted(unknown)}")
+        for kind, values in self.layers.items():
+            if not set(values) <= set(NATIVE_LAYER_FIELDS.get(kind, ())):
+                raise ValueError(f"native layer defaults may only set {NATIVE_LAYER_FIELDS}; got {kind} {sorted(values)}")
+
+    def model(self, model: ModelSpec) -> ModelSpec:
+        """``model`` with ``layers``' defaults on every layer (inside containers too) that leaves the field unset;
+        a value the spec names (in TOML or in code) is the spec's and stays."""
+        def fill(layer):
+            unset = {k: v for k, v in self.layers.get(layer.type, {}).items() if k not in layer.model_fields_set}
+            inner = {"layers": tuple(fill(sub) for sub in layer.layers)} if isinstance(layer, Residual) else {}
+            return layer.model_copy(update={**unset, **inner}) if unset or inner else layer
+
+        return model.model_copy(update={"layers": tuple(fill(layer) for layer in model.layers)})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bench.errors import SpecError
 from bench.spec.model import ACTIVATIONS, BN_EPSILON, BN_MOMENTUM, LAYER_TYPES, LEAKY_RELU_SLOPE, LOSSES, OPTIMIZERS, PRECISIONS
@@ -100,6 +100,11 @@ class Augment(BaseModel):
             raise SpecError(f"augmentation {first['loc'][0]}={first.get('input')!r} in {source!r}: {first['msg']}") from None
 
 
+SCHEDULES = ("constant", "warmup_cosine")
+"""Learning-rate schedules (bench/spec/schedule.py computes each step's rate)."""
+ADAMW_WEIGHT_DECAY = 0.01
+"""AdamW's weight decay unless a spec sets one: torch's default (Keras 0.004, Optax 1e-4)."""
+
 VOCABULARY: dict[str, tuple[str, ...]] = {
     "layer": LAYER_TYPES, "activation": ACTIVATIONS, "loss": LOSSES, "optimizer": OPTIMIZERS,
     "augment": AUGMENTATIONS,
@@ -113,6 +118,7 @@ class TrainSpec(BaseModel):
     The defaults are the suite's fairness rules: one value of each hyperparameter passed to every
     framework (where each framework puts it differs and is recorded by the backend); momentum is
     in the PyTorch form and weight decay is decoupled. ``training_rules`` renders them in words.
+    ``adamw`` is Adam with that decoupled decay on by default (``ADAMW_WEIGHT_DECAY``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -125,6 +131,7 @@ class TrainSpec(BaseModel):
     beta2: float = Field(default=0.999, gt=0, lt=1)
     epsilon: float = Field(default=1e-7, ge=0)
     weight_decay: float = Field(default=0.0, ge=0)
+    """Decoupled: w -= lr_t * weight_decay * w on every trainable array before the update (AdamW's form)."""
     loss: Literal[LOSSES] = "cce"
     activation: Literal[ACTIVATIONS] = "relu"
     batch_size: int = Field(default=128, gt=0)
@@ -135,10 +142,21 @@ class TrainSpec(BaseModel):
     bn_momentum: float = BN_MOMENTUM
     bn_epsilon: float = BN_EPSILON
     leaky_relu_slope: float = LEAKY_RELU_SLOPE
+    schedule: Literal[SCHEDULES] = "constant"
+    warmup_fraction: float = Field(default=0.1, ge=0, lt=1)
+    """The share of all steps the ``warmup_cosine`` schedule spends rising linearly to the learning rate."""
     augment: Augment = Augment()
     semantics: Policy = HARMONISED
     """Semantics policy (bench.spec.semantics): 'native' lets the backend replace the values above that its
     framework defaults differently (epsilon, rho, BatchNorm, leaky-ReLU slope) and the initial weights."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _adamw_decays(cls, values: object) -> object:
+        """AdamW without a weight decay of its own gets ``ADAMW_WEIGHT_DECAY`` (an explicit 0 stays 0)."""
+        if isinstance(values, dict) and values.get("optimizer") == "adamw" and "weight_decay" not in values:
+            return {**values, "weight_decay": ADAMW_WEIGHT_DECAY}
+        return values
 
     @property
     def lr(self) -> float:
@@ -148,7 +166,7 @@ class TrainSpec(BaseModel):
         return DEFAULT_LEARNING_RATES[self.optimizer]
 
 
-DEFAULT_LEARNING_RATES = {"sgd": 0.01, "momentum": 0.01, "rmsprop": 0.001, "adam": 0.001}
+DEFAULT_LEARNING_RATES = {"sgd": 0.01, "momentum": 0.01, "rmsprop": 0.001, "adam": 0.001, "adamw": 0.001}
 
 
 def training_rules(train: TrainSpec | None = None) -> dict[str, str]:
@@ -168,6 +186,8 @@ def training_rules(train: TrainSpec | None = None) -> dict[str, str]:
         "optimizers": f"every hyperparameter explicit; momentum {t.momentum:g} in the PyTorch form; "
                       f"RMSprop rho {t.rho:g}; Adam betas {t.beta1:g}/{t.beta2:g}; eps {t.epsilon:g}; "
                       + (f"decoupled weight decay {t.weight_decay:g}" if t.weight_decay else "no weight decay"),
-        "learning rates": f"{rates}, unless a sweep sets one rate",
+        "learning rates": f"{rates}, unless a sweep sets one rate; schedule {t.schedule}"
+                          + (f" ({t.warmup_fraction:g} of the steps warming up)" if t.schedule != "constant" else "")
+                          + ", each step's rate computed in NumPy and fed to every framework",
         "precision": f"{t.precision} with TF32 off by default; {others} are explicit axes",
     }

@@ -106,8 +106,8 @@ def _worker_main(conn, backend_name: str, settings: WorkerSettings) -> None:
             conn.send(Message(Kind.STARTED))  # the cell's clock starts here, after the data is in memory
             record = run_cell(backend, cell, datasets[cell.dataset], settings.peaks)
             if settings.save_models_in and record.status == Status.OK:  # after evaluation, off the clock
-                model = cell.model.resolve(cell.train.activation)
-                saved = save_trained_model(backend, record.to_json_dict() | facts, model, Path(settings.save_models_in))
+                # the model as the backend built it: resolved, and under --semantics native with its layer defaults
+                saved = save_trained_model(backend, record.to_json_dict() | facts, backend.model, Path(settings.save_models_in))
                 record = record.with_fields(**saved)
         except Exception as exc:
             record = ResultRecord.for_cell(cell, status=Status.FAILED, error=f"{type(exc).__name__}: {exc}",
