@@ -112,12 +112,13 @@ def test_reading_upgrades_old_records_keeps_unknown_fields_and_fills_missing_one
     assert oldest["schema_version"] == LEGACY_SCHEMA_VERSION  # the version it was written with, as results.csv says
     assert oldest["status"] == "ok" and upgrade({"error": "RuntimeError: boom"})["status"] == "failed"
     assert upgrade({})["backend"] == "unknown"
-    assert {name: oldest[name] for name in ABSENT_MEANS} == {"augment": "none", "semantics_policy": "harmonised"}
+    assert {name: oldest[name] for name in ABSENT_MEANS} == {"augment": "none", "semantics_policy": "harmonised",
+                                                            "schedule": "constant"}
     assert upgrade(oldest) == oldest  # a step applied twice changes nothing
     record = ResultRecord.model_validate(oldest)
     assert record.test_accuracy is None and record.model_extra == {"energy_joules": 12.5}
     current = {"schema_version": SCHEMA_VERSION, "cell_id": "a", "repeat": 0, "backend": "tf", "status": "failed",
-               "augment": "hflip", "semantics_policy": "native"}
+               "augment": "hflip", "semantics_policy": "native", "schedule": "warmup_cosine"}
     assert upgrade(current) == current
 
 
