@@ -115,7 +115,8 @@ def test_reading_upgrades_old_records_keeps_unknown_fields_and_fills_missing_one
     assert upgrade({})["backend"] == "unknown"
     assert {name: oldest[name] for name in ABSENT_MEANS} == {"augment": "none", "semantics_policy": "harmonised",
                                                             "device_time_method": "not recorded",
-                                                            "device_memory_method": "not recorded"}
+                                                            "device_memory_method": "not recorded",
+                                                            "schedule": "constant"}
     # a CPU record of before said nothing (null): "not recorded"; an old GPU record keeps its method
     assert upgrade({"backend": "torch", "device_time_method": None})["device_time_method"] == "not recorded"
     assert upgrade({"backend": "torch", "device_time_method": "cuda events"})["device_time_method"] == "cuda events"
@@ -124,7 +125,7 @@ def test_reading_upgrades_old_records_keeps_unknown_fields_and_fills_missing_one
     assert record.test_accuracy is None and record.model_extra == {"energy_joules": 12.5}
     current = {"schema_version": SCHEMA_VERSION, "cell_id": "a", "repeat": 0, "backend": "tf", "status": "failed",
                "augment": "hflip", "semantics_policy": "native", "device_time_method": device.CPU_DEVICE_TIME,
-               "device_memory_method": device.CPU_DEVICE_MEMORY}
+               "device_memory_method": device.CPU_DEVICE_MEMORY, "schedule": "warmup_cosine"}
     assert upgrade(current) == current
 
 
