@@ -238,3 +238,12 @@ layers = [
     with pytest.raises(BenchError, match=r"layer 0\.0 \(GELU\) approximate") as caught:
         grid.read_toml(path)
     assert "\n" not in str(caught.value)
+
+
+def test_the_modern_profile_trains_resnet_and_vit_the_way_they_are_trained():
+    cells = grid.cells(grid.from_profile("modern"), ["numpy"], ["resnet", "vit"], 7200)
+    assert [c.model.name for c in cells] == ["resnet", "vit"]
+    assert {(c.train.optimizer, c.train.schedule, c.train.weight_decay, c.train.epochs) for c in cells} == {
+        ("adamw", "warmup_cosine", ADAMW_WEIGHT_DECAY, 15)}
+    assert all(c.cell_id.endswith("|sched=warmup_cosine") for c in cells)
+    assert "resnet" not in grid.from_profile("quick").models  # the default sweep keeps its budget

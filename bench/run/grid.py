@@ -45,6 +45,14 @@ PROFILES: dict[str, dict] = {
     # The whole bundled sample (7,200 / 800 / 2,000), a few epochs: figures worth comparing.
     "full": {"train_size": None, "test_size": None, "epochs": 3, "batch_sizes": [128], "val_split": 0.1,
              "window_budget": 2.0},
+    # Residual nets and transformers at the settings they are trained with: AdamW, a warm-up then a cosine
+    # decay, 15 epochs of the whole bundled sample. Measured on the oracle and a plain torch loop (1 thread):
+    # vit 0.939 test accuracy after 10 epochs, 0.9465 after 20; resnet 0.96 after 7, 0.986 after 15 (its
+    # eval-mode BatchNorm statistics, momentum 0.99, need ~700 steps to forget their initial variance of 1:
+    # 0.13 after 2 epochs). One activation: vit's GELU ignores the axis.
+    "modern": {"models": ["resnet", "vit"], "optimizers": ["adamw"], "activations": ["relu"],
+               "schedules": ["warmup_cosine"], "train_size": None, "test_size": None, "epochs": 15,
+               "batch_sizes": [64], "val_split": 0.1, "window_budget": 2.0},
     # The seed document's own settings: 10 epochs, batch 32, validation split 0.2.
     "seed": {"train_size": None, "test_size": None, "epochs": 10, "batch_sizes": [32], "val_split": 0.2,
              "window_budget": 2.0},

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import backends
@@ -40,7 +41,7 @@ def main_list(args: argparse.Namespace) -> int:
     console.print("models:      " + ", ".join(f"{m} ({spec.description})" for m, spec in SEED_MODELS.items()))
     console.print("also built in (not in the default sweep; --models resnet,vit): "
                   + ", ".join(f"{m} ({spec.description})" for m, spec in MODERN_MODELS.items()))
-    console.print("layers:      " + ", ".join(LAYER_TYPES) + "  (for [models.NAME] in a sweep TOML; Residual nests a layers list)")
+    console.print("layers:      " + ", ".join(LAYER_TYPES) + "  (for a sweep TOML's " + escape("[models.NAME]") + "; Residual nests a layers list)")
     console.print("optimizers:  " + ", ".join(OPTIMIZERS))
     console.print("schedules:   " + ", ".join(SCHEDULES))
     console.print("activations: " + ", ".join(ACTIVATIONS))
