@@ -4,7 +4,10 @@ Where PyTorch differs from the suite's rules (docs/architecture.md), this module
 explicitly: NCHW activations inside, canonical NHWC/HWIO at the boundary; Flatten permutes to H, W,
 C order; BatchNorm momentum 0.01 (torch's "weight of new" for the suite's 0.99) and epsilon 1e-3;
 LeakyReLU slope 0.01; TF-style 'same' padding with the extra pixel after; decoupled weight decay.
-Torch's unbiased running variance cannot be switched off and is declared in ``RULES``.
+Torch's unbiased running variance cannot be switched off and is declared in ``RULES``. The layers
+themselves, residual blocks and attention included, and where each canonical array lives in them
+(a third of a fused q/k/v weight, say) are backends/torch_layers.py's. Each step runs at the
+schedule's rate (``step_lr``), set in the parameter group as torch's own schedulers set it.
 
 The compiled modes compile the training step (forward, loss, gradients, weight decay and optimizer
 update; the row gather and augmentation run eagerly before it, as a user's data pipeline does) with
