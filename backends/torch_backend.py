@@ -4,7 +4,10 @@ Where PyTorch differs from the suite's rules (docs/architecture.md), this module
 explicitly: NCHW activations inside, canonical NHWC/HWIO at the boundary; Flatten permutes to H, W,
 C order; BatchNorm momentum 0.01 (torch's "weight of new" for the suite's 0.99) and epsilon 1e-3;
 LeakyReLU slope 0.01; TF-style 'same' padding with the extra pixel after; decoupled weight decay.
-Torch's unbiased running variance cannot be switched off and is declared in ``RULES``.
+Torch's unbiased running variance cannot be switched off and is declared in ``RULES``. The layers
+themselves, residual blocks and attention included, and where each canonical array lives in them
+(a third of a fused q/k/v weight, say) are backends/torch_layers.py's. Each step runs at the
+schedule's rate (``step_lr``), set in the parameter group as torch's own schedulers set it.
 
 The compiled modes compile the training step (forward, loss, gradients, weight decay and optimizer
 update; the row gather and augmentation run eagerly before it, as a user's data pipeline does) with
@@ -17,6 +20,7 @@ so warm-up compiles and the timed epochs never recompile.
 
 from __future__ import annotations
 
+from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
@@ -24,42 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from backends import REGISTRY, torch_runtime, torch_step
+from backends import REGISTRY, torch_layers, torch_runtime, torch_step
 from backends.base import Backend, BackendInfo
 from bench.spec.augment import Params
 from bench.spec.rules import Rules
 from bench.spec.semantics import Native
-from bench.spec.shapes import ParamSpec, layer_shapes, same_padding
+from bench.spec.shapes import ParamSpec, layer_shapes
 from bench.spec.train import Augment, TrainSpec
-
-
-class _FlattenHWC(nn.Module):
-    """Flatten an NCHW tensor in the canonical H, W, C order (a Keras/JAX-compatible flatten)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 4:
-            x = x.permute(0, 2, 3, 1)
-        return x.reshape(x.shape[0], -1)
-
-
-def _conv(layer, before, act) -> tuple[nn.Module, list[nn.Module]]:
-    conv = nn.Conv2d(before[2], layer.filters, layer.kernel, stride=layer.stride, padding=0)
-    if layer.padding != "same":
-        return conv, [conv, act(layer.activation)]
-    top, bottom = same_padding(before[0], layer.kernel, layer.stride)
-    left, right = same_padding(before[1], layer.kernel, layer.stride)
-    return conv, [nn.ZeroPad2d((left, right, top, bottom)), conv, act(layer.activation)]
-
-
-def _torch_momentum(bn_momentum: float) -> float:
-    """The spec's BatchNorm momentum (weight of the old statistic) as torch's (weight of the new one),
-    rounded so torch's own 0.1 stays 0.1 rather than 1 - 0.9 = 0.09999999999999998."""
-    return round(1.0 - bn_momentum, 12)
-
-
-def _batchnorm(layer, before, train: TrainSpec) -> nn.Module:
-    norm = nn.BatchNorm2d if len(before) == 3 else nn.BatchNorm1d
-    return norm(before[-1], eps=train.bn_epsilon, momentum=_torch_momentum(train.bn_momentum))
 
 
 def _one_hot(labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -74,9 +49,9 @@ def _replayed(step):
     """A compiled step run as CUDA graphs: each call starts a new replay, and the loss is copied out
     of the graph's static output buffer, which the next replay overwrites."""
 
-    def run(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def run(x: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
         torch.compiler.cudagraph_mark_step_begin()
-        return step(x, labels).clone()
+        return step(x, labels, lr).clone()
 
     return run
 
@@ -121,12 +96,6 @@ def _zoom(x: torch.Tensor, scale: torch.Tensor, a: Augment) -> torch.Tensor:
     return _resample(x, torch.stack([torch.stack([inverse, zero, zero], -1), torch.stack([zero, inverse, zero], -1)], -2))
 
 
-_TORCH_PARAM = {"kernel": "weight", "bias": "bias", "gamma": "weight", "beta": "bias",
-                "moving_mean": "running_mean", "moving_variance": "running_var"}
-_TO_TORCH = {2: (1, 0), 4: (3, 2, 0, 1)}  # kernel axes: (in,out)->(out,in); HWIO->OIHW
-_TO_CANONICAL = {2: (1, 0), 4: (2, 3, 1, 0)}  # OIHW->HWIO
-
-
 class TorchBackend(Backend):
     name = "torch"
     framework = "pytorch"
@@ -141,17 +110,7 @@ class TorchBackend(Backend):
         rules=RULES,
     )
     TRANSLATIONS = {
-        # layer: (spec layer, input shape, activation factory, train spec) -> (parameter owner or None, modules)
-        "layer": {
-            "Flatten": lambda layer, before, act, t: (None, [_FlattenHWC()]),
-            "Dense": lambda layer, before, act, t: (m := nn.Linear(before[0], layer.units), [m, act(layer.activation)]),
-            "Conv2D": lambda layer, before, act, t: _conv(layer, before, act),
-            "MaxPool2D": lambda layer, before, act, t: (None, [nn.MaxPool2d(layer.size, stride=layer.size)]),
-            "AvgPool2D": lambda layer, before, act, t: (None, [nn.AvgPool2d(layer.size, stride=layer.size)]),
-            "BatchNorm": lambda layer, before, act, t: (m := _batchnorm(layer, before, t), [m]),
-            "Dropout": lambda layer, before, act, t: (None, [nn.Dropout(layer.rate)]),
-            "Activation": lambda layer, before, act, t: (None, [act(layer.activation)]),
-        },
+        "layer": torch_layers.LAYERS,
         "activation": {
             "relu": lambda slope: nn.ReLU(),
             "leaky_relu": lambda slope: nn.LeakyReLU(negative_slope=slope),
@@ -174,6 +133,8 @@ class TorchBackend(Backend):
                 params, lr=t.lr, alpha=t.rho, eps=t.epsilon, momentum=0.0, centered=False, capturable=capturable),
             "adam": lambda params, t, capturable: torch.optim.Adam(
                 params, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.epsilon, capturable=capturable),
+            "adamw": lambda params, t, capturable: torch.optim.AdamW(
+                params, lr=t.lr, betas=(t.beta1, t.beta2), eps=t.epsilon, weight_decay=t.weight_decay, capturable=capturable),
         },
         "augment": {
             "hflip": _flip(3),
@@ -216,28 +177,25 @@ class TorchBackend(Backend):
             torch._dynamo.reset()  # the previous cell's compiled code: its cache would fill and fall back to eager
         torch.manual_seed(t.seed)  # dropout masks: reproducible within torch (never equal across frameworks)
         befores = [self.input_shape] + layer_shapes(self.model, self.input_shape, self.num_classes)
-        act = self._activation
-        modules: list[nn.Module] = []
-        self.owners: dict[str, nn.Module] = {}  # by ParamSpec.layer path
-        for i, layer in enumerate(self.model.layers):
-            owner, translated = self.translate("layer", layer.type)(layer, befores[i], act, t)
-            if owner is not None:
-                self.owners[str(i)] = owner
-            modules += translated
-        self.net = nn.Sequential(*modules).to(self.device)
+        builder = torch_layers.Builder(lambda name: self.translate("layer", name), self._activation, t)
+        self.net = nn.Sequential(*builder.stack(self.model.layers, befores, "")).to(self.device)
+        self.owners = builder.owners  # by ParamSpec.layer path
         self.images = len(self.input_shape) == 3
         self._loss = self.translate("loss", t.loss)
-        self.decayed = [self._lookup(s) for s in self.specs if s.trainable]
+        self.params = list(self.net.parameters())  # torch's tensors: a fused q/k/v weight holds three canonical arrays
         # One optimizer per cell, reset in place: a new one would make the compiled step recompile.
-        self.optimizer = self.translate("optimizer", t.optimizer)(self.decayed, t, self.on_gpu and compile_options is not None)
+        self.optimizer = self.translate("optimizer", t.optimizer)(self.params, t, self.on_gpu and compile_options is not None)
+        self.decay = 0.0 if self.optimizer.param_groups[0]["weight_decay"] else t.weight_decay
         self._graphs = self._caches = None
         if self._cudagraphs is not None:  # the previous cell's listener
             self._cudagraphs.close()
             self._cudagraphs = None
         if compile_options is None:
-            self.forward, self._train_fn = self.net, self._train_step
+            self.forward, self._train_fn, self._rate = self.net, self._train_step, float
         else:
             self._update = torch_step.functional_update(self.optimizer)
+            self._lr = torch.zeros((), device=self.device)
+            self._rate = self._lr.fill_  # the step's rate as a tensor's value: a new rate is no new graph
             self._graphs, self._caches = torch_step.GraphCount(), torch_step.CacheCount()
             self.forward = torch.compile(self.net, **compile_options)  # inference and parity's gradients
             self._train_fn = torch.compile(self._one_graph_step, **compile_options)
@@ -248,33 +206,39 @@ class TorchBackend(Backend):
     def _activation(self, name: str) -> nn.Module:
         return self.translate("activation", name)(self.train.leaky_relu_slope)
 
-    def _lookup(self, spec: ParamSpec) -> torch.Tensor:
-        return getattr(self.owners[spec.layer], _TORCH_PARAM[spec.name])
+    def _lookup(self, spec: ParamSpec, grad: bool = False) -> torch.Tensor:
+        """The torch tensor (or its gradient) holding a canonical array, in torch's layout: a third of a
+        fused q/k/v tensor is a view of it (torch_layers.TORCH_PARAM)."""
+        attribute, third = torch_layers.TORCH_PARAM[spec.name]
+        tensor = attrgetter(attribute)(self.owners[spec.layer])
+        tensor = tensor.grad if grad else tensor
+        return tensor if third is None else tensor.chunk(3)[third]
 
     def _set_weights(self, weights: list[np.ndarray]) -> None:
         with torch.no_grad():
             for spec, value in zip(self.specs, weights, strict=True):
-                if spec.name == "kernel":
-                    value = value.transpose(_TO_TORCH[value.ndim])
+                if spec.name.endswith("kernel"):
+                    value = value.transpose(torch_layers.TO_TORCH[value.ndim])
                 self._lookup(spec).copy_(torch.from_numpy(np.ascontiguousarray(value)))
 
     def _canonical(self, spec: ParamSpec, value: torch.Tensor) -> np.ndarray:
         array = _tensor(value)
-        return (array.transpose(_TO_CANONICAL[array.ndim]) if spec.name == "kernel" else array).copy()
+        return (array.transpose(torch_layers.TO_CANONICAL[array.ndim]) if spec.name.endswith("kernel") else array).copy()
 
     def get_weights(self) -> list[np.ndarray]:
         return [self._canonical(s, self._lookup(s)) for s in self.specs]
 
     def _initialise_natively(self) -> None:
-        """What ``nn.Linear``, ``nn.Conv2d`` and ``nn.BatchNorm`` draw at construction (kaiming_uniform
-        with a=sqrt(5), biases U(+-1/sqrt(fan_in)); BatchNorm 1, 0 and fresh statistics), after
-        ``torch.manual_seed(seed)`` as a user seeds torch."""
+        """What torch's layers draw at construction, after ``torch.manual_seed(seed)`` as a user seeds torch:
+        ``nn.Linear`` and ``nn.Conv2d`` kaiming_uniform with a=sqrt(5), biases U(+-1/sqrt(fan_in)); BatchNorm
+        and LayerNorm 1, 0 (and fresh statistics); ``nn.MultiheadAttention`` xavier_uniform q/k/v, zero
+        biases; the position embedding normal(0, 0.02) as torchvision's ViT."""
         torch.manual_seed(self.train.seed)
         for owner in self.owners.values():
             owner.reset_parameters()
 
     def bn_momentum_parameter(self, bn_momentum: float) -> float:
-        return _torch_momentum(bn_momentum)
+        return torch_layers.torch_momentum(bn_momentum)
 
     def _reset_optimizer(self) -> None:
         """Zero the optimizer's state in place: step 0 and zero moments are a fresh optimizer's values,
@@ -308,28 +272,32 @@ class TorchBackend(Backend):
         with torch.no_grad():
             return _tensor(self._augment(self._input(x), self._augment_tensors(params)).permute(0, 2, 3, 1))
 
-    def _decay(self) -> None:
-        """Decoupled weight decay, as Keras and AdamW do: w -= lr * wd * w (before the update)."""
-        if self.train.weight_decay:
+    def _decay(self, lr: float | torch.Tensor) -> None:
+        """Decoupled weight decay where the optimizer does not apply it itself (all but ``AdamW``), as Keras
+        and AdamW do: w -= lr_t * wd * w on every parameter, before the update."""
+        if self.decay:
             with torch.no_grad():
-                torch._foreach_mul_(self.decayed, 1.0 - self.train.lr * self.train.weight_decay)
+                torch._foreach_mul_(self.params, 1.0 - lr * self.decay)
 
-    def _train_step(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The eager step: forward, loss, backward, weight decay and ``optimizer.step()``."""
+    def _train_step(self, x: torch.Tensor, labels: torch.Tensor, lr: float) -> torch.Tensor:
+        """The eager step: forward, loss, backward, weight decay and ``optimizer.step()`` at rate ``lr``, set
+        in the parameter group as torch's own schedulers set it."""
         loss = self._forward_loss(self.net, x, labels)
         loss.backward()
-        self._decay()
+        self.optimizer.param_groups[0]["lr"] = lr
+        self._decay(lr)
         self.optimizer.step()
         return loss.detach()
 
-    def _one_graph_step(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _one_graph_step(self, x: torch.Tensor, labels: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
         """The compiled modes' step, traced as one graph: the same arithmetic as ``_train_step``, with
-        ``torch.autograd.grad`` for ``backward`` and the optimizer's functional update for ``step``."""
+        ``torch.autograd.grad`` for ``backward``, the optimizer's functional update for ``step``, and the
+        rate a 0-d tensor (a float would be a constant of the graph, so each new rate a new graph)."""
         loss = self._forward_loss(self.net, x, labels)
-        grads = torch.autograd.grad(loss, self.decayed)
-        self._decay()
+        grads = torch.autograd.grad(loss, self.params)
+        self._decay(lr)
         with torch.no_grad():
-            self._update(list(grads))
+            self._update(list(grads), lr)
         return loss.detach()
 
     def _step(self, batch: np.ndarray, augment: Params | None) -> torch.Tensor:
@@ -342,7 +310,7 @@ class TorchBackend(Backend):
         x = self.x[index]  # the gather and the augmentation run eagerly, as a user's data pipeline does
         if augment is not None:
             x = self._augment(x, self._augment_tensors(augment))
-        return self._train_fn(x, self.y[index])
+        return self._train_fn(x, self.y[index], self._rate(self.step_lr))
 
     def _read_losses(self, pending: list[torch.Tensor]) -> np.ndarray:
         return _tensor(torch.stack(pending).float())
@@ -365,7 +333,7 @@ class TorchBackend(Backend):
         labels = torch.from_numpy(y.astype(np.int64)).to(self.device)
         loss = self._forward_loss(self.forward, self._input(x), labels)
         loss.backward()
-        grads = [self._canonical(s, self._lookup(s).grad) for s in self.specs if s.trainable]
+        grads = [self._canonical(s, self._lookup(s, grad=True)) for s in self.specs if s.trainable]
         self.net.zero_grad(set_to_none=True)
         with torch.no_grad():
             for name, b in self.net.named_buffers():

@@ -8,13 +8,16 @@ the gradients are written to ``.grad`` inside the trace, dynamo breaks again bef
 reads them ("optimizer: pending mutation on parameter"). So the compiled step here takes the
 gradients with ``torch.autograd.grad`` (traced) and updates the weights with the optimizer's own
 functional form (``torch.optim.adam.adam``, ``sgd.sgd``, ``rmsprop.rmsprop``: the function
-``Optimizer.step`` itself calls) on the optimizer's own state tensors. Forward, loss, gradients,
+``Optimizer.step`` itself calls; ``AdamW`` is ``adam`` with its decoupled decay) on the optimizer's own
+state tensors, at the step's learning rate handed in as a 0-d tensor: a Python float read inside the
+trace would be a constant of the graph, so a schedule would compile a new graph every step (the
+tensor rate is what torch's compile tutorial prescribes for schedulers). Forward, loss, gradients,
 weight decay and the update are then one graph, with the same arithmetic as the eager step
 (tests/test_torch_compiled.py holds the losses together and asserts no graph break).
 
 The optimizer's state is created the way torch creates it, by one eager ``step`` on zero gradients
-at build (a zero gradient moves no weight under any of the suite's optimizers), and is zeroed in
-place by the adapter's reset, so the graph's guards on those tensors keep holding.
+at rate 0 at build (no weight moves: a zero gradient alone would still shrink AdamW's weights by its
+decay), and is zeroed in place by the adapter's reset, so the graph's guards on those tensors keep holding.
 
 Dynamo's counters (``torch._dynamo.utils.counters``) say how many graphs and graph breaks a call
 produced; the record keeps them (``graphs``, ``graph_breaks`` and each break's reason), and the
@@ -38,8 +41,9 @@ from torch.optim.adam import adam
 from torch.optim.rmsprop import rmsprop
 from torch.optim.sgd import sgd
 
-Update = Callable[[list[torch.Tensor]], None]
-"""Applies one optimizer update, in place, from the gradients of the optimizer's parameters."""
+Update = Callable[[list[torch.Tensor], torch.Tensor], None]
+"""Applies one optimizer update, in place, from the gradients of the optimizer's parameters and the
+step's learning rate (a 0-d tensor, so a new rate is a new value, not a new graph)."""
 
 
 def _state(optimizer: torch.optim.Optimizer, key: str) -> list[torch.Tensor]:
@@ -50,9 +54,9 @@ def _sgd(optimizer: torch.optim.SGD) -> Update:
     group = optimizer.param_groups[0]
     params = group["params"]
     buffers = _state(optimizer, "momentum_buffer") if group["momentum"] else [None] * len(params)
-    return lambda grads: sgd(
+    return lambda grads, lr: sgd(
         params, grads, buffers, foreach=group["foreach"], fused=group["fused"], weight_decay=group["weight_decay"],
-        momentum=group["momentum"], lr=group["lr"], dampening=group["dampening"], nesterov=group["nesterov"],
+        momentum=group["momentum"], lr=lr, dampening=group["dampening"], nesterov=group["nesterov"],
         maximize=group["maximize"])
 
 
@@ -61,10 +65,10 @@ def _rmsprop(optimizer: torch.optim.RMSprop) -> Update:
     averages, steps = _state(optimizer, "square_avg"), _state(optimizer, "step")
     gradient_averages = _state(optimizer, "grad_avg") if group["centered"] else []
     buffers = _state(optimizer, "momentum_buffer") if group["momentum"] > 0 else []
-    return lambda grads: rmsprop(
+    return lambda grads, lr: rmsprop(
         group["params"], grads, averages, gradient_averages, buffers, steps, foreach=group["foreach"],
         maximize=group["maximize"], differentiable=group["differentiable"], capturable=group["capturable"],
-        lr=group["lr"], alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"],
+        lr=lr, alpha=group["alpha"], eps=group["eps"], weight_decay=group["weight_decay"],
         momentum=group["momentum"], centered=group["centered"])
 
 
@@ -73,26 +77,28 @@ def _adam(optimizer: torch.optim.Adam) -> Update:
     first, second, steps = _state(optimizer, "exp_avg"), _state(optimizer, "exp_avg_sq"), _state(optimizer, "step")
     largest = _state(optimizer, "max_exp_avg_sq") if group["amsgrad"] else []
     beta1, beta2 = group["betas"]
-    return lambda grads: adam(
+    return lambda grads, lr: adam(
         group["params"], grads, first, second, largest, steps, foreach=group["foreach"], capturable=group["capturable"],
         differentiable=group["differentiable"], fused=group["fused"], decoupled_weight_decay=group["decoupled_weight_decay"],
-        amsgrad=group["amsgrad"], beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"],
+        amsgrad=group["amsgrad"], beta1=beta1, beta2=beta2, lr=lr, weight_decay=group["weight_decay"],
         eps=group["eps"], maximize=group["maximize"])
 
 
 FUNCTIONAL: dict[type, Callable[[torch.optim.Optimizer], Update]] = {
-    torch.optim.SGD: _sgd, torch.optim.RMSprop: _rmsprop, torch.optim.Adam: _adam,
+    torch.optim.SGD: _sgd, torch.optim.RMSprop: _rmsprop, torch.optim.Adam: _adam, torch.optim.AdamW: _adam,
 }
 """Per torch optimizer class, its update as the functional call its own ``step`` makes."""
 
 
 def functional_update(optimizer: torch.optim.Optimizer) -> Update:
     """The optimizer's update as one traceable call on its own state, which this creates first (one
-    eager step on zero gradients: torch's own initialisation, and no weight moves)."""
-    params = optimizer.param_groups[0]["params"]
-    for p in params:
+    eager step on zero gradients at rate 0: torch's own initialisation, and no weight moves)."""
+    group = optimizer.param_groups[0]
+    for p in group["params"]:
         p.grad = torch.zeros_like(p)
+    rate, group["lr"] = group["lr"], 0.0
     optimizer.step()
+    group["lr"] = rate
     optimizer.zero_grad(set_to_none=True)
     return FUNCTIONAL[type(optimizer)](optimizer)
 

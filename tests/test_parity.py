@@ -147,9 +147,9 @@ def test_torch_with_its_default_batchnorm_momentum_fails_the_running_statistics_
 def test_torch_flattening_in_c_h_w_order_fails_the_forward_rung(monkeypatch):
     from torch import nn
 
-    from backends import torch_backend
+    from backends import torch_backend, torch_layers
 
-    monkeypatch.setattr(torch_backend, "_FlattenHWC", nn.Flatten)  # torch's own NCHW flatten
+    monkeypatch.setattr(torch_layers, "_FlattenHWC", nn.Flatten)  # torch's own NCHW flatten
     backend = torch_backend.TorchBackend()
     backend.setup(threads=1)
     report = _ladder(backend, ["cnn"], ["sgd"], ["tanh"])
