@@ -96,6 +96,7 @@ class KerasTorchBackend(KerasBase):
         return {name: torch.from_numpy(p).to(self.device, non_blocking=True) for name, p in params.items()}
 
     def _step(self, batch: np.ndarray, augment: Params | None) -> torch.Tensor:
+        self._feed_rate()
         index = torch.from_numpy(batch)
         if self.device.type != "cpu":
             index = index.to(self.device, non_blocking=True)
