@@ -165,13 +165,16 @@ def test_the_native_policy_draws_every_transformer_array_from_keras_initialisers
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in HOSTED if (n, "compiled") in SLOW_MODES])
 def test_keras_on_torch_compiles_the_transformer_step_once_across_a_schedule(name):
-    """The schedule's rates reach torch.compile's step as a tensor's value: the graphs compiled for the
-    first step serve every later rate, and the record counts them and their breaks."""
+    """The schedule's rates reach torch.compile's step as a tensor's value: once Keras' first two steps
+    have compiled what they need (the first ``zero_grad`` finds no gradients, the first weight decay
+    fills a cache), the rate's change at the last step compiles nothing, and the record counts the
+    graphs and their breaks."""
     backend = loaded_backend(name)
     batches = _prepared(backend, TINY_VIT, TrainSpec(mode="compiled", **ADAMW_ON_A_SCHEDULE))
-    first, _ = training.run_steps(backend, batches[:1])
+    assert backend.learning_rates[3] != backend.learning_rates[2]
+    first, _ = training.run_steps(backend, batches[:2])
     compiled = backend.compiled_graphs()
-    rest, _ = training.run_steps(backend, batches[1:])
+    rest, _ = training.run_steps(backend, batches[2:])
     assert backend.compiled_graphs() == compiled and compiled["graphs"] >= 1
-    assert compiled["graph_breaks"] == len(compiled["graph_break_reasons"])
+    assert compiled["graph_breaks"] >= len(compiled["graph_break_reasons"]) > 0
     _assert_close_to_the_oracle(backend, TINY_VIT, np.concatenate([first.losses, rest.losses]))
