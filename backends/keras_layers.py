@@ -31,6 +31,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from bench.spec.semantics import NATIVE
 from bench.spec.shapes import ATTENTION_LAYOUT, PROJECTION, attention_scale
 from bench.spec.train import TrainSpec
 
@@ -106,9 +107,15 @@ def _dropout(layer, path: str, x: Any, g: Graph) -> Any:
     return g.chain(x, None, keras.layers.Dropout(layer.rate, seed=seed, dtype=g.policy))
 
 
+NATIVE_LAYER_NORM_EPSILON = 1e-3
+"""``LayerNormalization``'s own epsilon (the suite's is 1e-5, torch's): what the native policy gets where a
+spec leaves a LayerNorm's epsilon to the default; an epsilon the spec names stays under every policy."""
+
+
 def _layer_norm(layer, path: str, x: Any, g: Graph) -> Any:
-    norm = keras.layers.LayerNormalization(axis=-1, epsilon=layer.epsilon, center=layer.affine, scale=layer.affine,
-                                           rms_scaling=False, dtype=g.policy)
+    native = g.train.semantics == NATIVE and "epsilon" not in layer.model_fields_set
+    norm = keras.layers.LayerNormalization(axis=-1, epsilon=NATIVE_LAYER_NORM_EPSILON if native else layer.epsilon,
+                                           center=layer.affine, scale=layer.affine, rms_scaling=False, dtype=g.policy)
     return g.chain(x, path, norm)
 
 

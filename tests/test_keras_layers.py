@@ -154,12 +154,19 @@ def test_a_saved_transformer_reloads_with_its_registered_layers(name, tmp_path):
 
 @pytest.mark.parametrize("name", HOSTED)
 def test_the_native_policy_draws_every_transformer_array_from_keras_initialisers(name):
+    import keras
+
     backend = loaded_backend(name)
     backend.build(TINY_VIT, TrainSpec(semantics="native"), LAYER_SHAPE, CLASSES)
     drawn = dict(zip([p.key for p in backend.specs], backend.initialise_natively(), strict=True))
     assert drawn["1.embedding"].std() > 0 and drawn["2.0.gamma"].tolist() == [1.0] * 8
     assert all(drawn[f"2.1.{part}_kernel"].std() > 0 for part in ("query", "key", "value", "output"))
     assert drawn["2.1.query_bias"].shape == (8,) and not drawn["2.1.query_bias"].any()
+    epsilons = [layer.epsilon for layer in backend.keras_model.layers if isinstance(layer, keras.layers.LayerNormalization)]
+    assert epsilons == [1e-3] * 3, "Keras' own LayerNormalization epsilon under the native policy"
+    backend.build(TINY_VIT, TrainSpec(), LAYER_SHAPE, CLASSES)
+    epsilons = [layer.epsilon for layer in backend.keras_model.layers if isinstance(layer, keras.layers.LayerNormalization)]
+    assert epsilons == [1e-5] * 3, "the spec's epsilon, passed explicitly, under the harmonised policy"
 
 
 @pytest.mark.slow
