@@ -167,6 +167,7 @@ class KerasBackend(KerasBase):
         return self._model(x, training=False)
 
     def _step(self, batch: np.ndarray, augment: Params | None) -> tf.Tensor:
+        self._feed_rate()
         rows = tf.convert_to_tensor(np.asarray(batch, dtype=np.int32))
         if augment is None:
             return self._train_fn(rows)

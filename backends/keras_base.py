@@ -29,6 +29,7 @@ import numpy as np
 from keras import ops
 
 from backends.base import Backend
+from backends.keras_layers import LAYERS, Graph, initializer, variable
 from bench.spec.rules import Rules
 from bench.spec.semantics import Native
 from bench.spec.train import Augment, TrainSpec
@@ -41,27 +42,14 @@ NATIVE_OVERRIDES = {"epsilon": 1e-7, "rho": 0.9, "bn_momentum": 0.99, "bn_epsilo
 """Keras' own defaults, on every engine: Adam and RMSprop epsilon 1e-7, RMSprop rho 0.9, BatchNorm
 momentum 0.99 and epsilon 1e-3 (equal to the suite's); LeakyReLU 0.3, because leaky_relu is built
 as a ``keras.layers.LeakyReLU`` layer, whose default is 0.3 (the string activation would be 0.2)."""
+NATIVE_LAYERS = {"LayerNorm": {"epsilon": 1e-3}}
+"""``LayerNormalization``'s own epsilon (the suite's is 1e-5, torch's): what a LayerNorm that leaves its
+epsilon to the default gets under the native policy; an epsilon the spec names stays under every policy."""
 
 
 def native(rules: Rules) -> Native:
     """Keras' defaults, glorot_uniform initialisers, and the rules of the engine it runs on."""
-    return Native(overrides=NATIVE_OVERRIDES, init="glorot_uniform", rules=rules)
-
-
-Activate = Callable[[str], list[keras.layers.Layer]]
-"""An activation name as Keras layers, built by the adapter from its ``activation`` table."""
-
-
-def _conv(layer, index: int, train: TrainSpec, policy: str, act: Activate) -> list[keras.layers.Layer]:
-    conv = keras.layers.Conv2D(layer.filters, layer.kernel, strides=layer.stride, padding=layer.padding,
-                               data_format="channels_last", dtype=policy)
-    return [conv] + act(layer.activation)
-
-
-def _dropout(layer, index: int, train: TrainSpec, policy: str, act: Activate) -> list[keras.layers.Layer]:
-    # One seed per layer from (train seed, layer index): equal seeds would correlate the masks.
-    seed = int(np.random.SeedSequence([train.seed, index]).generate_state(1)[0] >> 1)
-    return [keras.layers.Dropout(layer.rate, seed=seed, dtype=policy)]
+    return Native(overrides=NATIVE_OVERRIDES, init="glorot_uniform", rules=rules, layers=NATIVE_LAYERS)
 
 
 def _onehot(y: Any, z: Any) -> Any:
@@ -116,16 +104,8 @@ RESAMPLING = ("rotate", "zoom")
 
 TRANSLATIONS = {
     # layer: (spec layer, index, train spec, dtype policy, activate) -> Keras layers, the first holding the parameters
-    "layer": {
-        "Flatten": lambda layer, i, t, policy, act: [keras.layers.Flatten(dtype=policy)],
-        "Dense": lambda layer, i, t, policy, act: [keras.layers.Dense(layer.units, dtype=policy)] + act(layer.activation),
-        "Conv2D": _conv,
-        "MaxPool2D": lambda layer, i, t, policy, act: [keras.layers.MaxPooling2D(layer.size, strides=layer.size, padding="valid", dtype=policy)],
-        "AvgPool2D": lambda layer, i, t, policy, act: [keras.layers.AveragePooling2D(layer.size, strides=layer.size, padding="valid", dtype=policy)],
-        "BatchNorm": lambda layer, i, t, policy, act: [keras.layers.BatchNormalization(momentum=t.bn_momentum, epsilon=t.bn_epsilon, dtype=policy)],
-        "Dropout": _dropout,
-        "Activation": lambda layer, i, t, policy, act: act(layer.activation),
-    },
+    # layer: (spec layer, path, input tensor, graph) -> output tensor, in backends/keras_layers.py
+    "layer": LAYERS,
     # activation: (leaky slope, dtype policy) -> layers; leaky_relu is a layer so the slope is explicit and saved
     "activation": {
         "relu": lambda slope, policy: [keras.layers.Activation("relu", dtype=policy)],
@@ -149,6 +129,9 @@ TRANSLATIONS = {
                                                       centered=False, weight_decay=t.weight_decay or None),
         "adam": lambda t: keras.optimizers.Adam(learning_rate=float(t.lr), beta_1=t.beta1, beta_2=t.beta2, epsilon=t.epsilon,
                                                 amsgrad=False, weight_decay=t.weight_decay or None),
+        # Keras' AdamW is Adam with a required decay: variable -= variable * wd * lr before the update
+        "adamw": lambda t: keras.optimizers.AdamW(learning_rate=float(t.lr), weight_decay=t.weight_decay, beta_1=t.beta1,
+                                                  beta_2=t.beta2, epsilon=t.epsilon, amsgrad=False),
     },
     "augment": {
         "hflip": _flip(2),
@@ -184,23 +167,21 @@ class KerasBase(Backend):
             keras.utils.set_random_seed(train.seed)
         policy = "mixed_bfloat16" if train.precision == "bf16" else "float32"
 
-        def act(name: str) -> list[keras.layers.Layer]:
+        def activate(name: str) -> list[keras.layers.Layer]:
             return self.translate("activation", name)(train.leaky_relu_slope, policy)
 
-        holders: dict[str, keras.layers.Layer | None] = {}  # by ParamSpec.layer path: the Keras layer holding its parameters
-        layers: list[keras.layers.Layer] = []
-        for index, layer in enumerate(self.model.layers):
-            translated = self.translate("layer", layer.type)(layer, index, train, policy, act)
-            holders[str(index)] = translated[0] if translated else None
-            layers += translated
+        graph = Graph(train, policy, activate, lambda kind: self.translate("layer", kind))
+        inputs = keras.Input(shape=self.input_shape)
+        outputs = graph.stack(self.model.layers, "", inputs)
         if policy != "float32":  # logits leave the model in float32, whatever the compute dtype
-            layers.append(keras.layers.Activation("linear", dtype="float32"))
-        self._model = keras.Sequential([keras.Input(shape=self.input_shape), *layers], name=self.model.name)
-        # Named explicitly per canonical role (kernel, bias, gamma, ...), never by Keras' variable order.
-        self._params = [getattr(holders[p.layer], p.name) for p in self.specs]
-        self._initializers = [getattr(holders[p.layer], f"{p.name}_initializer") for p in self.specs]
+            outputs = keras.layers.Activation("linear", dtype="float32")(outputs)
+        self._model = keras.Model(inputs, outputs, name=self.model.name)
+        # Named explicitly per canonical role (kernel, bias, gamma, query_kernel, ...), never by Keras'
+        # variable order; each Keras array is its canonical array reshaped (keras_layers ``ROUTES``).
+        self._params = [variable(graph.holders[p.layer], p.name) for p in self.specs]
+        self._initializers = [initializer(graph.holders[p.layer], p.name) for p in self.specs]
         for p, v in zip(self.specs, self._params):
-            if tuple(v.shape) != p.shape:
+            if int(np.prod(v.shape)) != int(np.prod(p.shape)):
                 raise AssertionError(f"Keras variable {v.path} has shape {tuple(v.shape)}, canonical {p.shape}")
         # The step works in the model's own variable order, as Keras' trainers do; gradients are
         # handed out in canonical order through this index.
@@ -229,25 +210,39 @@ class KerasBase(Backend):
 
     def _set_weights(self, weights: list[np.ndarray]) -> None:
         for v, w in zip(self._params, weights):
-            v.assign(w)
+            v.assign(np.reshape(w, v.shape))
         self._variables_changed()
 
     def _initialise_natively(self) -> None:
         """Each layer's own initialiser (Dense/Conv2D glorot_uniform kernels and zero biases, BatchNorm
         ones and zeros). Their seeds were drawn when ``_build`` made the layers after
         ``keras.utils.set_random_seed(seed)``, so this redraws what Keras built, on demand."""
-        for v, initializer in zip(self._params, self._initializers):
-            v.assign(initializer(v.shape, dtype=v.dtype))
+        for v, draw in zip(self._params, self._initializers):
+            v.assign(draw(v.shape, dtype=v.dtype))
         self._variables_changed()
 
     def get_weights(self) -> list[np.ndarray]:
         self._sync_variables()
-        return [np.array(self._numpy(v.value), dtype=np.float32) for v in self._params]
+        return [np.array(self._numpy(v.value), dtype=np.float32).reshape(p.shape) for p, v in zip(self.specs, self._params)]
 
     def _reset_optimizer(self) -> None:
-        """Assign the optimizer's fresh values (iteration 0, zero slots) in place: nothing is retraced."""
+        """Assign the optimizer's fresh values (iteration 0, zero slots, the base rate) in place: nothing is retraced."""
         for v, value in zip(self._optimizer.variables, self._fresh_optimizer):
             v.assign(value)
+        self._rate_fed = float(self.train.lr)
+
+    def _feed_rate(self) -> None:
+        """Give the optimizer the schedule's rate of the step about to run (``step_lr``), as a value in
+        its learning-rate variable, which the compiled steps read like any other state: a new rate is
+        an assignment, never a retrace. Assigned only when it changes, so a constant schedule costs
+        nothing per step; each engine's ``_step`` calls this first."""
+        if self.step_lr != self._rate_fed:
+            self._assign_rate(self.step_lr)
+            self._rate_fed = self.step_lr
+
+    def _assign_rate(self, rate: float) -> None:
+        """Write the rate into the optimizer's ``learning_rate`` variable (``keras.Variable.assign``)."""
+        self._optimizer.learning_rate.assign(rate)
 
     def _numpy(self, tensor: Any) -> np.ndarray:
         """A tensor (or a variable's value) of this engine as a NumPy copy: never a view of a buffer the
@@ -256,7 +251,8 @@ class KerasBase(Backend):
 
     def _canonical_gradients(self, grads: list[np.ndarray]) -> list[np.ndarray]:
         """Gradients in the model's variable order (as the step computes them) in canonical order."""
-        return [np.asarray(grads[i], dtype=np.float32) for i in self._canonical_grads]
+        shapes = [p.shape for p in self.specs if p.trainable]
+        return [np.asarray(grads[i], dtype=np.float32).reshape(shape) for i, shape in zip(self._canonical_grads, shapes)]
 
     @property
     def keras_model(self) -> keras.Model:

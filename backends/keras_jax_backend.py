@@ -96,6 +96,13 @@ class KerasJaxBackend(KerasBase):
     def _reset_optimizer(self) -> None:
         """Fresh optimizer arrays of the same shapes and dtypes: the compiled step is reused."""
         self._optimizer_state = [jax.device_put(value, self._device) for value in self._fresh_optimizer]
+        self._rate_fed = float(self.train.lr)
+
+    def _assign_rate(self, rate: float) -> None:
+        """The rate is one of the optimizer arrays the pure step takes (Keras' ``stateless_apply`` reads
+        its ``learning_rate`` variable from them): a new float32 scalar there, the same compiled step."""
+        slot = [id(v) for v in self._optimizer.variables].index(id(self._optimizer.learning_rate))
+        self._optimizer_state[slot] = jax.device_put(np.float32(rate), self._device)
 
     # -- the pure functions the step and evaluation are made of ----------------------------------
     def _loss_and_state(self, trainable: State, non_trainable: State, x: jax.Array, y: jax.Array) -> tuple[jax.Array, State]:
@@ -130,6 +137,7 @@ class KerasJaxBackend(KerasBase):
         self._y = jax.device_put(np.asarray(y, np.int32), self._device)
 
     def _step(self, batch: np.ndarray, augment: Params | None) -> jax.Array:
+        self._feed_rate()
         out = self._train_fn(self._trainable_state, self._non_trainable_state, self._optimizer_state,
                              self._x, self._y, batch.astype(np.int32), augment)
         self._trainable_state, self._non_trainable_state, self._optimizer_state, loss = out

@@ -69,6 +69,7 @@ class KerasTorchBackend(KerasBase):
         self._x: torch.Tensor | None = None
         self._y: torch.Tensor | None = None
         self._caches = torch_step.CacheCount() if self.mode == "compiled" else None
+        self._graphs = torch_step.GraphCount() if self.mode == "compiled" else None
         if self.mode == "compiled":  # Keras' make_train_function / make_predict_function with jit_compile=True
             self._train_fn, self._forward = torch.compile(self._train_step), torch.compile(self._forward_fn)
         else:
@@ -99,6 +100,7 @@ class KerasTorchBackend(KerasBase):
         return {name: torch.from_numpy(p).to(self.device, non_blocking=True) for name, p in params.items()}
 
     def _step(self, batch: np.ndarray, augment: Params | None) -> torch.Tensor:
+        self._feed_rate()
         index = torch.from_numpy(batch)
         if self.device.type != "cpu":
             index = index.to(self.device, non_blocking=True)
@@ -147,6 +149,12 @@ class KerasTorchBackend(KerasBase):
         if self._caches is None:
             return None
         return "off" if self.cache_policy == "off" else (self._caches.state() or "off")
+
+    def compiled_graphs(self) -> dict:
+        """Graphs and graph breaks of Keras' compiled step, as dynamo counts them (torch_step.GraphCount):
+        Keras compiles its ``train_step`` whole, so ``loss.backward()`` and the optimizer's Python are
+        breaks, recorded as they are rather than worked around as the torch adapter does."""
+        return self._graphs.facts() if self._graphs is not None else {}
 
     def forget_compiled(self, disk: bool) -> None:
         torch_runtime.forget_compiled(disk)
