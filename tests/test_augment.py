@@ -254,7 +254,8 @@ def test_a_bad_augment_flag_is_one_line_and_exit_2(value, message):
 
 
 # -- a run, end to end ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("dataset,model,extra", [("digits", "mlp", []), ("mnist-sample", "cnn", ["--train-size", "512"])])
+@pytest.mark.parametrize("dataset,model,extra", [pytest.param("digits", "mlp", [], marks=pytest.mark.slow),
+                                                 ("mnist-sample", "cnn", ["--train-size", "512"])])
 def test_an_augmented_run_completes_every_cell_and_reports_the_cost_per_backend(tmp_path, dataset, model, extra):
     if not ALL:
         pytest.skip("no framework installed")

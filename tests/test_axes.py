@@ -74,11 +74,13 @@ def test_the_grid_is_the_product_of_every_axis_with_one_id_per_cell():
     assert [field for field, seen in values.items() if len(seen) < 2] == ["epochs", "dataset"]  # the learning rate follows the optimizer
     # the product nests in AXES order: the last axis varies fastest, within one backend and repeat
     first = [tuple(axis.read(c) for axis in AXES) for c in cells[:2 ** 10]]
-    assert first == sorted(first, key=lambda point: [_rank(cells, axis, v) for axis, v in zip(AXES, point)])
+    ranks = [_ranks(cells, axis) for axis in AXES]
+    assert first == sorted(first, key=lambda point: [rank[v] for rank, v in zip(ranks, point)])
 
 
-def _rank(cells: list[Cell], axis, value) -> int:
-    return list(dict.fromkeys(axis.read(c) for c in cells)).index(value)
+def _ranks(cells: list[Cell], axis) -> dict:
+    """Each value of ``axis`` by the order it first appears in."""
+    return {value: i for i, value in enumerate(dict.fromkeys(axis.read(c) for c in cells))}
 
 
 def test_the_reports_group_by_every_axis_once():

@@ -181,6 +181,7 @@ def test_a_default_model_that_cannot_fit_is_skipped_once_with_the_reason(tmp_pat
     pytest.importorskip("torch")
     out = tmp_path / "digits"
     args = ["run", "--backend", "torch", "--dataset", "digits", "--optimizers", "adam", "--activations", "relu",
+            "--epochs", "1", "--min-window", "0.05", "--window-budget", "0.5",
             "--out", str(out)]
     assert bench(*args).returncode == 0
     assert bench(*args).returncode == 0  # resumed: nothing new, nothing duplicated

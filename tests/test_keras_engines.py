@@ -33,14 +33,15 @@ ROOT = Path(__file__).resolve().parents[1]
 KERAS = [n for n, e in backends.REGISTRY.items() if e.wrapper == "keras" and backends.unavailable_reason(n) is None]
 ELSEWHERE = [n for n in KERAS if backends.REGISTRY[n].engine != KERAS_ENGINE]
 """Installed Keras backends this process cannot host."""
-SUITE = ("tests/test_backend_conformance.py", "tests/test_augment.py", "tests/test_keras_engines.py",
-         "tests/test_keras_layers.py")
-"""The adapter tests every default run repeats for each other Keras engine (one to two minutes each):
-conformance against the oracle, augmentation against the NumPy reference, this module's
-engine-specific checks, and the residual-net and transformer layers against the oracle in every mode. ``tox -e keras-jax`` / ``tox -e keras-torch`` add saved models, the rules
-and the compact ladder, the records and the native policy (tests/test_saved_models.py,
-test_parity.py, test_measurement.py, test_semantics.py); ``bench parity`` runs the whole ladder, and the slow end-to-end test of
-tests/test_saved_models.py predicts a saved model with ``bench predict`` on every Keras engine."""
+SUITE = ("tests/test_backend_conformance.py", "tests/test_keras_engines.py")
+"""The adapter tests every default run repeats for each other Keras engine (about 45 s each, most of it
+the process's imports): conformance against the oracle and this module's engine-specific checks.
+``tox -e keras-jax`` / ``tox -e keras-torch`` add augmentation against the NumPy reference, the
+residual-net and transformer layers against the oracle in every mode, saved models, the rules and
+the compact ladder, the records and the native policy (tests/test_augment.py, test_keras_layers.py,
+test_saved_models.py, test_parity.py, test_measurement.py, test_semantics.py) with their slow tests;
+``bench parity`` runs the whole ladder, and the slow end-to-end test of tests/test_saved_models.py
+predicts a saved model with ``bench predict`` on every Keras engine."""
 
 
 @pytest.mark.parametrize("name", ELSEWHERE)

@@ -18,7 +18,7 @@ from bench.run.executors import DEFAULT_EXECUTOR, EXECUTORS
 from bench.run.executors.process import worker_cpu_set
 from bench.spec.cell import DEFAULT_MIN_SECONDS
 from bench.spec.data import DATASETS
-from bench.spec.model import ACTIVATIONS, LOSSES, MODERN_MODELS, OPTIMIZERS, PRECISIONS, SEED_MODELS
+from bench.spec.model import ACTIVATIONS, LOSSES, MODERN_MODELS, OPTIMIZERS, PRECISIONS, SEED_MODELS, SEED_OPTIMIZERS
 from bench.spec.train import SCHEDULES
 
 
@@ -74,7 +74,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    + "), or a comma list of them (default: all)")
     p.add_argument("--models", help=f"comma list (default: all seed models: {', '.join(SEED_MODELS)}; "
                                     f"also built in: {', '.join(MODERN_MODELS)})")
-    p.add_argument("--optimizers", help=f"comma list of {', '.join(OPTIMIZERS)} (default: all)")
+    p.add_argument("--optimizers", help=f"comma list of {', '.join(OPTIMIZERS)} "
+                                        f"(default: {', '.join(SEED_OPTIMIZERS)})")
     p.add_argument("--activations", help=f"comma list of {', '.join(ACTIVATIONS)} (default: all)")
     p.add_argument("--losses", help=f"comma list of {', '.join(LOSSES)} (default: cce)")
     p.add_argument("--dataset", help=f"{', '.join(DATASETS)} (default: mnist-sample, bundled)")

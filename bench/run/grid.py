@@ -26,7 +26,17 @@ from bench.measure.throughput import MIN_WINDOWS
 from bench.results.store import read_small
 from bench.spec.cell import AXES, Cell, WindowPlan
 from bench.spec.data import check_name
-from bench.spec.model import ACTIVATIONS, BUILTIN_MODELS, LOSSES, OPTIMIZERS, PRECISIONS, SEED_MODELS, Layer, ModelSpec
+from bench.spec.model import (
+    ACTIVATIONS,
+    BUILTIN_MODELS,
+    LOSSES,
+    OPTIMIZERS,
+    PRECISIONS,
+    SEED_MODELS,
+    SEED_OPTIMIZERS,
+    Layer,
+    ModelSpec,
+)
 from bench.spec.semantics import HARMONISED, POLICIES
 from bench.spec.shapes import check_fits
 from bench.spec.train import SCHEDULES, Augment, TrainSpec
@@ -110,7 +120,7 @@ class Sweep:
         default_factory=lambda: ["all"])
     models: Annotated[list[str], _names("model names")] = field(default_factory=lambda: list(SEED_MODELS))
     optimizers: Annotated[list[str], _names("optimizers"), _names_in("optimizer", OPTIMIZERS)] = field(
-        default_factory=lambda: list(OPTIMIZERS))
+        default_factory=lambda: list(SEED_OPTIMIZERS))
     activations: Annotated[list[str], _names("activations"), _names_in("activation", ACTIVATIONS)] = field(
         default_factory=lambda: list(ACTIVATIONS))
     losses: Annotated[list[str], _names("losses"), _names_in("loss", LOSSES)] = field(default_factory=lambda: ["cce"])
