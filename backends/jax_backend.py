@@ -76,7 +76,7 @@ def _adam(t: TrainSpec, rules: Rules) -> list[optax.GradientTransformation]:
     return [optax.scale_by_adam(b1=t.beta1, b2=t.beta2, eps=t.epsilon, eps_root=0.0)]
 
 
-class JaxBackend(Backend):
+class JaxBackend(jax_runtime.JaxSteps, Backend):
     """The spec on JAX: Flax Linen model, Optax optimizer, one donated jit step (or eager ops)."""
 
     name = "jax"
@@ -288,14 +288,8 @@ class JaxBackend(Backend):
         self._params, self._stats, self._opt_state, self._step_no, loss = out
         return loss
 
-    def _augmented(self, x: np.ndarray, params: Params) -> np.ndarray:
-        return np.asarray(self._augment_fn(jax.device_put(x, self.device), params))
-
-    def _read_losses(self, pending: list[jax.Array]) -> np.ndarray:
-        return np.asarray(jax.device_get(pending), dtype=np.float32)
-
-    def _synchronize(self, pending: list[jax.Array]) -> None:
-        jax.block_until_ready((pending[-1:], self._params, self._stats, self._opt_state))
+    def _training_state(self) -> tuple:
+        return self._params, self._stats, self._opt_state
 
     # -- inference -------------------------------------------------------------------------------
     def logits(self, x: np.ndarray) -> np.ndarray:

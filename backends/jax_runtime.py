@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from abc import abstractmethod
 from collections.abc import Callable
 
 import jax
@@ -25,6 +26,28 @@ from backends.device import MemoryReading, SyncTimer, uniform
 CUDA_PLUGINS = ("jax_cuda13_plugin", "jax_cuda12_plugin")
 PRECISION = {"fp32": lax.Precision.HIGHEST, "tf32": lax.Precision.DEFAULT, "bf16": lax.Precision.DEFAULT}
 """XLA's matmul precision per suite precision: on NVIDIA, DEFAULT runs fp32 as TF32."""
+
+
+class JaxSteps:
+    """What both JAX-hosted adapters do with their dispatched steps: run an augmentation on the device,
+    read the losses back, and wait for the losses and the whole training state (``_training_state``:
+    the adapter's parameters, statistics and optimizer state, the arrays a step replaces)."""
+
+    device: jax.Device
+    _augment_fn: Callable
+
+    @abstractmethod
+    def _training_state(self) -> tuple:
+        """The arrays a step replaces, for ``_synchronize`` to wait on."""
+
+    def _augmented(self, x: np.ndarray, params: dict) -> np.ndarray:
+        return np.asarray(self._augment_fn(jax.device_put(x, self.device), params))
+
+    def _read_losses(self, pending: list[jax.Array]) -> np.ndarray:
+        return np.asarray(jax.device_get(pending), dtype=np.float32)
+
+    def _synchronize(self, pending: list[jax.Array]) -> None:
+        jax.block_until_ready((pending[-1:], self._training_state()))
 
 
 def gpu_report() -> dict:

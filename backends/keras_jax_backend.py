@@ -34,7 +34,7 @@ from bench.spec.augment import Params  # noqa: E402
 State = list[jax.Array]
 
 
-class KerasJaxBackend(KerasBase):
+class KerasJaxBackend(jax_runtime.JaxSteps, KerasBase):
     name = "keras-jax"
     framework = "jax+keras"
     modes = REGISTRY[name].modes
@@ -45,7 +45,7 @@ class KerasJaxBackend(KerasBase):
     PAD_EVAL_BATCHES = True
 
     def __init__(self) -> None:
-        self._device: jax.Device | None = None
+        self.device: jax.Device | None = None
         self._cache_dir = None
         self.compile_count = 0
         """Times the train step was traced (its Python body runs only then): 1 per cell in jit mode."""
@@ -55,12 +55,12 @@ class KerasJaxBackend(KerasBase):
         return jax_runtime.gpu_visible()
 
     def _setup(self, threads: int) -> BackendInfo:
-        self._device = jax_runtime.configure(self.on_gpu)
+        self.device = jax_runtime.configure(self.on_gpu)
         self._cache_dir = jax_compile_cache.enable()
         return BackendInfo(
             framework=self.framework,
             versions={"jax": jax.__version__, "jaxlib": jaxlib.__version__, "keras": keras.__version__},
-            device=str(self._device),
+            device=str(self.device),
             threads=jax_runtime.threads(threads),
         )
 
@@ -95,14 +95,14 @@ class KerasJaxBackend(KerasBase):
 
     def _reset_optimizer(self) -> None:
         """Fresh optimizer arrays of the same shapes and dtypes: the compiled step is reused."""
-        self._optimizer_state = [jax.device_put(value, self._device) for value in self._fresh_optimizer]
+        self._optimizer_state = [jax.device_put(value, self.device) for value in self._fresh_optimizer]
         self._rate_fed = float(self.train.lr)
 
     def _assign_rate(self, rate: float) -> None:
         """The rate is one of the optimizer arrays the pure step takes (Keras' ``stateless_apply`` reads
         its ``learning_rate`` variable from them): a new float32 scalar there, the same compiled step."""
         slot = [id(v) for v in self._optimizer.variables].index(id(self._optimizer.learning_rate))
-        self._optimizer_state[slot] = jax.device_put(np.float32(rate), self._device)
+        self._optimizer_state[slot] = jax.device_put(np.float32(rate), self.device)
 
     # -- the pure functions the step and evaluation are made of ----------------------------------
     def _loss_and_state(self, trainable: State, non_trainable: State, x: jax.Array, y: jax.Array) -> tuple[jax.Array, State]:
@@ -133,8 +133,8 @@ class KerasJaxBackend(KerasBase):
 
     # -- training --------------------------------------------------------------------------------
     def _place_data(self, x: np.ndarray, y: np.ndarray) -> None:
-        self._x = jax.device_put(np.asarray(x, np.float32), self._device)
-        self._y = jax.device_put(np.asarray(y, np.int32), self._device)
+        self._x = jax.device_put(np.asarray(x, np.float32), self.device)
+        self._y = jax.device_put(np.asarray(y, np.int32), self.device)
 
     def _step(self, batch: np.ndarray, augment: Params | None) -> jax.Array:
         self._feed_rate()
@@ -143,25 +143,19 @@ class KerasJaxBackend(KerasBase):
         self._trainable_state, self._non_trainable_state, self._optimizer_state, loss = out
         return loss
 
-    def _augmented(self, x: np.ndarray, params: Params) -> np.ndarray:
-        return np.asarray(self._augment_fn(jax.device_put(x, self._device), params))
-
-    def _read_losses(self, pending: list[jax.Array]) -> np.ndarray:
-        return np.asarray(jax.device_get(pending), dtype=np.float32)
-
-    def _synchronize(self, pending: list[jax.Array]) -> None:
-        jax.block_until_ready((pending[-1:], self._trainable_state, self._non_trainable_state, self._optimizer_state))
+    def _training_state(self) -> tuple:
+        return self._trainable_state, self._non_trainable_state, self._optimizer_state
 
     # -- inference -------------------------------------------------------------------------------
     def logits(self, x: np.ndarray) -> np.ndarray:
-        out = self._forward(self._trainable_state, self._non_trainable_state, jax.device_put(np.asarray(x, np.float32), self._device))
+        out = self._forward(self._trainable_state, self._non_trainable_state, jax.device_put(np.asarray(x, np.float32), self.device))
         return np.asarray(out, dtype=np.float32)
 
     def loss_and_gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[float, list[np.ndarray]]:
         """Functional: the state is read, never replaced; dropout draws from the current seed state."""
         loss, grads = self._grads_fn(self._trainable_state, self._non_trainable_state,
-                                     jax.device_put(np.asarray(x, np.float32), self._device),
-                                     jax.device_put(np.asarray(y, np.int32), self._device))
+                                     jax.device_put(np.asarray(x, np.float32), self.device),
+                                     jax.device_put(np.asarray(y, np.int32), self.device))
         return float(loss), self._canonical_gradients([np.asarray(g) for g in grads])
 
     # -- measurement -----------------------------------------------------------------------------

@@ -33,7 +33,7 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).cpu().numpy().copy()
 
 
-class KerasTorchBackend(KerasBase):
+class KerasTorchBackend(torch_runtime.TorchSteps, KerasBase):
     name = "keras-torch"
     framework = "torch+keras"
     modes = REGISTRY[name].modes
@@ -113,13 +113,6 @@ class KerasTorchBackend(KerasBase):
         with torch.no_grad():
             return _numpy(self._augment(torch.from_numpy(x).to(self.device), self._tensors(params)))
 
-    def _read_losses(self, pending: list[torch.Tensor]) -> np.ndarray:
-        return _numpy(torch.stack(pending))
-
-    def _synchronize(self, pending: list[torch.Tensor]) -> None:
-        if self.on_gpu:
-            torch.cuda.synchronize()
-
     # -- inference -------------------------------------------------------------------------------
     def logits(self, x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -139,16 +132,6 @@ class KerasTorchBackend(KerasBase):
         return float(loss.item()), self._canonical_gradients(grads)
 
     # -- measurement -----------------------------------------------------------------------------
-    @property
-    def synchronous_steps(self) -> bool:
-        """On a CPU a torch op returns once its kernel (and its OpenMP pool) is done; CUDA queues work."""
-        return not self.on_gpu
-
-    def compile_cache(self) -> str | None:
-        """From inductor's cache counters since the build, as the torch adapter reads them (torch_step.CacheCount)."""
-        if self._caches is None:
-            return None
-        return "off" if self.cache_policy == "off" else (self._caches.state() or "off")
 
     def compiled_graphs(self) -> dict:
         """Graphs and graph breaks of Keras' compiled step, as dynamo counts them (torch_step.GraphCount):

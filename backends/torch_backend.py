@@ -96,7 +96,7 @@ def _zoom(x: torch.Tensor, scale: torch.Tensor, a: Augment) -> torch.Tensor:
     return _resample(x, torch.stack([torch.stack([inverse, zero, zero], -1), torch.stack([zero, inverse, zero], -1)], -2))
 
 
-class TorchBackend(Backend):
+class TorchBackend(torch_runtime.TorchSteps, Backend):
     name = "torch"
     framework = "pytorch"
     modes = REGISTRY[name].modes
@@ -312,13 +312,6 @@ class TorchBackend(Backend):
             x = self._augment(x, self._augment_tensors(augment))
         return self._train_fn(x, self.y[index], self._rate(self.step_lr))
 
-    def _read_losses(self, pending: list[torch.Tensor]) -> np.ndarray:
-        return _tensor(torch.stack(pending).float())
-
-    def _synchronize(self, pending: list[torch.Tensor]) -> None:
-        if self.on_gpu:
-            torch.cuda.synchronize()
-
     # -- inference -------------------------------------------------------------------------------
     def logits(self, x: np.ndarray) -> np.ndarray:
         self.net.eval()
@@ -350,17 +343,6 @@ class TorchBackend(Backend):
         """CUDA graphs record one graph per input shape: evaluation pads its last partial batch, so the
         compiled forward replays one shape (a ragged batch would record another graph)."""
         return self.mode == "compiled-cudagraphs"
-
-    @property
-    def synchronous_steps(self) -> bool:
-        """On a CPU a torch op returns once its kernel (and its OpenMP pool) is done; CUDA queues work."""
-        return not self.on_gpu
-
-    def compile_cache(self) -> str | None:
-        """From inductor's FX-graph and AOTAutograd cache counters since the build (torch_step.CacheCount)."""
-        if self._caches is None:
-            return None
-        return "off" if self.cache_policy == "off" else (self._caches.state() or "off")
 
     def forget_compiled(self, disk: bool) -> None:
         torch_runtime.forget_compiled(disk)

@@ -11,12 +11,42 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from backends import compile_cache
 from backends.device import MemoryReading, uniform
+
+
+class TorchSteps:
+    """What both torch-hosted adapters do once their steps are dispatched: read the losses back, wait,
+    say whether a step's return times it, and label the compiled code's cache. One torch runtime,
+    one way (the adapter sets ``on_gpu``, ``cache_policy`` and ``_caches``, a torch_step.CacheCount
+    while a compiled mode is built, else None)."""
+
+    on_gpu: bool
+    cache_policy: str
+    _caches: Any
+
+    @property
+    def synchronous_steps(self) -> bool:
+        """On a CPU a torch op returns once its kernel (and its OpenMP pool) is done; CUDA queues work."""
+        return not self.on_gpu
+
+    def compile_cache(self) -> str | None:
+        """From inductor's FX-graph and AOTAutograd cache counters since the build (torch_step.CacheCount)."""
+        if self._caches is None:
+            return None
+        return "off" if self.cache_policy == "off" else (self._caches.state() or "off")
+
+    def _read_losses(self, pending: list[torch.Tensor]) -> np.ndarray:
+        return torch.stack(pending).detach().float().cpu().numpy()
+
+    def _synchronize(self, pending: list[torch.Tensor]) -> None:
+        if self.on_gpu:
+            torch.cuda.synchronize()
 
 
 def configure(threads: int) -> dict[str, int | str]:
