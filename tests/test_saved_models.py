@@ -28,7 +28,7 @@ from bench.errors import SavedModelError
 from bench.models import saved as saved_format
 from bench.models.saved import load_neutral, model_folder_name, save_neutral
 from bench.spec.data import epoch_batches, load_dataset, read_idx, scale_images
-from bench.spec.model import SEED_MODELS
+from bench.spec.model import BUILTIN_MODELS, SEED_MODELS
 from bench.spec.shapes import param_specs
 from bench.spec.train import TrainSpec
 from bench.spec.weights import canonical_weights
@@ -57,11 +57,12 @@ def slice_():
 
 @pytest.fixture(scope="module")
 def trained(slice_, tmp_path_factory):
-    """Per seed model: the torch-trained model saved neutrally, and torch's logits on the test rows."""
+    """Per built-in model (the seed models, resnet and vit): the torch-trained model saved neutrally, and
+    torch's logits on the test rows."""
     out = {}
     backend = loaded_backend(TRAINER)
-    for name in SEED_MODELS:
-        model = SEED_MODELS[name].resolve("relu")
+    for name in BUILTIN_MODELS:
+        model = BUILTIN_MODELS[name].resolve("relu")
         train = TrainSpec(optimizer="adam", learning_rate=0.01, batch_size=32, seed=1)
         backend.build(model, train, SHAPE, 10)
         backend.set_weights(canonical_weights(model, SHAPE, 10, train.seed))
@@ -91,7 +92,7 @@ def test_batchnorm_statistics_are_trained_and_saved_bit_for_bit(trained):
 
 @needs_trainer
 @pytest.mark.parametrize("name", [b for b in INSTALLED if b != TRAINER])
-@pytest.mark.parametrize("model", list(SEED_MODELS))
+@pytest.mark.parametrize("model", list(BUILTIN_MODELS))
 def test_a_torch_trained_model_predicts_the_same_on_every_backend(trained, slice_, name, model):
     folder, _, expected = trained[model]
     loaded = load_neutral(folder / saved_format.MANIFEST)

@@ -38,7 +38,8 @@ DEFAULT_BATCH = 500
 def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, type=Path,
                    help="a saved model folder (RUN/models/...), its model.json or its weights.safetensors")
-    p.add_argument("--backend", required=True, help="torch, tf, jax or numpy: any installed backend, whichever trained the model")
+    p.add_argument("--backend", required=True, help=f"{', '.join(backends.REGISTRY)}: any installed backend, "
+                   "whichever trained the model")
     p.add_argument("--input", required=True, type=Path,
                    help=".npy array (N, *input shape) of floats in [0, 1] or uint8 (scaled by 1/255), or an IDX .gz of uint8 images")
     p.add_argument("--probabilities", action="store_true", help="print each row's class probabilities after its class")
