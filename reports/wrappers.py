@@ -158,8 +158,10 @@ def _engines(sides: list[tuple[Side, str]]) -> list[EngineRow]:
 
 
 def wrapper_views(frame: pd.DataFrame) -> list[WrapperView]:
-    """Per model (in run order) and wrapper, each wrapper backend that finished a cell; none when the
-    run has no wrapper backend (or its records predate the engine and wrapper fields)."""
+    """Per model (in run order) and wrapper, each wrapper backend that finished a cell, where there is
+    something to compare: a wrapped engine whose own adapter is in the run, or two engines to rank.
+    None for a run of the default backends alone (Keras on TensorFlow, which has no counterpart) or
+    of records that predate the engine and wrapper fields."""
     ok = frame[(frame["status"] == Status.OK) & frame["engine"].notna()]
     views = []
     for model in dict.fromkeys(ok["model"].dropna()):
@@ -170,5 +172,6 @@ def wrapper_views(frame: pd.DataFrame) -> list[WrapperView]:
             sides = [(_fastest_mode(mine, str(b)), str(g["engine"].iloc[0])) for b, g in wrapped.groupby("backend")]
             costs = [_cost(side, engine, _fastest_mode(mine, natives[engine]) if engine in natives else None)
                      for side, engine in sides]
-            views.append(WrapperView(str(model), str(wrapper), costs, _engines(sides)))
+            if len(sides) > 1 or any(cost.native is not None for cost in costs):
+                views.append(WrapperView(str(model), str(wrapper), costs, _engines(sides)))
     return views

@@ -82,5 +82,9 @@ def test_the_page_shows_the_view_and_runs_without_wrappers_or_with_older_records
     assert "Which engine runs keras fastest on mlp" in html and '<span class="cmp worse">0.5' in html
     natives = [r for r in _records() if r["wrapper"] is None]
     assert not wrapper_views(records_frame(natives))  # the page's section shows only when there are views
+    defaults = [r for r in _records() if r["backend"] in ("torch", "tf", "jax")]
+    assert not wrapper_views(records_frame(defaults))  # Keras on TF alone has no counterpart and no engine to rank
+    html = build_report(write_run(tmp_path / "defaults", defaults)).html.read_text()
+    assert 'id="wrappers"' not in html and 'href="#wrappers"' not in html
     older = [{k: v for k, v in r.items() if k not in ("engine", "wrapper")} for r in _records()]
     assert not wrapper_views(records_frame(older))
