@@ -15,7 +15,17 @@ import numpy as np
 from backends.base import Backend
 from backends.numpy_backend import NumpyBackend
 from bench.measure import training
-from bench.parity.ladder import BATCH, INPUT_SHAPE, N_ROWS, N_STEPS, NUM_CLASSES, PARITY_EPSILON, STEP_EPOCHS, WEIGHT_SEED
+from bench.parity.ladder import (
+    BATCH,
+    INPUT_SHAPE,
+    N_ROWS,
+    N_STEPS,
+    NUM_CLASSES,
+    PARITY_EPSILON,
+    STEP_EPOCHS,
+    WEIGHT_SEED,
+    gradients_checked,
+)
 from bench.parity.plan import Job, training_model
 from bench.reference.optimizer import Optimizer
 from bench.spec.data import epoch_batches, load_dataset
@@ -87,7 +97,8 @@ def measure(backend: Backend, job: Job, batch: Batch, epsilon: float = PARITY_EP
         gradients = dict(zip([s.key for s in specs if s.trainable], grads, strict=True))
         if job.gradients:
             out.values["loss"] = {"loss": np.array(loss)}
-            out.values["gradients"] = gradients
+            if gradients_checked(job.model, job.activation):
+                out.values["gradients"] = gradients
         out.step_gradients = gradients
     if job.step or job.multi_step:
         backend.load_data(batch.x, batch.y)

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from bench.parity import equivalence
 from bench.parity.compare import Check
-from bench.parity.ladder import DEVIATIONS, MULTI_STEP_WHY, PARITY_EPSILON, RULE_DEVIATIONS, RUNG, RUNGS
+from bench.parity.ladder import DEVIATIONS, GRADIENT_KINK_WHY, MULTI_STEP_WHY, PARITY_EPSILON, RULE_DEVIATIONS, RUNG, RUNGS
 from bench.parity.runner import ParityReport
 
 
@@ -21,7 +21,7 @@ def _fmt(value: float | None) -> str:
 
 
 def _ladder_table(report: ParityReport, names: list[str]) -> Table:
-    table = Table(title="Parity ladder vs the NumPy reference: largest rel difference per rung (where), tolerance dense/cnn")
+    table = Table(title="Parity ladder vs the NumPy reference: largest rel difference per rung (where), tolerance dense / cnn / resnet")
     table.add_column("rung")
     table.add_column("tolerance", justify="right")
     for name in names:
@@ -38,7 +38,7 @@ def _ladder_table(report: ParityReport, names: list[str]) -> Table:
             failed = sum(not c.passed for c in group)
             mark = f"[red]FAIL {failed}/{len(group)}[/red]" if failed else f"[green]pass {len(group)}[/green]"
             cells.append(f"{_fmt(worst.rel_diff)} {mark}\n[dim]{worst.job.label} {worst.worst}[/dim]")
-        tolerance = f"{_fmt(RUNG[rung].dense)} / {_fmt(RUNG[rung].conv)}" if rung in RUNG else "-"
+        tolerance = " / ".join(_fmt(t) for t in (RUNG[rung].dense, RUNG[rung].conv, RUNG[rung].normalised_conv)) if rung in RUNG else "-"
         table.add_row(rung, tolerance, *cells)
     return table
 
@@ -118,6 +118,7 @@ def render(report: ParityReport, console: Console) -> None:
     for r in RUNGS:
         console.print(f"  {r.name}: {r.why}")
     console.print(f"  {MULTI_STEP_WHY}")
+    console.print(f"  {GRADIENT_KINK_WHY}")
     verdict = "[green]parity: every rung passes[/green]" if report.ok else (
         f"[red]parity: {len(report.failures)} failed checks, "
         f"{sum(not r.passed for r in report.statistical)} non-equivalent pairs, "
