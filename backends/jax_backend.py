@@ -30,13 +30,12 @@ import flax.serialization
 import flax.traverse_util
 import jax
 import jax.numpy as jnp
-import jaxlib
 import numpy as np
 import optax
 from jax import lax
 
 from backends import REGISTRY, jax_augment, jax_compile_cache, jax_layers, jax_runtime
-from backends.base import Backend, BackendInfo
+from backends.base import Backend
 from backends.jax_layers import LEAVES, SpecNet, layer_scope
 from bench.spec.augment import Params
 from bench.spec.model import walk
@@ -76,7 +75,7 @@ def _adam(t: TrainSpec, rules: Rules) -> list[optax.GradientTransformation]:
     return [optax.scale_by_adam(b1=t.beta1, b2=t.beta2, eps=t.epsilon, eps_root=0.0)]
 
 
-class JaxBackend(jax_runtime.JaxSteps, Backend):
+class JaxBackend(jax_runtime.JaxHosted, Backend):
     """The spec on JAX: Flax Linen model, Optax optimizer, one donated jit step (or eager ops)."""
 
     name = "jax"
@@ -128,34 +127,9 @@ class JaxBackend(jax_runtime.JaxSteps, Backend):
         "bf16": (jnp.bfloat16, lax.Precision.DEFAULT),  # bf16 compute, float32 master parameters
     }
 
-    def __init__(self) -> None:
-        self._device: jax.Device | None = None
-        self._cache_dir: Path | None = None
-        self.compile_count = 0
-        """Times the train step was traced (its Python body runs only then): 1 per cell in jit mode."""
-
     # -- process ---------------------------------------------------------------------------------
-    def _gpu_visible(self) -> bool:
-        return jax_runtime.gpu_visible()
-
-    def _setup(self, threads: int) -> BackendInfo:
-        self._device = jax_runtime.configure(self.on_gpu)
-        self._cache_dir = jax_compile_cache.enable()
-        return BackendInfo(
-            framework=self.framework,
-            versions={"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__, "optax": optax.__version__},
-            device=str(self._device),
-            threads=jax_runtime.threads(threads),
-        )
-
-    def _device_ops(self) -> jax_runtime.Ops:
-        return jax_runtime.Ops(self.on_gpu)
-
-    @property
-    def device(self) -> jax.Device:
-        if self._device is None:
-            raise RuntimeError("JaxBackend.setup() must run before build()")
-        return self._device
+    def _library_versions(self) -> dict[str, str]:
+        return {"flax": flax.__version__, "optax": optax.__version__}
 
     # -- model -----------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -308,15 +282,7 @@ class JaxBackend(jax_runtime.JaxSteps, Backend):
         return float(loss), [np.asarray(flat[slot.keys], dtype=np.float32).reshape(p.shape)
                              for p, slot in zip(self.specs, self._slots, strict=True) if p.trainable]
 
-    # -- measurement and artifacts ---------------------------------------------------------------
-    def compile_cache(self) -> str:
-        if self._cache_dir is None:
-            return "off"
-        return "cold" if jax_compile_cache.CacheEvents.misses > self._cache_misses else "warm"
-
-    def forget_compiled(self, disk: bool) -> None:
-        jax_compile_cache.forget(self._cache_dir, disk)
-
+    # -- artifacts -------------------------------------------------------------------------------
     def save_native(self, directory: Path) -> Path:
         """Flax's own format: ``flax.serialization.to_bytes`` (msgpack) of the Linen variables
         ``{"params", "batch_stats"}``, which ``SpecNet.apply`` takes as they are. No pickle."""

@@ -18,9 +18,12 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 from jax import lax
 
+from backends import jax_compile_cache
+from backends.base import BackendInfo
 from backends.device import MemoryReading, SyncTimer, uniform
 
 CUDA_PLUGINS = ("jax_cuda13_plugin", "jax_cuda12_plugin")
@@ -28,13 +31,55 @@ PRECISION = {"fp32": lax.Precision.HIGHEST, "tf32": lax.Precision.DEFAULT, "bf16
 """XLA's matmul precision per suite precision: on NVIDIA, DEFAULT runs fp32 as TF32."""
 
 
-class JaxSteps:
-    """What both JAX-hosted adapters do with their dispatched steps: run an augmentation on the device,
-    read the losses back, and wait for the losses and the whole training state (``_training_state``:
-    the adapter's parameters, statistics and optimizer state, the arrays a step replaces)."""
+class JaxHosted:
+    """What both JAX-hosted adapters share (the JAX adapter and Keras on JAX): the process (one device,
+    the persistent compile cache, XLA's threads, the device's ``Ops``) and what follows a step's
+    dispatch: an augmentation run on the device, the losses read back, and a wait for the losses and
+    the whole training state (``_training_state``: the arrays a step replaces). ``_library_versions``
+    names what the adapter runs besides jax and jaxlib."""
 
-    device: jax.Device
+    framework: str
+    on_gpu: bool
     _augment_fn: Callable
+    _cache_misses: int
+
+    def __init__(self) -> None:
+        self._device: jax.Device | None = None
+        self._cache_dir = None
+        self.compile_count = 0
+        """Times the train step was traced (its Python body runs only then): 1 per cell in jit mode."""
+
+    def _gpu_visible(self) -> bool:
+        return gpu_visible()
+
+    def _setup(self, threads: int) -> BackendInfo:
+        self._device = configure(self.on_gpu)
+        self._cache_dir = jax_compile_cache.enable()
+        versions = {"jax": jax.__version__, "jaxlib": jaxlib.__version__, **self._library_versions()}
+        return BackendInfo(framework=self.framework, versions=versions, device=str(self._device),
+                           threads=xla_threads(threads))
+
+    @abstractmethod
+    def _library_versions(self) -> dict[str, str]:
+        """The libraries the adapter runs on top of JAX, with their versions."""
+
+    def _device_ops(self) -> Ops:
+        return Ops(self.on_gpu)
+
+    def compile_cache(self) -> str:
+        """Whether JAX's persistent cache missed since the build (``_cache_misses``, set there)."""
+        if self._cache_dir is None:
+            return "off"
+        return "cold" if jax_compile_cache.CacheEvents.misses > self._cache_misses else "warm"
+
+    def forget_compiled(self, disk: bool) -> None:
+        jax_compile_cache.forget(self._cache_dir, disk)
+
+    @property
+    def device(self) -> jax.Device:
+        if self._device is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() must run before build()")
+        return self._device
 
     @abstractmethod
     def _training_state(self) -> tuple:
@@ -92,7 +137,7 @@ def affinity_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
 
 
-def threads(requested: int) -> dict[str, int | str]:
+def xla_threads(requested: int) -> dict[str, int | str]:
     """JAX has no thread-count knob after import: threads come from XLA_FLAGS and CPU affinity, which
     the worker sets before importing an adapter; this is what is in force."""
     return {"requested": requested, "affinity_cores": affinity_cores(), "xla_flags": os.environ.get("XLA_FLAGS", "")}

@@ -23,18 +23,16 @@ from backends import keras_engine
 keras = keras_engine.start("keras-jax")  # KERAS_BACKEND before Keras is imported anywhere
 
 import jax  # noqa: E402
-import jaxlib  # noqa: E402
 import numpy as np  # noqa: E402
 
 from backends import REGISTRY, jax_compile_cache, jax_runtime  # noqa: E402
-from backends.base import BackendInfo  # noqa: E402
 from backends.keras_base import RULES, KerasBase, native  # noqa: E402
 from bench.spec.augment import Params  # noqa: E402
 
 State = list[jax.Array]
 
 
-class KerasJaxBackend(jax_runtime.JaxSteps, KerasBase):
+class KerasJaxBackend(jax_runtime.JaxHosted, KerasBase):
     name = "keras-jax"
     framework = "jax+keras"
     modes = REGISTRY[name].modes
@@ -44,28 +42,9 @@ class KerasJaxBackend(jax_runtime.JaxSteps, KerasBase):
     NATIVE = native(RULES)
     PAD_EVAL_BATCHES = True
 
-    def __init__(self) -> None:
-        self.device: jax.Device | None = None
-        self._cache_dir = None
-        self.compile_count = 0
-        """Times the train step was traced (its Python body runs only then): 1 per cell in jit mode."""
-
     # -- process ---------------------------------------------------------------------------------
-    def _gpu_visible(self) -> bool:
-        return jax_runtime.gpu_visible()
-
-    def _setup(self, threads: int) -> BackendInfo:
-        self.device = jax_runtime.configure(self.on_gpu)
-        self._cache_dir = jax_compile_cache.enable()
-        return BackendInfo(
-            framework=self.framework,
-            versions={"jax": jax.__version__, "jaxlib": jaxlib.__version__, "keras": keras.__version__},
-            device=str(self.device),
-            threads=jax_runtime.threads(threads),
-        )
-
-    def _device_ops(self) -> jax_runtime.Ops:
-        return jax_runtime.Ops(self.on_gpu)
+    def _library_versions(self) -> dict[str, str]:
+        return {"keras": keras.__version__}
 
     # -- model -----------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -157,12 +136,3 @@ class KerasJaxBackend(jax_runtime.JaxSteps, KerasBase):
                                      jax.device_put(np.asarray(x, np.float32), self.device),
                                      jax.device_put(np.asarray(y, np.int32), self.device))
         return float(loss), self._canonical_gradients([np.asarray(g) for g in grads])
-
-    # -- measurement -----------------------------------------------------------------------------
-    def compile_cache(self) -> str:
-        if self._cache_dir is None:
-            return "off"
-        return "cold" if jax_compile_cache.CacheEvents.misses > self._cache_misses else "warm"
-
-    def forget_compiled(self, disk: bool) -> None:
-        jax_compile_cache.forget(self._cache_dir, disk)
