@@ -48,6 +48,11 @@ def is_convolutional(model: str) -> bool:
     return any(isinstance(layer, (Conv2D, MaxPool2D)) for _, layer in walk(BUILTIN_MODELS[model].layers))
 
 
+def is_normalised_convolutional(model: str) -> bool:
+    """A convolutional stack normalised by BatchNorm (resnet): its backward divides by batch deviations."""
+    return is_convolutional(model) and BUILTIN_MODELS[model].has_batchnorm
+
+
 KINKED = ("relu", "leaky_relu")
 """Activations whose derivative jumps at 0."""
 
@@ -56,11 +61,6 @@ def gradients_checked(model: str, activation: str) -> bool:
     """Whether the gradient rung can judge this model under this activation (GRADIENT_KINK_WHY): not a
     convolutional stack normalised by BatchNorm under a kinked activation."""
     return not (activation in KINKED and is_normalised_convolutional(model))
-
-
-def is_normalised_convolutional(model: str) -> bool:
-    """A convolutional stack normalised by BatchNorm (resnet): its backward divides by batch deviations."""
-    return is_convolutional(model) and BUILTIN_MODELS[model].has_batchnorm
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,8 @@ RUNGS = (
          "Residual blocks included) get, as they skip the 20 steps; fp32 batch means and variances over 16 x H x W "
          "values, weighted 0.01; a moving mean near 0 is judged against the floor of 1% of a moving variance near 1, "
          "so the batch mean's own rounding shows (resnet on torch's oneDNN: 3.6e-5 on a mean of conv outputs of "
-         "order 1, the forward's rounding: measured 1.9e-5; TF 5.1e-6; the dense models' 20-step rung <= 1.6e-6)", normalised=5e-5),
+         "order 1, the forward's rounding: measured 1.9e-5; TF 5.1e-6; the dense models' 20-step rung <= 1.6e-6)",
+         normalised=5e-5),
     Rung("losses_20", 3e-5, None, "training loss of each of 20 steps over 4 shuffled batches (measured <= 1.0e-5)"),
     Rung("steps_20", 1e-4, None, "trainable weights after the 20 steps: rounding compounds (measured <= 4.4e-5)"),
     Rung("bn_running_stats", 1e-5, None, "BatchNorm moving mean and variance after the 20 steps (measured <= 1.6e-6)"),
